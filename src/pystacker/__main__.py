@@ -1,0 +1,3 @@
+from pystacker.cli import main
+
+main()

@@ -1,0 +1,311 @@
+"""Configuration: GoStacker's YAML layout and key names, validated, with environment overrides.
+
+A GoStacker config file (`config.meta.yaml`, `config.gateway.yaml`, ...) loads unchanged. Keys are
+case-insensitive as in Viper. Unknown keys are refused, so a typo stops the process instead of being
+silently ignored; the keys GoStacker ships but never reads are accepted (and ignored) so that its
+files still load.
+
+Environment variables override the file: `PYSTACKER_<SECTION>__<KEY>`, e.g. `PYSTACKER_MYSQL__HOST`.
+
+PyStacker's own keys (not in GoStacker): `host`, `database.url`, `engine`, `internal.token`,
+`ports.*` (embedded mode), `data_dir`, `limits.*`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote_plus
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "PYSTACKER_"
+# GoStacker ships `jwt.secret: "secret"` in every file; such a secret makes every token forgeable.
+WEAK_JWT_SECRETS = {"", "secret", "your_jwt_secret_key", "changeme"}
+MIN_JWT_SECRET_LENGTH = 16
+
+
+class ConfigError(Exception):
+    """A config problem, reported to the operator as one line."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LogConfig(Section):
+    level: Literal["debug", "info", "warn", "warning", "error"] = "info"
+    filename: str = ""  # empty: console only
+    max_size: int = Field(100, ge=1, description="MB before rotation")
+    max_backups: int = Field(7, ge=0)
+    max_age: int = Field(30, ge=0, description="days (kept for compatibility; rotation is by size)")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class MySQLConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(3306, ge=1, le=65535)
+    user: str = "root"
+    password: SecretStr = SecretStr("")
+    dbname: str = "GoStacker"
+    max_open_conns: int = Field(200, ge=1)
+    max_idle_conns: int = Field(50, ge=0)
+
+
+class DatabaseConfig(Section):
+    """PyStacker extension: any SQLAlchemy async URL; wins over the `mysql` block when set."""
+
+    url: SecretStr | None = None
+    echo: bool = False
+
+
+class RedisConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(6379, ge=1, le=65535)
+    password: SecretStr = SecretStr("")
+    db: int = Field(0, ge=0)
+    pool_size: int = Field(50, ge=1)
+    batch_size: int = 128  # unused by GoStacker too
+
+    def url(self) -> str:
+        auth = f":{quote_plus(self.password.get_secret_value())}@" if self.password.get_secret_value() else ""
+        return f"redis://{auth}{self.host}:{self.port}/{self.db}"
+
+
+class SendRedisConfig(Section):
+    stream: RedisConfig | None = None
+    queue: RedisConfig | None = None
+    cache: RedisConfig | None = None
+
+
+class GroupCacheConfig(Section):
+    enabled: bool = True
+    cache_ttl_seconds: int = 86400
+    post_flush_ttl_seconds: int = 5
+    dirty_retention_seconds: int = 604800
+    flush_interval_seconds: int = 5
+    batch_size: int = 100
+    max_retries: int = 3  # unused by GoStacker too
+
+
+class JWTConfig(Section):
+    secret: SecretStr = SecretStr("")
+    expire_duration: int = Field(7200, ge=60, le=30 * 86400)
+
+
+class SendDispatcherConfig(Section):
+    send_channel_size: int = 1024
+    gateway_worker_count: int = 4
+    gateway_queue_size: int = 1024
+
+
+class DispatcherConfig(Section):
+    worker_count: int = 4  # unused by GoStacker too
+    task_queue_size: int = 1024  # unused by GoStacker too
+    max_connections: int = Field(10000, ge=1)
+    send_channel_size: int = Field(256, ge=1)
+    stream_name: str = ""
+    group_name: str = ""
+    consumer_name: str = ""
+    interval: int = Field(5, ge=1)
+    threshold_pending: int = Field(1000, ge=1)
+    # GoStacker puts these send-dispatcher keys in the meta and flusher files; accepted and ignored.
+    gateway_worker_count: int | None = None
+    gateway_queue_size: int | None = None
+
+
+class PendingMsgFlusherConfig(Section):
+    interval: int = Field(5, ge=1)
+    batch_size: int = Field(100, ge=1)
+    claim_idle_seconds: int = Field(30, ge=1)
+    stream_suffix: str = "_stream"
+    group_suffix: str = "_group"
+    outbox_ttl: int | None = None  # unused by GoStacker too
+
+
+class CenterConfig(Section):
+    address: str = ""  # GoStacker's dead "center"; accepted and ignored
+
+
+class RegistryConfig(Section):
+    url: str = ""
+    gateway_heartbeat_timeout: int = Field(30, ge=1)
+    send_heartbeat_timeout: int = Field(30, ge=1)
+    user_route_ttl: int = Field(120, ge=1)
+    cleanup_interval: int = 10  # unused by GoStacker too
+
+
+class InternalConfig(Section):
+    """PyStacker extension: the shared token that internal and registry-write routes require."""
+
+    token: SecretStr = SecretStr("")
+
+
+class EmbeddedPorts(Section):
+    """PyStacker extension: the ports `pystacker up` serves each service on."""
+
+    send: int = Field(8081, ge=0, le=65535)
+    meta: int = Field(8082, ge=0, le=65535)
+    registry: int = Field(8083, ge=0, le=65535)
+    gateway: int = Field(8084, ge=0, le=65535)
+
+
+class LimitsConfig(Section):
+    """PyStacker extension: input limits (a request over them gets a 4xx, never a 5xx)."""
+
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    max_members_per_request: int = Field(500, ge=1)
+    max_search_limit: int = Field(100, ge=1)
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        validate_assignment=True,
+    )
+
+    port: int = Field(0, ge=0, le=65535)
+    host: str = "0.0.0.0"
+    name: str = "pystacker"
+    mode: str = "prod"
+    version: str | float = "0.1"
+    start_time: str = ""
+    machine_id: int = Field(1, ge=0, le=1023)  # also the snowflake node (GoStacker hard-codes 1)
+    push_mod: str = "gateway"
+    address: str = "127.0.0.1"
+    engine: Literal["memory", "redis"] = "redis"
+    data_dir: str = "./data"
+
+    log: LogConfig = LogConfig()
+    mysql: MySQLConfig | None = None
+    database: DatabaseConfig = DatabaseConfig()
+    redis: RedisConfig = RedisConfig()
+    send_redis: SendRedisConfig = SendRedisConfig()
+    group_cache: GroupCacheConfig = GroupCacheConfig()
+    jwt: JWTConfig = JWTConfig()
+    send_dispatcher: SendDispatcherConfig = SendDispatcherConfig()
+    dispatcher: DispatcherConfig = DispatcherConfig()
+    pending_msg_flusher: PendingMsgFlusherConfig = PendingMsgFlusherConfig()
+    center: CenterConfig = CenterConfig()
+    registry: RegistryConfig = RegistryConfig()
+    internal: InternalConfig = InternalConfig()
+    ports: EmbeddedPorts = EmbeddedPorts()
+    limits: LimitsConfig = LimitsConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first so it overrides the YAML values, which arrive as init kwargs.
+        return (env_settings, init_settings)
+
+    # -- derived values -------------------------------------------------------------------------
+
+    def database_url(self) -> str:
+        """The SQLAlchemy async URL: `database.url`, else the `mysql` block, else embedded SQLite."""
+        if self.database.url is not None:
+            return self.database.url.get_secret_value()
+        if self.mysql is not None:
+            m = self.mysql
+            password = quote_plus(m.password.get_secret_value())
+            return f"mysql+asyncmy://{m.user}:{password}@{m.host}:{m.port}/{m.dbname}?charset=utf8mb4"
+        return f"sqlite+aiosqlite:///{Path(self.data_dir) / 'pystacker.db'}"
+
+    def jwt_secret(self) -> str:
+        return self.jwt.secret.get_secret_value()
+
+
+def _lower_keys(value: Any) -> Any:
+    """Viper treats keys case-insensitively; so do we."""
+    if isinstance(value, dict):
+        return {str(k).lower(): _lower_keys(v) for k, v in value.items()}
+    return value
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        reason = "unknown key"
+    else:
+        reason = first["msg"]
+        given = first.get("input")
+        if given is not None and not isinstance(given, dict) and "password" not in key and "secret" not in key:
+            reason += f" (got {given!r})"
+    more = len(error.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {key}: {reason}{suffix}"
+
+
+def load_config(path: str | os.PathLike[str] | None, *, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate a config file (or only defaults + environment when `path` is None).
+
+    Every problem raises ConfigError with one line that names the file, the key and the reason.
+    """
+    data: dict[str, Any] = {}
+    source = str(path) if path is not None else "config"
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{source}: cannot read: {exc}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of keys, not {type(loaded).__name__}")
+        data = _lower_keys(loaded)
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return Config(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, exc)) from None
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def check_jwt_secret(config: Config, *, embedded: bool, source: str = "config") -> None:
+    """Refuse a weak or default JWT secret, except in the embedded mode (which makes its own)."""
+    secret = config.jwt_secret()
+    if embedded:
+        return
+    if secret.lower() in WEAK_JWT_SECRETS:
+        raise ConfigError(
+            f"{source}: jwt.secret: a default or empty secret is refused outside `pystacker up`; "
+            "set a random one of at least 16 characters (e.g. PYSTACKER_JWT__SECRET)"
+        )
+    if len(secret) < MIN_JWT_SECRET_LENGTH:
+        raise ConfigError(f"{source}: jwt.secret: must be at least {MIN_JWT_SECRET_LENGTH} characters")

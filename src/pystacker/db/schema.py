@@ -1,0 +1,118 @@
+"""The tables. Column names follow GoStacker's schema (spec section 9) where it has one.
+
+Differences on purpose: one `room_members` table instead of a table per room; members get real roles
+(owner 0, admin 1, member 2); messages carry a dense per-room `seq` and the sender's `client_msg_id`;
+`join_requests` refuses a second pending request for the same room and user.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    false,
+    func,
+)
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; elsewhere ids are 64-bit.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+ROLE_OWNER = 0
+ROLE_ADMIN = 1
+ROLE_MEMBER = 2
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("username", String(50), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("nickname", String(50), nullable=False, server_default=""),
+    Column("avatar_url", String(255)),
+    Column("is_banned", Boolean, nullable=False, server_default=false()),
+    Column("last_login_at", DateTime(timezone=False)),
+    Column("created_at", DateTime(timezone=False), nullable=False, server_default=func.current_timestamp()),
+    Column("updated_at", DateTime(timezone=False), nullable=False, server_default=func.current_timestamp()),
+)
+
+chat_rooms = Table(
+    "chat_rooms",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False),
+    Column("is_group", Boolean, nullable=False),
+    Column("creator_id", Id, ForeignKey("users.id"), nullable=False),
+    Column("created_at", DateTime(timezone=False), nullable=False, server_default=func.current_timestamp()),
+)
+
+room_members = Table(
+    "room_members",
+    metadata,
+    Column("room_id", Id, ForeignKey("chat_rooms.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("role", SmallInteger, nullable=False, server_default=str(ROLE_MEMBER)),
+    Column("nickname", String(100)),
+    Column("mute_until", DateTime(timezone=False)),
+    Column("joined_at", DateTime(timezone=False), nullable=False, server_default=func.current_timestamp()),
+    Index(None, "user_id"),
+)
+
+chat_messages = Table(
+    "chat_messages",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),  # snowflake msgID
+    Column("room_id", Id, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("sender_id", Id, nullable=False),
+    Column("type", String(20), nullable=False, server_default="text"),
+    Column("content", Text, nullable=False),  # the payload JSON without its "type" key, as GoStacker
+    Column("client_msg_id", String(64)),
+    Column("created_at", DateTime(timezone=False), nullable=False),
+    Column("is_deleted", Boolean, nullable=False, server_default=false()),
+    Column("recalled", Boolean, nullable=False, server_default=false()),
+    UniqueConstraint("room_id", "seq"),
+    # A retried send carries the same client_msg_id; at most one message per sender and key.
+    UniqueConstraint("sender_id", "client_msg_id"),
+)
+
+join_requests = Table(
+    "join_requests",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("room_id", Id, ForeignKey("chat_rooms.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("message", Text),
+    Column("created_at", DateTime(timezone=False), nullable=False, server_default=func.current_timestamp()),
+    # Requests are deleted when answered, so this refuses only a second *pending* request.
+    UniqueConstraint("room_id", "user_id"),
+)
+
+# How far each member has received and read a room; the catch-up of old clients starts here.
+room_cursors = Table(
+    "room_cursors",
+    metadata,
+    Column("room_id", Id, primary_key=True),
+    Column("user_id", Id, primary_key=True),
+    Column("delivered_seq", BigInteger, nullable=False, server_default="0"),
+    Column("read_seq", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=False), nullable=False, server_default=func.current_timestamp()),
+)

@@ -1,0 +1,1 @@
+"""Meta service: users, rooms, members, roles, join requests (port 8082)."""

@@ -1,0 +1,252 @@
+"""Meta HTTP routes (spec 2.2): GoStacker's paths, request fields, messages and response shapes.
+
+PyStacker additions: `data.user_id` in the register answer, GET /api/user/profile,
+GET /api/chat/group/members, POST /api/chat/group/leave, GET /api/chat/group/info.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from aiohttp import web
+from pydantic import AfterValidator, Field, StrictBool, StrictInt, StringConstraints
+
+from pystacker.db.sqlutil import rfc3339
+from pystacker.meta.service import MetaService
+from pystacker.meta.store import Room
+from pystacker.web.auth import identity
+from pystacker.web.envelope import ApiError, ok
+from pystacker.web.requests import RequestModel, parse_json, parse_query
+
+MAX_BCRYPT_BYTES = 72  # bcrypt ignores (or, in newer versions, refuses) anything longer
+
+# GoStacker's "required" on a number means non-zero; ids here are also positive.
+PositiveId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
+
+
+def _no_control_characters(value: str) -> str:
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _password_fits_bcrypt(value: str) -> str:
+    if len(value.encode()) > MAX_BCRYPT_BYTES:
+        raise ValueError(f"must be at most {MAX_BCRYPT_BYTES} bytes in UTF-8")
+    return value
+
+
+Username = Annotated[str, StringConstraints(min_length=3, max_length=50), AfterValidator(_no_control_characters)]
+Password = Annotated[str, StringConstraints(min_length=6, max_length=100), AfterValidator(_password_fits_bcrypt)]
+
+
+class RegisterRequest(RequestModel):
+    username: Username
+    password: Password
+    nickname: Annotated[str, StringConstraints(max_length=50), AfterValidator(_no_control_characters)] = ""
+
+
+class LoginRequest(RequestModel):
+    username: Annotated[str, StringConstraints(min_length=1, max_length=50)]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+
+class CreateRoomRequest(RequestModel):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_no_control_characters)]
+    is_group: StrictBool = False
+    member_ids: list[PositiveId]
+
+
+class AddMemberRequest(RequestModel):
+    room_id: PositiveId
+    member_id: PositiveId
+
+
+class AddMembersRequest(RequestModel):
+    room_id: PositiveId
+    member_ids: list[PositiveId]
+
+
+class RoomRequest(RequestModel):
+    room_id: PositiveId
+
+
+class TargetRequest(RequestModel):
+    room_id: PositiveId
+    target_user_id: PositiveId
+
+
+class ChangeNicknameRequest(RequestModel):
+    room_id: PositiveId
+    nickname: Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_no_control_characters)]
+
+
+class ChangeRoleRequest(RequestModel):
+    room_id: PositiveId
+    target_user_id: PositiveId
+    new_role: StrictInt
+
+
+class JoinRequestBody(RequestModel):
+    room_id: PositiveId
+    message: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+class RespondRequest(RequestModel):
+    request_id: PositiveId
+    approve: StrictBool = False
+
+
+class RoomQuery(RequestModel):
+    room_id: Annotated[int, Field(gt=0, le=2**63 - 1)]
+
+
+def _room_json(room: Room) -> dict[str, object]:
+    return {"id": room.id, "name": room.name, "creator_id": room.creator_id,
+            "created_at": rfc3339(room.created_at)}
+
+
+class MetaRoutes:
+    def __init__(self, service: MetaService, *, max_members_per_request: int, max_search_limit: int) -> None:
+        self.service = service
+        self.max_members = max_members_per_request
+        self.max_search_limit = max_search_limit
+
+    def install(self, app: web.Application) -> None:
+        r = app.router
+        r.add_post("/register", self.register)
+        r.add_post("/login", self.login)
+        r.add_get("/api/user/profile", self.profile)
+        r.add_post("/api/chat/group/create", self.create)
+        r.add_post("/api/chat/group/add_member", self.add_member)
+        r.add_post("/api/chat/group/add_members", self.add_members)
+        r.add_post("/api/chat/group/change_nickname", self.change_nickname)
+        r.add_post("/api/chat/group/change_member_role", self.change_member_role)
+        r.add_post("/api/chat/group/remove_member", self.remove_member)
+        r.add_post("/api/chat/group/leave", self.leave)
+        r.add_post("/api/chat/group/join", self.join)
+        r.add_get("/api/chat/group/search", self.search)
+        r.add_get("/api/chat/group/info", self.info)
+        r.add_get("/api/chat/group/members", self.members)
+        r.add_post("/api/chat/group/join/request", self.join_request)
+        r.add_get("/api/chat/group/join/requests", self.join_requests)
+        r.add_post("/api/chat/group/join/respond", self.join_respond)
+        r.add_get("/api/joined_rooms", self.joined_rooms)
+
+    def _check_list_size(self, ids: list[int]) -> None:
+        if len(ids) > self.max_members:
+            raise ApiError(400, f"member_ids: at most {self.max_members} ids per request")
+
+    async def register(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, RegisterRequest)
+        user_id = await self.service.register(body.username, body.password, body.nickname)
+        return ok("User registered successfully", {"user_id": user_id})
+
+    async def login(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, LoginRequest)
+        token, user = await self.service.login(body.username, body.password)
+        return ok("Login successful", {"token": token, "user_id": user.id})
+
+    async def profile(self, request: web.Request) -> web.Response:
+        user = await self.service.profile(identity(request).user_id)
+        return ok("ok", {"user_id": user.id, "username": user.username, "nickname": user.nickname,
+                         "created_at": rfc3339(user.created_at)})
+
+    async def create(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, CreateRoomRequest)
+        self._check_list_size(body.member_ids)
+        room_id = await self.service.create_room(identity(request).user_id, body.name, body.is_group,
+                                                 body.member_ids)
+        return ok("Chat room created successfully", {"room_id": room_id})
+
+    async def add_member(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, AddMemberRequest)
+        await self.service.add_members(identity(request).user_id, body.room_id, [body.member_id])
+        return ok("Member added successfully")
+
+    async def add_members(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, AddMembersRequest)
+        self._check_list_size(body.member_ids)
+        added = await self.service.add_members(identity(request).user_id, body.room_id, body.member_ids)
+        return ok("Members added successfully", {"added": added})
+
+    async def change_nickname(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, ChangeNicknameRequest)
+        await self.service.change_nickname(identity(request).user_id, body.room_id, body.nickname)
+        return ok("Nickname changed successfully")
+
+    async def change_member_role(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, ChangeRoleRequest)
+        await self.service.change_role(identity(request).user_id, body.room_id, body.target_user_id,
+                                       body.new_role)
+        return ok("Member role changed successfully")
+
+    async def remove_member(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, TargetRequest)
+        await self.service.remove_member(identity(request).user_id, body.room_id, body.target_user_id)
+        return ok("Member removed successfully")
+
+    async def leave(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, RoomRequest)
+        await self.service.leave(identity(request).user_id, body.room_id)
+        return ok("Left room successfully")
+
+    async def join(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, RoomRequest)
+        await self.service.join(identity(request).user_id, body.room_id)
+        return ok("Joined room successfully")
+
+    async def search(self, request: web.Request) -> web.Response:
+        text = request.query.get("q", "")
+        if len(text) > 100:
+            raise ApiError(400, "q: at most 100 characters")
+        try:
+            limit = int(request.query.get("limit", "20"))
+        except ValueError:
+            limit = 20  # GoStacker's rule: non-numeric means the default
+        if limit <= 0:
+            limit = 20
+        rooms = await self.service.search(text, min(limit, self.max_search_limit))
+        return ok("ok", {"rooms": [_room_json(room) for room in rooms]})
+
+    async def info(self, request: web.Request) -> web.Response:
+        query = parse_query(request, RoomQuery)
+        room = await self.service.room_for_member(identity(request).user_id, query.room_id)
+        count = await self.service.store.member_count(room.id)
+        return ok("ok", {**_room_json(room), "is_group": room.is_group, "member_count": count})
+
+    async def members(self, request: web.Request) -> web.Response:
+        query = parse_query(request, RoomQuery)
+        members = await self.service.members(identity(request).user_id, query.room_id)
+        return ok("ok", {"members": [
+            {"user_id": m.user_id, "username": m.username, "role": m.role, "nickname": m.nickname,
+             "joined_at": rfc3339(m.joined_at)} for m in members]})
+
+    async def join_request(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, JoinRequestBody)
+        request_id = await self.service.request_join(identity(request).user_id, body.room_id, body.message)
+        return ok("request created", {"request_id": request_id})
+
+    async def join_requests(self, request: web.Request) -> web.Response:
+        raw = request.query.get("room_id")
+        if not raw:
+            raise ApiError(400, "room_id required")
+        try:
+            room_id = int(raw)
+        except ValueError:
+            raise ApiError(400, "invalid room_id") from None
+        if room_id <= 0 or room_id >= 2**63:
+            raise ApiError(400, "invalid room_id")
+        requests = await self.service.join_requests(identity(request).user_id, room_id)
+        return ok("ok", {"requests": [
+            {"id": r.id, "room_id": r.room_id, "user_id": r.user_id, "message": r.message or "",
+             "created_at": rfc3339(r.created_at)} for r in requests]})
+
+    async def join_respond(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, RespondRequest)
+        await self.service.respond(identity(request).user_id, body.request_id, body.approve)
+        return ok("ok")
+
+    async def joined_rooms(self, request: web.Request) -> web.Response:
+        room_ids = await self.service.joined_rooms(identity(request).user_id)
+        return ok("ok", {"room_ids": room_ids})

@@ -1,0 +1,216 @@
+"""The rules of the meta service: who may do what to users, rooms and memberships.
+
+GoStacker bugs fixed here on purpose (spec 13.3, 13.4): the creator is owner (0) and everyone else a
+member (2); remove_member needs owner/admin rights over the target and never removes the owner; role
+and nickname changes persist; member ids must exist; a private room has exactly two members; a second
+pending join request is refused; permission errors are 403 (GoStacker: 500), unknown things 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+import bcrypt
+
+from pystacker.db.schema import ROLE_ADMIN, ROLE_MEMBER, ROLE_OWNER
+from pystacker.meta.store import DuplicateError, JoinRequest, MetaStore, Room, User
+from pystacker.web.auth import TokenService
+from pystacker.web.envelope import ApiError, bad_request, conflict, forbidden, not_found
+
+BCRYPT_COST = 10  # GoStacker's (Go DefaultCost); its `$2a$10$` hashes verify unchanged
+
+# Called with a room id after its membership changed, so caches (send's member cache) drop it.
+MembershipListener = Callable[[int], Awaitable[None]]
+
+
+def _hash_password(password: str) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_COST)).decode()
+
+
+def _check_password(password: str, password_hash: str) -> bool:
+    try:
+        return bcrypt.checkpw(password.encode(), password_hash.encode())
+    except ValueError:  # a malformed stored hash is a wrong password, not a crash
+        return False
+
+
+class MetaService:
+    def __init__(self, store: MetaStore, tokens: TokenService) -> None:
+        self.store = store
+        self.tokens = tokens
+        self._listeners: list[MembershipListener] = []
+        # Compared against when the username is unknown, so both answers take one bcrypt check.
+        self._decoy_hash = _hash_password("decoy-password-for-timing")
+
+    def on_membership_change(self, listener: MembershipListener) -> None:
+        self._listeners.append(listener)
+
+    async def _membership_changed(self, room_id: int) -> None:
+        for listener in self._listeners:
+            await listener(room_id)
+
+    # -- users -----------------------------------------------------------------------------------
+
+    async def register(self, username: str, password: str, nickname: str) -> int:
+        # bcrypt is CPU-bound for ~50 ms: keep it off the event loop.
+        password_hash = await asyncio.to_thread(_hash_password, password)
+        try:
+            return await self.store.create_user(username, password_hash, nickname)
+        except DuplicateError:
+            raise conflict("username already exists") from None
+
+    async def login(self, username: str, password: str) -> tuple[str, User]:
+        user = await self.store.user_by_name(username)
+        stored = user.password_hash if user else self._decoy_hash
+        matches = await asyncio.to_thread(_check_password, password, stored)
+        if user is None or not matches:
+            raise ApiError(401, "Invalid username or password")
+        await self.store.touch_login(user.id)
+        return self.tokens.issue(user.id, user.username), user
+
+    async def profile(self, user_id: int) -> User:
+        user = await self.store.user_by_id(user_id)
+        if user is None:
+            raise not_found("user not found")
+        return user
+
+    # -- rooms -----------------------------------------------------------------------------------
+
+    async def create_room(self, caller: int, name: str, is_group: bool, member_ids: Sequence[int]) -> int:
+        others = [uid for uid in dict.fromkeys(member_ids) if uid != caller]
+        if not is_group and len(others) != 1:
+            raise bad_request("a private chat has exactly two members: you and one member_id")
+        await self._require_users_exist(others)
+        roles = {caller: ROLE_OWNER, **{uid: ROLE_MEMBER for uid in others}}
+        return await self.store.create_room(name, is_group, caller, roles)
+
+    async def room_for_member(self, caller: int, room_id: int) -> Room:
+        """The room, if the caller may see it: a member, or anyone for a (searchable) group."""
+        room = await self._room(room_id)
+        if not room.is_group and await self.store.role_of(room_id, caller) is None:
+            raise forbidden("not a member of this room")
+        return room
+
+    async def search(self, text: str, limit: int) -> list[Room]:
+        return await self.store.search_groups(text, limit)
+
+    # -- membership ------------------------------------------------------------------------------
+
+    async def add_members(self, caller: int, room_id: int, member_ids: Sequence[int]) -> list[int]:
+        room = await self._room(room_id)
+        if not room.is_group:
+            raise bad_request("cannot add members to a private chat")
+        await self._require_role(room_id, caller, {ROLE_OWNER, ROLE_ADMIN})
+        await self._require_users_exist(member_ids)
+        added = await self.store.add_members(room_id, member_ids, ROLE_MEMBER)
+        if added:
+            await self._membership_changed(room_id)
+        return added
+
+    async def remove_member(self, caller: int, room_id: int, target: int) -> None:
+        await self._room(room_id)
+        caller_role = await self._require_role(room_id, caller, {ROLE_OWNER, ROLE_ADMIN})
+        target_role = await self.store.role_of(room_id, target)
+        if target_role is None:
+            raise not_found("user is not a member of this room")
+        if target_role == ROLE_OWNER:
+            raise forbidden("the owner cannot be removed")
+        if target != caller and caller_role >= target_role:
+            raise forbidden("permission denied: an admin can only remove members")
+        await self.store.remove_member(room_id, target)
+        await self._membership_changed(room_id)
+
+    async def leave(self, caller: int, room_id: int) -> None:
+        await self._room(room_id)
+        role = await self.store.role_of(room_id, caller)
+        if role is None:
+            raise not_found("not a member of this room")
+        if role == ROLE_OWNER and await self.store.member_count(room_id) > 1:
+            raise bad_request("the owner cannot leave while others remain; make another member owner first")
+        await self.store.remove_member(room_id, caller)
+        await self._membership_changed(room_id)
+
+    async def join(self, caller: int, room_id: int) -> None:
+        room = await self._room(room_id)
+        if not room.is_group:
+            raise bad_request("cannot join a private chat")
+        if await self.store.add_members(room_id, [caller], ROLE_MEMBER):
+            await self._membership_changed(room_id)
+
+    async def change_nickname(self, caller: int, room_id: int, nickname: str) -> None:
+        await self._room(room_id)
+        if await self.store.role_of(room_id, caller) is None:
+            raise forbidden("not a member of this room")
+        await self.store.set_nickname(room_id, caller, nickname)
+
+    async def change_role(self, caller: int, room_id: int, target: int, new_role: int) -> None:
+        if new_role not in (ROLE_ADMIN, ROLE_MEMBER):
+            raise bad_request("new_role must be 1 (admin) or 2 (member)")
+        await self._room(room_id)
+        await self._require_role(room_id, caller, {ROLE_OWNER})
+        target_role = await self.store.role_of(room_id, target)
+        if target_role is None:
+            raise not_found("user is not a member of this room")
+        if target_role == ROLE_OWNER:
+            raise bad_request("the owner's role cannot be changed")
+        await self.store.set_role(room_id, target, new_role)
+
+    async def members(self, caller: int, room_id: int):  # type: ignore[no-untyped-def]
+        await self._room(room_id)
+        if await self.store.role_of(room_id, caller) is None:
+            raise forbidden("not a member of this room")
+        return await self.store.members(room_id)
+
+    async def joined_rooms(self, caller: int) -> list[int]:
+        return await self.store.joined_room_ids(caller)
+
+    # -- join requests ---------------------------------------------------------------------------
+
+    async def request_join(self, caller: int, room_id: int, message: str | None) -> int:
+        room = await self._room(room_id)
+        if not room.is_group:
+            raise bad_request("cannot request to join a private chat")
+        if await self.store.role_of(room_id, caller) is not None:
+            raise conflict("already a member of this room")
+        try:
+            return await self.store.create_join_request(room_id, caller, message)
+        except DuplicateError:
+            raise conflict("a join request for this room is already pending") from None
+
+    async def join_requests(self, caller: int, room_id: int) -> list[JoinRequest]:
+        await self._room(room_id)
+        await self._require_role(room_id, caller, {ROLE_OWNER, ROLE_ADMIN})
+        return await self.store.join_requests_of(room_id)
+
+    async def respond(self, caller: int, request_id: int, approve: bool) -> None:
+        request = await self.store.join_request(request_id)
+        if request is None:
+            raise not_found("join request not found")
+        await self._require_role(request.room_id, caller, {ROLE_OWNER, ROLE_ADMIN})
+        if not await self.store.answer_join_request(request, approve):
+            raise not_found("join request not found")
+        if approve:
+            await self._membership_changed(request.room_id)
+
+    # -- shared checks ---------------------------------------------------------------------------
+
+    async def _room(self, room_id: int) -> Room:
+        room = await self.store.room(room_id)
+        if room is None:
+            raise not_found("room not found")
+        return room
+
+    async def _require_role(self, room_id: int, user_id: int, allowed: set[int]) -> int:
+        role = await self.store.role_of(room_id, user_id)
+        if role is None:
+            raise forbidden("permission denied: not a member of this room")
+        if role not in allowed:
+            raise forbidden("permission denied")
+        return role
+
+    async def _require_users_exist(self, user_ids: Sequence[int]) -> None:
+        missing = set(user_ids) - await self.store.existing_user_ids(user_ids)
+        if missing:
+            shown = ", ".join(str(uid) for uid in sorted(missing)[:10])
+            raise not_found(f"unknown user id(s): {shown}")

@@ -1,0 +1,95 @@
+"""What every service of one process shares: config, SQL engine, token service.
+
+`pystacker up` builds one Runtime for all services; `pystacker <service>` builds one per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pystacker.config import Config, ConfigError, check_jwt_secret
+from pystacker.db import migrate
+from pystacker.db.engine import create_engine
+from pystacker.web.auth import TokenService
+
+log = logging.getLogger("pystacker.runtime")
+
+
+class StartupError(Exception):
+    """A problem that stops the process at start; printed as one line."""
+
+
+def safe_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def embedded_jwt_secret(data_dir: Path) -> str:
+    """The embedded mode's secret: made once, kept in the data folder so tokens survive a restart."""
+    path = data_dir / "jwt_secret"
+    if path.exists():
+        secret = path.read_text().strip()
+        if len(secret) >= 32:
+            return secret
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    path.write_text(secret)
+    path.chmod(0o600)
+    return secret
+
+
+class Runtime:
+    def __init__(self, config: Config, *, embedded: bool = False, source: str = "config") -> None:
+        self.config = config
+        self.embedded = embedded
+        if embedded and (not config.jwt_secret() or config.jwt_secret() == "secret"):
+            config.jwt.secret = embedded_jwt_secret(Path(config.data_dir))  # type: ignore[assignment]
+        try:
+            check_jwt_secret(config, embedded=embedded, source=source)
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
+        self.tokens = TokenService(config.jwt_secret(), config.jwt.expire_duration)
+        self._sql: AsyncEngine | None = None
+
+    @property
+    def sql(self) -> AsyncEngine:
+        if self._sql is None:
+            raise RuntimeError("Runtime.open_sql() was not called")
+        return self._sql
+
+    async def open_sql(self, *, migrate_to_head: bool) -> AsyncEngine:
+        """Connect, and either migrate (embedded) or check the schema is current (services)."""
+        url = self.config.database_url()
+        pool = self.config.mysql.max_open_conns if self.config.mysql else 20
+        engine = create_engine(url, pool_size=min(pool, 50), echo=self.config.database.echo)
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            if migrate_to_head:
+                await migrate.upgrade(engine)
+            else:
+                current, head = await migrate.current_revision(engine), migrate.head_revision()
+                if current != head:
+                    raise StartupError(
+                        f"database {safe_url(url)} is at schema revision {current or 'none'}, expected {head}: "
+                        "run `pystacker db upgrade --config FILE`")
+        except StartupError:
+            await engine.dispose()
+            raise
+        except Exception as exc:  # any driver error: report it in one line, without the password
+            await engine.dispose()
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StartupError(f"cannot use the database {safe_url(url)}: {first_line}") from None
+        self._sql = engine
+        log.info("database ready", extra={"database": safe_url(url)})
+        return engine
+
+    async def close(self) -> None:
+        if self._sql is not None:
+            await self._sql.dispose()
+            self._sql = None

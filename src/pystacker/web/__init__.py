@@ -1,0 +1,1 @@
+"""Shared HTTP parts of every service: envelope, errors, auth, request parsing, running servers."""

@@ -1,0 +1,77 @@
+"""Build and run aiohttp applications: one per service, several of them in one process if asked."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from pystacker.web.envelope import ok
+from pystacker.web.middleware import error_middleware, request_log_middleware
+
+log = logging.getLogger("pystacker.server")
+
+
+def new_app(service: str, *, max_body_bytes: int, middlewares: list | None = None) -> web.Application:
+    """An application with the middlewares every service shares and GoStacker's `/ping`."""
+    app = web.Application(
+        client_max_size=max_body_bytes,
+        middlewares=[request_log_middleware(service), error_middleware(service), *(middlewares or [])],
+    )
+
+    async def ping(_: web.Request) -> web.Response:
+        return ok("pong")
+
+    app.router.add_get("/ping", ping)
+    return app
+
+
+@dataclass
+class Listener:
+    name: str
+    app: web.Application
+    host: str
+    port: int
+
+
+class Servers:
+    """Starts listeners, reports their bound ports (port 0 picks a free one), stops them cleanly."""
+
+    def __init__(self) -> None:
+        self._runners: list[web.AppRunner] = []
+        self.bound: dict[str, int] = {}
+
+    async def start(self, listeners: list[Listener]) -> None:
+        for listener in listeners:
+            runner = web.AppRunner(listener.app, access_log=None, handle_signals=False,
+                                   shutdown_timeout=5.0)
+            await runner.setup()
+            site = web.TCPSite(runner, listener.host, listener.port, reuse_address=True, backlog=1024)
+            await site.start()
+            self._runners.append(runner)
+            sockets = site._server.sockets if site._server else []  # noqa: SLF001 - only way to read port 0
+            self.bound[listener.name] = sockets[0].getsockname()[1] if sockets else listener.port
+
+    async def stop(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+
+
+async def run_until_signalled(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> None:
+    """Run `start`, wait for SIGINT/SIGTERM, then `stop` (GoStacker's meta/send swallow signals)."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await start()
+        await stopping.wait()
+        log.info("stopping")
+    finally:
+        await stop()
