@@ -102,7 +102,7 @@ def meta(config_path: str) -> None:
     """Run the meta service (users, rooms, members; port 8082)."""
     from pystacker.meta.app import build_meta_app
     from pystacker.runtime import Runtime
-    from pystacker.web.server import Listener, Servers, run_until_signalled
+    from pystacker.web.server import Listener, Servers, bind_socket, run_until_signalled
 
     config = _load(config_path)
     setup_logging(config.log)
@@ -113,7 +113,7 @@ def meta(config_path: str) -> None:
 
         async def start() -> None:
             await runtime.open_sql(migrate_to_head=False)
-            await servers.start([Listener("meta", build_meta_app(runtime), config.host, config.port or 8082)])
+            await servers.start([Listener("meta", build_meta_app(runtime), bind_socket(config.host, config.port or 8082))])
             click.echo(f"meta listening on {config.host}:{servers.bound['meta']}")
 
         async def stop() -> None:

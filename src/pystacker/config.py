@@ -5,7 +5,8 @@ case-insensitive as in Viper. Unknown keys are refused, so a typo stops the proc
 silently ignored; the keys GoStacker ships but never reads are accepted (and ignored) so that its
 files still load.
 
-Environment variables override the file: `PYSTACKER_<SECTION>__<KEY>`, e.g. `PYSTACKER_MYSQL__HOST`.
+Environment variables override the file: `PYSTACKER_<SECTION>__<KEY>`, e.g. `PYSTACKER_MYSQL__HOST`;
+values given on the command line (`load_config(..., overrides=...)`) override both.
 
 PyStacker's own keys (not in GoStacker): `host`, `database.url`, `engine`, `internal.token`,
 `ports.*` (embedded mode), `data_dir`, `limits.*`.
@@ -14,13 +15,14 @@ PyStacker's own keys (not in GoStacker): `host`, `database.url`, `engine`, `inte
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote_plus
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 ENV_PREFIX = "PYSTACKER_"
 # GoStacker ships `jwt.secret: "secret"` in every file; such a secret makes every token forgeable.
@@ -30,6 +32,18 @@ MIN_JWT_SECRET_LENGTH = 16
 
 class ConfigError(Exception):
     """A config problem, reported to the operator as one line."""
+
+
+# The YAML values of the file load_config is reading; a settings source below the environment.
+_FILE_VALUES: ContextVar[dict[str, Any] | None] = ContextVar("pystacker_config_file_values", default=None)
+
+
+class _YAMLFileSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ hands over the whole mapping
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_FILE_VALUES.get() or {})
 
 
 class Section(BaseModel):
@@ -157,6 +171,13 @@ class EmbeddedPorts(Section):
     gateway: int = Field(8084, ge=0, le=65535)
 
 
+class WebSocketConfig(Section):
+    """PyStacker extension: GoStacker hard-codes these (spec 3.4)."""
+
+    ping_interval: float = Field(54.0, gt=0)
+    pong_deadline: float = Field(60.0, gt=0)
+
+
 class LimitsConfig(Section):
     """PyStacker extension: input limits (a request over them gets a 4xx, never a 5xx)."""
 
@@ -201,6 +222,7 @@ class Config(BaseSettings):
     internal: InternalConfig = InternalConfig()
     ports: EmbeddedPorts = EmbeddedPorts()
     limits: LimitsConfig = LimitsConfig()
+    websocket: WebSocketConfig = WebSocketConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -211,8 +233,8 @@ class Config(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment first so it overrides the YAML values, which arrive as init kwargs.
-        return (env_settings, init_settings)
+        # Highest first: command-line overrides (init kwargs), then the environment, then the file.
+        return (init_settings, env_settings, _YAMLFileSource(settings_cls))
 
     # -- derived values -------------------------------------------------------------------------
 
@@ -237,17 +259,38 @@ def _lower_keys(value: Any) -> Any:
     return value
 
 
+# Keys whose values are never echoed in an error: the line goes to logs and terminals.
+_SENSITIVE_KEYS = {"password", "secret", "token", "url"}
+# A whole section given as a scalar (`jwt: my-secret`) would otherwise be echoed with its secret.
+_SECTION_TYPE_ERRORS = {"model_type", "model_attributes_type", "dict_type"}
+
+
+def _env_name_for(loc: tuple[Any, ...]) -> str | None:
+    """The PYSTACKER_* variable that set this key (or one of its sections), if any."""
+    present = {name.upper() for name in os.environ}
+    for depth in range(len(loc), 0, -1):
+        name = ENV_PREFIX + "__".join(str(part) for part in loc[:depth]).upper()
+        if name in present:
+            return name
+    return None
+
+
 def _format_validation_error(source: str, error: ValidationError) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    loc = tuple(first["loc"])
+    key = ".".join(str(part) for part in loc) or "(top level)"
     kind = first["type"]
     if kind == "extra_forbidden":
         reason = "unknown key"
     else:
         reason = first["msg"]
         given = first.get("input")
-        if given is not None and not isinstance(given, dict) and "password" not in key and "secret" not in key:
+        sensitive = any(str(part) in _SENSITIVE_KEYS for part in loc) or kind in _SECTION_TYPE_ERRORS
+        if isinstance(given, (str, int, float, bool)) and not sensitive:
             reason += f" (got {given!r})"
+    env_name = _env_name_for(loc)
+    if env_name:
+        key += f" (from {env_name})"
     more = len(error.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     return f"{source}: {key}: {reason}{suffix}"
@@ -279,22 +322,15 @@ def load_config(path: str | os.PathLike[str] | None, *, overrides: dict[str, Any
         if not isinstance(loaded, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of keys, not {type(loaded).__name__}")
         data = _lower_keys(loaded)
-    if overrides:
-        data = _merge(data, overrides)
+    token = _FILE_VALUES.set(data)
     try:
-        return Config(**data)
+        return Config(**(overrides or {}))
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(source, exc)) from None
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+    except SettingsError as exc:  # an environment variable pydantic-settings could not parse
+        raise ConfigError(f"{source}: environment: {str(exc).splitlines()[0]}") from None
+    finally:
+        _FILE_VALUES.reset(token)
 
 
 def check_jwt_secret(config: Config, *, embedded: bool, source: str = "config") -> None:

@@ -16,6 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pystacker.config import Config, ConfigError, check_jwt_secret
 from pystacker.db import migrate
 from pystacker.db.engine import create_engine
+from pystacker.engine.base import Engine, EngineSettings
+from pystacker.messaging.ids import Snowflake
+from pystacker.messaging.parts import MessagingParts
+from pystacker.messaging.store import MessageStore
 from pystacker.web.auth import TokenService
 
 log = logging.getLogger("pystacker.runtime")
@@ -55,6 +59,10 @@ class Runtime:
             raise StartupError(str(exc)) from None
         self.tokens = TokenService(config.jwt_secret(), config.jwt.expire_duration)
         self._sql: AsyncEngine | None = None
+        self._engine: Engine | None = None
+        self._parts: MessagingParts | None = None
+        # One id generator per process: two generators with one node could mint the same id.
+        self.ids = Snowflake(config.machine_id)
 
     @property
     def sql(self) -> AsyncEngine:
@@ -89,7 +97,40 @@ class Runtime:
         log.info("database ready", extra={"database": safe_url(url)})
         return engine
 
+    @property
+    def has_engine(self) -> bool:
+        return self._engine is not None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("Runtime.open_engine() was not called")
+        return self._engine
+
+    async def open_engine(self) -> Engine:
+        """The fast store (memory or Redis, by `engine`); needs the SQL store open for seq seeds."""
+        store = MessageStore(self.sql)
+        settings = EngineSettings()
+        if self.config.engine == "memory":
+            from pystacker.engine.memory import MemoryEngine
+
+            self._engine = MemoryEngine(settings, store.max_seq)
+        else:
+            raise StartupError("engine: redis is not available yet")
+        await self._engine.ping()
+        return self._engine
+
+    @property
+    def parts(self) -> MessagingParts:
+        """The messaging pieces every service of this process shares (one cache, one id generator)."""
+        if self._parts is None:
+            self._parts = MessagingParts.build(self.engine, MessageStore(self.sql))
+        return self._parts
+
     async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.close()
+            self._engine = None
         if self._sql is not None:
             await self._sql.dispose()
             self._sql = None

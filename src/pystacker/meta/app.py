@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aiohttp import web
 
+from pystacker.messaging.membership import announce_membership_change
 from pystacker.meta.routes import MetaRoutes
 from pystacker.meta.service import MetaService
 from pystacker.meta.store import MetaStore
@@ -21,4 +24,14 @@ def build_meta_app(runtime: Runtime) -> web.Application:
     MetaRoutes(service, max_members_per_request=limits.max_members_per_request,
                max_search_limit=limits.max_search_limit).install(app)
     app[META_SERVICE] = service
+    if runtime.has_engine:
+        parts = runtime.parts
+
+        async def membership_changed(room_id: int, joined: Sequence[int]) -> None:
+            parts.members.invalidate(room_id)
+            await announce_membership_change(runtime.engine.bus, room_id)
+            if joined:
+                await parts.cursors.joined(room_id, joined)
+
+        service.on_membership_change(membership_changed)
     return app

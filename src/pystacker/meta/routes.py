@@ -30,6 +30,13 @@ def _no_control_characters(value: str) -> str:
     return value
 
 
+def _no_nul(value: str) -> str:
+    # Free text may span lines, but PostgreSQL refuses NUL in text (it would be a 500).
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
 def _password_fits_bcrypt(value: str) -> str:
     if len(value.encode()) > MAX_BCRYPT_BYTES:
         raise ValueError(f"must be at most {MAX_BCRYPT_BYTES} bytes in UTF-8")
@@ -47,7 +54,8 @@ class RegisterRequest(RequestModel):
 
 
 class LoginRequest(RequestModel):
-    username: Annotated[str, StringConstraints(min_length=1, max_length=50)]
+    # No stored name has control characters, and PostgreSQL refuses NUL in a query parameter (500).
+    username: Annotated[str, StringConstraints(min_length=1, max_length=50), AfterValidator(_no_control_characters)]
     password: Annotated[str, StringConstraints(min_length=1, max_length=100)]
 
 
@@ -89,7 +97,7 @@ class ChangeRoleRequest(RequestModel):
 
 class JoinRequestBody(RequestModel):
     room_id: PositiveId
-    message: Annotated[str, StringConstraints(max_length=500)] | None = None
+    message: Annotated[str, StringConstraints(max_length=500), AfterValidator(_no_nul)] | None = None
 
 
 class RespondRequest(RequestModel):
@@ -200,6 +208,10 @@ class MetaRoutes:
         text = request.query.get("q", "")
         if len(text) > 100:
             raise ApiError(400, "q: at most 100 characters")
+        try:
+            _no_control_characters(text)
+        except ValueError as exc:
+            raise ApiError(400, f"q: {exc}") from None
         try:
             limit = int(request.query.get("limit", "20"))
         except ValueError:

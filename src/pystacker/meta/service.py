@@ -20,8 +20,9 @@ from pystacker.web.envelope import ApiError, bad_request, conflict, forbidden, n
 
 BCRYPT_COST = 10  # GoStacker's (Go DefaultCost); its `$2a$10$` hashes verify unchanged
 
-# Called with a room id after its membership changed, so caches (send's member cache) drop it.
-MembershipListener = Callable[[int], Awaitable[None]]
+# Called after a room's membership changed, with the users who joined (empty when someone left):
+# caches drop the room, and new members get a delivery cursor at the room's current end.
+MembershipListener = Callable[[int, Sequence[int]], Awaitable[None]]
 
 
 def _hash_password(password: str) -> str:
@@ -46,9 +47,9 @@ class MetaService:
     def on_membership_change(self, listener: MembershipListener) -> None:
         self._listeners.append(listener)
 
-    async def _membership_changed(self, room_id: int) -> None:
+    async def _membership_changed(self, room_id: int, joined: Sequence[int] = ()) -> None:
         for listener in self._listeners:
-            await listener(room_id)
+            await listener(room_id, joined)
 
     # -- users -----------------------------------------------------------------------------------
 
@@ -81,9 +82,12 @@ class MetaService:
         others = [uid for uid in dict.fromkeys(member_ids) if uid != caller]
         if not is_group and len(others) != 1:
             raise bad_request("a private chat has exactly two members: you and one member_id")
+        await self._require_caller_exists(caller)
         await self._require_users_exist(others)
         roles = {caller: ROLE_OWNER, **{uid: ROLE_MEMBER for uid in others}}
-        return await self.store.create_room(name, is_group, caller, roles)
+        room_id = await self.store.create_room(name, is_group, caller, roles)
+        await self._membership_changed(room_id, list(roles))
+        return room_id
 
     async def room_for_member(self, caller: int, room_id: int) -> Room:
         """The room, if the caller may see it: a member, or anyone for a (searchable) group."""
@@ -105,7 +109,7 @@ class MetaService:
         await self._require_users_exist(member_ids)
         added = await self.store.add_members(room_id, member_ids, ROLE_MEMBER)
         if added:
-            await self._membership_changed(room_id)
+            await self._membership_changed(room_id, added)
         return added
 
     async def remove_member(self, caller: int, room_id: int, target: int) -> None:
@@ -135,8 +139,9 @@ class MetaService:
         room = await self._room(room_id)
         if not room.is_group:
             raise bad_request("cannot join a private chat")
+        await self._require_caller_exists(caller)
         if await self.store.add_members(room_id, [caller], ROLE_MEMBER):
-            await self._membership_changed(room_id)
+            await self._membership_changed(room_id, [caller])
 
     async def change_nickname(self, caller: int, room_id: int, nickname: str) -> None:
         await self._room(room_id)
@@ -173,6 +178,7 @@ class MetaService:
             raise bad_request("cannot request to join a private chat")
         if await self.store.role_of(room_id, caller) is not None:
             raise conflict("already a member of this room")
+        await self._require_caller_exists(caller)
         try:
             return await self.store.create_join_request(room_id, caller, message)
         except DuplicateError:
@@ -191,7 +197,7 @@ class MetaService:
         if not await self.store.answer_join_request(request, approve):
             raise not_found("join request not found")
         if approve:
-            await self._membership_changed(request.room_id)
+            await self._membership_changed(request.room_id, [request.user_id])
 
     # -- shared checks ---------------------------------------------------------------------------
 
@@ -208,6 +214,12 @@ class MetaService:
         if role not in allowed:
             raise forbidden("permission denied")
         return role
+
+    async def _require_caller_exists(self, caller: int) -> None:
+        """A correctly signed token can outlive its user (database reset, secret kept): refuse it as
+        a bad token before an insert, instead of letting the foreign key answer 500."""
+        if not await self.store.existing_user_ids([caller]):
+            raise ApiError(401, "Invalid token: user no longer exists")
 
     async def _require_users_exist(self, user_ids: Sequence[int]) -> None:
         missing = set(user_ids) - await self.store.existing_user_ids(user_ids)

@@ -125,7 +125,8 @@ class MetaStore:
                  .order_by(chat_rooms.c.id)
                  .limit(limit))
         if text:
-            query = query.where(chat_rooms.c.name.like(f"%{escape_like(text)}%", escape="\\"))
+            # ILIKE: PostgreSQL's LIKE is case-sensitive, MySQL's and SQLite's are not; answer alike.
+            query = query.where(chat_rooms.c.name.ilike(f"%{escape_like(text)}%", escape="\\"))
         async with self.engine.connect() as conn:
             rows = await conn.execute(query)
             return [Room(int(r[0]), r[1], bool(r[2]), int(r[3]), r[4]) for r in rows]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -29,16 +30,34 @@ def new_app(service: str, *, max_body_bytes: int, middlewares: list | None = Non
     return app
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before building the app, so a service knows its real port (port 0 picks a free one)
+    when it registers itself in the registry."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def bound_port(sock: socket.socket) -> int:
+    return int(sock.getsockname()[1])
+
+
 @dataclass
 class Listener:
     name: str
     app: web.Application
-    host: str
-    port: int
+    sock: socket.socket
 
 
 class Servers:
-    """Starts listeners, reports their bound ports (port 0 picks a free one), stops them cleanly."""
+    """Serves applications on pre-bound sockets and stops them cleanly."""
 
     def __init__(self) -> None:
         self._runners: list[web.AppRunner] = []
@@ -46,14 +65,12 @@ class Servers:
 
     async def start(self, listeners: list[Listener]) -> None:
         for listener in listeners:
-            runner = web.AppRunner(listener.app, access_log=None, handle_signals=False,
-                                   shutdown_timeout=5.0)
+            runner = web.AppRunner(listener.app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
             await runner.setup()
-            site = web.TCPSite(runner, listener.host, listener.port, reuse_address=True, backlog=1024)
+            site = web.SockSite(runner, listener.sock, backlog=1024)
             await site.start()
             self._runners.append(runner)
-            sockets = site._server.sockets if site._server else []  # noqa: SLF001 - only way to read port 0
-            self.bound[listener.name] = sockets[0].getsockname()[1] if sockets else listener.port
+            self.bound[listener.name] = bound_port(listener.sock)
 
     async def stop(self) -> None:
         for runner in reversed(self._runners):

@@ -1,0 +1,249 @@
+"""The engine contract: everything GoStacker keeps in Redis, behind small interfaces.
+
+Two implementations pass the same contract tests (tests/engine/): `memory` (one process: real data
+structures with the same semantics: TTLs, consumer groups, pending lists, reclaim) and `redis`.
+
+The parts:
+- `Inbox`: one stream per gateway with a consumer group. Send adds one entry per gateway per
+  message; the gateway reads, delivers, then acknowledges by entry id; entries of a dead gateway are
+  claimed by msgflusher after they stayed idle.
+- `MessageLog`: the source of truth of a room before SQL has it. `append` allocates the next dense
+  per-room seq, records the idempotency key, keeps the message in the room's recent window and queues
+  it for the SQL flusher, all in one atomic step. The flusher takes batches and confirms them;
+  a batch taken by a flusher that died is handed out again.
+- `Cursors`: per user and room, the highest seq delivered to the user. Catch-up on connect starts there.
+- `Registry`: gateways and send instances with heartbeat TTLs, and user routes with a reconnect lease.
+- `Bus`: best-effort broadcast between processes (cache invalidation), never used for delivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# -- inbox ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    entry_id: str  # stream entry id, e.g. "1700000000000-0"; the gateway acknowledges by this id
+    data: bytes
+    delivery_count: int = 1  # how many times the entry was handed out (>1 after a reclaim)
+
+
+@dataclass(frozen=True, slots=True)
+class InboxStats:
+    length: int  # entries kept in the stream
+    pending: int  # read but not acknowledged
+    oldest_pending_ms: int  # idle time of the oldest pending entry, 0 when none
+
+
+class Inbox(Protocol):
+    async def ensure_group(self, gateway_id: str) -> None:
+        """Create the gateway's stream and consumer group if missing. A new group starts at the end of
+        the stream: a re-created group never replays history (GoStacker's start id 0 did)."""
+
+    async def add(self, entries: Sequence[tuple[str, bytes]]) -> list[str]:
+        """Append (gateway_id, data) pairs, in one round trip; returns the entry ids in order.
+        Each stream is trimmed to about `max_len` entries, never past an entry that is still pending."""
+
+    async def read_new(self, gateway_id: str, consumer: str, count: int, block_ms: int) -> list[InboxEntry]:
+        """Entries never handed out before (XREADGROUP `>`); waits up to block_ms when there are none."""
+
+    async def read_pending(self, gateway_id: str, consumer: str, count: int) -> list[InboxEntry]:
+        """This consumer's own pending entries, oldest first: a restarted gateway finishes them first."""
+
+    async def ack(self, gateway_id: str, entry_ids: Sequence[str]) -> int:
+        """Acknowledge (XACK) entries; returns how many were pending."""
+
+    async def claim_idle(self, gateway_id: str, consumer: str, min_idle_ms: int, count: int) -> list[InboxEntry]:
+        """Move up to `count` entries idle for at least min_idle_ms to `consumer` (XAUTOCLAIM) and return them."""
+
+    async def gateways(self) -> list[str]:
+        """Every gateway that has a stream, live or not (msgflusher reclaims vanished ones too)."""
+
+    async def stats(self, gateway_id: str) -> InboxStats: ...
+
+    async def remove_if_drained(self, gateway_id: str) -> bool:
+        """Delete the stream of a departed gateway once nothing in it is pending; True if removed."""
+
+
+# -- messages ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    msg_id: int  # snowflake, made by the send instance
+    room_id: int
+    sender_id: int
+    type: str  # content type: text, image, voice, file
+    content: dict[str, Any]  # the payload without its "type" key, as GoStacker stores and sends it
+    created_at_ms: int
+    client_msg_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    msg_id: int
+    room_id: int
+    seq: int
+    sender_id: int
+    type: str
+    content: dict[str, Any]
+    created_at_ms: int
+    client_msg_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    message: StoredMessage
+    duplicate: bool  # True: the idempotency key was seen before and `message` is the first one
+
+
+@dataclass(frozen=True, slots=True)
+class FlushBatch:
+    token: str  # names the batch for confirm(); opaque
+    messages: list[StoredMessage]
+
+
+# Loads the highest seq SQL holds for a room; used when the engine has no counter for it (first use,
+# or the counter was lost with a Redis restart), so seqs continue instead of restarting at 1.
+SeqSeed = Callable[[int], Awaitable[int]]
+
+
+class MessageLog(Protocol):
+    async def append(self, message: NewMessage) -> Appended:
+        """Allocate the room's next seq and store the message, atomically; idempotent on
+        (sender_id, client_msg_id) for `idempotency_ttl` seconds."""
+
+    async def read(self, room_id: int, after_seq: int, limit: int) -> list[StoredMessage]:
+        """Messages with seq > after_seq in seq order, from the recent window only. The window holds at
+        least every message not yet flushed to SQL; older ones may be gone (read them from SQL)."""
+
+    async def window_start(self, room_id: int) -> int:
+        """The lowest seq the window still holds for the room (last_seq + 1 when it holds none)."""
+
+    async def last_seqs(self, room_ids: Sequence[int]) -> dict[int, int]:
+        """The highest allocated seq of each room (0 for a room without messages or counter)."""
+
+    async def take_batch(self, max_messages: int) -> FlushBatch | None:
+        """Up to max_messages not yet in SQL, oldest first; they stay owned by this batch until confirmed.
+        Batches not confirmed within `flush_claim_timeout` seconds are handed out again."""
+
+    async def confirm_batch(self, token: str) -> None:
+        """SQL has the batch: forget it (messages stay readable in the window while it has room)."""
+
+
+# -- cursors ----------------------------------------------------------------------------------------
+
+
+class Cursors(Protocol):
+    async def get(self, user_id: int, room_ids: Sequence[int]) -> dict[int, int]:
+        """The delivered seq of each given room that has a cursor (missing rooms are left out)."""
+
+    async def advance(self, updates: Sequence[tuple[int, int, int]]) -> None:
+        """(user_id, room_id, seq) triples; a cursor only moves forward."""
+
+    async def take_dirty(self, max_items: int) -> list[tuple[int, int, int]]:
+        """Cursors changed since they were last taken, for the SQL flusher (at-least-once)."""
+
+
+# -- registry ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class GatewayInfo:
+    gateway_id: str
+    address: str
+    port: int
+    capacity: int
+    load: float = 0.0
+    connected_users: int = 0
+    last_heartbeat: float = 0.0  # unix seconds
+    epoch: str = ""  # changes at every start: routes made before a restart are stale
+
+    def to_json(self) -> dict[str, Any]:
+        return {"gateway_id": self.gateway_id, "address": self.address, "port": self.port, "load": self.load,
+                "capacity": self.capacity, "connected_users": self.connected_users,
+                "last_heartbeat": self.last_heartbeat, "epoch": self.epoch}
+
+
+@dataclass(slots=True)
+class SendInfo:
+    instance_id: str
+    address: str
+    port: int
+    last_heartbeat: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"instance_id": self.instance_id, "address": self.address, "port": self.port,
+                "last_heartbeat": self.last_heartbeat}
+
+
+@dataclass(slots=True)
+class UserRoute:
+    user_id: int
+    gateway_id: str
+    address: str  # "host:port" as GoStacker stores it
+    connected_at: float
+    status: str = "connected"  # or "disconnected": the reconnect lease
+    epoch: str = ""  # the gateway's epoch when the route was written
+
+    def to_json(self) -> dict[str, Any]:
+        return {"user_id": self.user_id, "gateway_id": self.gateway_id, "address": self.address,
+                "connected_at": self.connected_at, "status": self.status, "epoch": self.epoch}
+
+
+class Registry(Protocol):
+    async def put_gateway(self, info: GatewayInfo, ttl: int) -> None: ...
+    async def get_gateway(self, gateway_id: str) -> GatewayInfo | None: ...
+    async def list_gateways(self) -> list[GatewayInfo]:
+        """Live gateways only (their key has not expired)."""
+    async def remove_gateway(self, gateway_id: str) -> None: ...
+
+    async def put_send(self, info: SendInfo, ttl: int) -> None: ...
+    async def get_send(self, instance_id: str) -> SendInfo | None: ...
+    async def list_send(self) -> list[SendInfo]: ...
+    async def remove_send(self, instance_id: str) -> None: ...
+
+    async def set_route(self, route: UserRoute, ttl: int | None) -> None:
+        """ttl None: kept until replaced (a connected user's route lives as long as its gateway)."""
+    async def get_routes(self, user_ids: Sequence[int]) -> dict[int, UserRoute]: ...
+    async def delete_route_if(self, user_id: int, gateway_id: str) -> bool:
+        """Delete the route only if it still points at that gateway."""
+
+
+# -- bus --------------------------------------------------------------------------------------------
+
+BusHandler = Callable[[str, bytes], Awaitable[None]]
+
+
+class Bus(Protocol):
+    async def publish(self, channel: str, data: bytes) -> None: ...
+    async def subscribe(self, channel: str, handler: BusHandler) -> None: ...
+
+
+# -- the engine -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    inbox_max_len: int = 100_000  # approximate stream length cap (MAXLEN ~)
+    window_size: int = 1000  # recent messages kept per room beyond those not yet in SQL
+    idempotency_ttl: int = 24 * 3600
+    flush_claim_timeout: float = 30.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    inbox: Inbox
+    messages: MessageLog
+    cursors: Cursors
+    registry: Registry
+    bus: Bus
+
+    async def ping(self) -> None:
+        """Raise if the backing store is unreachable (readiness)."""
+
+    async def close(self) -> None: ...

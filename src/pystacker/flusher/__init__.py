@@ -1,0 +1,1 @@
+"""Flusher: write-behind of messages and delivery cursors from the fast store to SQL, in batches."""

@@ -1,0 +1,58 @@
+"""Assemble a gateway: WebSocket endpoint, inbox consumer, registry entry."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from pystacker.gateway.client_frames import ClientFrames
+from pystacker.gateway.routes import GatewayRoutes, WebSocketSettings
+from pystacker.gateway.service import GatewayService, GatewaySettings
+from pystacker.registry.presence import GatewayPresence
+from pystacker.registry.service import RegistryService
+from pystacker.runtime import Runtime
+from pystacker.send.app import new_send_service
+from pystacker.web.middleware import internal_token_middleware
+from pystacker.web.server import new_app
+
+GATEWAY_SERVICE = web.AppKey("gateway_service", GatewayService)
+
+
+def gateway_id_of(runtime: Runtime) -> str:
+    return f"gateway-{runtime.config.name}-{runtime.config.machine_id}"
+
+
+def build_gateway_app(runtime: Runtime, *, port: int) -> web.Application:
+    config = runtime.config
+    parts = runtime.parts
+    gateway_id = gateway_id_of(runtime)
+    app = new_app("gateway", max_body_bytes=config.limits.max_body_bytes, middlewares=[
+        internal_token_middleware(config.internal.token.get_secret_value(),
+                                  lambda request: request.path.startswith("/center/"))])
+    presence = GatewayPresence(runtime.engine.registry, gateway_id, config.address, port,
+                               config.dispatcher.max_connections, lambda: len(service.connections),
+                               ttl=config.registry.gateway_heartbeat_timeout)
+    settings = GatewaySettings(
+        gateway_id=gateway_id,
+        consumer=config.dispatcher.consumer_name or f"{gateway_id}_consumer",
+        max_connections=config.dispatcher.max_connections,
+        queue_size=config.dispatcher.send_channel_size,
+        threshold_pending=config.dispatcher.threshold_pending)
+    registry = RegistryService(runtime.engine.registry, user_route_ttl=config.registry.user_route_ttl)
+    service = GatewayService(runtime.engine, settings, parts.cursors, parts.handoff, registry, presence)
+    sender = new_send_service(runtime)
+    frames = ClientFrames(sender, parts.history, parts.members)
+    ws_settings = WebSocketSettings(config.websocket.ping_interval, config.websocket.pong_deadline)
+    GatewayRoutes(service, runtime.tokens, frames, parts.history, parts.cursors, ws_settings).install(app)
+    app[GATEWAY_SERVICE] = service
+
+    async def lifecycle(_: web.Application):  # type: ignore[no-untyped-def]
+        await parts.members.listen(runtime.engine.bus)
+        sender.fanout.start()
+        await service.start()
+        yield
+        await service.stop()
+        await sender.fanout.drain(timeout=5.0)
+        await sender.fanout.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,99 @@
+"""Frames a client may send (GoStacker defines none and discards everything; spec 3.3).
+
+- `{"type":"send","room_id","content","client_msg_id"?,"ref"?}`: same effect and answer as
+  POST /api/chat/send_message; answered by `send_ok` (or `error`).
+- `{"type":"ack","room_id","seq"}`: cumulative: the client has the room up to seq. A client that acks
+  moves its own cursor, so a message written to a socket that died unread is sent again.
+- `{"type":"sync","room_id","after_seq","limit"?,"ref"?}`: the room's messages after a seq, answered
+  by a `batch` frame with `sync_room_id` and `has_more`.
+- `{"type":"ping"}`: answered by `pong`.
+Anything else gets an `error` frame; the connection stays open.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from pydantic import Field, StrictInt, StringConstraints, ValidationError
+
+from pystacker.gateway.connection import Connection, RawFrame
+from pystacker.messaging.frames import batch_frame, chat_frame, encode, error_frame, send_result_frame
+from pystacker.messaging.history import History
+from pystacker.messaging.membership import MembershipCache
+from pystacker.send.service import SendService
+from pystacker.web.envelope import ApiError
+from pystacker.web.requests import RequestModel, describe
+
+PositiveId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
+MAX_SYNC_LIMIT = 200
+
+
+class SendFrame(RequestModel):
+    room_id: PositiveId
+    content: Any = Field(...)
+    client_msg_id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")] | None = None
+    ref: Any = None
+
+
+class AckFrame(RequestModel):
+    room_id: PositiveId
+    seq: Annotated[StrictInt, Field(ge=0)]
+
+
+class SyncFrame(RequestModel):
+    room_id: PositiveId
+    after_seq: Annotated[StrictInt, Field(ge=0)] = 0
+    limit: Annotated[StrictInt, Field(ge=1, le=MAX_SYNC_LIMIT)] = 50
+    ref: Any = None
+
+
+class ClientFrames:
+    def __init__(self, sender: SendService, history: History, members: MembershipCache) -> None:
+        self.sender = sender
+        self.history = history
+        self.members = members
+
+    async def handle(self, conn: Connection, text: str) -> None:
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            self._reply(conn, error_frame(400, "invalid JSON frame"))
+            return
+        if not isinstance(data, dict):
+            self._reply(conn, error_frame(400, "a frame must be a JSON object"))
+            return
+        kind = data.get("type")
+        ref = data.get("ref")
+        try:
+            if kind == "send":
+                await self._send(conn, SendFrame.model_validate(data))
+            elif kind == "ack":
+                frame = AckFrame.model_validate(data)
+                conn.client_acked(frame.room_id, frame.seq)
+            elif kind == "sync":
+                await self._sync(conn, SyncFrame.model_validate(data))
+            elif kind == "ping":
+                self._reply(conn, {"id": -1, "type": "pong", "room_id": 0, "sender_id": 0, "payload": ref})
+            else:
+                self._reply(conn, error_frame(400, f"unknown frame type: {kind!r}", ref=ref))
+        except ValidationError as exc:
+            self._reply(conn, error_frame(400, describe(exc), ref=ref))
+        except ApiError as exc:
+            self._reply(conn, error_frame(exc.status, exc.msg, ref=ref))
+
+    async def _send(self, conn: Connection, frame: SendFrame) -> None:
+        appended = await self.sender.send(conn.user_id, frame.room_id, frame.content, frame.client_msg_id)
+        self._reply(conn, send_result_frame(appended.message, duplicate=appended.duplicate, ref=frame.ref))
+
+    async def _sync(self, conn: Connection, frame: SyncFrame) -> None:
+        if conn.user_id not in await self.members.members(frame.room_id):
+            raise ApiError(403, "not a member of this room")
+        messages = await self.history.after(frame.room_id, frame.after_seq, frame.limit + 1)
+        has_more = len(messages) > frame.limit
+        chats = [chat_frame(m) for m in messages[: frame.limit]]
+        self._reply(conn, {**batch_frame(chats, room_id=frame.room_id, has_more=has_more), "ref": frame.ref})
+
+    @staticmethod
+    def _reply(conn: Connection, frame: dict[str, Any]) -> None:
+        conn.offer(RawFrame(encode(frame)))

@@ -1,0 +1,229 @@
+"""One client's WebSocket: a bounded queue, one writer task, per-room ordering and the delivery cursor.
+
+Everything bound for the socket goes through the queue and is written by the single writer task, in
+order. Room messages pass the RoomSequencer: duplicates are dropped and holes are filled from the
+message log before the message itself is written, so each room reaches the client once, in seq
+order, with no gap. The writer also runs the catch-up (what the user missed while away) before any
+live message of the same room, which closes the race between catch-up and live push (gim #46).
+
+Bounds: the queue holds `queue_size` items. When it is full in live mode the client is not reading:
+it is closed with CLOSE_SLOW_CONSUMER and catches up after reconnecting; nothing is lost because the
+cursor only covers what was written. While the writer is busy catching up, overflowing room messages
+are dropped instead and the room is marked behind: the writer fills it from the log afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiohttp import web
+
+from pystacker.engine.base import StoredMessage
+from pystacker.messaging.acks import EntryTracker
+from pystacker.messaging.frames import CLOSE_SLOW_CONSUMER, batch_frame, chat_frame, encode
+from pystacker.messaging.history import History
+from pystacker.messaging.ordering import RoomSequencer, Verdict
+
+log = logging.getLogger("pystacker.gateway.connection")
+
+BATCH_SIZE = 50  # messages per `batch` frame in a catch-up (GoStacker meant 50 and sent everything in one)
+FILL_PAGE = 200
+
+
+@dataclass(slots=True)
+class RoomPush:
+    """A room message: ordered by seq, deduplicated, gap-filled."""
+
+    room_id: int
+    seq: int
+    text: str
+    entry_id: str | None = None
+
+
+@dataclass(slots=True)
+class RawFrame:
+    """A frame outside any room order (ack, answers to client frames, system, info)."""
+
+    text: str
+    entry_id: str | None = None
+
+
+@dataclass(slots=True)
+class CatchUp:
+    """Send the user everything he missed in all his rooms (on connect, or notify_online)."""
+
+    entry_id: str | None = None
+
+
+Item = RoomPush | RawFrame | CatchUp
+
+
+class CursorSource(Protocol):
+    async def starting_points(self, user_id: int, room_ids: list[int]) -> dict[int, int]:
+        """Where the user stands in each room (delivered seq); every given room gets a value."""
+
+    async def rooms_of(self, user_id: int) -> list[int]: ...
+
+    async def last_seqs(self, room_ids: list[int]) -> dict[int, int]: ...
+
+
+class Connection:
+    def __init__(self, user_id: int, ws: web.WebSocketResponse, *, queue_size: int, history: History,
+                 cursors: CursorSource, tracker: EntryTracker) -> None:
+        self.user_id = user_id
+        self.ws = ws
+        self.history = history
+        self.cursors = cursors
+        self.tracker = tracker
+        self.sequencer = RoomSequencer()
+        self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=queue_size)
+        self.client_acks = False  # the client acknowledges by seq: its acks, not our writes, move the cursor
+        self.unsaved: dict[int, int] = {}  # room -> delivered seq not yet saved as the cursor
+        self.close_code: int | None = None
+        self._catching_up = False
+        self._behind: set[int] = set()  # rooms whose live messages were dropped during a catch-up
+        self._writer: asyncio.Task[None] | None = None
+
+    # -- the producer side ----------------------------------------------------------------------
+
+    def offer(self, item: Item) -> bool:
+        """Queue an item; False when it cannot be (connection closing, or a slow consumer just closed)."""
+        if self.close_code is not None:
+            return False
+        try:
+            self.queue.put_nowait(item)
+            return True
+        except asyncio.QueueFull:
+            pass
+        if self._catching_up and isinstance(item, RoomPush):
+            self._behind.add(item.room_id)  # the log has it; fill after the catch-up
+            self._settle(item)
+            return True
+        log.warning("slow consumer: queue full, closing", extra={"user_id": self.user_id})
+        self.close_soon(CLOSE_SLOW_CONSUMER, "slow consumer: catch up after reconnecting")
+        return False
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.user_id}")
+
+    def close_soon(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code = code
+            asyncio.get_running_loop().create_task(self.ws.close(code=code, message=reason.encode()[:120]))
+
+    async def stop(self) -> list[Item]:
+        """Stop the writer; return what was still queued (the caller hands it on)."""
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+        left: list[Item] = []
+        while not self.queue.empty():
+            left.append(self.queue.get_nowait())
+        return left
+
+    # -- the writer -----------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                item = await self.queue.get()
+                if isinstance(item, RoomPush):
+                    await self._write_room_push(item)
+                elif isinstance(item, RawFrame):
+                    await self.ws.send_str(item.text)
+                    self._settle(item)
+                else:
+                    await self._catch_up()
+                    self._settle(item)
+                if self._behind and not self._catching_up:
+                    await self._fill_behind()
+        except asyncio.CancelledError:
+            raise
+        except (ConnectionError, RuntimeError) as exc:  # the socket went away under a write
+            log.debug("writer stopped: %s", exc, extra={"user_id": self.user_id})
+        except Exception:
+            log.exception("writer failed", extra={"user_id": self.user_id})
+        finally:
+            if self.close_code is None and not self.ws.closed:
+                self.close_soon(1011, "internal error")
+
+    async def _write_room_push(self, item: RoomPush) -> None:
+        decision = self.sequencer.decide(item.room_id, item.seq)
+        if decision.verdict is Verdict.UNKNOWN_ROOM:
+            points = await self.cursors.starting_points(self.user_id, [item.room_id])
+            self.sequencer.start(item.room_id, points.get(item.room_id, item.seq - 1))
+            decision = self.sequencer.decide(item.room_id, item.seq)
+        if decision.verdict is Verdict.GAP:
+            await self._fill(item.room_id, item.seq - 1)
+            decision = self.sequencer.decide(item.room_id, item.seq)
+        if decision.verdict is Verdict.DELIVER:
+            await self.ws.send_str(item.text)
+            self._delivered(item.room_id, item.seq)
+        self._settle(item)
+
+    async def _fill(self, room_id: int, up_to_seq: int) -> None:
+        """Write the room's messages after the client's position up to up_to_seq, one chat frame each."""
+        while self.sequencer.last(room_id) < up_to_seq:
+            wanted = min(FILL_PAGE, up_to_seq - self.sequencer.last(room_id))
+            messages = await self.history.after(room_id, self.sequencer.last(room_id), wanted)
+            if not messages:
+                log.warning("gap not fillable yet", extra={"user_id": self.user_id, "room_id": room_id,
+                                                           "from_seq": self.sequencer.last(room_id) + 1})
+                return
+            for message in messages:
+                await self.ws.send_str(encode(chat_frame(message)))
+                self._delivered(room_id, message.seq)
+
+    async def _fill_behind(self) -> None:
+        rooms, self._behind = self._behind, set()
+        lasts = await self.cursors.last_seqs(sorted(rooms))
+        for room_id in rooms:
+            if self.sequencer.knows(room_id):
+                await self._fill(room_id, lasts.get(room_id, 0))
+
+    async def _catch_up(self) -> None:
+        """Everything missed in every room, in `batch` frames of BATCH_SIZE, room by room in seq order."""
+        self._catching_up = True
+        try:
+            rooms = await self.cursors.rooms_of(self.user_id)
+            unknown = [r for r in rooms if not self.sequencer.knows(r)]
+            for room_id, seq in (await self.cursors.starting_points(self.user_id, unknown)).items():
+                self.sequencer.start(room_id, seq)
+            lasts = await self.cursors.last_seqs(rooms)
+            for room_id in rooms:
+                while self.sequencer.last(room_id) < lasts.get(room_id, 0):
+                    messages = await self.history.after(room_id, self.sequencer.last(room_id), BATCH_SIZE)
+                    if not messages:
+                        break
+                    await self._write_batch(room_id, messages)
+        finally:
+            self._catching_up = False
+
+    async def _write_batch(self, room_id: int, messages: list[StoredMessage]) -> None:
+        await self.ws.send_str(encode(batch_frame([chat_frame(m) for m in messages])))
+        self._delivered(room_id, messages[-1].seq)
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def _delivered(self, room_id: int, seq: int) -> None:
+        self.sequencer.delivered(room_id, seq)
+        if not self.client_acks:
+            self.unsaved[room_id] = seq
+
+    def client_acked(self, room_id: int, seq: int) -> None:
+        """A cumulative ack from the client: it has the room up to seq."""
+        self.client_acks = True
+        if seq > self.unsaved.get(room_id, 0) and seq <= self.sequencer.last(room_id):
+            self.unsaved[room_id] = seq
+
+    def take_unsaved(self) -> dict[int, int]:
+        unsaved, self.unsaved = self.unsaved, {}
+        return unsaved
+
+    def _settle(self, item: Item) -> None:
+        if item.entry_id is not None:
+            self.tracker.settle(item.entry_id)

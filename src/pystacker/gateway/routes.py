@@ -1,0 +1,86 @@
+"""Gateway HTTP routes (spec 2.4): the WebSocket endpoint and GoStacker's legacy /center/forward."""
+
+from __future__ import annotations
+
+import logging
+from aiohttp import WSMsgType, web
+
+from pystacker.gateway.client_frames import ClientFrames
+from pystacker.gateway.connection import Connection, RawFrame
+from pystacker.gateway.service import GatewayService
+from pystacker.messaging.cursors import CursorBook
+from pystacker.messaging.frames import PushEntry, decode_entry, encode, error_frame, system_frame
+from pystacker.messaging.history import History
+from pystacker.web.auth import TokenService, bearer_token
+from pystacker.web.envelope import ApiError, ok
+
+log = logging.getLogger("pystacker.gateway.ws")
+
+MAX_FRAME_BYTES = 64 * 1024
+
+
+class WebSocketSettings:
+    def __init__(self, ping_interval: float, pong_deadline: float) -> None:
+        self.ping_interval = ping_interval
+        # aiohttp pings every `heartbeat` seconds and waits this long for the pong; GoStacker's
+        # contract is a ping every 54 s and a 60 s deadline from the previous pong.
+        self.pong_wait = max(pong_deadline - ping_interval, 1.0)
+
+
+class GatewayRoutes:
+    def __init__(self, service: GatewayService, tokens: TokenService, frames: ClientFrames, history: History,
+                 cursors: CursorBook, ws_settings: WebSocketSettings) -> None:
+        self.service = service
+        self.tokens = tokens
+        self.frames = frames
+        self.history = history
+        self.cursors = cursors
+        self.ws_settings = ws_settings
+
+    def install(self, app: web.Application) -> None:
+        app.router.add_get("/api/ws", self.websocket)
+        app.router.add_post("/center/forward", self.center_forward)
+
+    def _authenticate(self, request: web.Request) -> int:
+        # Browsers cannot set headers on a WebSocket: `?token=` is accepted here (and only here).
+        if "Authorization" not in request.headers and request.query.get("token"):
+            return self.tokens.verify(request.query["token"]).user_id
+        return self.tokens.verify(bearer_token(request)).user_id
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        user_id = self._authenticate(request)
+        if not self.service.accepting or not self.service.has_capacity():
+            return web.Response(status=503)  # GoStacker: 503 with an empty body
+        ws = web.WebSocketResponse(heartbeat=self.ws_settings.ping_interval, max_msg_size=MAX_FRAME_BYTES,
+                                   compress=False, autoping=True)
+        if not ws.can_prepare(request).ok:
+            raise ApiError(400, "expected a WebSocket upgrade request")
+        await ws.prepare(request)
+        ws._pong_heartbeat = self.ws_settings.pong_wait  # noqa: SLF001 - see WebSocketSettings
+        conn = Connection(user_id, ws, queue_size=self.service.settings.queue_size, history=self.history,
+                          cursors=self.cursors, tracker=self.service.tracker)
+        try:
+            await self.service.attach(conn, catch_up=request.query.get("catchup") != "0",
+                                      welcome=encode(system_frame(user_id=user_id,
+                                                                  gateway_id=self.service.gateway_id)))
+            async for message in ws:
+                if message.type is WSMsgType.TEXT:
+                    await self.frames.handle(conn, message.data)
+                elif message.type is WSMsgType.BINARY:
+                    conn.offer(RawFrame(encode(error_frame(400, "binary frames are not supported; send JSON text"))))
+                elif message.type is WSMsgType.ERROR:
+                    log.debug("socket error: %s", ws.exception(), extra={"user_id": user_id})
+                    break
+        finally:
+            await self.service.detach(conn)
+        return ws
+
+    async def center_forward(self, request: web.Request) -> web.Response:
+        """GoStacker's legacy injection of a PushMessage for local delivery (internal token required)."""
+        raw = await request.read()
+        try:
+            push: PushEntry = decode_entry(raw)
+        except ValueError:
+            raise ApiError(400, "invalid request payload") from None
+        await self.service.dispatch(push, None)
+        return ok("message forwarded successfully")

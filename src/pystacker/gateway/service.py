@@ -1,0 +1,262 @@
+"""The gateway: its connections, its inbox consumer, cursor saving, and its registry entry.
+
+Inbox entries are read (own pending entries first after a restart, then new ones), decoded once,
+encoded into one frame string, and offered to each local target's connection. An entry is
+acknowledged by its stream id once every local target has it written, found it a duplicate, or was
+handed on (spec 13.2 #12: GoStacker acknowledged the wrong id and nothing was ever acked). A target
+that is not here is handed to the gateway that holds him now, if any; otherwise his cursor and the
+message log serve him when he connects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import orjson
+
+from pystacker.engine.base import Engine, InboxEntry
+from pystacker.gateway.connection import CatchUp, Connection, Item, RawFrame, RoomPush
+from pystacker.messaging.acks import EntryTracker
+from pystacker.messaging.cursors import CursorBook
+from pystacker.messaging.frames import CLOSE_REPLACED, CLOSE_SHUTDOWN, PushEntry, ack_frame, chat_frame, decode_entry, encode
+from pystacker.messaging.handoff import CATCH_UP, Handoff
+from pystacker.registry.presence import GatewayPresence
+from pystacker.registry.service import ROUTE_RENEW_SECONDS, RegistryService
+
+log = logging.getLogger("pystacker.gateway")
+
+READ_COUNT = 100
+READ_BLOCK_MS = 1000
+ACK_INTERVAL = 0.05
+CURSOR_SAVE_INTERVAL = 1.0
+
+
+@dataclass
+class GatewaySettings:
+    gateway_id: str
+    consumer: str
+    max_connections: int
+    queue_size: int
+    threshold_pending: int
+
+
+class GatewayService:
+    def __init__(self, engine: Engine, settings: GatewaySettings, cursors: CursorBook, handoff: Handoff,
+                 registry: RegistryService, presence: GatewayPresence) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.gateway_id = settings.gateway_id
+        self.cursors = cursors
+        self.handoff = handoff
+        self.registry = registry
+        self.presence = presence
+        self.tracker = EntryTracker()
+        self.connections: dict[int, Connection] = {}
+        self.accepting = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._capacity_free = asyncio.Event()
+        self._capacity_free.set()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.engine.inbox.ensure_group(self.gateway_id)
+        await self.presence.start()
+        self.accepting = True
+        self._tasks = [asyncio.create_task(coro, name=name) for name, coro in (
+            ("inbox-consumer", self._consume()), ("inbox-acker", self._ack_loop()),
+            ("cursor-saver", self._save_cursors_loop()), ("route-renewer", self._renew_routes_loop()))]
+
+    async def stop(self) -> None:
+        """Drain: refuse new sockets, close the open ones (clients reconnect elsewhere and catch up),
+        save cursors, acknowledge what was finished, leave the registry."""
+        self.accepting = False
+        await self.presence.stop()
+        for conn in list(self.connections.values()):
+            conn.close_soon(CLOSE_SHUTDOWN, "gateway shutting down")
+            await self.detach(conn)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self._ack_completed()
+
+    def has_capacity(self) -> bool:
+        return len(self.connections) < self.settings.max_connections
+
+    # -- connections -----------------------------------------------------------------------------
+
+    async def attach(self, conn: Connection, *, catch_up: bool, welcome: str) -> None:
+        old = self.connections.get(conn.user_id)
+        self.connections[conn.user_id] = conn
+        conn.offer(RawFrame(welcome))
+        if old is not None:
+            # Same user again on this gateway: the new socket replaces the old one. The old writer
+            # stops first and saves its cursor, so the new catch-up starts where the old one ended.
+            old.close_soon(CLOSE_REPLACED, "replaced by a newer connection")
+            leftovers = await old.stop()
+            await self._save(old)
+            await self._hand_on(conn.user_id, leftovers)
+        await self.registry.connect_user(conn.user_id, self.presence.info)
+        if catch_up:
+            conn.offer(CatchUp())
+        conn.start()
+
+    async def detach(self, conn: Connection) -> None:
+        """The socket ended. Only the registered connection is removed (a replaced one is already
+        gone: spec 13.2 #16); what it still had queued is handed on, never dropped."""
+        current = self.connections.get(conn.user_id) is conn
+        if current:
+            del self.connections[conn.user_id]
+        leftovers = await conn.stop()
+        await self._save(conn)
+        if current:
+            await self.registry.disconnect_user(conn.user_id, self.gateway_id)
+        await self._hand_on(conn.user_id, leftovers)
+
+    async def _hand_on(self, user_id: int, items: list[Item]) -> None:
+        """Queued items of a closed connection: to the user's newer socket here, else room messages
+        to his gateway elsewhere (a user without one catches up from his cursor on connect)."""
+        replacement = self.connections.get(user_id)
+        for item in items:
+            if item.entry_id is not None:
+                self.tracker.settle(item.entry_id)
+            if isinstance(item, CatchUp):
+                continue
+            if replacement is not None:
+                replacement.offer(RoomPush(item.room_id, item.seq, item.text) if isinstance(item, RoomPush)
+                                  else RawFrame(item.text))
+            elif isinstance(item, RoomPush):
+                try:
+                    await self.handoff.to_users([user_id], entry_from_chat_frame(item.text, user_id),
+                                                not_to=self.gateway_id)
+                except Exception:
+                    log.exception("hand-on failed; the user gets it by catch-up", extra={"user_id": user_id})
+
+    async def _save(self, conn: Connection) -> None:
+        unsaved = conn.take_unsaved()
+        if unsaved:
+            await self.cursors.save([(conn.user_id, room, seq) for room, seq in unsaved.items()])
+
+    # -- inbox -----------------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        consumer = self.settings.consumer
+        # First what this consumer read before a restart and never acknowledged.
+        while pending := await self.engine.inbox.read_pending(self.gateway_id, consumer, READ_COUNT):
+            await self._dispatch_entries(pending)
+            if len(pending) < READ_COUNT:
+                break
+        while True:
+            if self.tracker.in_flight > self.settings.threshold_pending:
+                await asyncio.sleep(0.01)  # back-pressure: let writers catch up before reading more
+                continue
+            try:
+                entries = await self.engine.inbox.read_new(self.gateway_id, consumer, READ_COUNT, READ_BLOCK_MS)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("inbox read failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            if entries:
+                await self._dispatch_entries(entries)
+
+    async def _dispatch_entries(self, entries: list[InboxEntry]) -> None:
+        for entry in entries:
+            try:
+                push = decode_entry(entry.data)
+            except ValueError as exc:
+                # It can never be delivered; keeping it pending forever would only block trimming.
+                log.error("undecodable inbox entry acknowledged and dropped: %s", exc, extra={"entry_id": entry.entry_id})
+                self.tracker.open(entry.entry_id, 0)
+                continue
+            await self.dispatch(push, entry.entry_id)
+
+    async def dispatch(self, push: PushEntry, entry_id: str | None) -> None:
+        """Offer one entry to its local targets; hand on the others."""
+        local: list[Connection] = []
+        away: list[int] = []
+        for user_id in push.target_ids:
+            conn = self.connections.get(user_id)
+            (local if conn is not None else away).append(conn if conn is not None else user_id)  # type: ignore[arg-type]
+        if entry_id is not None:
+            self.tracker.open(entry_id, len(local))
+        item_for = _item_maker(push, entry_id)
+        for conn in local:
+            if not conn.offer(item_for()) and entry_id is not None:
+                self.tracker.settle(entry_id)  # closing: its cursor stays behind, catch-up serves it
+        if away and push.type in ("chat", CATCH_UP):
+            try:
+                await self.handoff.to_users(away, push, not_to=self.gateway_id)  # type: ignore[arg-type]
+            except Exception:
+                log.exception("hand-on failed; those users get the message by catch-up")
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ACK_INTERVAL)
+            try:
+                await self._ack_completed()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("inbox ack failed; retrying")
+
+    async def _ack_completed(self) -> None:
+        done = self.tracker.take_completed()
+        if done:
+            try:
+                await self.engine.inbox.ack(self.gateway_id, done)
+            except Exception:
+                for entry_id in done:  # keep them for the next round
+                    self.tracker.open(entry_id, 0)
+                raise
+
+    # -- periodic work ---------------------------------------------------------------------------
+
+    async def _save_cursors_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CURSOR_SAVE_INTERVAL)
+            updates = [(conn.user_id, room, seq) for conn in list(self.connections.values())
+                       for room, seq in conn.take_unsaved().items()]
+            try:
+                await self.cursors.save(updates)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("saving cursors failed; clients may get a few messages twice after reconnecting")
+
+    async def _renew_routes_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ROUTE_RENEW_SECONDS)
+            for user_id in list(self.connections):
+                try:
+                    await self.registry.connect_user(user_id, self.presence.info)
+                except Exception:
+                    log.exception("route renewal failed", extra={"user_id": user_id})
+
+
+def _item_maker(push: PushEntry, entry_id: str | None):  # type: ignore[no-untyped-def]
+    """Encode the frame once for all targets of the entry; each target gets its own small item."""
+    if push.type == "chat" and push.seq > 0:
+        text = encode(chat_frame(push.stored_message()))
+        return lambda: RoomPush(push.room_id, push.seq, text, entry_id)
+    if push.type == "ack":
+        text = encode(ack_frame(push.msg_id, push.room_id, push.seq, push.client_msg_id))
+        return lambda: RawFrame(text, entry_id)
+    if push.type == CATCH_UP:
+        return lambda: CatchUp(entry_id)
+    # A frame from GoStacker components (no seq): deliver as it is.
+    text = encode({"id": push.msg_id, "type": push.type, "room_id": push.room_id, "sender_id": push.sender_id,
+                   "payload": push.payload})
+    return lambda: RawFrame(text, entry_id)
+
+
+def entry_from_chat_frame(text: str, user_id: int) -> PushEntry:
+    """Rebuild an inbox entry from a chat frame we encoded (to hand a queued frame on)."""
+    frame = orjson.loads(text)
+    return PushEntry("chat", frame["id"], frame["room_id"], frame["sender_id"], [user_id], frame["payload"],
+                     frame.get("seq", 0), frame.get("client_msg_id"), frame.get("ts", 0),
+                     frame.get("content_type", "text"))

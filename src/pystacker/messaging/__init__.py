@@ -1,0 +1,1 @@
+"""Message handling shared by send and gateway: ids, content rules, frames, pure delivery logic."""

@@ -1,0 +1,55 @@
+"""Message content rules (spec 2.3): the four content types and their fields, with limits.
+
+GoStacker lets missing sub-fields default to ""/0 and accepts any size; we keep the defaults (its
+clients rely on them) but refuse wrong types and oversized content with a clear 400/413.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from pystacker.web.envelope import ApiError
+
+MAX_CONTENT_BYTES = 16 * 1024  # the encoded payload; larger content is a file to upload, not a message
+MAX_TEXT_CHARS = 8000
+MAX_URL_CHARS = 2048
+MAX_NAME_CHARS = 255
+
+# type -> {field: (python type, default)}
+CONTENT_FIELDS: dict[str, dict[str, tuple[type, Any]]] = {
+    "text": {"text": (str, "")},
+    "image": {"url": (str, ""), "width": (int, 0), "height": (int, 0)},
+    "voice": {"url": (str, ""), "duration": (int, 0)},
+    "file": {"url": (str, ""), "file_name": (str, ""), "size": (int, 0)},
+}
+_STRING_LIMITS = {"text": MAX_TEXT_CHARS, "url": MAX_URL_CHARS, "file_name": MAX_NAME_CHARS}
+
+
+def parse_content(content: Any) -> tuple[str, dict[str, Any]]:
+    """Validate a `content` object; return (type, payload without the type key)."""
+    if not isinstance(content, dict):
+        raise ApiError(400, "Invalid content: content must be a JSON object")
+    kind = content.get("type")
+    if not isinstance(kind, str) or kind not in CONTENT_FIELDS:
+        raise ApiError(400, f"Invalid content: unknown content type: {kind if isinstance(kind, str) else ''}")
+    payload: dict[str, Any] = {}
+    for name, (expected, default) in CONTENT_FIELDS[kind].items():
+        value = content.get(name, default)
+        if value is None:
+            value = default
+        if expected is int and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ApiError(400, f"Invalid content: {name} must be an integer")
+        if expected is int and not 0 <= value < 2**63:
+            raise ApiError(400, f"Invalid content: {name} must be between 0 and 2^63-1")
+        if expected is str and not isinstance(value, str):
+            raise ApiError(400, f"Invalid content: {name} must be a string")
+        if expected is str and len(value) > _STRING_LIMITS[name]:
+            raise ApiError(413, f"Invalid content: {name} is longer than {_STRING_LIMITS[name]} characters")
+        payload[name] = value
+    if kind == "text" and not payload["text"].strip():
+        raise ApiError(400, "Invalid content: text must not be empty")
+    if len(orjson.dumps(payload)) > MAX_CONTENT_BYTES:
+        raise ApiError(413, f"Invalid content: larger than {MAX_CONTENT_BYTES} bytes")
+    return kind, payload

@@ -1,0 +1,156 @@
+"""Frames to clients and inbox entries between send and gateways.
+
+Client frames keep GoStacker's five keys `{"id","type","room_id","sender_id","payload"}` (spec 3.2) so its
+clients work unchanged; PyStacker adds keys they ignore: `seq`, `client_msg_id`, `ts` (ms), `id_str`
+(the id as a string: snowflakes exceed JavaScript's 2^53) and `content_type`.
+
+Inbox entries are GoStacker's PushMessage with CamelCase keys (so a Go gateway can read ours) plus
+`Seq`, `ClientMsgID`, `TS`, `ContentType`; the decoder accepts snake_case too (spec 4.1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from pystacker.engine.base import StoredMessage
+
+WELCOME_TEXT = "Connected to WebSocket server"
+INFO_OFFLINE_FAILED = "You have offline messages but failed to retrieve them."
+
+# Close codes (4000-4999 are the application's). Clients may reconnect and catch up after each.
+CLOSE_SLOW_CONSUMER = 4008  # its queue bound was hit; catch up after reconnecting
+CLOSE_REPLACED = 4009  # the same user connected again; this older socket is closed
+CLOSE_SHUTDOWN = 1001  # going away: the gateway drains for a restart
+CLOSE_PONG_TIMEOUT = 4010
+CLOSE_FRAME_TOO_BIG = 1009
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return orjson.dumps(frame).decode()
+
+
+def chat_frame(message: StoredMessage) -> dict[str, Any]:
+    return {
+        "id": message.msg_id,
+        "type": "chat",
+        "room_id": message.room_id,
+        "sender_id": message.sender_id,
+        "payload": message.content,
+        "seq": message.seq,
+        "client_msg_id": message.client_msg_id,
+        "ts": message.created_at_ms,
+        "id_str": str(message.msg_id),
+        "content_type": message.type,
+    }
+
+
+def system_frame(text: str = WELCOME_TEXT, **extra: Any) -> dict[str, Any]:
+    return {"id": -1, "type": "system", "room_id": -1, "sender_id": -1, "payload": text, **extra}
+
+
+def ack_frame(msg_id: int, room_id: int, seq: int, client_msg_id: str | None) -> dict[str, Any]:
+    # GoStacker's ack has room_id 0 and payload null; the extra keys tell new clients which message.
+    return {"id": msg_id, "type": "ack", "room_id": 0, "sender_id": 0, "payload": None,
+            "seq": seq, "ack_room_id": room_id, "client_msg_id": client_msg_id, "id_str": str(msg_id)}
+
+
+def batch_frame(chats: list[dict[str, Any]], *, room_id: int | None = None, has_more: bool | None = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"id": -1, "type": "batch", "room_id": 0, "sender_id": 0, "payload": chats}
+    if room_id is not None:  # an answer to a `sync` request says which room and whether more follow
+        frame["sync_room_id"] = room_id
+        frame["has_more"] = bool(has_more)
+    return frame
+
+
+def info_frame(text: str) -> dict[str, Any]:
+    return {"id": -1, "type": "info", "room_id": 0, "sender_id": 0, "payload": text}
+
+
+def error_frame(code: int, msg: str, *, ref: Any = None) -> dict[str, Any]:
+    """An answer to a client frame that could not be served; `ref` echoes the client's request id."""
+    return {"id": -1, "type": "error", "room_id": 0, "sender_id": 0, "payload": {"code": code, "msg": msg, "ref": ref}}
+
+
+def send_result_frame(message: StoredMessage, *, duplicate: bool, ref: Any = None) -> dict[str, Any]:
+    """The answer to a client `send` frame: the same facts as the HTTP route's `data`."""
+    return {"id": message.msg_id, "type": "send_ok", "room_id": message.room_id, "sender_id": message.sender_id,
+            "payload": {"msgID": message.msg_id, "id_str": str(message.msg_id), "seq": message.seq,
+                        "client_msg_id": message.client_msg_id, "duplicate": duplicate, "ref": ref}}
+
+
+# -- inbox entries ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PushEntry:
+    """One inbox entry: a message (or an ack) for some users of one gateway."""
+
+    type: str  # "chat" or "ack"
+    msg_id: int
+    room_id: int
+    sender_id: int
+    target_ids: list[int]
+    payload: Any
+    seq: int = 0
+    client_msg_id: str | None = None
+    ts: int = 0
+    content_type: str = "text"
+
+    def encode(self) -> bytes:
+        return orjson.dumps({
+            "ID": self.msg_id, "Type": self.type, "RoomID": self.room_id, "SenderID": self.sender_id,
+            "TargetIDs": self.target_ids, "Payload": self.payload, "Seq": self.seq,
+            "ClientMsgID": self.client_msg_id, "TS": self.ts, "ContentType": self.content_type,
+        })
+
+    @classmethod
+    def for_message(cls, message: StoredMessage, target_ids: list[int]) -> PushEntry:
+        return cls("chat", message.msg_id, message.room_id, message.sender_id, target_ids, message.content,
+                   message.seq, message.client_msg_id, message.created_at_ms, message.type)
+
+    @classmethod
+    def for_ack(cls, message: StoredMessage) -> PushEntry:
+        return cls("ack", message.msg_id, message.room_id, message.sender_id, [message.sender_id], None,
+                   message.seq, message.client_msg_id, message.created_at_ms, message.type)
+
+    def stored_message(self) -> StoredMessage:
+        payload = self.payload if isinstance(self.payload, dict) else {}
+        return StoredMessage(self.msg_id, self.room_id, self.seq, self.sender_id, self.content_type, payload,
+                             self.ts, self.client_msg_id)
+
+
+def _pick(data: dict[str, Any], camel: str, snake: str, default: Any) -> Any:
+    if camel in data:
+        return data[camel]
+    return data.get(snake, default)
+
+
+def decode_entry(raw: bytes | str) -> PushEntry:
+    """Decode an inbox entry written by PyStacker or by GoStacker's send (CamelCase or snake_case).
+
+    Raises ValueError on anything that is not a usable entry.
+    """
+    data = orjson.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("inbox entry is not an object")
+    targets = _pick(data, "TargetIDs", "target_ids", [])
+    if not isinstance(targets, list) or not all(isinstance(t, int) for t in targets):
+        raise ValueError("inbox entry has bad target ids")
+    try:
+        return PushEntry(
+            type=str(_pick(data, "Type", "type", "chat")),
+            msg_id=int(_pick(data, "ID", "id", 0)),
+            room_id=int(_pick(data, "RoomID", "room_id", 0)),
+            sender_id=int(_pick(data, "SenderID", "sender_id", 0)),
+            target_ids=targets,
+            payload=_pick(data, "Payload", "payload", None),
+            seq=int(_pick(data, "Seq", "seq", 0) or 0),
+            client_msg_id=_pick(data, "ClientMsgID", "client_msg_id", None),
+            ts=int(_pick(data, "TS", "ts", 0) or 0),
+            content_type=str(_pick(data, "ContentType", "content_type", "text") or "text"),
+        )
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"inbox entry has a bad field: {exc}") from None

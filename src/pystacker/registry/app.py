@@ -1,0 +1,21 @@
+"""Assemble the registry service."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from pystacker.registry.routes import RegistryRoutes, is_registry_write
+from pystacker.registry.service import RegistryService
+from pystacker.runtime import Runtime
+from pystacker.web.middleware import internal_token_middleware
+from pystacker.web.server import new_app
+
+
+def build_registry_app(runtime: Runtime) -> web.Application:
+    config = runtime.config
+    app = new_app("registry", max_body_bytes=config.limits.max_body_bytes, middlewares=[
+        internal_token_middleware(config.internal.token.get_secret_value(), is_registry_write)])
+    service = RegistryService(runtime.engine.registry, user_route_ttl=config.registry.user_route_ttl)
+    RegistryRoutes(runtime.engine, service, runtime.tokens, gateway_ttl=config.registry.gateway_heartbeat_timeout,
+                   send_ttl=config.registry.send_heartbeat_timeout).install(app)
+    return app

@@ -1,0 +1,32 @@
+"""Which gateway a connecting user should use. Pure logic, no I/O.
+
+1. The reconnect lease: a user whose route (connected or disconnected) names a live gateway with room
+   goes back to it, so his messages in flight there reach him.
+2. Otherwise the least loaded live gateway (connections / capacity), ties broken by id.
+Only live gateways are candidates: a dead one never blocks the choice (GoStacker: spec 13.1 #8).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pystacker.engine.base import GatewayInfo, UserRoute
+
+
+def has_room(gateway: GatewayInfo) -> bool:
+    return gateway.connected_users < gateway.capacity
+
+
+def load_of(gateway: GatewayInfo) -> float:
+    return gateway.connected_users / gateway.capacity if gateway.capacity > 0 else 1.0
+
+
+def choose_gateway(live: Sequence[GatewayInfo], lease: UserRoute | None = None) -> GatewayInfo | None:
+    if lease is not None:
+        for gateway in live:
+            if gateway.gateway_id == lease.gateway_id and has_room(gateway):
+                return gateway
+    candidates = [g for g in live if has_room(g)]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda g: (load_of(g), g.gateway_id))

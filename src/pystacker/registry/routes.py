@@ -1,0 +1,239 @@
+"""Registry HTTP routes (spec 2.5) with GoStacker's paths, fields and answers, fixed:
+`user_id` is optional on /registry/gateway/available (the shipped clients omit it; a Bearer token, if
+sent, names the user for the lease); dead gateways never answer; batch route queries return only live,
+connected routes; a heartbeat that carries address and port re-registers an expired instance.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+import orjson
+from aiohttp import web
+from pydantic import Field, StrictFloat, StrictInt, StringConstraints
+
+from pystacker.engine.base import Engine, GatewayInfo, SendInfo
+from pystacker.messaging.fanout import route_is_live
+from pystacker.registry.service import RegistryService
+from pystacker.web.auth import TokenService
+from pystacker.web.envelope import ApiError, ok
+from pystacker.web.requests import RequestModel, parse_json
+
+InstanceId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+Host = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+UserId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
+
+
+class GatewayRegister(RequestModel):
+    gateway_id: InstanceId
+    address: Host
+    port: Port
+    capacity: Annotated[StrictInt, Field(gt=0)]
+
+
+class GatewayHeartbeat(RequestModel):
+    gateway_id: InstanceId
+    load: StrictFloat | StrictInt = 0.0
+    connected_users: Annotated[StrictInt, Field(ge=0)] | None = None
+    connections: Annotated[StrictInt, Field(ge=0)] | None = None  # what GoStacker's gateway really sends
+    address: Host | None = None
+    port: Port | None = None
+    capacity: Annotated[StrictInt, Field(gt=0)] | None = None
+
+
+class SendRegister(RequestModel):
+    instance_id: InstanceId
+    address: Host
+    port: Port
+
+
+class SendHeartbeat(RequestModel):
+    instance_id: InstanceId
+    address: Host | None = None
+    port: Port | None = None
+
+
+class UserConnection(RequestModel):
+    user_id: UserId
+    gateway_id: InstanceId
+
+
+class RouteBatch(RequestModel):
+    user_ids: Annotated[list[UserId], Field(max_length=10_000)]
+
+
+def _stamp(unix: float) -> str:
+    return datetime.fromtimestamp(unix, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _gateway_json(info: GatewayInfo) -> dict[str, Any]:
+    return {**info.to_json(), "last_heartbeat": _stamp(info.last_heartbeat)}
+
+
+class RegistryRoutes:
+    def __init__(self, engine: Engine, service: RegistryService, tokens: TokenService, *,
+                 gateway_ttl: int, send_ttl: int) -> None:
+        self.engine = engine
+        self.registry = engine.registry
+        self.service = service
+        self.tokens = tokens
+        self.gateway_ttl = gateway_ttl
+        self.send_ttl = send_ttl
+
+    def install(self, app: web.Application) -> None:
+        r = app.router
+        r.add_get("/health", self.health)
+        r.add_post("/registry/gateway/register", self.gateway_register)
+        r.add_post("/registry/gateway/heartbeat", self.gateway_heartbeat)
+        r.add_delete("/registry/gateway/{gateway_id}", self.gateway_unregister)
+        r.add_get("/registry/gateway/instances", self.gateway_instances)
+        r.add_get("/registry/gateway/available", self.gateway_available)
+        r.add_post("/registry/send/register", self.send_register)
+        r.add_post("/registry/send/heartbeat", self.send_heartbeat)
+        r.add_delete("/registry/send/{instance_id}", self.send_unregister)
+        r.add_get("/registry/send/instances", self.send_instances)
+        r.add_get("/registry/send/available", self.send_available)
+        r.add_post("/registry/user/connect", self.user_connect)
+        r.add_post("/registry/user/disconnect", self.user_disconnect)
+        r.add_post("/registry/user/routes/batch", self.user_routes)
+
+    async def health(self, _: web.Request) -> web.Response:
+        # GoStacker answers a raw object here, not the envelope.
+        try:
+            await self.engine.ping()
+            gateways = await self.registry.list_gateways()
+            sends = await self.registry.list_send()
+        except Exception:
+            body = {"status": "unhealthy", "redis": "disconnected", "gateway_count": 0, "send_count": 0,
+                    "user_route_count": 0}
+            return web.json_response(body, status=503, dumps=lambda v: orjson.dumps(v).decode())
+        body = {"status": "healthy", "redis": "connected", "gateway_count": len(gateways),
+                "send_count": len(sends), "user_route_count": sum(g.connected_users for g in gateways)}
+        return web.json_response(body, dumps=lambda v: orjson.dumps(v).decode())
+
+    # -- gateways --------------------------------------------------------------------------------
+
+    async def gateway_register(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, GatewayRegister)
+        info = GatewayInfo(body.gateway_id, body.address, body.port, body.capacity, last_heartbeat=time.time())
+        await self.registry.put_gateway(info, self.gateway_ttl)
+        return ok("Gateway registered successfully")
+
+    async def gateway_heartbeat(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, GatewayHeartbeat)
+        info = await self.registry.get_gateway(body.gateway_id)
+        if info is None:
+            if body.address is None or body.port is None:
+                raise ApiError(404, "Gateway not registered")
+            info = GatewayInfo(body.gateway_id, body.address, body.port, body.capacity or 10000)
+        users = body.connected_users if body.connected_users is not None else body.connections
+        if users is not None:
+            info.connected_users = users
+        info.load = float(body.load)
+        info.last_heartbeat = time.time()
+        await self.registry.put_gateway(info, self.gateway_ttl)
+        return ok("Heartbeat updated successfully")
+
+    async def gateway_unregister(self, request: web.Request) -> web.Response:
+        await self.registry.remove_gateway(request.match_info["gateway_id"])
+        return ok("Gateway unregistered successfully")
+
+    async def gateway_instances(self, _: web.Request) -> web.Response:
+        gateways = await self.registry.list_gateways()
+        return ok("success", {"gateways": [_gateway_json(g) for g in gateways] or None, "count": len(gateways)})
+
+    async def gateway_available(self, request: web.Request) -> web.Response:
+        user_id = self._user_for_lease(request)
+        gateway = await self.service.available_gateway(user_id)
+        if gateway is None:
+            raise ApiError(503, "No available gateway")
+        return ok("available", {"gateway_id": gateway.gateway_id, "address": gateway.address, "port": gateway.port})
+
+    def _user_for_lease(self, request: web.Request) -> int | None:
+        raw = request.query.get("user_id")
+        if raw is not None and raw != "":
+            try:
+                user_id = int(raw)
+            except ValueError:
+                raise ApiError(400, "Invalid user_id format") from None
+            if user_id <= 0 or user_id >= 2**63:
+                raise ApiError(400, "Invalid user_id format")
+            return user_id
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            try:
+                return self.tokens.verify(header[7:].strip()).user_id
+            except ApiError:
+                return None  # the lease is an optimisation; a bad token still gets a gateway
+        return None
+
+    # -- send instances --------------------------------------------------------------------------
+
+    async def send_register(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, SendRegister)
+        await self.registry.put_send(SendInfo(body.instance_id, body.address, body.port, time.time()), self.send_ttl)
+        return ok("Send instance registered successfully")
+
+    async def send_heartbeat(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, SendHeartbeat)
+        info = await self.registry.get_send(body.instance_id)
+        if info is None:
+            if body.address is None or body.port is None:
+                raise ApiError(404, "Send instance not registered")
+            info = SendInfo(body.instance_id, body.address, body.port)
+        info.last_heartbeat = time.time()
+        await self.registry.put_send(info, self.send_ttl)
+        return ok("Heartbeat updated successfully")
+
+    async def send_unregister(self, request: web.Request) -> web.Response:
+        await self.registry.remove_send(request.match_info["instance_id"])
+        return ok("Send instance unregistered successfully")
+
+    async def send_instances(self, _: web.Request) -> web.Response:
+        instances = await self.registry.list_send()
+        return ok("success", {"instances": [{**i.to_json(), "last_heartbeat": _stamp(i.last_heartbeat)}
+                                            for i in instances] or None, "count": len(instances)})
+
+    async def send_available(self, _: web.Request) -> web.Response:
+        instance = await self.service.available_send()
+        if instance is None:
+            raise ApiError(503, "No available send instance")
+        return ok("available", {"instance_id": instance.instance_id, "address": instance.address,
+                                "port": instance.port, "url": f"http://{instance.address}:{instance.port}"})
+
+    # -- user routes -----------------------------------------------------------------------------
+
+    async def user_connect(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, UserConnection)
+        gateway = await self.registry.get_gateway(body.gateway_id)
+        if gateway is None:
+            raise ApiError(404, "Failed to record user connection: gateway not found")
+        await self.service.connect_user(body.user_id, gateway)
+        return ok("User connection recorded successfully")
+
+    async def user_disconnect(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, UserConnection)
+        await self.service.disconnect_user(body.user_id, body.gateway_id)
+        return ok("User disconnection recorded successfully")
+
+    async def user_routes(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, RouteBatch)
+        if not body.user_ids:
+            raise ApiError(400, "user_ids cannot be empty")
+        routes = await self.registry.get_routes(body.user_ids)
+        live = {g.gateway_id: g for g in await self.registry.list_gateways()}
+        return ok("success", {str(uid): {"gateway_id": r.gateway_id, "address": r.address}
+                              for uid, r in routes.items() if route_is_live(r, live)})
+
+
+_INTERNAL_PREFIXES = ("/registry/gateway/register", "/registry/gateway/heartbeat", "/registry/send/register",
+                      "/registry/send/heartbeat", "/registry/user/")
+
+
+def is_registry_write(request: web.Request) -> bool:
+    """Registry writes need the internal token (when configured); reads are for clients."""
+    return request.path.startswith(_INTERNAL_PREFIXES) or (
+        request.method == "DELETE" and request.path.startswith("/registry/"))

@@ -1,0 +1,52 @@
+"""Registry rules shared by its HTTP routes and by PyStacker's own gateways (which call them in-process
+or through the shared engine instead of over HTTP)."""
+
+from __future__ import annotations
+
+import random
+import time
+
+from pystacker.engine.base import GatewayInfo, Registry, SendInfo, UserRoute
+from pystacker.registry.choice import choose_gateway
+
+
+CONNECTED_ROUTE_TTL = 24 * 3600
+ROUTE_RENEW_SECONDS = 3600
+
+
+class RegistryService:
+    def __init__(self, registry: Registry, *, user_route_ttl: int) -> None:
+        self.registry = registry
+        self.user_route_ttl = user_route_ttl
+
+    async def available_gateway(self, user_id: int | None) -> GatewayInfo | None:
+        live = await self.registry.list_gateways()
+        lease = None
+        if user_id is not None:
+            lease = (await self.registry.get_routes([user_id])).get(user_id)
+        return choose_gateway(live, lease)
+
+    async def connect_user(self, user_id: int, gateway: GatewayInfo) -> UserRoute:
+        """The user is on `gateway` now. Whether the route is live is judged by its gateway (alive, same
+        epoch), not by its TTL, so a connected user never looks offline (spec 13.2 #11); the long TTL
+        only clears routes that a dead gateway left behind, and the gateway renews it while connected."""
+        route = UserRoute(user_id, gateway.gateway_id, f"{gateway.address}:{gateway.port}", time.time(),
+                          "connected", gateway.epoch)
+        await self.registry.set_route(route, CONNECTED_ROUTE_TTL)
+        return route
+
+    async def disconnect_user(self, user_id: int, gateway_id: str) -> bool:
+        """Turn the route into the reconnect lease, if it still names this gateway (a user who moved to
+        another gateway keeps his new route)."""
+        route = (await self.registry.get_routes([user_id])).get(user_id)
+        if route is None or route.gateway_id != gateway_id:
+            return False
+        route.status = "disconnected"
+        await self.registry.set_route(route, self.user_route_ttl)
+        return True
+
+    async def available_send(self) -> SendInfo | None:
+        instances = await self.registry.list_send()
+        if not instances:
+            return None
+        return random.choice(instances)  # spreads callers, as GoStacker's SRANDMEMBER

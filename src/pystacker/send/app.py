@@ -1,0 +1,53 @@
+"""Assemble the send service: routes, fan-out workers, its registry entry."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from pystacker.registry.presence import SendPresence
+from pystacker.runtime import Runtime
+from pystacker.send.fanout import Fanout
+from pystacker.send.routes import SendRoutes
+from pystacker.send.service import SendService
+from pystacker.web.middleware import auth_middleware, internal_token_middleware
+from pystacker.web.server import new_app
+
+SEND_SERVICE = web.AppKey("send_service", SendService)
+
+
+def send_instance_id(runtime: Runtime) -> str:
+    return f"send-{runtime.config.name}-{runtime.config.machine_id}"
+
+
+def new_send_service(runtime: Runtime) -> SendService:
+    """A SendService with its own fan-out workers (the gateway makes one for `send` frames)."""
+    config = runtime.config
+    parts = runtime.parts
+    fanout = Fanout(runtime.engine, parts.live, workers=config.send_dispatcher.gateway_worker_count,
+                    queue_size=config.send_dispatcher.gateway_queue_size)
+    return SendService(runtime.engine, parts.store, parts.members, fanout, runtime.ids)
+
+
+def build_send_app(runtime: Runtime, *, port: int) -> web.Application:
+    config = runtime.config
+    app = new_app("send", max_body_bytes=config.limits.max_body_bytes, middlewares=[
+        internal_token_middleware(config.internal.token.get_secret_value(),
+                                  lambda request: request.path.startswith("/internal/")),
+        auth_middleware(runtime.tokens)])
+    service = new_send_service(runtime)
+    SendRoutes(service, runtime.parts.handoff).install(app)
+    presence = SendPresence(runtime.engine.registry, send_instance_id(runtime), config.address, port,
+                            ttl=config.registry.send_heartbeat_timeout)
+    app[SEND_SERVICE] = service
+
+    async def lifecycle(_: web.Application):  # type: ignore[no-untyped-def]
+        await runtime.parts.members.listen(runtime.engine.bus)
+        service.fanout.start()
+        await presence.start()
+        yield
+        await presence.stop()
+        await service.fanout.drain(timeout=5.0)
+        await service.fanout.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,86 @@
+"""Fan-out: hand a stored message to the inbox of every gateway that holds an online member.
+
+One inbox entry per gateway (with that gateway's members as targets), then an `ack` entry for the
+sender once every entry is written. A room's messages go through one worker (room id modulo the
+worker count), so a send instance writes each room's entries in seq order. Queues are bounded: when
+they are full the HTTP request waits (back-pressure) instead of dropping the push as GoStacker did.
+Nothing is lost if a push fails: the message is already in the log, and the gateway's gap fill or
+the catch-up on connect delivers it; the failure is logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection
+
+from pystacker.engine.base import Engine, StoredMessage
+from pystacker.messaging.handoff import LiveGateways
+from pystacker.messaging.fanout import plan_fanout
+from pystacker.messaging.frames import PushEntry
+
+log = logging.getLogger("pystacker.send.fanout")
+
+
+class FanoutJob:
+    __slots__ = ("message", "members", "ack_sender")
+
+    def __init__(self, message: StoredMessage, members: Collection[int], ack_sender: bool) -> None:
+        self.message = message
+        self.members = members
+        self.ack_sender = ack_sender
+
+
+class Fanout:
+    def __init__(self, engine: Engine, live: LiveGateways, *, workers: int, queue_size: int) -> None:
+        self.engine = engine
+        self.live = live
+        self._queues = [asyncio.Queue[FanoutJob](maxsize=max(queue_size, 1)) for _ in range(max(workers, 1))]
+        self._tasks: list[asyncio.Task[None]] = []
+        self.failures = 0
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work(q), name=f"fanout-{i}") for i, q in enumerate(self._queues)]
+
+    async def submit(self, message: StoredMessage, members: Collection[int], *, ack_sender: bool = True) -> None:
+        """Queue the push; waits while the room's worker queue is full."""
+        await self._queues[message.room_id % len(self._queues)].put(FanoutJob(message, members, ack_sender))
+
+    async def drain(self, timeout: float) -> None:
+        """Let queued pushes finish (graceful stop)."""
+        try:
+            await asyncio.wait_for(asyncio.gather(*(q.join() for q in self._queues)), timeout)
+        except TimeoutError:
+            log.warning("fan-out queues not drained in %.0fs; their messages reach users by catch-up", timeout)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def _work(self, queue: asyncio.Queue[FanoutJob]) -> None:
+        while True:
+            job = await queue.get()
+            try:
+                await self.push(job.message, job.members, ack_sender=job.ack_sender)
+            except Exception:
+                self.failures += 1
+                log.exception("fan-out failed; members will get the message by gap fill or catch-up",
+                              extra={"msg_id": job.message.msg_id, "room_id": job.message.room_id})
+            finally:
+                queue.task_done()
+
+    async def push(self, message: StoredMessage, members: Collection[int], *, ack_sender: bool = True) -> None:
+        routes = await self.engine.registry.get_routes(list(members))
+        plan = plan_fanout(members, routes, await self.live.get())
+        entries = [(gateway_id, PushEntry.for_message(message, targets).encode())
+                   for gateway_id, targets in plan.by_gateway.items()]
+        if entries:
+            await self.engine.inbox.add(entries)
+        sender_route = routes.get(message.sender_id)
+        if ack_sender and sender_route is not None and message.sender_id not in plan.offline:
+            # After every copy is in an inbox: "ack" means handed on, as in GoStacker (section 5).
+            await self.engine.inbox.add([(sender_route.gateway_id, PushEntry.for_ack(message).encode())])
+        log.debug("fan-out", extra={"msg_id": message.msg_id, "room_id": message.room_id, "seq": message.seq,
+                                    "gateways": len(entries), "offline": len(plan.offline)})

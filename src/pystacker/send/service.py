@@ -1,0 +1,80 @@
+"""Sending: check the sender, store the message with its seq, then push it (spec 4.2, fixed).
+
+GoStacker answered 200 before the message was stored anywhere durable and let any user post to any
+room. Here the sender must be a member (403), the message is in the log with its seq before the
+answer, and a retry carrying the same client_msg_id returns the first answer and sends nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pystacker.engine.base import Appended, Engine, NewMessage, StoredMessage
+from pystacker.messaging.content import parse_content
+from pystacker.messaging.history import History
+from pystacker.messaging.ids import Snowflake
+from pystacker.messaging.membership import MembershipCache
+from pystacker.messaging.store import MessageStore
+from pystacker.send.fanout import Fanout
+from pystacker.web.envelope import ApiError, forbidden, not_found
+
+log = logging.getLogger("pystacker.send")
+
+MAX_HISTORY_PAGE = 200
+
+
+class SendService:
+    def __init__(self, engine: Engine, store: MessageStore, members: MembershipCache, fanout: Fanout,
+                 ids: Snowflake) -> None:
+        self.engine = engine
+        self.store = store
+        self.members = members
+        self.fanout = fanout
+        self.ids = ids
+        self.history = History(engine.messages, store)
+
+    async def _require_member(self, user_id: int, room_id: int) -> frozenset[int]:
+        members = await self.members.members(room_id)
+        if user_id not in members:
+            if not members:
+                raise not_found("room not found")
+            raise forbidden("not a member of this room")
+        return members
+
+    async def send(self, sender_id: int, room_id: int, content: Any, client_msg_id: str | None) -> Appended:
+        kind, payload = parse_content(content)
+        members = await self._require_member(sender_id, room_id)
+        appended = await self.engine.messages.append(NewMessage(
+            msg_id=self.ids.next_id(), room_id=room_id, sender_id=sender_id, type=kind, content=payload,
+            created_at_ms=time.time_ns() // 1_000_000, client_msg_id=client_msg_id))
+        # A duplicate is pushed again too: the first attempt may have died before its push (gateways
+        # drop what a client already has, by seq).
+        await self.fanout.submit(appended.message, members)
+        log.debug("accepted", extra={"msg_id": appended.message.msg_id, "room_id": room_id,
+                                     "seq": appended.message.seq, "duplicate": appended.duplicate})
+        return appended
+
+    async def resend(self, caller: int, message_id: int) -> StoredMessage:
+        """Push a stored message again to the room's members (GoStacker's route, which always failed)."""
+        message = await self.store.by_id(message_id)
+        if message is None:
+            raise not_found("message not found (it may not be stored in SQL yet; retry in a second)")
+        if message.sender_id != caller:
+            raise ApiError(401, "Unauthorized")
+        members = await self._require_member(caller, message.room_id)
+        await self.fanout.submit(message, members)
+        return message
+
+    async def room_history(self, caller: int, room_id: int, *, after_seq: int | None, before_seq: int | None,
+                           limit: int) -> tuple[list[StoredMessage], int]:
+        """A page of a room's messages and the room's last seq. With after_seq: ascending from there;
+        else the newest before before_seq (or the newest of all)."""
+        await self._require_member(caller, room_id)
+        last_seq = (await self.engine.messages.last_seqs([room_id])).get(room_id, 0)
+        limit = max(1, min(limit, MAX_HISTORY_PAGE))
+        if after_seq is not None:
+            return await self.history.after(room_id, after_seq, limit), last_seq
+        upper = last_seq + 1 if before_seq is None else min(before_seq, last_seq + 1)
+        return await self.history.before(room_id, upper, limit), last_seq

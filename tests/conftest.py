@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from pystacker.config import load_config
+from pystacker.meta.app import build_meta_app
+from pystacker.runtime import Runtime
+from pystacker.web.server import Listener, Servers, bind_socket
+from tests import databases
+from tests.client import Http
+
+TEST_JWT_SECRET = "test-secret-that-is-long-enough-0123456789"
+
+
+@pytest.fixture(scope="session", params=databases.selected())
+async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """One fresh database per kind for the whole session, dropped at the end."""
+    kind = request.param
+    url = await databases.create_database(kind, tmp_path_factory.mktemp(kind))
+    yield url
+    await databases.drop_database(kind, url)
+
+
+def make_config(database_url: str, tmp_path: Path, **overrides: object):  # type: ignore[no-untyped-def]
+    base = {"database": {"url": database_url}, "jwt": {"secret": TEST_JWT_SECRET},
+            "data_dir": str(tmp_path), "host": "127.0.0.1", "engine": "memory"}
+    base.update(overrides)
+    return load_config(None, overrides=base)
+
+
+@pytest.fixture(scope="session")
+async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+async def meta_runtime(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runtime]:
+    runtime = Runtime(make_config(database_url, tmp_path_factory.mktemp("meta")))
+    await runtime.open_sql(migrate_to_head=True)
+    yield runtime
+    await runtime.close()
+
+
+@pytest.fixture(scope="session")
+async def meta_url(meta_runtime: Runtime) -> AsyncIterator[str]:
+    """The meta service on a free port of 127.0.0.1, against the session's database."""
+    servers = Servers()
+    await servers.start([Listener("meta", build_meta_app(meta_runtime), bind_socket("127.0.0.1", 0))])
+    yield f"http://127.0.0.1:{servers.bound['meta']}"
+    await servers.stop()
+
+
+@pytest.fixture
+def meta(meta_url: str, http_session: aiohttp.ClientSession) -> Http:
+    return Http(meta_url, http_session)

@@ -1,0 +1,245 @@
+"""MessageLog: dense per-room seqs, idempotent appends, the recent window and the flush queue."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pystacker.engine.base import Engine, EngineSettings, FlushBatch, MessageLog, StoredMessage
+from tests.engine.support import OpenEngine, drain_flush_queue, new_message, unique_int, until
+
+
+def _seqs(messages: list[StoredMessage]) -> list[int]:
+    return [message.seq for message in messages]
+
+
+def _ids(batch: FlushBatch | None) -> list[int]:
+    assert batch is not None
+    return [message.msg_id for message in batch.messages]
+
+
+async def _append(log: MessageLog, room_id: int, count: int) -> list[StoredMessage]:
+    return [(await log.append(new_message(room_id))).message for _ in range(count)]
+
+
+# -- seqs -------------------------------------------------------------------------------------------
+
+
+async def test_a_new_room_counts_from_1_and_keeps_the_message(engine: Engine) -> None:
+    room_id, unused_room = unique_int(), unique_int()
+    sent = new_message(room_id, sender_id=42, client_msg_id="c-1", text="hello")
+    appended = await engine.messages.append(sent)
+    assert not appended.duplicate
+    assert appended.message == StoredMessage(
+        msg_id=sent.msg_id, room_id=room_id, seq=1, sender_id=42, type="text", content={"text": "hello"},
+        created_at_ms=sent.created_at_ms, client_msg_id="c-1")
+    assert _seqs(await _append(engine.messages, room_id, 2)) == [2, 3]
+    assert await engine.messages.last_seqs([room_id, unused_room]) == {room_id: 3, unused_room: 0}
+
+
+async def test_seqs_continue_from_the_seed(open_engine: OpenEngine) -> None:
+    room_id = unique_int()
+
+    async def seed(asked_room: int) -> int:
+        assert asked_room == room_id
+        return 41
+
+    engine = await open_engine(seq_seed=seed)
+    assert _seqs(await _append(engine.messages, room_id, 2)) == [42, 43]
+    assert await engine.messages.last_seqs([room_id]) == {room_id: 43}
+
+
+async def test_concurrent_first_appends_seed_the_room_once(open_engine: OpenEngine) -> None:
+    room_id = unique_int()
+    seeded: list[int] = []
+
+    async def slow_seed(asked_room: int) -> int:
+        seeded.append(asked_room)
+        for _ in range(5):  # an SQL round trip: other appends run meanwhile
+            await asyncio.sleep(0)
+        return 41
+
+    engine = await open_engine(seq_seed=slow_seed)
+    appended = await asyncio.gather(*(engine.messages.append(new_message(room_id)) for _ in range(20)))
+    assert seeded == [room_id]
+    assert sorted(a.message.seq for a in appended) == list(range(42, 62))
+
+
+async def test_concurrent_appends_get_dense_distinct_seqs(engine: Engine) -> None:
+    room_id = unique_int()
+    sent = [new_message(room_id) for _ in range(200)]
+    appended = await asyncio.gather(*(engine.messages.append(message) for message in sent))
+    assert sorted(a.message.seq for a in appended) == list(range(1, 201))
+    assert [a.message.msg_id for a in appended] == [message.msg_id for message in sent]
+    seq_of = {a.message.msg_id: a.message.seq for a in appended}
+    stored = await engine.messages.read(room_id, 0, 500)
+    assert _seqs(stored) == list(range(1, 201))
+    assert all(seq_of[message.msg_id] == message.seq for message in stored)
+    assert await engine.messages.last_seqs([room_id]) == {room_id: 200}
+
+
+async def test_rooms_count_independently(engine: Engine) -> None:
+    room_a, room_b = unique_int(), unique_int()
+    await _append(engine.messages, room_a, 3)
+    assert _seqs(await _append(engine.messages, room_b, 1)) == [1]
+    assert await engine.messages.last_seqs([room_a, room_b]) == {room_a: 3, room_b: 1}
+
+
+# -- idempotency ----------------------------------------------------------------------------------------
+
+
+async def test_a_retry_with_the_same_key_returns_the_first_message(engine: Engine) -> None:
+    room_id = unique_int()
+    first = await engine.messages.append(new_message(room_id, sender_id=1, client_msg_id="k", text="one"))
+    retry = await engine.messages.append(new_message(room_id, sender_id=1, client_msg_id="k", text="two"))
+    assert retry.duplicate
+    assert retry.message == first.message
+    assert await engine.messages.last_seqs([room_id]) == {room_id: 1}
+    assert await engine.messages.read(room_id, 0, 10) == [first.message]
+
+
+async def test_the_key_belongs_to_its_sender(engine: Engine) -> None:
+    room_id = unique_int()
+    first = await engine.messages.append(new_message(room_id, sender_id=1, client_msg_id="k"))
+    other_sender = await engine.messages.append(new_message(room_id, sender_id=2, client_msg_id="k"))
+    other_key = await engine.messages.append(new_message(room_id, sender_id=1, client_msg_id="k2"))
+    no_key = [await engine.messages.append(new_message(room_id, sender_id=1)) for _ in range(2)]
+    assert not any(a.duplicate for a in [first, other_sender, other_key, *no_key])
+    assert [a.message.seq for a in [first, other_sender, other_key, *no_key]] == [1, 2, 3, 4, 5]
+
+
+async def test_concurrent_retries_store_one_message(engine: Engine) -> None:
+    room_id = unique_int()
+    appended = await asyncio.gather(
+        *(engine.messages.append(new_message(room_id, sender_id=1, client_msg_id="k")) for _ in range(10)))
+    assert sum(not a.duplicate for a in appended) == 1
+    assert {(a.message.msg_id, a.message.seq) for a in appended} == {(appended[0].message.msg_id, 1)}
+    assert await engine.messages.last_seqs([room_id]) == {room_id: 1}
+
+
+async def test_a_key_is_forgotten_after_the_idempotency_ttl(open_engine: OpenEngine) -> None:
+    engine = await open_engine(EngineSettings(idempotency_ttl=1))
+    room_id = unique_int()
+    first = await engine.messages.append(new_message(room_id, sender_id=1, client_msg_id="k"))
+    assert (await engine.messages.append(new_message(room_id, sender_id=1, client_msg_id="k"))).duplicate
+    # Retries keep answering "duplicate" (allocating nothing) until the key expired.
+    later = await until(lambda: engine.messages.append(new_message(room_id, sender_id=1, client_msg_id="k")),
+                        lambda appended: not appended.duplicate)
+    assert later.message.msg_id != first.message.msg_id
+    assert later.message.seq == 2
+
+
+# -- reading the window ---------------------------------------------------------------------------------
+
+
+async def test_read_returns_messages_after_a_seq_in_order(engine: Engine) -> None:
+    room_id = unique_int()
+    await _append(engine.messages, room_id, 10)
+    assert _seqs(await engine.messages.read(room_id, 3, 4)) == [4, 5, 6, 7]
+    assert _seqs(await engine.messages.read(room_id, 0, 100)) == list(range(1, 11))
+    assert _seqs(await engine.messages.read(room_id, 8, 100)) == [9, 10]
+    assert await engine.messages.read(room_id, 10, 100) == []
+    assert await engine.messages.read(unique_int(), 0, 100) == []
+
+
+async def test_window_start_of_rooms_without_messages(open_engine: OpenEngine) -> None:
+    async def seed(room_id: int) -> int:
+        return 41
+
+    engine = await open_engine(seq_seed=seed)
+    room_id = unique_int()
+    # The window holds nothing, and everything up to the seed is in SQL.
+    assert await engine.messages.window_start(room_id) == 42
+    assert _seqs(await _append(engine.messages, room_id, 1)) == [42]
+    assert await engine.messages.window_start(room_id) == 42
+
+
+async def test_the_window_keeps_every_unflushed_message(open_engine: OpenEngine) -> None:
+    engine = await open_engine(EngineSettings(window_size=5))
+    room_id = unique_int()
+    await _append(engine.messages, room_id, 12)
+    assert await engine.messages.window_start(room_id) == 1
+    assert _seqs(await engine.messages.read(room_id, 0, 100)) == list(range(1, 13))
+
+
+async def test_flushed_messages_leave_the_window_beyond_its_size(open_engine: OpenEngine) -> None:
+    engine = await open_engine(EngineSettings(window_size=5))
+    await drain_flush_queue(engine.messages)
+    room_id = unique_int()
+    await _append(engine.messages, room_id, 12)
+    await drain_flush_queue(engine.messages)
+    await _append(engine.messages, room_id, 1)
+    assert await engine.messages.window_start(room_id) == 9
+    assert _seqs(await engine.messages.read(room_id, 0, 100)) == [9, 10, 11, 12, 13]
+    assert _seqs(await engine.messages.read(room_id, 10, 100)) == [11, 12, 13]
+
+
+async def test_the_window_is_trimmed_only_up_to_the_oldest_unflushed_message(open_engine: OpenEngine) -> None:
+    engine = await open_engine(EngineSettings(window_size=3))
+    await drain_flush_queue(engine.messages)
+    room_id = unique_int()
+    await _append(engine.messages, room_id, 6)
+    batch = await engine.messages.take_batch(2)
+    assert batch is not None and _seqs(batch.messages) == [1, 2]
+    await engine.messages.confirm_batch(batch.token)
+    await _append(engine.messages, room_id, 1)
+    assert await engine.messages.window_start(room_id) == 3
+    assert _seqs(await engine.messages.read(room_id, 0, 100)) == [3, 4, 5, 6, 7]
+    await drain_flush_queue(engine.messages)
+
+
+# -- the flush queue ------------------------------------------------------------------------------------
+
+
+async def test_batches_come_oldest_first_and_stay_readable_once_confirmed(engine: Engine) -> None:
+    await drain_flush_queue(engine.messages)
+    assert await engine.messages.take_batch(10) is None
+    room_a, room_b = unique_int(), unique_int()
+    sent = [await _append(engine.messages, room, 1) for room in (room_a, room_b, room_a, room_a, room_b)]
+    order = [messages[0].msg_id for messages in sent]
+
+    first = await engine.messages.take_batch(3)
+    second = await engine.messages.take_batch(10)
+    assert _ids(first) == order[:3]
+    assert _ids(second) == order[3:]
+    assert await engine.messages.take_batch(10) is None
+    assert first is not None and second is not None and first.token != second.token
+    await engine.messages.confirm_batch(first.token)
+    await engine.messages.confirm_batch(second.token)
+    assert await engine.messages.take_batch(10) is None
+    assert _seqs(await engine.messages.read(room_a, 0, 10)) == [1, 2, 3]
+    assert _seqs(await engine.messages.read(room_b, 0, 10)) == [1, 2]
+
+
+async def test_an_unconfirmed_batch_is_handed_out_again(open_engine: OpenEngine) -> None:
+    engine = await open_engine(EngineSettings(flush_claim_timeout=0.3))
+    await drain_flush_queue(engine.messages)
+    room_id = unique_int()
+    order = [message.msg_id for message in await _append(engine.messages, room_id, 4)]
+    confirmed = await engine.messages.take_batch(2)
+    abandoned = await engine.messages.take_batch(2)
+    assert confirmed is not None and abandoned is not None
+    await engine.messages.confirm_batch(confirmed.token)
+    assert await engine.messages.take_batch(10) is None
+
+    # The confirmed batch expired first: had it not been forgotten, it would come back here too.
+    again = await until(lambda: engine.messages.take_batch(10))
+    assert _ids(again) == order[2:]
+    await engine.messages.confirm_batch(again.token)
+    await engine.messages.confirm_batch(abandoned.token)  # its flusher woke up late: harmless
+    assert await engine.messages.take_batch(10) is None
+
+
+async def test_expired_batches_come_back_oldest_first(open_engine: OpenEngine) -> None:
+    engine = await open_engine(EngineSettings(flush_claim_timeout=0.3))
+    await drain_flush_queue(engine.messages)
+    room_id = unique_int()
+    order = [message.msg_id for message in await _append(engine.messages, room_id, 4)]
+    assert _ids(await engine.messages.take_batch(2)) == order[:2]
+    assert _ids(await engine.messages.take_batch(2)) == order[2:]
+
+    again = [await until(lambda: engine.messages.take_batch(2)) for _ in range(2)]
+    assert [_ids(batch) for batch in again] == [order[:2], order[2:]]
+    for batch in again:
+        assert batch is not None
+        await engine.messages.confirm_batch(batch.token)
+    assert await engine.messages.take_batch(10) is None
