@@ -58,3 +58,18 @@ async def meta_url(meta_runtime: Runtime) -> AsyncIterator[str]:
 @pytest.fixture
 def meta(meta_url: str, http_session: aiohttp.ClientSession) -> Http:
     return Http(meta_url, http_session)
+
+
+@pytest.fixture(scope="session")
+async def system(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The whole embedded system (`pystacker up`) in-process on free ports, with its own SQLite file."""
+    from pystacker.embedded import EmbeddedSystem
+
+    data_dir = tmp_path_factory.mktemp("embedded")
+    config = load_config(None, overrides={
+        "engine": "memory", "data_dir": str(data_dir), "host": "127.0.0.1",
+        "jwt": {"secret": TEST_JWT_SECRET}, "ports": {"send": 0, "meta": 0, "registry": 0, "gateway": 0}})
+    embedded = EmbeddedSystem(config)
+    await embedded.start()
+    yield embedded
+    await embedded.stop()

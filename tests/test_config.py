@@ -362,7 +362,7 @@ def test_every_example_file_loads_with_a_secret_from_the_environment(
         assert config.dispatcher.group_name == f"{gateway_id}_group"
 
 
-@pytest.mark.parametrize("path", [p for p in EXAMPLES if "jwt" in p.read_text()], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_the_example_placeholder_secret_is_refused(path: Path) -> None:
     config = load_config(path)
     with pytest.raises(ConfigError) as caught:

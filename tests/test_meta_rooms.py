@@ -36,6 +36,11 @@ JOIN_RESPOND = "/api/chat/group/join/respond"
 NO_SUCH_ID = 2**62  # a valid id that no row will reach in a test run
 
 
+async def new_users(meta: Http, *prefixes: str) -> list[User]:
+    """Several users at once: each costs two bcrypt rounds, which run in parallel threads."""
+    return list(await asyncio.gather(*(new_user(meta, prefix) for prefix in prefixes)))
+
+
 async def create_room(meta: Http, owner: User, *members: User, name: str | None = None,
                       is_group: bool = True) -> int:
     answer = await meta.post(CREATE, {"name": name or unique_name("room"), "is_group": is_group,
@@ -60,7 +65,7 @@ async def joined(meta: Http, user: User) -> list[int]:
 
 async def group_with_admin(meta: Http) -> tuple[int, User, User, User]:
     """A group with an owner, an admin and a plain member."""
-    owner, admin, member = await new_user(meta, "own"), await new_user(meta, "adm"), await new_user(meta, "mem")
+    owner, admin, member = await new_users(meta, "own", "adm", "mem")
     room_id = await create_room(meta, owner, admin, member)
     promoted = await meta.post(CHANGE_ROLE, {"room_id": room_id, "target_user_id": admin.id, "new_role": ADMIN},
                                token=owner.token)
@@ -77,7 +82,7 @@ def assert_ok(answer: Any, msg: str) -> None:
 
 
 async def test_create_group_makes_the_creator_owner_and_the_others_members(meta: Http) -> None:
-    owner, bob, carol = await new_user(meta, "own"), await new_user(meta, "bob"), await new_user(meta, "carol")
+    owner, bob, carol = await new_users(meta, "own", "bob", "carol")
     answer = await meta.post(CREATE, {"name": "Team", "is_group": True, "member_ids": [bob.id, carol.id]},
                              token=owner.token)
     assert_ok(answer, "Chat room created successfully")
@@ -89,7 +94,7 @@ async def test_create_group_makes_the_creator_owner_and_the_others_members(meta:
 
 
 async def test_create_group_alone_and_with_self_or_duplicates_in_member_ids(meta: Http) -> None:
-    owner, bob = await new_user(meta, "own"), await new_user(meta, "bob")
+    owner, bob = await new_users(meta, "own", "bob")
     alone = await create_room(meta, owner)
     assert await roles_in(meta, alone, owner) == {owner.id: OWNER}
     # The creator listed among the members stays owner; a repeated id is added once.
@@ -100,7 +105,7 @@ async def test_create_group_alone_and_with_self_or_duplicates_in_member_ids(meta
 
 
 async def test_create_private_room_with_exactly_one_other_member(meta: Http) -> None:
-    alice, bob = await new_user(meta, "alice"), await new_user(meta, "bob")
+    alice, bob = await new_users(meta, "alice", "bob")
     # is_group is optional and defaults to false: GoStacker's 1:1 chat.
     answer = await meta.post(CREATE, {"name": "dm", "member_ids": [bob.id]}, token=alice.token)
     assert_ok(answer, "Chat room created successfully")
@@ -113,7 +118,7 @@ async def test_create_private_room_with_exactly_one_other_member(meta: Http) -> 
 @pytest.mark.parametrize("others", [0, 2], ids=["alone", "three-people"])
 async def test_create_private_room_with_other_than_two_members_is_400(meta: Http, others: int) -> None:
     alice = await new_user(meta, "alice")
-    extra = [await new_user(meta, "x") for _ in range(others)]
+    extra = await new_users(meta, *["x"] * others)
     answer = await meta.post(CREATE, {"name": "dm", "is_group": False, "member_ids": [u.id for u in extra]},
                              token=alice.token)
     assert_error(answer, 400, contains="exactly two members")
@@ -127,7 +132,7 @@ async def test_create_private_room_with_only_self_is_400(meta: Http) -> None:
 
 
 async def test_create_with_unknown_member_id_is_404_and_creates_nothing(meta: Http) -> None:
-    owner, bob = await new_user(meta, "own"), await new_user(meta, "bob")
+    owner, bob = await new_users(meta, "own", "bob")
     answer = await meta.post(CREATE, {"name": "ghosts", "is_group": True, "member_ids": [bob.id, NO_SUCH_ID]},
                              token=owner.token)
     assert_error(answer, 404, contains=str(NO_SUCH_ID))
@@ -173,7 +178,7 @@ async def test_create_refuses_invalid_bodies(meta: Http, body: dict[str, Any], f
 
 
 async def test_owner_adds_a_member_with_role_member(meta: Http) -> None:
-    owner, bob = await new_user(meta, "own"), await new_user(meta, "bob")
+    owner, bob = await new_users(meta, "own", "bob")
     room_id = await create_room(meta, owner)
     assert_ok(await meta.post(ADD_MEMBER, {"room_id": room_id, "member_id": bob.id}, token=owner.token),
               "Member added successfully")
@@ -183,7 +188,7 @@ async def test_owner_adds_a_member_with_role_member(meta: Http) -> None:
 
 async def test_admin_adds_members_and_the_answer_lists_who_was_new(meta: Http) -> None:
     room_id, owner, admin, member = await group_with_admin(meta)
-    dave, erin = await new_user(meta, "dave"), await new_user(meta, "erin")
+    dave, erin = await new_users(meta, "dave", "erin")
     answer = await meta.post(ADD_MEMBERS, {"room_id": room_id, "member_ids": [dave.id, erin.id, member.id]},
                              token=admin.token)
     assert_ok(answer, "Members added successfully")
@@ -222,7 +227,7 @@ async def test_plain_member_cannot_add_members(meta: Http) -> None:
 
 
 async def test_outsider_cannot_add_members(meta: Http) -> None:
-    owner, outsider = await new_user(meta, "own"), await new_user(meta, "out")
+    owner, outsider = await new_users(meta, "own", "out")
     room_id = await create_room(meta, owner)
     answer = await meta.post(ADD_MEMBER, {"room_id": room_id, "member_id": outsider.id}, token=outsider.token)
     assert_error(answer, 403, contains="permission denied")
@@ -230,7 +235,7 @@ async def test_outsider_cannot_add_members(meta: Http) -> None:
 
 
 async def test_add_member_to_a_private_room_is_400(meta: Http) -> None:
-    alice, bob, carol = await new_user(meta, "alice"), await new_user(meta, "bob"), await new_user(meta, "carol")
+    alice, bob, carol = await new_users(meta, "alice", "bob", "carol")
     room_id = await create_room(meta, alice, bob, is_group=False)
     assert_error(await meta.post(ADD_MEMBER, {"room_id": room_id, "member_id": carol.id}, token=alice.token),
                  400, "cannot add members to a private chat")
@@ -240,13 +245,13 @@ async def test_add_member_to_a_private_room_is_400(meta: Http) -> None:
 
 
 async def test_add_member_to_an_unknown_room_is_404(meta: Http) -> None:
-    owner, bob = await new_user(meta, "own"), await new_user(meta, "bob")
+    owner, bob = await new_users(meta, "own", "bob")
     assert_error(await meta.post(ADD_MEMBER, {"room_id": NO_SUCH_ID, "member_id": bob.id}, token=owner.token),
                  404, "room not found")
 
 
 async def test_add_an_unknown_user_is_404_and_adds_nobody(meta: Http) -> None:
-    owner, bob = await new_user(meta, "own"), await new_user(meta, "bob")
+    owner, bob = await new_users(meta, "own", "bob")
     room_id = await create_room(meta, owner)
     assert_error(await meta.post(ADD_MEMBER, {"room_id": room_id, "member_id": NO_SUCH_ID}, token=owner.token),
                  404, contains=f"unknown user id(s): {NO_SUCH_ID}")
@@ -338,7 +343,7 @@ async def test_remove_from_an_unknown_room_is_404(meta: Http) -> None:
 
 
 async def test_owner_changes_a_role_and_it_persists(meta: Http) -> None:
-    owner, bob = await new_user(meta, "own"), await new_user(meta, "bob")
+    owner, bob = await new_users(meta, "own", "bob")
     room_id = await create_room(meta, owner, bob)
     answer = await meta.post(CHANGE_ROLE, {"room_id": room_id, "target_user_id": bob.id, "new_role": ADMIN},
                              token=owner.token)
@@ -360,7 +365,7 @@ async def test_only_the_owner_changes_roles(meta: Http) -> None:
 
 @pytest.mark.parametrize("new_role", [0, 3, -1, 99])
 async def test_change_role_to_other_than_admin_or_member_is_400(meta: Http, new_role: int) -> None:
-    owner, bob = await new_user(meta, "own"), await new_user(meta, "bob")
+    owner, bob = await new_users(meta, "own", "bob")
     room_id = await create_room(meta, owner, bob)
     answer = await meta.post(CHANGE_ROLE, {"room_id": room_id, "target_user_id": bob.id, "new_role": new_role},
                              token=owner.token)
@@ -369,7 +374,7 @@ async def test_change_role_to_other_than_admin_or_member_is_400(meta: Http, new_
 
 
 async def test_change_role_refuses_string_role_non_member_and_the_owner_itself(meta: Http) -> None:
-    owner, bob, stranger = await new_user(meta, "own"), await new_user(meta, "bob"), await new_user(meta, "str")
+    owner, bob, stranger = await new_users(meta, "own", "bob", "str")
     room_id = await create_room(meta, owner, bob)
     answer = await meta.post(CHANGE_ROLE, {"room_id": room_id, "target_user_id": bob.id, "new_role": "1"},
                              token=owner.token)
@@ -387,7 +392,7 @@ async def test_change_role_refuses_string_role_non_member_and_the_owner_itself(m
 
 
 async def test_change_nickname_persists(meta: Http) -> None:
-    owner, bob = await new_user(meta, "own"), await new_user(meta, "bob")
+    owner, bob = await new_users(meta, "own", "bob")
     room_id = await create_room(meta, owner, bob)
     answer = await meta.post(CHANGE_NICKNAME, {"room_id": room_id, "nickname": "Bobby 🚀"}, token=bob.token)
     assert_ok(answer, "Nickname changed successfully")
@@ -398,7 +403,7 @@ async def test_change_nickname_persists(meta: Http) -> None:
 
 
 async def test_change_nickname_by_a_non_member_is_403(meta: Http) -> None:
-    owner, stranger = await new_user(meta, "own"), await new_user(meta, "str")
+    owner, stranger = await new_users(meta, "own", "str")
     room_id = await create_room(meta, owner)
     answer = await meta.post(CHANGE_NICKNAME, {"room_id": room_id, "nickname": "intruder"}, token=stranger.token)
     assert_error(answer, 403, "not a member of this room")
@@ -423,7 +428,7 @@ async def test_change_nickname_in_an_unknown_room_is_404(meta: Http) -> None:
 
 
 async def test_join_a_group_as_member_and_again_is_idempotent(meta: Http) -> None:
-    owner, bob = await new_user(meta, "own"), await new_user(meta, "bob")
+    owner, bob = await new_users(meta, "own", "bob")
     room_id = await create_room(meta, owner)
     assert_ok(await meta.post(JOIN, {"room_id": room_id}, token=bob.token), "Joined room successfully")
     assert_ok(await meta.post(JOIN, {"room_id": room_id}, token=bob.token), "Joined room successfully")
@@ -440,7 +445,7 @@ async def test_join_keeps_an_admins_role(meta: Http) -> None:
 
 
 async def test_join_a_private_room_is_400(meta: Http) -> None:
-    alice, bob, eve = await new_user(meta, "alice"), await new_user(meta, "bob"), await new_user(meta, "eve")
+    alice, bob, eve = await new_users(meta, "alice", "bob", "eve")
     room_id = await create_room(meta, alice, bob, is_group=False)
     assert_error(await meta.post(JOIN, {"room_id": room_id}, token=eve.token), 400, "cannot join a private chat")
     assert await joined(meta, eve) == []
@@ -453,7 +458,7 @@ async def test_join_an_unknown_room_is_404(meta: Http) -> None:
 
 
 async def test_a_member_leaves(meta: Http) -> None:
-    owner, bob = await new_user(meta, "own"), await new_user(meta, "bob")
+    owner, bob = await new_users(meta, "own", "bob")
     room_id = await create_room(meta, owner, bob)
     assert_ok(await meta.post(LEAVE, {"room_id": room_id}, token=bob.token), "Left room successfully")
     assert await roles_in(meta, room_id, owner) == {owner.id: OWNER}
@@ -463,7 +468,7 @@ async def test_a_member_leaves(meta: Http) -> None:
 
 
 async def test_the_owner_cannot_leave_while_others_remain(meta: Http) -> None:
-    owner, bob = await new_user(meta, "own"), await new_user(meta, "bob")
+    owner, bob = await new_users(meta, "own", "bob")
     room_id = await create_room(meta, owner, bob)
     answer = await meta.post(LEAVE, {"room_id": room_id}, token=owner.token)
     assert_error(answer, 400, contains="owner cannot leave")
@@ -490,7 +495,7 @@ async def search(meta: Http, user: User, **params: Any) -> list[dict[str, Any]]:
 
 
 async def test_search_finds_groups_by_name_with_gostackers_fields(meta: Http) -> None:
-    owner, searcher = await new_user(meta, "own"), await new_user(meta, "find")
+    owner, searcher = await new_users(meta, "own", "find")
     tag = unique_name("srch")
     before = datetime.now(timezone.utc)
     room_id = await create_room(meta, owner, name=f"The {tag} club")
@@ -513,7 +518,7 @@ async def test_search_is_case_insensitive(meta: Http) -> None:
 
 
 async def test_search_never_lists_private_rooms(meta: Http) -> None:
-    alice, bob = await new_user(meta, "alice"), await new_user(meta, "bob")
+    alice, bob = await new_users(meta, "alice", "bob")
     tag = unique_name("priv")
     await create_room(meta, alice, bob, name=f"{tag} secret", is_group=False)
     assert await search(meta, alice, q=tag) == []
@@ -571,7 +576,7 @@ async def test_search_with_a_nul_character_is_a_client_error_not_500(meta: Http)
 
 
 async def test_info_of_a_group_is_visible_to_anyone(meta: Http) -> None:
-    owner, bob, outsider = await new_user(meta, "own"), await new_user(meta, "bob"), await new_user(meta, "out")
+    owner, bob, outsider = await new_users(meta, "own", "bob", "out")
     room_id = await create_room(meta, owner, bob, name="Info Room")
     answer = await meta.get(INFO, params={"room_id": room_id}, token=outsider.token)
     assert_ok(answer, "ok")
@@ -582,7 +587,7 @@ async def test_info_of_a_group_is_visible_to_anyone(meta: Http) -> None:
 
 
 async def test_info_and_members_of_a_private_room_only_for_its_members(meta: Http) -> None:
-    alice, bob, eve = await new_user(meta, "alice"), await new_user(meta, "bob"), await new_user(meta, "eve")
+    alice, bob, eve = await new_users(meta, "alice", "bob", "eve")
     room_id = await create_room(meta, alice, bob, is_group=False)
     assert_error(await meta.get(INFO, params={"room_id": room_id}, token=eve.token), 403, "not a member of this room")
     assert_error(await meta.get(MEMBERS, params={"room_id": room_id}, token=eve.token), 403,
@@ -592,7 +597,7 @@ async def test_info_and_members_of_a_private_room_only_for_its_members(meta: Htt
 
 
 async def test_members_lists_each_member_with_its_details(meta: Http) -> None:
-    owner, bob = await new_user(meta, "own"), await new_user(meta, "bob")
+    owner, bob = await new_users(meta, "own", "bob")
     room_id = await create_room(meta, owner, bob)
     answer = await meta.get(MEMBERS, params={"room_id": room_id}, token=bob.token)
     assert_ok(answer, "ok")
@@ -604,7 +609,7 @@ async def test_members_lists_each_member_with_its_details(meta: Http) -> None:
 
 
 async def test_members_of_a_group_need_membership(meta: Http) -> None:
-    owner, outsider = await new_user(meta, "own"), await new_user(meta, "out")
+    owner, outsider = await new_users(meta, "own", "out")
     room_id = await create_room(meta, owner)
     assert_error(await meta.get(MEMBERS, params={"room_id": room_id}, token=outsider.token), 403,
                  "not a member of this room")
@@ -620,7 +625,7 @@ async def test_info_and_members_refuse_missing_bad_or_unknown_room_ids(meta: Htt
 
 
 async def test_joined_rooms_lists_the_callers_rooms_in_order(meta: Http) -> None:
-    owner, bob = await new_user(meta, "own"), await new_user(meta, "bob")
+    owner, bob = await new_users(meta, "own", "bob")
     assert await joined(meta, bob) == []
     first = await create_room(meta, owner, bob)
     second = await create_room(meta, bob)
@@ -650,7 +655,7 @@ async def pending(meta: Http, room_id: int, reader: User) -> list[dict[str, Any]
 
 
 async def test_join_request_is_listed_for_the_owner(meta: Http) -> None:
-    owner, bob = await new_user(meta, "own"), await new_user(meta, "bob")
+    owner, bob = await new_users(meta, "own", "bob")
     room_id = await create_room(meta, owner)
     request_id = await request_join(meta, bob, room_id, "let me in")
     assert isinstance(request_id, int) and request_id > 0
@@ -663,7 +668,7 @@ async def test_join_request_is_listed_for_the_owner(meta: Http) -> None:
 
 async def test_join_requests_are_ordered_oldest_first_and_visible_to_admins(meta: Http) -> None:
     room_id, owner, admin, member = await group_with_admin(meta)
-    applicants = [await new_user(meta, f"ap{i}") for i in range(3)]
+    applicants = await new_users(meta, "ap0", "ap1", "ap2")
     ids = [await request_join(meta, user, room_id) for user in applicants]
     listed = await pending(meta, room_id, admin)
     assert [r["id"] for r in listed] == ids
@@ -672,7 +677,7 @@ async def test_join_requests_are_ordered_oldest_first_and_visible_to_admins(meta
 
 
 async def test_join_request_refusals(meta: Http) -> None:
-    owner, bob, carol = await new_user(meta, "own"), await new_user(meta, "bob"), await new_user(meta, "carol")
+    owner, bob, carol = await new_users(meta, "own", "bob", "carol")
     group = await create_room(meta, owner, carol)
     private = await create_room(meta, owner, carol, is_group=False)
     assert_error(await meta.post(JOIN_REQUEST, {"room_id": private}, token=bob.token), 400,
@@ -686,7 +691,7 @@ async def test_join_request_refusals(meta: Http) -> None:
 
 
 async def test_a_second_pending_request_is_409(meta: Http) -> None:
-    owner, bob = await new_user(meta, "own"), await new_user(meta, "bob")
+    owner, bob = await new_users(meta, "own", "bob")
     room_id = await create_room(meta, owner)
     first = await request_join(meta, bob, room_id, "first")
     answer = await meta.post(JOIN_REQUEST, {"room_id": room_id, "message": "second"}, token=bob.token)
@@ -695,7 +700,7 @@ async def test_a_second_pending_request_is_409(meta: Http) -> None:
 
 
 async def test_join_request_message_with_nul_is_a_client_error_not_500(meta: Http) -> None:
-    owner, bob = await new_user(meta, "own"), await new_user(meta, "bob")
+    owner, bob = await new_users(meta, "own", "bob")
     room_id = await create_room(meta, owner)
     answer = await meta.post(JOIN_REQUEST, {"room_id": room_id, "message": "hi\x00there"}, token=bob.token)
     assert_error(answer, 400, contains="message")
@@ -736,7 +741,7 @@ async def test_approving_a_request_adds_the_member_with_role_member(meta: Http) 
 
 
 async def test_rejecting_a_request_adds_nobody_and_allows_a_new_request(meta: Http) -> None:
-    owner, bob = await new_user(meta, "own"), await new_user(meta, "bob")
+    owner, bob = await new_users(meta, "own", "bob")
     room_id = await create_room(meta, owner)
     request_id = await request_join(meta, bob, room_id)
     assert_ok(await meta.post(JOIN_RESPOND, {"request_id": request_id, "approve": False}, token=owner.token), "ok")
@@ -747,7 +752,7 @@ async def test_rejecting_a_request_adds_nobody_and_allows_a_new_request(meta: Ht
 
 
 async def test_approve_defaults_to_false_when_absent(meta: Http) -> None:
-    owner, bob = await new_user(meta, "own"), await new_user(meta, "bob")
+    owner, bob = await new_users(meta, "own", "bob")
     room_id = await create_room(meta, owner)
     request_id = await request_join(meta, bob, room_id)
     assert_ok(await meta.post(JOIN_RESPOND, {"request_id": request_id}, token=owner.token), "ok")
@@ -755,7 +760,7 @@ async def test_approve_defaults_to_false_when_absent(meta: Http) -> None:
 
 
 async def test_answering_a_request_twice_is_404(meta: Http) -> None:
-    owner, bob = await new_user(meta, "own"), await new_user(meta, "bob")
+    owner, bob = await new_users(meta, "own", "bob")
     room_id = await create_room(meta, owner)
     request_id = await request_join(meta, bob, room_id)
     assert_ok(await meta.post(JOIN_RESPOND, {"request_id": request_id, "approve": True}, token=owner.token), "ok")

@@ -5,6 +5,7 @@ Everything goes over a real socket to the running meta app (fixture `meta`), onc
 
 from __future__ import annotations
 
+import asyncio
 import time
 import warnings
 from typing import Any
@@ -131,7 +132,8 @@ async def test_register_accepts_password_of_exactly_72_bytes_and_it_all_counts(m
     (b'"a string"', "must be an object"),
     (b"null", "must be an object"),
     (b"", "body is required"),
-], ids=["garbage", "truncated", "lone-surrogate", "array", "string", "null", "empty"])
+    (b'{"username": "\xff\xfe", "password": "secret-pw"}', "invalid JSON"),
+], ids=["garbage", "truncated", "lone-surrogate", "array", "string", "null", "empty", "not-utf8"])
 async def test_register_refuses_bad_bodies(meta: Http, raw: bytes, fragment: str) -> None:
     answer = await meta.request("POST", "/register", data=raw, headers={"Content-Type": "application/json"})
     assert_error(answer, 400, contains=fragment)
@@ -154,6 +156,16 @@ async def test_register_duplicate_username_is_409_not_500(meta: Http) -> None:
     # The first account is untouched: its password still works, the second one does not.
     assert (await meta.post("/login", {"username": name, "password": "secret-pw"})).status == 200
     assert (await meta.post("/login", {"username": name, "password": "other-password"})).status == 401
+
+
+async def test_concurrent_registrations_of_one_name_succeed_once(meta: Http) -> None:
+    name = unique_name("race")
+    answers = await asyncio.gather(*(meta.post("/register", {"username": name, "password": f"password-{i}"})
+                                     for i in range(5)))
+    assert sorted(a.status for a in answers) == [200, 409, 409, 409, 409], answers
+    for answer in answers:
+        if answer.status == 409:
+            assert_error(answer, 409, "username already exists")
 
 
 # -- login ---------------------------------------------------------------------------------------
@@ -282,12 +294,35 @@ async def test_token_of_a_user_that_no_longer_exists_is_refused_not_500(meta: Ht
     ghost = jwt.encode(claims(2**62), TEST_JWT_SECRET, algorithm="HS256")
     profile = await meta.get(PROFILE, token=ghost)
     assert profile.status in (401, 404) and profile.body["code"] == profile.status, profile
-    for path, body in [("/api/chat/group/create", {"name": "ghost room", "is_group": True, "member_ids": []})]:
-        answer = await meta.post(path, body, token=ghost)
-        assert_error(answer, 401)
+    created = await meta.post("/api/chat/group/create", {"name": "ghost room", "is_group": True, "member_ids": []},
+                              token=ghost)
+    assert_error(created, 401, "Invalid token: user no longer exists")
     owner = await new_user(meta, "host")
     room = await meta.post("/api/chat/group/create", {"name": "host room", "is_group": True, "member_ids": []},
                            token=owner.token)
     room_id = room.data["room_id"]
-    assert_error(await meta.post("/api/chat/group/join", {"room_id": room_id}, token=ghost), 401)
-    assert_error(await meta.post("/api/chat/group/join/request", {"room_id": room_id}, token=ghost), 401)
+    assert_error(await meta.post("/api/chat/group/join", {"room_id": room_id}, token=ghost), 401,
+                 "Invalid token: user no longer exists")
+    assert_error(await meta.post("/api/chat/group/join/request", {"room_id": room_id}, token=ghost), 401,
+                 "Invalid token: user no longer exists")
+
+
+@pytest.mark.parametrize("path", [
+    "//api/user/profile", "/api//user/profile", "/foo/../api/user/profile", "/api/user/profile/",
+    "/%61pi/user/profile", "/api/./user/profile", "/API/user/profile",
+])
+async def test_path_tricks_never_reach_a_protected_handler_without_a_token(meta: Http, path: str) -> None:
+    """Raw request lines (a client library would normalise them): the auth check must not be
+    skipped by a path the router still resolves."""
+    host, port = meta.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        raw = await reader.read()
+    finally:
+        writer.close()
+    status_line, _, rest = raw.partition(b"\r\n")
+    status = int(status_line.split()[1])
+    assert status in (401, 404), raw
+    body = rest.partition(b"\r\n\r\n")[2]
+    assert f'"code":{status}'.encode() in body, raw

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,6 +27,13 @@ def _load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
     except ConfigError as exc:
         _fail(f"config error: {exc}")
         raise AssertionError("unreachable")
+
+
+def _setup_logging(config: Config) -> None:
+    setup_logging(config.log)
+    # Alembic announces its dialect at INFO on every schema check; the line that matters (schema
+    # ready, or "run `pystacker db upgrade`") is ours, and a startup error must stay one line.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _run(main: Callable[[], Awaitable[None]]) -> None:
@@ -71,15 +79,16 @@ def up(config_path: str | None, data_dir: str | None, host: str | None) -> None:
     from pystacker.embedded import EmbeddedSystem
     from pystacker.web.server import run_until_signalled
 
+    # Command-line values win over the environment and the file.
     overrides: dict[str, Any] = {"engine": "memory"}
     if data_dir:
         overrides["data_dir"] = data_dir
-    config = _load(config_path, overrides)
     if host:
-        config.host = host
-    elif config_path is None or "host" not in (load_config(config_path).model_fields_set):
-        config.host = "127.0.0.1"
-    setup_logging(config.log)
+        overrides["host"] = host
+    config = _load(config_path, overrides)
+    if "host" not in config.model_fields_set:
+        config.host = "127.0.0.1"  # one machine, one user: not on every interface unless asked
+    _setup_logging(config)
     system = EmbeddedSystem(config)
 
     async def start() -> None:
@@ -95,34 +104,28 @@ def up(config_path: str | None, data_dir: str | None, host: str | None) -> None:
     _run(main_task)
 
 
-@main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default="config.meta.yaml",
-              show_default=True, help="YAML config file.")
-def meta(config_path: str) -> None:
-    """Run the meta service (users, rooms, members; port 8082)."""
-    from pystacker.meta.app import build_meta_app
-    from pystacker.runtime import Runtime
-    from pystacker.web.server import Listener, Servers, bind_socket, run_until_signalled
+def _service_command(name: str, summary: str, default_port: int) -> click.Command:
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=f"config.{name}.yaml",
+                  show_default=True, help="YAML config file (GoStacker's key names).")
+    def command(config_path: str) -> None:
+        from pystacker.services import SERVICES, run_service
 
-    config = _load(config_path)
-    setup_logging(config.log)
+        config = _load(config_path)
+        _setup_logging(config)
+        _run(lambda: run_service(SERVICES[name], config, config_path))
 
-    async def main_task() -> None:
-        runtime = Runtime(config, source=config_path)
-        servers = Servers()
+    port = f" (port {default_port})" if default_port else ""
+    return click.command(name, help=f"Run the {name} service: {summary}{port}.")(command)
 
-        async def start() -> None:
-            await runtime.open_sql(migrate_to_head=False)
-            await servers.start([Listener("meta", build_meta_app(runtime), bind_socket(config.host, config.port or 8082))])
-            click.echo(f"meta listening on {config.host}:{servers.bound['meta']}")
 
-        async def stop() -> None:
-            await servers.stop()
-            await runtime.close()
+def _add_service_commands() -> None:
+    from pystacker.services import SERVICES
 
-        await run_until_signalled(start, stop)
+    for spec in SERVICES.values():
+        main.add_command(_service_command(spec.name, spec.summary, spec.default_port))
 
-    _run(main_task)
+
+_add_service_commands()
 
 
 @main.group()
@@ -152,3 +155,32 @@ def db_upgrade(config_path: str | None) -> None:
             await engine.dispose()
 
     _run(main_task)
+
+
+@main.command()
+@click.option("--meta", "meta_url", default="http://127.0.0.1:8082", show_default=True, envvar="PYSTACKER_META_URL",
+              help="Meta service URL.")
+@click.option("--send", "send_url", default="http://127.0.0.1:8081", show_default=True, envvar="PYSTACKER_SEND_URL",
+              help="Send service URL.")
+@click.option("--registry", "registry_url", default="http://127.0.0.1:8083", show_default=True,
+              envvar="PYSTACKER_REGISTRY_URL", help="Registry URL (it tells which gateway to use).")
+@click.option("--user", "username", prompt="Username", help="Your username.")
+@click.option("--password", prompt=True, hide_input=True, envvar="PYSTACKER_PASSWORD",
+              help="Your password (prompted for when missing; environment: PYSTACKER_PASSWORD).")
+@click.option("--register", is_flag=True, help="Create the account first (an existing one is just logged in).")
+@click.option("--nickname", default="", help="Nickname for --register.")
+@click.option("--room", type=click.IntRange(min=1), default=None, help="Room to select at start.")
+def chat(meta_url: str, send_url: str, registry_url: str, username: str, password: str, register: bool,
+         nickname: str, room: int | None) -> None:
+    """Chat in the terminal: /help lists the commands, any other line goes to the current room."""
+    from pystacker.client.terminal import run_chat
+
+    exit_code = 0
+
+    async def main_task() -> None:
+        nonlocal exit_code
+        exit_code = await run_chat({"meta": meta_url, "send": send_url, "registry": registry_url}, username,
+                                   password, register=register, nickname=nickname, room=room)
+
+    _run(main_task)
+    sys.exit(exit_code)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from aiohttp import web
+
 from pystacker.config import Config
 from pystacker.flusher.messages import MessageFlusher
 from pystacker.gateway.app import build_gateway_app
@@ -26,6 +28,9 @@ class EmbeddedSystem:
         self.servers = Servers()
         self.flusher: MessageFlusher | None = None
         self._flusher_task: asyncio.Task[None] | None = None
+        # Each service's application by name, for in-process tooling and tests (e.g. the gateway's
+        # GatewayService under gateway.app.GATEWAY_SERVICE).
+        self.apps: dict[str, web.Application] = {}
 
     async def start(self) -> None:
         runtime = self.runtime
@@ -38,12 +43,14 @@ class EmbeddedSystem:
         self.config.address = "127.0.0.1" if host in ("0.0.0.0", "") else host
         self.flusher = MessageFlusher(runtime.engine, runtime.parts.store)
         self._flusher_task = asyncio.create_task(self.flusher.run(), name="flusher")
-        await self.servers.start([
+        listeners = [
             Listener("registry", build_registry_app(runtime), sockets["registry"]),
             Listener("meta", build_meta_app(runtime), sockets["meta"]),
             Listener("send", build_send_app(runtime, port=bound_port(sockets["send"])), sockets["send"]),
             Listener("gateway", build_gateway_app(runtime, port=bound_port(sockets["gateway"])), sockets["gateway"]),
-        ])
+        ]
+        self.apps = {listener.name: listener.app for listener in listeners}
+        await self.servers.start(listeners)
 
     @property
     def urls(self) -> dict[str, str]:

@@ -108,13 +108,17 @@ class Runtime:
         return self._engine
 
     async def open_engine(self) -> Engine:
-        """The fast store (memory or Redis, by `engine`); needs the SQL store open for seq seeds."""
-        store = MessageStore(self.sql)
+        """The fast store (memory or Redis, by `engine`). Seq seeds come from SQL, opened or not: only
+        services that append messages (send, gateway) need them, and those open SQL first."""
         settings = EngineSettings()
+
+        async def seq_seed(room_id: int) -> int:
+            return await MessageStore(self.sql).max_seq(room_id)
+
         if self.config.engine == "memory":
             from pystacker.engine.memory import MemoryEngine
 
-            self._engine = MemoryEngine(settings, store.max_seq)
+            self._engine = MemoryEngine(settings, seq_seed)
         else:
             raise StartupError("engine: redis is not available yet")
         await self._engine.ping()

@@ -33,6 +33,8 @@ async def _close(engine: Engine) -> None:
     await engine.close()
 
 
+DEFAULT_SETTINGS = EngineSettings()
+
 BACKENDS: dict[str, Backend] = {
     "memory": Backend(open=_open_memory, cleanup=_close),
 }
@@ -44,7 +46,7 @@ async def open_engine(request: pytest.FixtureRequest) -> AsyncIterator[OpenEngin
     backend = BACKENDS[request.param]
     opened: list[Engine] = []
 
-    async def open_engine(settings: EngineSettings = EngineSettings(), seq_seed: SeqSeed = zero_seed) -> Engine:
+    async def open_engine(settings: EngineSettings = DEFAULT_SETTINGS, seq_seed: SeqSeed = zero_seed) -> Engine:
         engine = await backend.open(settings, seq_seed)
         opened.append(engine)
         return engine

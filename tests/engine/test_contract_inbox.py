@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from itertools import pairwise
 
 from pystacker.engine.base import Engine, EngineSettings, Inbox, InboxEntry, InboxStats
 from tests.engine.support import OpenEngine, unique_name, until
@@ -45,7 +46,7 @@ async def test_add_returns_one_strictly_increasing_id_per_entry(engine: Engine) 
     ids += await _add(engine.inbox, gateway_id, 1, start=300)
     assert len(ids) == 301
     orders = [_order(entry_id) for entry_id in ids]
-    assert all(earlier < later for earlier, later in zip(orders, orders[1:]))
+    assert all(earlier < later for earlier, later in pairwise(orders))
 
 
 async def test_entries_reach_their_own_gateway_in_order(engine: Engine) -> None:
@@ -208,7 +209,7 @@ async def test_trimming_never_drops_unread_or_pending_entries(open_engine: OpenE
 
     assert (await engine.inbox.stats(gateway_id)).length >= 26
     pending = await engine.inbox.read_pending(gateway_id, "c", 100)
-    assert [(e.entry_id, e.data) for e in pending] == list(zip(ids[5:15], _numbers(5, 14)))
+    assert [(e.entry_id, e.data) for e in pending] == list(zip(ids[5:15], _numbers(5, 14), strict=True))
     assert _data(await engine.inbox.read_new(gateway_id, "c", 100, 0)) == _numbers(15, 30)
 
 

@@ -12,9 +12,13 @@ def _seqs(messages: list[StoredMessage]) -> list[int]:
     return [message.seq for message in messages]
 
 
-def _ids(batch: FlushBatch | None) -> list[int]:
+def _present(batch: FlushBatch | None) -> FlushBatch:
     assert batch is not None
-    return [message.msg_id for message in batch.messages]
+    return batch
+
+
+def _ids(batch: FlushBatch | None) -> list[int]:
+    return [message.msg_id for message in _present(batch).messages]
 
 
 async def _append(log: MessageLog, room_id: int, count: int) -> list[StoredMessage]:
@@ -178,8 +182,8 @@ async def test_the_window_is_trimmed_only_up_to_the_oldest_unflushed_message(ope
     await drain_flush_queue(engine.messages)
     room_id = unique_int()
     await _append(engine.messages, room_id, 6)
-    batch = await engine.messages.take_batch(2)
-    assert batch is not None and _seqs(batch.messages) == [1, 2]
+    batch = _present(await engine.messages.take_batch(2))
+    assert _seqs(batch.messages) == [1, 2]
     await engine.messages.confirm_batch(batch.token)
     await _append(engine.messages, room_id, 1)
     assert await engine.messages.window_start(room_id) == 3
@@ -197,12 +201,12 @@ async def test_batches_come_oldest_first_and_stay_readable_once_confirmed(engine
     sent = [await _append(engine.messages, room, 1) for room in (room_a, room_b, room_a, room_a, room_b)]
     order = [messages[0].msg_id for messages in sent]
 
-    first = await engine.messages.take_batch(3)
-    second = await engine.messages.take_batch(10)
+    first = _present(await engine.messages.take_batch(3))
+    second = _present(await engine.messages.take_batch(10))
     assert _ids(first) == order[:3]
     assert _ids(second) == order[3:]
+    assert first.token != second.token
     assert await engine.messages.take_batch(10) is None
-    assert first is not None and second is not None and first.token != second.token
     await engine.messages.confirm_batch(first.token)
     await engine.messages.confirm_batch(second.token)
     assert await engine.messages.take_batch(10) is None
@@ -215,14 +219,13 @@ async def test_an_unconfirmed_batch_is_handed_out_again(open_engine: OpenEngine)
     await drain_flush_queue(engine.messages)
     room_id = unique_int()
     order = [message.msg_id for message in await _append(engine.messages, room_id, 4)]
-    confirmed = await engine.messages.take_batch(2)
-    abandoned = await engine.messages.take_batch(2)
-    assert confirmed is not None and abandoned is not None
+    confirmed = _present(await engine.messages.take_batch(2))
+    abandoned = _present(await engine.messages.take_batch(2))
     await engine.messages.confirm_batch(confirmed.token)
     assert await engine.messages.take_batch(10) is None
 
     # The confirmed batch expired first: had it not been forgotten, it would come back here too.
-    again = await until(lambda: engine.messages.take_batch(10))
+    again = _present(await until(lambda: engine.messages.take_batch(10)))
     assert _ids(again) == order[2:]
     await engine.messages.confirm_batch(again.token)
     await engine.messages.confirm_batch(abandoned.token)  # its flusher woke up late: harmless
@@ -237,9 +240,8 @@ async def test_expired_batches_come_back_oldest_first(open_engine: OpenEngine) -
     assert _ids(await engine.messages.take_batch(2)) == order[:2]
     assert _ids(await engine.messages.take_batch(2)) == order[2:]
 
-    again = [await until(lambda: engine.messages.take_batch(2)) for _ in range(2)]
-    assert [_ids(batch) for batch in again] == [order[:2], order[2:]]
-    for batch in again:
-        assert batch is not None
-        await engine.messages.confirm_batch(batch.token)
+    for expected in (order[:2], order[2:]):
+        again = _present(await until(lambda: engine.messages.take_batch(2)))
+        assert _ids(again) == expected
+        await engine.messages.confirm_batch(again.token)
     assert await engine.messages.take_batch(10) is None

@@ -51,8 +51,9 @@ class Inbox(Protocol):
     async def read_new(self, gateway_id: str, consumer: str, count: int, block_ms: int) -> list[InboxEntry]:
         """Entries never handed out before (XREADGROUP `>`); waits up to block_ms when there are none."""
 
-    async def read_pending(self, gateway_id: str, consumer: str, count: int) -> list[InboxEntry]:
-        """This consumer's own pending entries, oldest first: a restarted gateway finishes them first."""
+    async def read_pending(self, gateway_id: str, consumer: str, count: int, after_id: str = "0-0") -> list[InboxEntry]:
+        """This consumer's own pending entries with an id above after_id, oldest first (XREADGROUP
+        from that id): a restarted gateway finishes them first, paging with the last id it got."""
 
     async def ack(self, gateway_id: str, entry_ids: Sequence[str]) -> int:
         """Acknowledge (XACK) entries; returns how many were pending."""
@@ -122,10 +123,12 @@ class MessageLog(Protocol):
         least every message not yet flushed to SQL; older ones may be gone (read them from SQL)."""
 
     async def window_start(self, room_id: int) -> int:
-        """The lowest seq the window still holds for the room (last_seq + 1 when it holds none)."""
+        """The lowest seq the window still holds for the room (last_seq + 1 when it holds none; the
+        counter is seeded first if missing)."""
 
     async def last_seqs(self, room_ids: Sequence[int]) -> dict[int, int]:
-        """The highest allocated seq of each room (0 for a room without messages or counter)."""
+        """The highest allocated seq of each room (0 for a room without messages). A room without a
+        counter is seeded first, as in append, so a lost counter never hides SQL's messages."""
 
     async def take_batch(self, max_messages: int) -> FlushBatch | None:
         """Up to max_messages not yet in SQL, oldest first; they stay owned by this batch until confirmed.

@@ -3,7 +3,7 @@
 These are real data structures, not mocks: inbox streams have consumer groups, pending lists, idle
 times and trimming; keys expire; the flush queue re-hands batches whose flusher went silent. Everything
 runs on one event loop and no thread touches it, so a method is atomic up to its first `await`; the
-only methods that await are the blocking read and the first seeding of a room's seq counter.
+only awaits are the blocking read's wait and the seeding of a room's seq counter from SQL.
 
 Time: entry ids use the wall clock (like Redis), every duration (TTL, idle, claim timeout) uses
 time.monotonic() so that a clock step can neither expire nor revive anything.
@@ -24,13 +24,18 @@ from typing import Generic, TypeVar
 
 from pystacker.engine.base import (
     Appended,
+    Bus,
     BusHandler,
+    Cursors,
     EngineSettings,
     FlushBatch,
     GatewayInfo,
+    Inbox,
     InboxEntry,
     InboxStats,
+    MessageLog,
     NewMessage,
+    Registry,
     SendInfo,
     SeqSeed,
     StoredMessage,
@@ -98,6 +103,15 @@ class _Stream:
             if oldest in self.pending:
                 break
             self.delivered.popitem(last=False)
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    """Stream ids compare as (ms, n) pairs, as Redis compares them."""
+    ms, _, n = entry_id.partition("-")
+    try:
+        return int(ms), int(n or 0)
+    except ValueError:
+        return (-1, -1)
 
 
 def _idle_ms(pending: _Pending, now: float) -> float:
@@ -171,14 +185,16 @@ class MemoryInbox:
             handed.append(InboxEntry(entry_id, data, 1))
         return handed
 
-    async def read_pending(self, gateway_id: str, consumer: str, count: int) -> list[InboxEntry]:
+    async def read_pending(self, gateway_id: str, consumer: str, count: int,
+                           after_id: str = "0-0") -> list[InboxEntry]:
         stream = self._grouped_stream(gateway_id)
         now = time.monotonic()
+        start = _id_key(after_id)
         handed: list[InboxEntry] = []
         for entry_id, pending in stream.pending.items():
             if len(handed) >= count:
                 break
-            if pending.consumer == consumer:
+            if pending.consumer == consumer and _id_key(entry_id) > start:
                 # A re-read is a delivery, as XREADGROUP with id 0 counts it.
                 pending.count += 1
                 pending.delivered_at = now
@@ -327,7 +343,11 @@ class MemoryMessageLog:
         return room.window[0].seq if room.window else self._last_seq[room_id] + 1
 
     async def last_seqs(self, room_ids: Sequence[int]) -> dict[int, int]:
-        return {room_id: self._last_seq.get(room_id, 0) for room_id in room_ids}
+        # Seeded like window_start: after a restart, 0 would hide every message SQL holds from the
+        # catch-up, which compares the user's cursor with this.
+        for room_id in room_ids:
+            await self._ensure_counter(room_id)
+        return {room_id: self._last_seq[room_id] for room_id in room_ids}
 
     async def take_batch(self, max_messages: int) -> FlushBatch | None:
         self._requeue_expired_batches()
@@ -513,13 +533,21 @@ class MemoryBus:
 
 
 class MemoryEngine:
+    # Typed as the interfaces, so that the type checker holds each class to its protocol.
+    inbox: Inbox
+    messages: MessageLog
+    cursors: Cursors
+    registry: Registry
+    bus: Bus
+
     def __init__(self, settings: EngineSettings, seq_seed: SeqSeed) -> None:
         self.settings = settings
         self.inbox = MemoryInbox(settings)
         self.messages = MemoryMessageLog(settings, seq_seed)
         self.cursors = MemoryCursors()
         self.registry = MemoryRegistry()
-        self.bus = MemoryBus()
+        self._bus = MemoryBus()  # kept as itself: close() is not part of the Bus interface
+        self.bus = self._bus
         self._closed = False
 
     async def ping(self) -> None:
@@ -528,4 +556,4 @@ class MemoryEngine:
 
     async def close(self) -> None:
         self._closed = True
-        await self.bus.close()
+        await self._bus.close()

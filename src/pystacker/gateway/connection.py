@@ -29,6 +29,9 @@ from pystacker.messaging.ordering import RoomSequencer, Verdict
 
 log = logging.getLogger("pystacker.gateway.connection")
 
+# How long a close may take (GoStacker's 10 s write deadline). A peer that does not read never takes
+# the close frame queued behind the data it did not read; after this the socket is aborted.
+CLOSE_TIMEOUT = 10.0
 BATCH_SIZE = 50  # messages per `batch` frame in a catch-up (GoStacker meant 50 and sent everything in one)
 FILL_PAGE = 200
 
@@ -56,6 +59,10 @@ class CatchUp:
     """Send the user everything he missed in all his rooms (on connect, or notify_online)."""
 
     entry_id: str | None = None
+    # room -> last seq, read on connect before the welcome frame is written: the catch-up stops
+    # there, so a message sent after the client saw the welcome arrives live as a `chat` frame
+    # instead of being folded into the catch-up batch (None: read the rooms and seqs when run).
+    until: dict[int, int] | None = None
 
 
 Item = RoomPush | RawFrame | CatchUp
@@ -72,9 +79,11 @@ class CursorSource(Protocol):
 
 class Connection:
     def __init__(self, user_id: int, ws: web.WebSocketResponse, *, queue_size: int, history: History,
-                 cursors: CursorSource, tracker: EntryTracker) -> None:
+                 cursors: CursorSource, tracker: EntryTracker,
+                 transport: asyncio.BaseTransport | None = None) -> None:
         self.user_id = user_id
         self.ws = ws
+        self.transport = transport  # the TCP connection under ws, to abort a peer that stopped reading
         self.history = history
         self.cursors = cursors
         self.tracker = tracker
@@ -112,7 +121,21 @@ class Connection:
     def close_soon(self, code: int, reason: str) -> None:
         if self.close_code is None:
             self.close_code = code
-            asyncio.get_running_loop().create_task(self.ws.close(code=code, message=reason.encode()[:120]))
+            asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        # ws.close() waits for the close frame to drain and for the peer's answer. A client that
+        # stopped reading (the usual slow consumer) never drains it, so without a deadline the
+        # connection, its queue and its socket buffers stayed pinned until the pong deadline.
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()[:120]), CLOSE_TIMEOUT)
+        except Exception as exc:  # TimeoutError, or the socket failed under the close
+            log.info("close did not complete (%s); aborting the socket", type(exc).__name__,
+                     extra={"user_id": self.user_id, "code": code})
+            # transport.close() would wait for the unread buffer to drain: abort drops it now, and the
+            # read loop ends at once (then the gateway detaches the connection).
+            if self.transport is not None:
+                self.transport.abort()
 
     async def stop(self) -> list[Item]:
         """Stop the writer; return what was still queued (the caller hands it on)."""
@@ -131,13 +154,17 @@ class Connection:
         try:
             while True:
                 item = await self.queue.get()
-                if isinstance(item, RoomPush):
-                    await self._write_room_push(item)
-                elif isinstance(item, RawFrame):
-                    await self.ws.send_str(item.text)
-                    self._settle(item)
-                else:
-                    await self._catch_up()
+                # Settled however the write ends: a write that failed or was cancelled (the socket
+                # died, the connection was replaced) left the cursor before the item, so catch-up
+                # serves it; before, such an item kept its inbox entry pending for ever.
+                try:
+                    if isinstance(item, RoomPush):
+                        await self._write_room_push(item)
+                    elif isinstance(item, RawFrame):
+                        await self.ws.send_str(item.text)
+                    else:
+                        await self._catch_up(item.until)
+                finally:
                     self._settle(item)
                 if self._behind and not self._catching_up:
                     await self._fill_behind()
@@ -163,7 +190,6 @@ class Connection:
         if decision.verdict is Verdict.DELIVER:
             await self.ws.send_str(item.text)
             self._delivered(item.room_id, item.seq)
-        self._settle(item)
 
     async def _fill(self, room_id: int, up_to_seq: int) -> None:
         """Write the room's messages after the client's position up to up_to_seq, one chat frame each."""
@@ -185,15 +211,15 @@ class Connection:
             if self.sequencer.knows(room_id):
                 await self._fill(room_id, lasts.get(room_id, 0))
 
-    async def _catch_up(self) -> None:
+    async def _catch_up(self, until: dict[int, int] | None = None) -> None:
         """Everything missed in every room, in `batch` frames of BATCH_SIZE, room by room in seq order."""
         self._catching_up = True
         try:
-            rooms = await self.cursors.rooms_of(self.user_id)
+            rooms = list(until) if until is not None else await self.cursors.rooms_of(self.user_id)
             unknown = [r for r in rooms if not self.sequencer.knows(r)]
             for room_id, seq in (await self.cursors.starting_points(self.user_id, unknown)).items():
                 self.sequencer.start(room_id, seq)
-            lasts = await self.cursors.last_seqs(rooms)
+            lasts = until if until is not None else await self.cursors.last_seqs(rooms)
             for room_id in rooms:
                 while self.sequencer.last(room_id) < lasts.get(room_id, 0):
                     messages = await self.history.after(room_id, self.sequencer.last(room_id), BATCH_SIZE)

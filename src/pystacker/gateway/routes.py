@@ -58,7 +58,7 @@ class GatewayRoutes:
         await ws.prepare(request)
         ws._pong_heartbeat = self.ws_settings.pong_wait  # noqa: SLF001 - see WebSocketSettings
         conn = Connection(user_id, ws, queue_size=self.service.settings.queue_size, history=self.history,
-                          cursors=self.cursors, tracker=self.service.tracker)
+                          cursors=self.cursors, tracker=self.service.tracker, transport=request.transport)
         try:
             await self.service.attach(conn, catch_up=request.query.get("catchup") != "0",
                                       welcome=encode(system_frame(user_id=user_id,

@@ -101,7 +101,10 @@ class GatewayService:
             await self._hand_on(conn.user_id, leftovers)
         await self.registry.connect_user(conn.user_id, self.presence.info)
         if catch_up:
-            conn.offer(CatchUp())
+            # Where each room ends now, after the route is set (later messages are pushed here live)
+            # and before the writer starts (so before the client sees the welcome).
+            rooms = await self.cursors.rooms_of(conn.user_id)
+            conn.offer(CatchUp(until=await self.cursors.last_seqs(rooms)))
         conn.start()
 
     async def detach(self, conn: Connection) -> None:
@@ -145,10 +148,10 @@ class GatewayService:
     async def _consume(self) -> None:
         consumer = self.settings.consumer
         # First what this consumer read before a restart and never acknowledged.
-        while pending := await self.engine.inbox.read_pending(self.gateway_id, consumer, READ_COUNT):
+        after_id = "0-0"
+        while pending := await self.engine.inbox.read_pending(self.gateway_id, consumer, READ_COUNT, after_id):
             await self._dispatch_entries(pending)
-            if len(pending) < READ_COUNT:
-                break
+            after_id = pending[-1].entry_id
         while True:
             if self.tracker.in_flight > self.settings.threshold_pending:
                 await asyncio.sleep(0.01)  # back-pressure: let writers catch up before reading more

@@ -131,7 +131,8 @@ class MetaService:
         if role is None:
             raise not_found("not a member of this room")
         if role == ROLE_OWNER and await self.store.member_count(room_id) > 1:
-            raise bad_request("the owner cannot leave while others remain; make another member owner first")
+            # No route transfers ownership (new_role 0 is refused), so do not advise it.
+            raise bad_request("the owner cannot leave while other members remain; remove them first")
         await self.store.remove_member(room_id, caller)
         await self._membership_changed(room_id)
 

@@ -8,6 +8,7 @@ forever: spec 13.1 #7). Stopping removes the entry at once instead of waiting fo
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 import logging
 import time
 import uuid
@@ -20,13 +21,14 @@ log = logging.getLogger("pystacker.registry.presence")
 HEARTBEAT_SECONDS = 10.0
 
 
-class _Heartbeat:
+class _Heartbeat(ABC):
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
 
+    @abstractmethod
     async def beat(self) -> None:
-        raise NotImplementedError
+        """Write this instance's entry with a fresh TTL."""
 
     async def start(self) -> None:
         await self.beat()

@@ -38,9 +38,11 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        # Name the address: with four services in one process, "Address already in use" alone
+        # does not say which port is taken.
+        raise OSError(exc.errno, f"{host}:{port}: {exc.strerror}") from None
     sock.setblocking(False)
     return sock
 

@@ -1,0 +1,573 @@
+"""The live side of the client: one WebSocket to a gateway that repairs itself.
+
+A `Session` reads frames, hands chat messages to its `InOrderInbox` (inbox.py: once each, in seq order,
+no hole) and gives the application what the inbox releases. Around that it runs three small tasks:
+- the runner: reads the socket; when it drops (network, close 4008 slow consumer, 1001 gateway
+  shutdown, a missed pong) it waits a jittered exponential backoff, asks the registry again, reconnects
+  and catches up, either from the server's catch-up batches (`catch_up="server"`, the default) or by
+  `sync` frames from its own position in each known room (`catch_up="sync"`, with `?catchup=0`);
+- the filler: fetches with `sync` whatever the inbox misses (a seq gap, or messages dropped while the
+  application was not reading), before anything later is released;
+- the acker: tells the server, per room and batched, how far the application has read (`ack` frames),
+  so that its cursor, and the catch-up of the next connection, start there.
+
+Bounds: the inbox holds at most `max_queue` readable messages and `max_held` out-of-order ones; every
+request waits at most `request_timeout`; reconnecting stops after `max_attempts` (if set) consecutive
+failures; a gap that cannot be fetched is given up after `gap_timeout` (it should not happen: the
+server's log has every seq).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+
+from pystacker.client.backoff import Backoff
+from pystacker.client.errors import PyStackerError, SessionClosed, SessionFailed
+from pystacker.client.inbox import InOrderInbox, Item, Offer
+from pystacker.client.models import ChatMessage, Delivered, Gateway, HistoryPage, SendResult, as_content
+
+if TYPE_CHECKING:
+    from pystacker.client.api import PyStackerClient
+
+log = logging.getLogger("pystacker.client")
+
+# The gateway's close codes (pystacker/messaging/frames.py); every other code is a plain reconnect.
+CLOSE_REPLACED = 4009  # another connection of the same user took over: reconnecting would fight it
+
+MAX_SYNC_PAGE = 200  # the gateway's limit for one `sync` frame
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+GAP_RETRY_PAUSE = 0.25
+
+StateListener = Callable[[str, str], None]
+
+
+class _Disconnected(Exception):
+    """The socket a request was sent on went away before the answer came."""
+
+
+class Session:
+    """A live connection. Read with `async for item in session` or `await session.receive(timeout)`;
+    items are `ChatMessage`s, and `Delivered` events when `deliveries=True`.
+
+    Options: `catch_up` ("server" or "sync"), `max_queue`, `max_held`, `ack_delay` (seconds to gather
+    acks into one frame per room), `request_timeout`, `connect_timeout`, `heartbeat` (client pings, to
+    notice a dead network), `backoff` (a `Backoff`; default 0.5 s doubling up to 30 s, no attempt limit),
+    `stable_after` (a connection that lived that long resets the backoff), `positions` (room -> last seq
+    already read, to resume), `gap_timeout`, `on_state` (called with (state, detail) where state is
+    connected, disconnected, reconnecting, failed or closed).
+    """
+
+    def __init__(self, client: PyStackerClient, *, catch_up: str = "server", max_queue: int = 1000,
+                 max_held: int = 5000, ack_delay: float = 0.1, request_timeout: float = 10.0,
+                 connect_timeout: float = 10.0, heartbeat: float | None = 30.0, backoff: Backoff | None = None,
+                 stable_after: float = 5.0, deliveries: bool = False, positions: dict[int, int] | None = None,
+                 gap_timeout: float = 30.0, on_state: StateListener | None = None) -> None:
+        if catch_up not in ("server", "sync"):
+            raise ValueError('catch_up must be "server" or "sync"')
+        self.client = client
+        self.catch_up = catch_up
+        self.ack_delay = ack_delay
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self.heartbeat = heartbeat
+        self.backoff = backoff or Backoff()
+        self.stable_after = stable_after
+        self.deliveries = deliveries
+        self.gap_timeout = gap_timeout
+        self.on_state = on_state
+        self.inbox = InOrderInbox(max_ready=max_queue, max_held=max_held)
+        for room_id, seq in (positions or {}).items():
+            self.inbox.set_position(room_id, seq)
+        self.state = "new"
+        self.gateway: Gateway | None = None
+        self.connects = 0  # successful connections so far (1 after start)
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._connected = asyncio.Event()  # also set on failure/close, so that waiters wake up
+        self._ready = asyncio.Event()
+        self._fill_wakeup = asyncio.Event()
+        self._ack_wakeup = asyncio.Event()
+        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._refs = itertools.count(1)
+        self._acked: dict[int, int] = {}  # room -> seq acknowledged on the current connection
+        self._acked_once = False  # on the current connection
+        self._sync_rooms: set[int] = set()  # rooms to sync after (re)connecting, in sync mode
+        self._gap_since: dict[int, float] = {}
+        self._fill_needs_space = False
+        self._joined_hint: int | None = None  # a room of ours, for the first ack of a fresh session
+        self._error: PyStackerError | None = None
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.client.user_id is None:
+            raise PyStackerError(401, "log in before connecting")
+        if not self.inbox.rooms:
+            await self._any_room()  # before connecting, so that the first ack goes out at once
+        ws = await self._open()
+        self._attach(ws)
+        self._tasks = [asyncio.create_task(self._run(ws), name="pystacker-session"),
+                       asyncio.create_task(self._fill_loop(), name="pystacker-fill"),
+                       asyncio.create_task(self._ack_loop(), name="pystacker-ack")]
+
+    async def close(self) -> None:
+        """Acknowledge what was read, close the socket, stop. Idempotent."""
+        if self._closing:
+            return
+        ws, connected = self._ws, self._connected.is_set() and self._error is None
+        if connected:
+            try:
+                await asyncio.wait_for(self._send_acks(), 2.0)
+            except Exception:  # best effort: the next session just gets a few messages twice
+                log.debug("final acks not sent", exc_info=True)
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if ws is not None and not ws.closed:
+            try:
+                await asyncio.wait_for(ws.close(), 2.0)
+            except Exception:
+                pass
+        self._detach(None)
+        self._set_state("closed", "")
+        self._connected.set()
+        self._ready.set()
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closing or self._error is not None
+
+    @property
+    def error(self) -> PyStackerError | None:
+        return self._error
+
+    def positions(self) -> dict[int, int]:
+        """The last seq the application read in each room (give it back as `positions=` to resume)."""
+        return self.inbox.positions()
+
+    async def reconnect(self) -> None:
+        """Drop the current socket as a network failure would; the session reconnects and catches up.
+        For a client that knows its network changed (and for tests)."""
+        ws = self._ws
+        if ws is None or ws.closed:
+            return
+        sock = ws.get_extra_info("socket")
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except (AttributeError, OSError):
+            await ws.close(code=4000, message=b"client reconnects")
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def receive(self, timeout: float | None = None) -> Item:
+        """The next item; TimeoutError after `timeout` seconds (None: wait as long as the session
+        lives). Raises SessionClosed after close() and SessionFailed when the session gave up."""
+        async with asyncio.timeout(timeout):
+            while True:
+                item = self.inbox.pop()
+                if item is not None:
+                    self._after_pop(item)
+                    return item
+                if self._error is not None:
+                    raise self._error
+                if self._closing:
+                    raise SessionClosed()
+                self._ready.clear()
+                await self._ready.wait()
+
+    def __aiter__(self) -> Session:
+        return self
+
+    async def __anext__(self) -> Item:
+        try:
+            return await self.receive()
+        except SessionClosed:
+            raise StopAsyncIteration from None
+
+    def _after_pop(self, item: Item) -> None:
+        if isinstance(item, ChatMessage) and item.seq > self._acked.get(item.room_id, 0):
+            self._ack_wakeup.set()
+        if self._fill_needs_space or self.inbox.maybe_behind:
+            # Reading made room: what was dropped (or waits behind a hole) can be fetched now.
+            self._fill_needs_space = False
+            self._fill_wakeup.set()
+
+    # -- requests over the socket ----------------------------------------------------------------
+
+    async def send(self, room_id: int, content: str | dict[str, Any], *, client_msg_id: str | None = None,
+                   timeout: float | None = None) -> SendResult:
+        """Send over the WebSocket and wait for the server's answer (`send_ok`). A client_msg_id is
+        generated when none is given; if the socket drops before the answer, the same frame is sent
+        again on the next connection: the server answers a repeated client_msg_id with the first
+        message (duplicate=True), so nothing is posted twice."""
+        from pystacker.client.api import new_client_msg_id
+
+        client_msg_id = client_msg_id or new_client_msg_id()
+        answer = await self._request({"type": "send", "room_id": room_id, "content": as_content(content),
+                                      "client_msg_id": client_msg_id}, timeout=timeout, retry=True)
+        payload = answer.get("payload") or {}
+        return SendResult(int(payload.get("id_str") or payload.get("msgID") or answer.get("id", 0)),
+                          int(answer.get("room_id") or room_id), int(payload.get("seq", 0)),
+                          payload.get("client_msg_id", client_msg_id), bool(payload.get("duplicate", False)))
+
+    async def sync(self, room_id: int, after_seq: int, limit: int = 50, *, timeout: float | None = None) -> HistoryPage:
+        """Read the room's messages after `after_seq` over the socket (at most 200). A plain read: what
+        the session yields does not change (it syncs by itself when it misses something)."""
+        answer = await self._request({"type": "sync", "room_id": room_id, "after_seq": after_seq,
+                                      "limit": min(max(limit, 1), MAX_SYNC_PAGE)}, timeout=timeout, retry=True)
+        messages = [ChatMessage.from_frame(c) for c in answer.get("payload") or [] if isinstance(c, dict)]
+        return HistoryPage(room_id, messages[-1].seq if messages else after_seq, bool(answer.get("has_more")), messages)
+
+    async def ping(self, timeout: float | None = None) -> float:
+        """Round trip of an application-level ping, in seconds."""
+        started = time.monotonic()
+        await self._request({"type": "ping"}, timeout=timeout, retry=False)
+        return time.monotonic() - started
+
+    async def _request(self, frame: dict[str, Any], *, timeout: float | None, retry: bool) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        limit = timeout if timeout is not None else self.request_timeout
+        deadline = loop.time() + limit
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise PyStackerError(0, f"no answer to {frame['type']!r} within {limit:g} s")
+            ws = await self._wait_connected(remaining)
+            ref = f"r{next(self._refs)}"
+            future: asyncio.Future[dict[str, Any]] = loop.create_future()
+            self._pending[ref] = future
+            try:
+                await ws.send_str(orjson.dumps({**frame, "ref": ref}).decode())
+                return await asyncio.wait_for(future, max(deadline - loop.time(), 0.001))
+            except (_Disconnected, ConnectionError, aiohttp.ClientError):
+                if self._error is not None:
+                    raise self._error from None
+                if not retry or self._closing:
+                    raise PyStackerError(0, "connection lost before the answer") from None
+            except TimeoutError:
+                raise PyStackerError(0, f"no answer to {frame['type']!r} within {limit:g} s") from None
+            finally:
+                self._pending.pop(ref, None)
+
+    async def _wait_connected(self, timeout: float) -> aiohttp.ClientWebSocketResponse:
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    if self._error is not None:
+                        raise self._error
+                    if self._closing:
+                        raise SessionClosed()
+                    if self._ws is not None and self._connected.is_set():
+                        return self._ws
+                    await self._connected.wait()
+                    if self._ws is None and self._error is None and not self._closing:
+                        self._connected.clear()
+        except TimeoutError:
+            raise PyStackerError(0, f"not connected within {timeout:.3g} s") from None
+
+    # -- connecting ------------------------------------------------------------------------------
+
+    async def _open(self) -> aiohttp.ClientWebSocketResponse:
+        """Ask the registry for a gateway and open the socket. Logs in again once if the token expired."""
+        relogged = False
+        while True:
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    gateway = await self.client.available_gateway()
+                    query = "?catchup=0" if self.catch_up == "sync" else ""
+                    ws = await self.client.http.ws_connect(
+                        f"ws://{gateway.address}:{gateway.port}/api/ws{query}", headers=self.client.auth_headers(),
+                        heartbeat=self.heartbeat, autoping=True, max_msg_size=MAX_FRAME_BYTES,
+                        timeout=aiohttp.ClientWSTimeout(ws_close=2.0))
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status == 401 and not relogged and await self.client.relogin():
+                    relogged = True
+                    continue
+                raise PyStackerError(exc.status, f"WebSocket refused: {exc.message}") from None
+            except TimeoutError:
+                raise PyStackerError(0, f"no connection within {self.connect_timeout:g} s") from None
+            except aiohttp.ClientError as exc:
+                raise PyStackerError(0, f"cannot connect: {exc}") from None
+            self.gateway = gateway
+            return ws
+
+    def _attach(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+        self.connects += 1
+        self._acked.clear()  # a new connection learns our positions again (first ack below)
+        self._acked_once = False
+        self._ack_wakeup.set()
+        if self.catch_up == "sync":
+            self._sync_rooms = {room for room in self.inbox.rooms if self.inbox.received(room) is not None}
+        self._fill_wakeup.set()
+        self._connected.set()
+        self._set_state("connected", f"{self.gateway.gateway_id if self.gateway else ''}")
+
+    def _detach(self, ws: aiohttp.ClientWebSocketResponse | None) -> None:
+        if ws is not None and ws is not self._ws:
+            return
+        self._ws = None
+        self._connected.clear()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(_Disconnected())
+                future.exception()  # retrieved: the waiter may already be gone
+
+    async def _run(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            while True:
+                opened = time.monotonic()
+                await self._read(ws)
+                code = ws.close_code
+                self._detach(ws)
+                if self._closing:
+                    return
+                self._set_state("disconnected", f"close code {code}")
+                if code == CLOSE_REPLACED:
+                    raise SessionFailed(code, "replaced by another connection of the same user")
+                if time.monotonic() - opened >= self.stable_after:
+                    self.backoff.reset()
+                ws = await self._reconnect()
+                self._attach(ws)
+        except asyncio.CancelledError:
+            raise
+        except PyStackerError as exc:
+            self._fail(exc)
+        except Exception as exc:  # a bug here must end the session visibly, not hang the reader
+            log.exception("session runner failed")
+            self._fail(SessionFailed(0, f"session failed: {exc}"))
+
+    async def _reconnect(self) -> aiohttp.ClientWebSocketResponse:
+        while True:
+            delay = self.backoff.next_delay()
+            if delay is None:
+                raise SessionFailed(0, f"gave up reconnecting after {self.backoff.attempts} attempts")
+            self._set_state("reconnecting", f"in {delay:.2f} s (attempt {self.backoff.attempts})")
+            await asyncio.sleep(delay)
+            try:
+                return await self._open()
+            except PyStackerError as exc:
+                if exc.status in (401, 403):
+                    raise SessionFailed(exc.status, exc.msg) from None
+                log.info("reconnect failed: %s", exc)
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for message in ws:
+            if message.type is aiohttp.WSMsgType.TEXT:
+                self._handle(message.data)
+            elif message.type is aiohttp.WSMsgType.ERROR:
+                log.debug("socket error: %s", ws.exception())
+                break
+
+    def _fail(self, error: PyStackerError) -> None:
+        self._error = error
+        ws = self._ws
+        self._detach(None)
+        if ws is not None and not ws.closed:
+            asyncio.get_running_loop().create_task(ws.close())
+        self._set_state("failed", error.msg)
+        self._connected.set()
+        self._ready.set()
+
+    def _set_state(self, state: str, detail: str) -> None:
+        self.state = state
+        log.debug("session %s %s", state, detail)
+        if self.on_state is not None:
+            try:
+                self.on_state(state, detail)
+            except Exception:
+                log.exception("on_state callback failed")
+
+    # -- frames ----------------------------------------------------------------------------------
+
+    def _handle(self, text: str) -> None:
+        try:
+            frame = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            log.warning("non-JSON frame ignored")
+            return
+        if not isinstance(frame, dict):
+            return
+        kind = frame.get("type")
+        payload = frame.get("payload")
+        if kind == "chat":
+            self._offer([frame])
+        elif kind == "batch":
+            self._offer(payload if isinstance(payload, list) else [])
+            self._answer(frame.get("ref"), frame)
+        elif kind == "send_ok" or kind == "error":
+            ref = payload.get("ref") if isinstance(payload, dict) else None
+            if kind == "error" and ref is None:
+                log.warning("server error frame: %s", payload)
+            self._answer(ref, frame)
+        elif kind == "pong":
+            self._answer(payload, frame)
+        elif kind == "ack":
+            if self.deliveries and self.inbox.offer_event(Delivered.from_frame(frame)):
+                self._ready.set()
+        elif kind == "system":
+            log.debug("welcome: %s", payload)
+        else:
+            log.debug("frame of type %r ignored", kind)
+
+    def _offer(self, frames: list[Any]) -> None:
+        missing = False
+        for frame in frames:
+            if not isinstance(frame, dict):
+                continue
+            if frame.get("type") == "batch" and isinstance(frame.get("payload"), list):
+                self._offer(frame["payload"])  # GoStacker could nest a batch in a batch
+                continue
+            if frame.get("type", "chat") != "chat":
+                continue
+            outcome = self.inbox.offer(ChatMessage.from_frame(frame))
+            missing = missing or outcome in (Offer.HELD, Offer.DROPPED)
+        if len(self.inbox):
+            self._ready.set()
+        if missing:
+            self._fill_wakeup.set()
+
+    def _answer(self, ref: Any, frame: dict[str, Any]) -> None:
+        if not isinstance(ref, str):
+            return
+        future = self._pending.get(ref)
+        if future is None or future.done():
+            return
+        if frame.get("type") == "error":
+            body = frame.get("payload") or {}
+            future.set_exception(PyStackerError(int(body.get("code", 0) or 0), str(body.get("msg", "error"))))
+        else:
+            future.set_result(frame)
+
+    # -- filling holes ---------------------------------------------------------------------------
+
+    def _fill_work(self) -> list[tuple[int, int]]:
+        """(room, sync after this seq): rooms to catch up after a reconnect first, then rooms behind."""
+        work = {room: seq for room in self._sync_rooms if (seq := self.inbox.received(room)) is not None}
+        for room, seq in self.inbox.behind().items():
+            work.setdefault(room, seq)
+        return sorted(work.items())
+
+    async def _fill_loop(self) -> None:
+        while True:
+            await self._fill_wakeup.wait()
+            self._fill_wakeup.clear()
+            try:
+                await self._fill()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("filling a gap failed; retrying")
+                await asyncio.sleep(GAP_RETRY_PAUSE)
+                self._fill_wakeup.set()
+
+    async def _fill(self) -> None:
+        while (work := self._fill_work()) and not self.closed:
+            if not self._connected.is_set() or self._ws is None:
+                return  # the next connection wakes us
+            progressed = False
+            for room_id, after_seq in work:
+                space = self.inbox.space()
+                if space == 0:
+                    self._fill_needs_space = True
+                    return  # the application reads first; its next read wakes us
+                try:
+                    answer = await self._request({"type": "sync", "room_id": room_id, "after_seq": after_seq,
+                                                  "limit": min(space, MAX_SYNC_PAGE)}, timeout=None, retry=False)
+                except PyStackerError as exc:
+                    if exc.status == 0:
+                        return  # disconnected or slow: the next connection (or wakeup) retries
+                    self._give_up(room_id, f"sync refused: {exc}")  # not a member (any more), ...
+                    progressed = True
+                    continue
+                self._offer(answer.get("payload") or [])
+                advanced = (self.inbox.received(room_id) or 0) > after_seq
+                if not answer.get("has_more") or not advanced:
+                    self._sync_rooms.discard(room_id)
+                if advanced:
+                    progressed = True
+                    self._gap_since.pop(room_id, None)
+                elif self.inbox.rooms[room_id].behind():
+                    self._note_stuck(room_id)
+            if not progressed:
+                await asyncio.sleep(GAP_RETRY_PAUSE)
+
+    def _note_stuck(self, room_id: int) -> None:
+        """A sync brought nothing although the room is behind. Retried until gap_timeout, then skipped."""
+        now = time.monotonic()
+        since = self._gap_since.setdefault(room_id, now)
+        if now - since >= self.gap_timeout:
+            self._give_up(room_id, f"gap not fillable for {self.gap_timeout:g} s")
+
+    def _give_up(self, room_id: int, why: str) -> None:
+        self._sync_rooms.discard(room_id)
+        self._gap_since.pop(room_id, None)
+        room = self.inbox.rooms.get(room_id)
+        if room is None or not room.behind():
+            return
+        target = min(room.held) if room.held else room.highest + 1
+        skipped = self.inbox.skip_to(room_id, target)
+        log.warning("room %s: skipped %d message(s): %s", room_id, skipped, why)
+        if len(self.inbox):
+            self._ready.set()
+
+    # -- acknowledging ---------------------------------------------------------------------------
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await self._ack_wakeup.wait()
+            if self._acked_once:  # the first ack of a connection goes at once (see _send_acks)
+                await asyncio.sleep(self.ack_delay)  # gather: one frame per room for everything read meanwhile
+            self._ack_wakeup.clear()
+            try:
+                await self._send_acks()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.debug("acks not sent; the next connection sends them", exc_info=True)
+
+    async def _send_acks(self) -> None:
+        ws = self._ws
+        if ws is None or ws.closed:
+            return
+        due = {room: seq for room, seq in self.inbox.positions().items() if seq > self._acked.get(room, 0)}
+        if not self._acked_once and not due:
+            # The first ack makes the server move our cursor by acks only (not by what it wrote to a
+            # socket that may die unread). Without a position yet, "nothing read" in any room says so.
+            # Until it arrives the server counts what it writes as delivered (GoStacker's clients never
+            # ack), hence it is sent as soon as the socket is open.
+            room = await self._any_room()
+            if room is not None:
+                due = {room: 0}
+        for room, seq in sorted(due.items()):
+            await ws.send_str(orjson.dumps({"type": "ack", "room_id": room, "seq": seq}).decode())
+            self._acked[room] = seq
+            self._acked_once = True
+
+    async def _any_room(self) -> int | None:
+        if self.inbox.rooms:
+            return min(self.inbox.rooms)
+        if self._joined_hint is None:
+            try:
+                rooms = await asyncio.wait_for(self.client.joined_rooms(), self.request_timeout)
+            except (PyStackerError, TimeoutError):
+                return None
+            self._joined_hint = rooms[0] if rooms else None
+        return self._joined_hint

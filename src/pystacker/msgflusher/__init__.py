@@ -1,0 +1,1 @@
+"""MsgFlusher: finishes inbox entries that a dead or stuck gateway read but never acknowledged."""

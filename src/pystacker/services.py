@@ -1,0 +1,116 @@
+"""Running one service per process: `pystacker meta|registry|send|gateway|flusher|msgflusher`.
+
+Each service says what it needs (SQL, the engine), which port it serves on (if any) and what it runs.
+SIGINT/SIGTERM stop it cleanly (GoStacker's meta, registry, send and flusher ignored them: spec 13.1 #9):
+a gateway drains its sockets, send finishes its queued pushes, the flusher writes what it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from pystacker.config import Config
+from pystacker.runtime import Runtime
+from pystacker.web.server import Listener, Servers, bind_socket, bound_port, run_until_signalled
+
+log = logging.getLogger("pystacker.service")
+
+AppBuilder = Callable[[Runtime, int], web.Application]
+Worker = Callable[[Runtime], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    summary: str
+    default_port: int
+    needs_sql: bool
+    build_app: AppBuilder | None = None
+    worker: Worker | None = None  # a background loop for services without HTTP
+
+
+def _meta(runtime: Runtime, _: int) -> web.Application:
+    from pystacker.meta.app import build_meta_app
+
+    return build_meta_app(runtime)
+
+
+def _registry(runtime: Runtime, _: int) -> web.Application:
+    from pystacker.registry.app import build_registry_app
+
+    return build_registry_app(runtime)
+
+
+def _send(runtime: Runtime, port: int) -> web.Application:
+    from pystacker.send.app import build_send_app
+
+    return build_send_app(runtime, port=port)
+
+
+def _gateway(runtime: Runtime, port: int) -> web.Application:
+    from pystacker.gateway.app import build_gateway_app
+
+    return build_gateway_app(runtime, port=port)
+
+
+async def _flusher(runtime: Runtime) -> None:
+    from pystacker.flusher.messages import MessageFlusher
+
+    flusher = MessageFlusher(runtime.engine, runtime.parts.store)
+    try:
+        await flusher.run()
+    finally:
+        await asyncio.shield(flusher.flush_all())
+
+
+async def _msgflusher(runtime: Runtime) -> None:
+    from pystacker.msgflusher.service import Reclaimer
+
+    settings = runtime.config.pending_msg_flusher
+    reclaimer = Reclaimer(runtime.engine, runtime.parts.handoff,
+                          consumer=f"msgflusher-{runtime.config.name}-{runtime.config.machine_id}",
+                          claim_idle_seconds=settings.claim_idle_seconds, batch_size=settings.batch_size)
+    await reclaimer.run(settings.interval)
+
+
+SERVICES: dict[str, ServiceSpec] = {spec.name: spec for spec in (
+    ServiceSpec("meta", "users, rooms, members, join requests", 8082, True, build_app=_meta),
+    ServiceSpec("registry", "gateway and send discovery, user routes", 8083, False, build_app=_registry),
+    ServiceSpec("send", "accepts messages and fans them out", 8081, True, build_app=_send),
+    ServiceSpec("gateway", "WebSocket connections", 8084, True, build_app=_gateway),
+    ServiceSpec("flusher", "write-behind of messages and cursors to SQL", 0, True, worker=_flusher),
+    ServiceSpec("msgflusher", "reclaims inbox entries of dead or stuck gateways", 0, False, worker=_msgflusher),
+)}
+
+
+async def run_service(spec: ServiceSpec, config: Config, source: str) -> None:
+    runtime = Runtime(config, source=source)
+    servers = Servers()
+    worker_task: asyncio.Task[None] | None = None
+
+    async def start() -> None:
+        nonlocal worker_task
+        if spec.needs_sql:
+            await runtime.open_sql(migrate_to_head=False)
+        await runtime.open_engine()
+        if spec.build_app is not None:
+            sock = bind_socket(config.host, config.port or spec.default_port)
+            await servers.start([Listener(spec.name, spec.build_app(runtime, bound_port(sock)), sock)])
+            log.info("%s listening on %s:%d", spec.name, config.host, servers.bound[spec.name])
+        if spec.worker is not None:
+            worker_task = asyncio.create_task(spec.worker(runtime), name=spec.name)
+            log.info("%s running", spec.name)
+
+    async def stop() -> None:
+        await servers.stop()
+        if worker_task is not None:
+            worker_task.cancel()
+            await asyncio.gather(worker_task, return_exceptions=True)
+        await runtime.close()
+
+    await run_until_signalled(start, stop)

@@ -1,0 +1,117 @@
+"""Registry: gateways and send instances with heartbeat TTLs, user routes with an optional TTL."""
+
+from __future__ import annotations
+
+from pystacker.engine.base import Engine, GatewayInfo, SendInfo, UserRoute
+from tests.engine.support import unique_int, unique_name, until
+
+
+def _gateway(gateway_id: str | None = None) -> GatewayInfo:
+    return GatewayInfo(gateway_id=gateway_id or unique_name("gw"), address="10.0.0.4", port=8084, capacity=1000,
+                       load=0.25, connected_users=250, last_heartbeat=1_700_000_000.5, epoch="e1")
+
+
+def _send() -> SendInfo:
+    return SendInfo(instance_id=unique_name("send"), address="10.0.0.5", port=8081, last_heartbeat=1_700_000_000.5)
+
+
+def _route(user_id: int, gateway_id: str = "gw-a", status: str = "connected") -> UserRoute:
+    return UserRoute(user_id=user_id, gateway_id=gateway_id, address="10.0.0.4:8084",
+                     connected_at=1_700_000_000.25, status=status, epoch="e1")
+
+
+# -- gateways and send instances ------------------------------------------------------------------------
+
+
+async def test_a_gateway_is_stored_listed_and_removed(engine: Engine) -> None:
+    info = _gateway()
+    await engine.registry.put_gateway(info, 60)
+    assert await engine.registry.get_gateway(info.gateway_id) == info
+    assert info in await engine.registry.list_gateways()
+
+    info.load = 0.5  # a heartbeat overwrites the record
+    await engine.registry.put_gateway(info, 60)
+    assert (await engine.registry.get_gateway(info.gateway_id)) == info
+
+    await engine.registry.remove_gateway(info.gateway_id)
+    assert await engine.registry.get_gateway(info.gateway_id) is None
+    assert info.gateway_id not in {g.gateway_id for g in await engine.registry.list_gateways()}
+
+
+async def test_a_stored_gateway_does_not_change_with_the_callers_object(engine: Engine) -> None:
+    info = _gateway()
+    await engine.registry.put_gateway(info, 60)
+    info.connected_users = 999
+    stored = await engine.registry.get_gateway(info.gateway_id)
+    assert stored is not None and stored.connected_users == 250
+    stored.connected_users = 998
+    assert (await engine.registry.get_gateway(info.gateway_id)) == _gateway(info.gateway_id)
+
+
+async def test_a_gateway_without_heartbeat_expires(engine: Engine) -> None:
+    silent, beating = _gateway(), _gateway()
+    await engine.registry.put_gateway(silent, 1)
+    await engine.registry.put_gateway(beating, 1)
+    await engine.registry.put_gateway(beating, 60)  # a heartbeat sets a fresh TTL
+
+    await until(lambda: engine.registry.get_gateway(silent.gateway_id), lambda found: found is None)
+    listed = {g.gateway_id for g in await engine.registry.list_gateways()}
+    assert silent.gateway_id not in listed
+    assert beating.gateway_id in listed
+    await engine.registry.put_gateway(silent, 60)  # it comes back with its next registration
+    assert await engine.registry.get_gateway(silent.gateway_id) == silent
+
+
+async def test_a_send_instance_is_stored_listed_removed_and_expires(engine: Engine) -> None:
+    kept, silent = _send(), _send()
+    await engine.registry.put_send(kept, 60)
+    await engine.registry.put_send(silent, 1)
+    assert await engine.registry.get_send(kept.instance_id) == kept
+    listed = {s.instance_id for s in await engine.registry.list_send()}
+    assert {kept.instance_id, silent.instance_id} <= listed
+
+    await until(lambda: engine.registry.get_send(silent.instance_id), lambda found: found is None)
+    listed = {s.instance_id for s in await engine.registry.list_send()}
+    assert silent.instance_id not in listed and kept.instance_id in listed
+
+    await engine.registry.remove_send(kept.instance_id)
+    assert await engine.registry.get_send(kept.instance_id) is None
+    assert kept.instance_id not in {s.instance_id for s in await engine.registry.list_send()}
+
+
+# -- routes ---------------------------------------------------------------------------------------------
+
+
+async def test_routes_are_stored_replaced_and_looked_up_in_bulk(engine: Engine) -> None:
+    alice, bob, nobody = unique_int(), unique_int(), unique_int()
+    await engine.registry.set_route(_route(alice), None)
+    await engine.registry.set_route(_route(bob, "gw-a"), None)
+    await engine.registry.set_route(_route(bob, "gw-b", status="disconnected"), 120)
+    assert await engine.registry.get_routes([alice, bob, nobody]) == {
+        alice: _route(alice), bob: _route(bob, "gw-b", status="disconnected")}
+    assert await engine.registry.get_routes([]) == {}
+
+
+async def test_a_route_with_a_ttl_expires_and_one_without_stays(engine: Engine) -> None:
+    leased, connected, reconnected = unique_int(), unique_int(), unique_int()
+    await engine.registry.set_route(_route(leased, status="disconnected"), 1)
+    await engine.registry.set_route(_route(connected), None)
+    await engine.registry.set_route(_route(reconnected, status="disconnected"), 1)
+    await engine.registry.set_route(_route(reconnected), None)  # replacing the route drops its TTL
+
+    await until(lambda: engine.registry.get_routes([leased]), lambda found: found == {})
+    assert await engine.registry.get_routes([leased, connected, reconnected]) == {
+        connected: _route(connected), reconnected: _route(reconnected)}
+    assert not await engine.registry.delete_route_if(leased, "gw-a")
+
+
+async def test_delete_route_if_only_deletes_a_route_to_that_gateway(engine: Engine) -> None:
+    user, nobody = unique_int(), unique_int()
+    await engine.registry.set_route(_route(user, "gw-new"), None)
+    # A late disconnect from the gateway the user left must not remove his new route.
+    assert not await engine.registry.delete_route_if(user, "gw-old")
+    assert await engine.registry.get_routes([user]) == {user: _route(user, "gw-new")}
+    assert await engine.registry.delete_route_if(user, "gw-new")
+    assert await engine.registry.get_routes([user]) == {}
+    assert not await engine.registry.delete_route_if(user, "gw-new")
+    assert not await engine.registry.delete_route_if(nobody, "gw-new")
