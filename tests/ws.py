@@ -58,10 +58,14 @@ class Client:
             self.frames.append(frame)
             self.chats.extend(chats_of(frame))
             return frame
-        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
-                        aiohttp.WSMsgType.ERROR):
+        if msg.type is aiohttp.WSMsgType.CLOSE:
+            # The code the server sent (ws.close_code turns into 1006 when the server drops TCP
+            # right after its close frame, before the client's answer is written).
+            self.closed_code = int(msg.data)
+            raise Closed(self.closed_code)
+        if msg.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
             self.closed_code = self.ws.close_code
-            raise Closed(self.ws.close_code)
+            raise Closed(self.closed_code)
         raise AssertionError(f"unexpected WebSocket message {msg.type}: {msg.data!r}")
 
     async def recv_until(self, predicate: Callable[[dict[str, Any]], bool],

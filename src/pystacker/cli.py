@@ -128,6 +128,22 @@ def _add_service_commands() -> None:
 _add_service_commands()
 
 
+@main.command()
+@click.option("--gateways", default=2, show_default=True, type=click.IntRange(1, 6), help="Gateway processes.")
+@click.option("--send", "sends", default=2, show_default=True, type=click.IntRange(1, 8), help="Send processes.")
+@click.option("--config-dir", default="config", show_default=True, type=click.Path(file_okay=False, exists=True),
+              help="Folder with config.<service>.yaml files.")
+@click.option("--log-dir", default="logs/cluster", show_default=True, help="Where each process writes its output.")
+def cluster(gateways: int, sends: int, config_dir: str, log_dir: str) -> None:
+    """Run a local distributed deployment: every service as its own process (Redis + SQL)."""
+    from pathlib import Path
+
+    from pystacker.cluster import run_cluster
+
+    code = asyncio.run(run_cluster(Path(config_dir), gateways=gateways, sends=sends, log_dir=Path(log_dir)))
+    sys.exit(code)
+
+
 @main.group()
 def db() -> None:
     """Database schema commands."""
@@ -136,8 +152,9 @@ def db() -> None:
 @db.command("upgrade")
 @config_option
 def db_upgrade(config_path: str | None) -> None:
-    """Apply the migrations up to the newest schema."""
+    """Create the database if missing, then apply the migrations up to the newest schema."""
     from pystacker.db import migrate
+    from pystacker.db.create import ensure_database
     from pystacker.db.engine import create_engine
     from pystacker.runtime import safe_url
 
@@ -145,6 +162,11 @@ def db_upgrade(config_path: str | None) -> None:
     url = config.database_url()
 
     async def main_task() -> None:
+        try:
+            if await ensure_database(url):
+                click.echo(f"{safe_url(url)}: database created")
+        except Exception as exc:
+            raise StartupError(f"cannot create {safe_url(url)}: {str(exc).strip().splitlines()[0]}") from None
         engine = create_engine(url)
         try:
             await migrate.upgrade(engine)

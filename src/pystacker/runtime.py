@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from sqlalchemy import text
@@ -130,6 +131,21 @@ class Runtime:
         if self._parts is None:
             self._parts = MessagingParts.build(self.engine, MessageStore(self.sql))
         return self._parts
+
+    def readiness_checks(self) -> dict[str, Callable[[], Awaitable[object]]]:
+        """What `/ready` checks: the stores this process opened."""
+        checks: dict[str, Callable[[], Awaitable[object]]] = {}
+        if self._sql is not None:
+            sql = self._sql
+
+            async def sql_check() -> None:
+                async with sql.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+
+            checks["sql"] = sql_check
+        if self._engine is not None:
+            checks["engine"] = self._engine.ping
+        return checks
 
     async def close(self) -> None:
         if self._engine is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from alembic import command
@@ -11,6 +12,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+# MySQL names every primary key PRIMARY and says so (note 1280) for each table; not worth a warning.
+warnings.filterwarnings("ignore", message=r"Name '.*' ignored for PRIMARY key")
 
 
 def _alembic_config(connection=None) -> AlembicConfig:  # type: ignore[no-untyped-def]

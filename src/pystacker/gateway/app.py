@@ -12,6 +12,7 @@ from pystacker.registry.service import RegistryService
 from pystacker.runtime import Runtime
 from pystacker.send.app import new_send_service
 from pystacker.web.middleware import internal_token_middleware
+from pystacker.web.health import install_health
 from pystacker.web.server import new_app
 
 GATEWAY_SERVICE = web.AppKey("gateway_service", GatewayService)
@@ -28,6 +29,7 @@ def build_gateway_app(runtime: Runtime, *, port: int) -> web.Application:
     app = new_app("gateway", max_body_bytes=config.limits.max_body_bytes, middlewares=[
         internal_token_middleware(config.internal.token.get_secret_value(),
                                   lambda request: request.path.startswith("/center/"))])
+    install_health(app, "gateway", runtime.readiness_checks())
     presence = GatewayPresence(runtime.engine.registry, gateway_id, config.address, port,
                                config.dispatcher.max_connections, lambda: len(service.connections),
                                ttl=config.registry.gateway_heartbeat_timeout)

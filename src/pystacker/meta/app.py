@@ -12,6 +12,7 @@ from pystacker.meta.service import MetaService
 from pystacker.meta.store import MetaStore
 from pystacker.runtime import Runtime
 from pystacker.web.middleware import auth_middleware
+from pystacker.web.health import install_health
 from pystacker.web.server import new_app
 
 META_SERVICE = web.AppKey("meta_service", MetaService)
@@ -20,6 +21,7 @@ META_SERVICE = web.AppKey("meta_service", MetaService)
 def build_meta_app(runtime: Runtime) -> web.Application:
     limits = runtime.config.limits
     app = new_app("meta", max_body_bytes=limits.max_body_bytes, middlewares=[auth_middleware(runtime.tokens)])
+    install_health(app, "meta", runtime.readiness_checks())
     service = MetaService(MetaStore(runtime.sql), runtime.tokens)
     MetaRoutes(service, max_members_per_request=limits.max_members_per_request,
                max_search_limit=limits.max_search_limit).install(app)

@@ -8,6 +8,7 @@ from pystacker.registry.routes import RegistryRoutes, is_registry_write
 from pystacker.registry.service import RegistryService
 from pystacker.runtime import Runtime
 from pystacker.web.middleware import internal_token_middleware
+from pystacker.web.health import install_health
 from pystacker.web.server import new_app
 
 
@@ -15,6 +16,7 @@ def build_registry_app(runtime: Runtime) -> web.Application:
     config = runtime.config
     app = new_app("registry", max_body_bytes=config.limits.max_body_bytes, middlewares=[
         internal_token_middleware(config.internal.token.get_secret_value(), is_registry_write)])
+    install_health(app, "registry", runtime.readiness_checks(), liveness=False)
     service = RegistryService(runtime.engine.registry, user_route_ttl=config.registry.user_route_ttl)
     RegistryRoutes(runtime.engine, service, runtime.tokens, gateway_ttl=config.registry.gateway_heartbeat_timeout,
                    send_ttl=config.registry.send_heartbeat_timeout).install(app)

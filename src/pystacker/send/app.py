@@ -10,6 +10,7 @@ from pystacker.send.fanout import Fanout
 from pystacker.send.routes import SendRoutes
 from pystacker.send.service import SendService
 from pystacker.web.middleware import auth_middleware, internal_token_middleware
+from pystacker.web.health import install_health
 from pystacker.web.server import new_app
 
 SEND_SERVICE = web.AppKey("send_service", SendService)
@@ -34,6 +35,7 @@ def build_send_app(runtime: Runtime, *, port: int) -> web.Application:
         internal_token_middleware(config.internal.token.get_secret_value(),
                                   lambda request: request.path.startswith("/internal/")),
         auth_middleware(runtime.tokens)])
+    install_health(app, "send", runtime.readiness_checks())
     service = new_send_service(runtime)
     SendRoutes(service, runtime.parts.handoff).install(app)
     presence = SendPresence(runtime.engine.registry, send_instance_id(runtime), config.address, port,

@@ -1,0 +1,137 @@
+"""Reconnects: during a stream (graceful and abrupt, server catch-up or client `sync`), and a
+same-gateway reconnect while the old socket is still open (spec 13.2 #16)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from pystacker.messaging.frames import CLOSE_REPLACED
+from tests.ws import Api, Client, Closed, make_room, open_api, poll, send_http
+
+STREAM = 200
+CYCLE = 25  # messages a receiver reads before it drops its socket again
+AWAY = 8  # messages sent while it is away, before it reconnects
+
+
+@pytest.fixture
+async def api(system) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
+    async with open_api(system) as api:
+        yield api
+
+
+class Stream:
+    """A sender posting STREAM messages one after another over HTTP, with a counter to wait on."""
+
+    def __init__(self, api: Api, sender, room_id: int) -> None:  # type: ignore[no-untyped-def]
+        self.api, self.sender, self.room_id = api, sender, room_id
+        self.sent: list[dict] = []
+        self.changed = asyncio.Condition()
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        for i in range(STREAM):
+            answer = await send_http(self.api.send, self.sender, self.room_id, f"stream {i}")
+            async with self.changed:
+                self.sent.append(answer)
+                self.changed.notify_all()
+
+    async def wait_sent(self, count: int) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(lambda: len(self.sent) >= min(count, STREAM)), 10)
+
+    @property
+    def done(self) -> bool:
+        return self.task.done()
+
+
+async def sync_from(client: Client, room_id: int, after_seq: int) -> None:
+    """A new client's catch-up: `sync` frames from its last seq until has_more is false."""
+    while True:
+        ref = f"sync-{after_seq}"
+        await client.send_frame({"type": "sync", "room_id": room_id, "after_seq": after_seq, "limit": 50, "ref": ref})
+        answer = await client.recv_until(lambda f: f["type"] == "batch" and f.get("ref") == ref)
+        assert answer["sync_room_id"] == room_id
+        assert [c["seq"] for c in answer["payload"]] == list(range(after_seq + 1, after_seq + 1 + len(answer["payload"])))
+        if not answer["has_more"]:
+            return
+        after_seq = answer["payload"][-1]["seq"]
+
+
+@pytest.mark.parametrize("mode", ["catchup", "sync"])
+async def test_receiver_reconnects_during_a_stream(api: Api, mode: str) -> None:
+    alice, bob = await api.users(2, "strm")
+    room_id = await make_room(api.meta, alice, [bob])
+    stream = Stream(api, alice, room_id)
+    received: list[dict] = []  # every chat of every socket, in arrival order, duplicates included
+    cycles = mid_stream = 0
+    abrupt = False
+    while True:
+        client = await api.connect(bob, catchup=(mode == "catchup"))
+        if mode == "sync":
+            last = max((c["seq"] for c in received), default=0)
+            await sync_from(client, room_id, last)
+        target = len({c["id"] for c in received} | {c["id"] for c in client.chats}) + CYCLE
+        try:
+            while len({c["id"] for c in received} | {c["id"] for c in client.chats}) < min(target, STREAM):
+                await client.recv(10)
+        except Closed:
+            raise AssertionError(f"the server closed the socket: {client.closed_code}") from None
+        received += client.chats
+        if len({c["id"] for c in received}) >= STREAM:
+            await client.close()
+            break
+        cycles += 1
+        mid_stream += not stream.done
+        # away: drop the socket (alternately with a close handshake and by cutting TCP), and stay
+        # away until the sender has posted a few more messages
+        if abrupt:
+            client.abort()
+        else:
+            await client.close()
+        abrupt = not abrupt
+        await stream.wait_sent(len(stream.sent) + AWAY)
+
+    await stream.task
+    unique = list({c["id"]: c for c in reversed(received)}.values())[::-1]  # first arrival of each id
+    assert [c["seq"] for c in unique] == list(range(1, STREAM + 1))  # all, once, in seq order
+    assert [c["id"] for c in unique] == [s["msgID"] for s in stream.sent]
+    assert cycles >= 4 and mid_stream >= 4, (cycles, mid_stream)
+
+
+async def test_same_gateway_reconnect_keeps_the_new_socket(api: Api) -> None:
+    alice, bob = await api.users(2, "swap")
+    room_id = await make_room(api.meta, alice, [bob])
+    gateway = api.gateway_service
+    old = await api.connect(bob)
+    first = await send_http(api.send, alice, room_id, "before the switch")
+    await old.collect(1, room_id=room_id)
+
+    stream = Stream(api, alice, room_id)
+    await stream.wait_sent(20)
+    new = await api.connect(bob)  # the old socket is still open
+    assert gateway.connections[bob.id] is not None
+    # the old socket is told it was replaced; it reads what was already on its wire first
+    assert await old.wait_closed() == CLOSE_REPLACED
+    await stream.task
+    await new.collect(STREAM - len(old.unique(room_id)) + 1, room_id=room_id, timeout=10)
+
+    # GoStacker tore the new connection down when the old one's read loop ended: ours stays
+    assert not new.ws.closed
+    assert gateway.connections[bob.id].ws is not None
+    await poll(lambda: bob.id in gateway.connections)
+    routes = await api.system.runtime.engine.registry.get_routes([bob.id])
+    assert routes[bob.id].status == "connected"
+    after = await send_http(api.send, alice, room_id, "after the switch")
+    chat = await new.recv_until(lambda f: f["type"] == "chat" and f["id"] == after["msgID"])
+    assert chat["seq"] == STREAM + 2
+
+    # nothing lost across the switch, nothing twice on the new socket, all in order
+    both = old.unique(room_id) + new.unique(room_id)
+    assert sorted({c["seq"] for c in both}) == list(range(1, STREAM + 3))
+    assert new.seqs(room_id) == sorted(new.seqs(room_id))
+    assert len(new.chats) == len(new.unique(room_id))
+    assert both[0]["id"] == first["msgID"]
+    await new.close()
