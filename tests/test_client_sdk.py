@@ -519,3 +519,48 @@ def test_user_id_from_token() -> None:
     body = base64.urlsafe_b64encode(b'{"user_id": 42, "username": "x"}').decode().rstrip("=")
     assert user_id_from_token(f"h.{body}.s") == 42
     assert user_id_from_token("garbage") is None
+
+
+async def test_gateway_restart_closes_with_1001_and_session_catches_up(tmp_path: Any) -> None:
+    """A whole system stops (clients must see 1001 at once, not 1006 after aiohttp's shutdown timeout)
+    and comes back on the same ports: the session reconnects by itself and yields what was sent."""
+    from pystacker.config import load_config
+    from pystacker.embedded import EmbeddedSystem
+    from tests.conftest import TEST_JWT_SECRET
+
+    def config(ports: dict[str, int]) -> Any:
+        return load_config(None, overrides={"engine": "memory", "data_dir": str(tmp_path), "host": "127.0.0.1",
+                                            "jwt": {"secret": TEST_JWT_SECRET}, "ports": ports})
+
+    first = EmbeddedSystem(config({"send": 0, "meta": 0, "registry": 0, "gateway": 0}))
+    await first.start()
+    ports = dict(first.servers.bound)
+    urls = first.urls
+    alice = PyStackerClient(urls["meta"], urls["send"], urls["registry"])
+    bob = PyStackerClient(urls["meta"], urls["send"], urls["registry"])
+    second = None
+    try:
+        for client, name in ((alice, unique("alice")), (bob, unique("bob"))):
+            await client.register(name, PASSWORD)
+            await client.login(name, PASSWORD)
+        room = await room_of(alice, bob)
+        closes: list[str] = []
+        b = await bob.connect(backoff=fast_backoff(initial=0.1, max_delay=0.3, max_attempts=50),
+                              on_state=lambda state, detail: closes.append(detail) if state == "disconnected" else None)
+        await alice.send(room, "m1")
+        assert [m.seq for m in await drain(b, 1)] == [1]
+
+        await first.stop()
+        assert closes == ["close code 1001"]
+        second = EmbeddedSystem(config(ports))
+        await second.start()
+        await alice.send(room, "m2")
+        got = await drain(b, 1, timeout=3 * TIMEOUT)
+        assert [(m.seq, m.text) for m in got] == [(2, "m2")]
+        assert b.connects >= 2
+        await b.close()
+    finally:
+        await alice.close()
+        await bob.close()
+        if second is not None:
+            await second.stop()

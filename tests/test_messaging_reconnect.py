@@ -60,23 +60,42 @@ async def sync_from(client: Client, room_id: int, after_seq: int) -> None:
         after_seq = answer["payload"][-1]["seq"]
 
 
-@pytest.mark.parametrize("mode", ["catchup", "sync"])
+@pytest.mark.parametrize("mode", ["catchup", "sync", "acks"])
 async def test_receiver_reconnects_during_a_stream(api: Api, mode: str) -> None:
+    """The receiver reads CYCLE messages, drops its socket (alternately with a close handshake and by
+    cutting TCP), stays away while the sender posts AWAY more, reconnects, and so on.
+
+    - catchup: a GoStacker client; the server's catch-up (`batch` frames from its cursor) fills the gap;
+    - sync: `?catchup=0` and `sync` frames from the client's own last seq;
+    - acks: a client that acknowledges by seq and drops its socket with frames still unread on it
+      (the server wrote them, the client never got them): its cursor moves by its acks only, so the
+      catch-up sends them again.
+    """
     alice, bob = await api.users(2, "strm")
     room_id = await make_room(api.meta, alice, [bob])
     stream = Stream(api, alice, room_id)
     received: list[dict] = []  # every chat of every socket, in arrival order, duplicates included
-    cycles = mid_stream = 0
+    cycles = mid_stream = unread = 0
     abrupt = False
+
+    def unique_count(client: Client) -> int:
+        return len({c["id"] for c in received} | {c["id"] for c in client.chats})
+
     while True:
-        client = await api.connect(bob, catchup=(mode == "catchup"))
+        last = max((c["seq"] for c in received), default=0)
+        client = await api.connect(bob, catchup=(mode != "sync"))
+        if mode == "acks":
+            await client.send_frame({"type": "ack", "room_id": room_id, "seq": last})
         if mode == "sync":
-            last = max((c["seq"] for c in received), default=0)
             await sync_from(client, room_id, last)
-        target = len({c["id"] for c in received} | {c["id"] for c in client.chats}) + CYCLE
+        target = min(unique_count(client) + CYCLE, STREAM)
         try:
-            while len({c["id"] for c in received} | {c["id"] for c in client.chats}) < min(target, STREAM):
+            while unique_count(client) < target:
                 await client.recv(10)
+            if mode == "acks":
+                await client.send_frame({"type": "ack", "room_id": room_id, "seq": max(c["seq"] for c in client.chats)})
+                await client.send_frame({"type": "ping", "ref": "acked"})  # frames are handled in order:
+                await client.recv_until(lambda f: f["type"] == "pong")  # the pong follows the ack
         except Closed:
             raise AssertionError(f"the server closed the socket: {client.closed_code}") from None
         received += client.chats
@@ -85,12 +104,16 @@ async def test_receiver_reconnects_during_a_stream(api: Api, mode: str) -> None:
             break
         cycles += 1
         mid_stream += not stream.done
-        # away: drop the socket (alternately with a close handshake and by cutting TCP), and stay
-        # away until the sender has posted a few more messages
+        if mode == "acks":  # let frames pile up unread on the socket before dropping it
+            conn = api.gateway_service.connections[bob.id]
+            await stream.wait_sent(len(stream.sent) + AWAY)
+            posted = len(stream.sent)
+            await poll(lambda: conn.sequencer.last(room_id) >= posted)  # the server wrote them all
+            unread += posted - max(c["seq"] for c in received)
         if abrupt:
             client.abort()
         else:
-            await client.close()
+            await client.close()  # the client library drops frames that arrive before the close answer
         abrupt = not abrupt
         await stream.wait_sent(len(stream.sent) + AWAY)
 
@@ -99,6 +122,8 @@ async def test_receiver_reconnects_during_a_stream(api: Api, mode: str) -> None:
     assert [c["seq"] for c in unique] == list(range(1, STREAM + 1))  # all, once, in seq order
     assert [c["id"] for c in unique] == [s["msgID"] for s in stream.sent]
     assert cycles >= 4 and mid_stream >= 4, (cycles, mid_stream)
+    if mode == "acks":
+        assert unread >= cycles * AWAY  # frames written to sockets that died unread, all sent again
 
 
 async def test_same_gateway_reconnect_keeps_the_new_socket(api: Api) -> None:
@@ -109,19 +134,20 @@ async def test_same_gateway_reconnect_keeps_the_new_socket(api: Api) -> None:
     first = await send_http(api.send, alice, room_id, "before the switch")
     await old.collect(1, room_id=room_id)
 
+    old_conn = gateway.connections[bob.id]
     stream = Stream(api, alice, room_id)
     await stream.wait_sent(20)
     new = await api.connect(bob)  # the old socket is still open
-    assert gateway.connections[bob.id] is not None
+    new_conn = gateway.connections[bob.id]
+    assert new_conn is not old_conn
     # the old socket is told it was replaced; it reads what was already on its wire first
     assert await old.wait_closed() == CLOSE_REPLACED
     await stream.task
     await new.collect(STREAM - len(old.unique(room_id)) + 1, room_id=room_id, timeout=10)
 
     # GoStacker tore the new connection down when the old one's read loop ended: ours stays
-    assert not new.ws.closed
-    assert gateway.connections[bob.id].ws is not None
-    await poll(lambda: bob.id in gateway.connections)
+    await poll(lambda: old_conn.ws.closed and old_conn._writer is None)  # the old one is fully gone
+    assert gateway.connections.get(bob.id) is new_conn and not new.ws.closed
     routes = await api.system.runtime.engine.registry.get_routes([bob.id])
     assert routes[bob.id].status == "connected"
     after = await send_http(api.send, alice, room_id, "after the switch")

@@ -72,16 +72,21 @@ class GatewayService:
     async def stop(self) -> None:
         """Drain: refuse new sockets, close the open ones (clients reconnect elsewhere and catch up),
         save cursors, acknowledge what was finished, leave the registry."""
-        self.accepting = False
+        await self.close_connections()
         await self.presence.stop()
-        for conn in list(self.connections.values()):
-            conn.close_soon(CLOSE_SHUTDOWN, "gateway shutting down")
-            await self.detach(conn)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self._ack_completed()
+
+    async def close_connections(self) -> None:
+        """Refuse new sockets and close the open ones with 1001 (going away). Runs at the server's
+        shutdown, before it waits for its handlers: a WebSocket handler only ends when its socket does."""
+        self.accepting = False
+        for conn in list(self.connections.values()):
+            conn.close_soon(CLOSE_SHUTDOWN, "gateway shutting down")
+            await self.detach(conn)
 
     def has_capacity(self) -> bool:
         return len(self.connections) < self.settings.max_connections

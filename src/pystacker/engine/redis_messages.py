@@ -1,0 +1,360 @@
+"""The message log on Redis: seq counters, recent windows, idempotency keys and the flush queue.
+
+Keys (redis_keys.py), all of one room in its partition's hash tag `{<prefix>pystacker:p<n>}`:
+- `seq:<room>`: the last allocated seq. Missing means "unknown", never 0: the counter is seeded from SQL
+  (seq_seed) before use, so after a Redis restart seqs continue instead of restarting at 1;
+- `win:<room>`: ZSET of message JSON by seq: every unflushed message plus the newest window_size;
+- `unfl:<room>`: ZSET of the seqs not yet confirmed by the flusher (they bound the window's trimming);
+- `idem:<room>:<sender>:<client_msg_id>`: the first message sent under that key, for idempotency_ttl.
+  The key includes the room, so idempotency is per (room, sender, client_msg_id): a client reusing one
+  client_msg_id in two rooms gets two messages (the memory engine would answer the first). Rooms must
+  be in the key: on a cluster, a script may only touch the slot of its room;
+- `flush`: one stream per partition, read through the consumer group `flushers`. Its entry ids are
+  server time in microseconds (kept strictly increasing), so take_batch can merge the partitions
+  oldest first. A batch is the partitions' entries it took; confirming it XACKs and XDELs them.
+  Entries a flusher took and did not confirm within flush_claim_timeout are idle in the group's
+  pending list, and the next take_batch claims them (XCLAIM with a minimum idle time, so two flushers
+  never both get one).
+
+`append` is one Lua script (idempotency check, INCR, window, unflushed mark, flush entry, trimming):
+nothing can see half an append, and a crash cannot leave a seq without its message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from pystacker.engine.base import Appended, EngineSettings, FlushBatch, NewMessage, SeqSeed, StoredMessage
+from pystacker.engine.redis_common import LUA_ID_LESS, Client, id_order, pipeline, register, run, text
+from pystacker.engine.redis_keys import RedisKeys
+
+FLUSH_GROUP = "flushers"
+# Every flusher reads under one consumer name: ownership is tracked by batch (the token), and a
+# consumer per process would pile up in the group with every restart.
+FLUSH_CONSUMER = "flusher"
+# A batch is at most this big: the scripts pass its ids to XCLAIM/XACK/XDEL in one call (Lua's unpack
+# has a limit near 8000).
+MAX_BATCH = 2000
+# A seq counter may vanish again between its seeding and the retry (a restart, a FLUSHALL): give up
+# after this many seedings instead of looping.
+SEED_ATTEMPTS = 3
+
+_LUA_WINDOW = """
+-- Drop the window's messages below both the oldest unflushed seq and the newest window_size.
+local function trim_window(win, unfl, last_seq, window_size)
+  local bound = last_seq - window_size + 1
+  local oldest = redis.call('ZRANGE', unfl, 0, 0, 'WITHSCORES')
+  if #oldest > 0 and tonumber(oldest[2]) < bound then bound = tonumber(oldest[2]) end
+  redis.call('ZREMRANGEBYSCORE', win, '-inf', '(' .. string.format('%d', bound))
+end
+"""
+
+# KEYS: seq, window, unflushed, flush, flush clock[, idempotency key]
+# ARGV: the message JSON without its seq, window_size, idempotency_ttl
+# -> {'ok', seq} | {'dup', first message JSON} | {'seed'} (no counter: seed it and call again)
+_APPEND = _LUA_WINDOW + """
+local seq_key, win, unfl, flush, clock, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+if idem then
+  local first = redis.call('GET', idem)
+  if first then return {'dup', first} end
+end
+if redis.call('EXISTS', seq_key) == 0 then return {'seed'} end
+
+-- Reads first: a script is not rolled back when a command fails, so nothing may fail after a write.
+-- The flush entry id: microseconds of server time, above every id the stream has had.
+local now = redis.call('TIME')
+local flush_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local last_us = redis.call('GET', clock)
+if not last_us then
+  -- The clock is kept with the stream; should it be lost alone, start above the stream's last id.
+  local info = redis.pcall('XINFO', 'STREAM', flush)
+  last_us = 0
+  if type(info) == 'table' and not info.err then
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then last_us = tonumber(string.match(info[i + 1], '^(%d+)-')) end
+    end
+  end
+end
+last_us = tonumber(last_us)
+if flush_us <= last_us then flush_us = last_us + 1 end
+local flush_id = string.format('%.0f', flush_us)
+
+local seq = string.format('%d', redis.call('INCR', seq_key))
+local stored = '{"seq":' .. seq .. ',' .. string.sub(ARGV[1], 2)
+redis.call('ZADD', win, seq, stored)
+redis.call('ZADD', unfl, seq, seq)
+redis.call('SET', clock, flush_id)
+redis.call('XADD', flush, flush_id .. '-0', 'm', stored)
+if idem then redis.call('SET', idem, stored, 'EX', ARGV[3]) end
+trim_window(win, unfl, tonumber(seq), tonumber(ARGV[2]))
+return {'ok', seq}
+"""
+
+# KEYS: seq, window -> {'ok', lowest seq held (last + 1 when none)} | {'seed'}
+_WINDOW_START = """
+local last = redis.call('GET', KEYS[1])
+if not last then return {'seed'} end
+local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if #first > 0 then return {'ok', first[2]} end
+return {'ok', tonumber(last) + 1}
+"""
+
+# KEYS: flush. ARGV: group, claim timeout ms, count -> {expired ids, unread ids}, oldest first, each at
+# most count. Only looks: take_batch first chooses across partitions, then takes.
+_PEEK = LUA_ID_LESS + """
+local flush, group = KEYS[1], ARGV[1]
+-- At id 0: every entry of a flush queue is still to be flushed, including those of a re-created stream.
+local created = redis.pcall('XGROUP', 'CREATE', flush, group, '0', 'MKSTREAM')
+if type(created) == 'table' and created.err and not is_error(created, 'BUSYGROUP') then
+  return redis.error_reply(created.err)
+end
+local expired = {}
+for _, p in ipairs(redis.call('XPENDING', flush, group, 'IDLE', ARGV[2], '-', '+', ARGV[3])) do
+  expired[#expired + 1] = p[1]
+end
+local last_delivered = '0-0'
+for _, info in ipairs(group_info(flush)) do
+  if info['name'] == group then last_delivered = info['last-delivered-id'] end
+end
+local unread = {}
+for _, entry in ipairs(redis.call('XRANGE', flush, '(' .. last_delivered, '+', 'COUNT', ARGV[3])) do
+  unread[#unread + 1] = entry[1]
+end
+return {expired, unread}
+"""
+
+# KEYS: flush. ARGV: group, consumer, claim timeout ms, new count, expired ids...
+# -> {{id, json, ...} claimed, {id, json, ...} new}
+_TAKE = """
+local flush, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local function field(entry)
+  for i = 1, #entry[2], 2 do
+    if entry[2][i] == 'm' then return entry[2][i + 1] end
+  end
+  return '{}'
+end
+local claimed, fresh = {}, {}
+if #ARGV > 4 then
+  local ids = {}
+  for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end
+  -- XCLAIM re-checks the idle time: an entry another flusher claimed meanwhile is not taken twice.
+  for _, entry in ipairs(redis.call('XCLAIM', flush, group, consumer, ARGV[3], unpack(ids))) do
+    if entry[2] then
+      claimed[#claimed + 1] = entry[1]
+      claimed[#claimed + 1] = field(entry)
+    end
+  end
+end
+if tonumber(ARGV[4]) > 0 then
+  local read = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', ARGV[4], 'STREAMS', flush, '>')
+  if read then
+    for _, entry in ipairs(read[1][2]) do
+      fresh[#fresh + 1] = entry[1]
+      fresh[#fresh + 1] = field(entry)
+    end
+  end
+end
+return {claimed, fresh}
+"""
+
+# KEYS: flush, then seq, window, unflushed of each room of the batch
+# ARGV: group, window_size, id count, ids..., then for each room: seq count, seqs...
+_CONFIRM = _LUA_WINDOW + """
+local flush, group, window_size = KEYS[1], ARGV[1], tonumber(ARGV[2])
+local id_count = tonumber(ARGV[3])
+if id_count > 0 then
+  local ids = {}
+  for i = 1, id_count do ids[i] = ARGV[3 + i] end
+  redis.call('XACK', flush, group, unpack(ids))
+  redis.call('XDEL', flush, unpack(ids))
+end
+local at = 4 + id_count
+for k = 2, #KEYS, 3 do
+  local seq_key, win, unfl = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local seqs = {}
+  for i = 1, tonumber(ARGV[at]) do seqs[i] = ARGV[at + i] end
+  at = at + 1 + #seqs
+  if #seqs > 0 then redis.call('ZREM', unfl, unpack(seqs)) end
+  local last = redis.call('GET', seq_key)
+  if last then trim_window(win, unfl, tonumber(last), window_size) end
+end
+return 1
+"""
+
+
+def encode_body(message: NewMessage) -> bytes:
+    """The stored JSON without its seq: the script puts `"seq":N` in front."""
+    return orjson.dumps({"msg_id": message.msg_id, "room_id": message.room_id, "sender_id": message.sender_id,
+                         "type": message.type, "content": message.content,
+                         "created_at_ms": message.created_at_ms, "client_msg_id": message.client_msg_id})
+
+
+def decode_stored(raw: bytes | str) -> StoredMessage:
+    fields = orjson.loads(raw)
+    return StoredMessage(msg_id=int(fields["msg_id"]), room_id=int(fields["room_id"]), seq=int(fields["seq"]),
+                         sender_id=int(fields["sender_id"]), type=str(fields["type"]), content=fields["content"],
+                         created_at_ms=int(fields["created_at_ms"]), client_msg_id=fields.get("client_msg_id"))
+
+
+def _pairs(flat: Sequence[Any]) -> list[tuple[str, bytes]]:
+    return [(text(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
+class RedisMessageLog:
+    def __init__(self, client: Client, keys: RedisKeys, settings: EngineSettings, seq_seed: SeqSeed) -> None:
+        self._client = client
+        self._keys = keys
+        self._settings = settings
+        self._seq_seed = seq_seed
+        self._claim_ms = max(int(settings.flush_claim_timeout * 1000), 1)
+        # One seeding per room at a time in this process (others wait for it); SET NX settles races
+        # between processes.
+        self._seeding: dict[int, asyncio.Future[None]] = {}
+        self._append = register(client, _APPEND)
+        self._window_start = register(client, _WINDOW_START)
+        self._peek = register(client, _PEEK)
+        self._take = register(client, _TAKE)
+        self._confirm = register(client, _CONFIRM)
+
+    # -- seq counters ---------------------------------------------------------------------------------
+
+    async def _seed(self, room_id: int) -> None:
+        flight = self._seeding.get(room_id)
+        if flight is None:
+            flight = asyncio.ensure_future(self._seed_once(room_id))
+            self._seeding[room_id] = flight
+            flight.add_done_callback(lambda _: self._seeding.pop(room_id, None))
+        # Shielded: a caller that gives up must not cancel the seeding others wait for.
+        await asyncio.shield(flight)
+
+    async def _seed_once(self, room_id: int) -> None:
+        key = self._keys.seq(room_id)
+        # A seeding that finished while our script ran has set it: SQL need not be asked again.
+        if await self._client.exists(key):
+            return
+        seed = int(await self._seq_seed(room_id))
+        await self._client.set(key, seed, nx=True)
+
+    async def _counters(self, room_ids: Sequence[int]) -> list[bytes | None]:
+        pipe = pipeline(self._client)
+        for room_id in room_ids:
+            pipe.get(self._keys.seq(room_id))
+        return list(await pipe.execute())
+
+    # -- MessageLog -------------------------------------------------------------------------------------
+
+    async def append(self, message: NewMessage) -> Appended:
+        keys = self._keys.room_keys(message.room_id)
+        if message.client_msg_id is not None:
+            keys.append(self._keys.idempotency(message.room_id, message.sender_id, message.client_msg_id))
+        args = [encode_body(message), self._settings.window_size, self._settings.idempotency_ttl]
+        for _ in range(SEED_ATTEMPTS + 1):
+            reply = await run(self._append, keys, args)
+            outcome = text(reply[0])
+            if outcome == "ok":
+                stored = StoredMessage(msg_id=message.msg_id, room_id=message.room_id, seq=int(reply[1]),
+                                       sender_id=message.sender_id, type=message.type, content=message.content,
+                                       created_at_ms=message.created_at_ms, client_msg_id=message.client_msg_id)
+                return Appended(stored, duplicate=False)
+            if outcome == "dup":
+                return Appended(decode_stored(reply[1]), duplicate=True)
+            await self._seed(message.room_id)
+        raise RuntimeError(f"the seq counter of room {message.room_id} keeps vanishing after seeding")
+
+    async def read(self, room_id: int, after_seq: int, limit: int) -> list[StoredMessage]:
+        if limit <= 0:
+            return []
+        raw = await self._client.zrangebyscore(self._keys.window(room_id), f"({after_seq}", "+inf",
+                                               start=0, num=limit)
+        return [decode_stored(item) for item in raw]
+
+    async def window_start(self, room_id: int) -> int:
+        keys = [self._keys.seq(room_id), self._keys.window(room_id)]
+        for _ in range(SEED_ATTEMPTS + 1):
+            reply = await run(self._window_start, keys, [])
+            if text(reply[0]) == "ok":
+                return int(reply[1])
+            # Answering from an empty window without a counter would tell readers the window holds
+            # everything, and they would skip SQL.
+            await self._seed(room_id)
+        raise RuntimeError(f"the seq counter of room {room_id} keeps vanishing after seeding")
+
+    async def last_seqs(self, room_ids: Sequence[int]) -> dict[int, int]:
+        rooms = list(dict.fromkeys(room_ids))
+        found: dict[int, int] = {}
+        for _ in range(SEED_ATTEMPTS + 1):
+            missing = [room for room in rooms if room not in found]
+            if not missing:
+                return found
+            values = await self._counters(missing)
+            found.update({room: int(value) for room, value in zip(missing, values, strict=True) if value is not None})
+            # Seeded like append: 0 for a lost counter would hide SQL's messages from the catch-up.
+            await asyncio.gather(*(self._seed(room) for room in missing if room not in found))
+        raise RuntimeError(f"seq counters keep vanishing after seeding: rooms {missing}")
+
+    # -- the flush queue --------------------------------------------------------------------------------
+
+    async def take_batch(self, max_messages: int) -> FlushBatch | None:
+        limit = min(max_messages, MAX_BATCH)
+        if limit <= 0:
+            return None
+        partitions = range(self._keys.partitions)
+        peeks = await asyncio.gather(*(
+            run(self._peek, [self._keys.flush(p)], [FLUSH_GROUP, self._claim_ms, limit]) for p in partitions))
+
+        # Expired batches first, as the memory engine requeues them at the head; then the oldest new
+        # entries of all partitions (their ids are server time, so they merge by id).
+        expired = sorted((id_order(text(i)), p, text(i)) for p, (ids, _) in zip(partitions, peeks) for i in ids)
+        expired = expired[:limit]
+        fresh = sorted((id_order(text(i)), p) for p, (_, ids) in zip(partitions, peeks) for i in ids)
+        fresh = fresh[:limit - len(expired)]
+        plan: dict[int, tuple[list[str], int]] = {}
+        for _, p, entry_id in expired:
+            plan.setdefault(p, ([], 0))[0].append(entry_id)
+        for _, p in fresh:
+            ids, count = plan.get(p, ([], 0))
+            plan[p] = (ids, count + 1)
+        if not plan:
+            return None
+
+        taken = await asyncio.gather(*(
+            run(self._take, [self._keys.flush(p)], [FLUSH_GROUP, FLUSH_CONSUMER, self._claim_ms, count, *ids])
+            for p, (ids, count) in plan.items()))
+        claimed: list[tuple[tuple[int, int], int, str, bytes]] = []
+        new: list[tuple[tuple[int, int], int, str, bytes]] = []
+        for p, (claimed_flat, new_flat) in zip(plan, taken):
+            claimed += [(id_order(i), p, i, raw) for i, raw in _pairs(claimed_flat)]
+            new += [(id_order(i), p, i, raw) for i, raw in _pairs(new_flat)]
+        entries = sorted(claimed) + sorted(new)
+        if not entries:
+            return None  # others took them between the look and the take
+        messages = [decode_stored(raw) for _, _, _, raw in entries]
+        token = orjson.dumps([[p, entry_id, message.room_id, message.seq]
+                              for (_, p, entry_id, _), message in zip(entries, messages)]).decode()
+        return FlushBatch(token, messages)
+
+    async def confirm_batch(self, token: str) -> None:
+        # A token of a batch confirmed already, or of one that expired and went to another flusher,
+        # changes nothing: its entries are gone or SQL has them either way.
+        try:
+            items = [(int(p), str(entry_id), int(room), int(seq)) for p, entry_id, room, seq in orjson.loads(token)]
+        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a flush batch token: {token[:80]!r}") from exc
+        by_partition: dict[int, tuple[list[str], dict[int, list[int]]]] = {}
+        for p, entry_id, room, seq in items:
+            ids, rooms = by_partition.setdefault(p, ([], {}))
+            ids.append(entry_id)
+            rooms.setdefault(room, []).append(seq)
+        await asyncio.gather(*(self._confirm_partition(p, ids, rooms) for p, (ids, rooms) in by_partition.items()))
+
+    async def _confirm_partition(self, partition: int, ids: list[str], rooms: dict[int, list[int]]) -> None:
+        keys = [self._keys.flush(partition)]
+        args: list[Any] = [FLUSH_GROUP, self._settings.window_size, len(ids), *ids]
+        for room, seqs in rooms.items():
+            keys += [self._keys.seq(room), self._keys.window(room), self._keys.unflushed(room)]
+            args += [len(seqs), *seqs]
+        await run(self._confirm, keys, args)

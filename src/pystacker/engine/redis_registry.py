@@ -1,0 +1,172 @@
+"""The registry on Redis, with GoStacker's keys (spec 6, Appendix A).
+
+`registry:gateway:<id>` and `registry:send:<id>` hold JSON records with the heartbeat TTL; the
+`...:instances` SETs index them. Only the records expire, so listing skips ids whose record is gone
+and removes them from the index (GoStacker cleaned the send index only, and its gateway index grew
+for ever). `route:user:<uid>` holds the route JSON, with the lease TTL or none.
+
+Records and indexes are in different slots on a cluster, so writes are two commands (record first,
+then index); reads use per-key GETs in a pipeline, never a cross-slot MGET.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import orjson
+
+from pystacker.engine.base import GatewayInfo, SendInfo, UserRoute
+from pystacker.engine.redis_common import Client, pipeline, register, run, text
+from pystacker.engine.redis_keys import RedisKeys
+
+log = logging.getLogger("pystacker.engine.redis")
+
+T = TypeVar("T")
+
+# KEYS: route. ARGV: gateway id -> 1 if the route pointed there and was deleted.
+_DELETE_ROUTE_IF = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local ok, route = pcall(cjson.decode, raw)
+if not ok or type(route) ~= 'table' or route['gateway_id'] ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
+def _seconds(value: Any) -> float:
+    """Unix seconds; GoStacker's own records carry RFC 3339 times instead."""
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return 0.0
+    return 0.0
+
+
+def _gateway(fields: dict[str, Any]) -> GatewayInfo:
+    return GatewayInfo(gateway_id=str(fields["gateway_id"]), address=str(fields.get("address", "")),
+                       port=int(fields.get("port", 0)), capacity=int(fields.get("capacity", 0)),
+                       load=float(fields.get("load", 0.0)), connected_users=int(fields.get("connected_users", 0)),
+                       last_heartbeat=_seconds(fields.get("last_heartbeat")), epoch=str(fields.get("epoch", "")))
+
+
+def _send(fields: dict[str, Any]) -> SendInfo:
+    return SendInfo(instance_id=str(fields["instance_id"]), address=str(fields.get("address", "")),
+                    port=int(fields.get("port", 0)), last_heartbeat=_seconds(fields.get("last_heartbeat")))
+
+
+def _route(fields: dict[str, Any]) -> UserRoute:
+    return UserRoute(user_id=int(fields["user_id"]), gateway_id=str(fields["gateway_id"]),
+                     address=str(fields.get("address", "")), connected_at=_seconds(fields.get("connected_at")),
+                     status=str(fields.get("status", "connected")), epoch=str(fields.get("epoch", "")))
+
+
+def _parse(raw: bytes | None, build: Callable[[dict[str, Any]], T], key: str) -> T | None:
+    """A record, or None if there is none; an unreadable one is logged and treated as absent."""
+    if raw is None:
+        return None
+    try:
+        return build(orjson.loads(raw))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        log.warning("unreadable registry record ignored", extra={"key": key})
+        return None
+
+
+class RedisRegistry:
+    def __init__(self, client: Client, keys: RedisKeys) -> None:
+        self._client = client
+        self._keys = keys
+        self._delete_route_if = register(client, _DELETE_ROUTE_IF)
+
+    async def _get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        pipe = pipeline(self._client)
+        for key in keys:
+            pipe.get(key)
+        return list(await pipe.execute())
+
+    async def _put(self, key: str, index: str, member: str, record: dict[str, Any], ttl: int) -> None:
+        # Record first: an id in the index without its record is skipped (and cleaned) by readers.
+        await self._client.set(key, orjson.dumps(record), ex=max(int(ttl), 1))
+        await self._client.sadd(index, member)
+
+    async def _list(self, index: str, key_of: Callable[[str], str], build: Callable[[dict[str, Any]], T]) -> list[T]:
+        members = sorted(text(member) for member in await self._client.smembers(index))
+        raws = await self._get_many([key_of(member) for member in members])
+        found: list[T] = []
+        expired: list[str] = []
+        for member, raw in zip(members, raws, strict=True):
+            record = _parse(raw, build, key_of(member))
+            if record is not None:
+                found.append(record)
+            elif raw is None:
+                expired.append(member)
+        if expired:
+            await self._client.srem(index, *expired)
+            # One of them may have registered again between our GET and SREM: put it back.
+            again = await self._get_many([key_of(member) for member in expired])
+            back = [member for member, raw in zip(expired, again, strict=True) if raw is not None]
+            if back:
+                await self._client.sadd(index, *back)
+        return found
+
+    # -- gateways -----------------------------------------------------------------------------------------
+
+    async def put_gateway(self, info: GatewayInfo, ttl: int) -> None:
+        await self._put(self._keys.gateway(info.gateway_id), self._keys.gateway_instances, info.gateway_id,
+                        info.to_json(), ttl)
+
+    async def get_gateway(self, gateway_id: str) -> GatewayInfo | None:
+        key = self._keys.gateway(gateway_id)
+        return _parse(await self._client.get(key), _gateway, key)
+
+    async def list_gateways(self) -> list[GatewayInfo]:
+        return await self._list(self._keys.gateway_instances, self._keys.gateway, _gateway)
+
+    async def remove_gateway(self, gateway_id: str) -> None:
+        await self._client.delete(self._keys.gateway(gateway_id))
+        await self._client.srem(self._keys.gateway_instances, gateway_id)
+
+    # -- send instances -----------------------------------------------------------------------------------
+
+    async def put_send(self, info: SendInfo, ttl: int) -> None:
+        await self._put(self._keys.send(info.instance_id), self._keys.send_instances, info.instance_id,
+                        info.to_json(), ttl)
+
+    async def get_send(self, instance_id: str) -> SendInfo | None:
+        key = self._keys.send(instance_id)
+        return _parse(await self._client.get(key), _send, key)
+
+    async def list_send(self) -> list[SendInfo]:
+        return await self._list(self._keys.send_instances, self._keys.send, _send)
+
+    async def remove_send(self, instance_id: str) -> None:
+        await self._client.delete(self._keys.send(instance_id))
+        await self._client.srem(self._keys.send_instances, instance_id)
+
+    # -- routes ---------------------------------------------------------------------------------------------
+
+    async def set_route(self, route: UserRoute, ttl: int | None) -> None:
+        # A plain SET drops an earlier TTL: a reconnected user's route lives until replaced.
+        await self._client.set(self._keys.route(route.user_id), orjson.dumps(route.to_json()),
+                               ex=None if ttl is None else max(int(ttl), 1))
+
+    async def get_routes(self, user_ids: Sequence[int]) -> dict[int, UserRoute]:
+        users = list(dict.fromkeys(user_ids))
+        keys = [self._keys.route(user_id) for user_id in users]
+        routes: dict[int, UserRoute] = {}
+        for user_id, key, raw in zip(users, keys, await self._get_many(keys), strict=True):
+            route = _parse(raw, _route, key)
+            if route is not None:
+                routes[user_id] = route
+        return routes
+
+    async def delete_route_if(self, user_id: int, gateway_id: str) -> bool:
+        return bool(await run(self._delete_route_if, [self._keys.route(user_id)], [gateway_id]))

@@ -1,0 +1,181 @@
+"""`pystacker chat` as a real subprocess against the embedded system (the `system` fixture): two people
+in two "terminals", stdin lines in, stdout lines checked. Waits poll the output with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PYSTACKER = Path(sys.executable).parent / "pystacker"
+TIMEOUT = 20.0  # a subprocess starts Python, imports, hashes a password: generous, never slept
+PASSWORD = "password-1"
+
+
+class Terminal:
+    """One `pystacker chat` process; every stdout line is kept."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.stderr = ""
+        self._new_line = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            self.lines.append(line.decode().rstrip("\n"))
+            self._new_line.set()
+        self._new_line.set()
+
+    async def say(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((line + "\n").encode())
+        await self.proc.stdin.drain()
+
+    async def expect(self, pattern: str, *, start: int = 0, timeout: float = TIMEOUT) -> re.Match[str]:
+        """The first line from index `start` on that matches `pattern` (a regex), waiting for it."""
+        deadline = time.monotonic() + timeout
+        seen = start
+        while True:
+            for line in self.lines[seen:]:
+                if match := re.search(pattern, line):
+                    return match
+            seen = len(self.lines)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (self._reader.done() and seen == len(self.lines)):
+                raise AssertionError(f"no line matching {pattern!r}; output so far:\n" + "\n".join(self.lines)
+                                     + (f"\nstderr:\n{self.stderr}" if self.stderr else ""))
+            self._new_line.clear()
+            try:
+                await asyncio.wait_for(self._new_line.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def finish(self, timeout: float = TIMEOUT) -> int:
+        """Wait for the process to end; its exit code."""
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await self._reader
+        assert self.proc.stderr is not None
+        self.stderr = (await self.proc.stderr.read()).decode()
+        return code
+
+
+@pytest.fixture
+async def open_terminal(system: Any) -> AsyncIterator[Callable[..., Any]]:
+    urls = system.urls
+    terminals: list[Terminal] = []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYSTACKER_")}
+
+    async def start(username: str, *extra: str, password: str = PASSWORD) -> Terminal:
+        proc = await asyncio.create_subprocess_exec(
+            str(PYSTACKER), "chat", "--meta", urls["meta"], "--send", urls["send"], "--registry", urls["registry"],
+            "--user", username, "--password", password, *extra,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+        terminal = Terminal(proc)
+        terminals.append(terminal)
+        return terminal
+
+    yield start
+    for terminal in terminals:
+        if terminal.proc.returncode is None:
+            terminal.proc.kill()
+            await terminal.proc.wait()
+        terminal._reader.cancel()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+async def test_two_people_chat_in_two_terminals(open_terminal: Any) -> None:
+    alice_name, bob_name = unique("alice"), unique("bob")
+    alice = await open_terminal(alice_name, "--register")
+    bob = await open_terminal(bob_name, "--register")
+    alice_id = int((await alice.expect(r"registered \S+ \(user (\d+)\)"))[1])
+    bob_id = int((await bob.expect(r"registered \S+ \(user (\d+)\)"))[1])
+    await alice.expect(r"^\* connected as user")
+    await bob.expect(r"^\* connected as user")
+
+    await alice.say(f"/create lobby {bob_id}")
+    room = int((await alice.expect(r"created room (\d+) \(lobby\)"))[1])
+    await alice.expect(rf"current room: {room}$")
+    await alice.say("hello bob, this is alice")
+    # Bob had no room selected: the first message selects it.
+    await bob.expect(rf"^\[room {room} #1\] {alice_name}\({alice_id}\): hello bob, this is alice$")
+    await bob.expect(rf"current room: {room}$")
+
+    await bob.say("hi alice")
+    await alice.expect(rf"^\[room {room} #2\] {bob_name}\({bob_id}\): hi alice$")
+
+    mark = len(bob.lines)
+    await bob.say("/history 5")
+    await bob.expect(rf"^\[room {room} #1\] {alice_name}\({alice_id}\): hello bob", start=mark)
+    await bob.expect(rf"^\[room {room} #2\] {bob_name}\({bob_id}\): hi alice", start=mark)
+    await bob.say("/rooms")
+    await bob.expect(rf"^  {room}  lobby  \[group, 2 members\] \(current\)$")
+    await bob.say("/members")
+    await bob.expect(rf"^  {alice_id}  {alice_name}$")
+
+    await alice.say("/quit")
+    assert await alice.finish() == 0
+    bob.proc.stdin.close()  # type: ignore[union-attr]  # end of input ends the chat too
+    assert await bob.finish() == 0
+    # Each saw each message exactly once (own messages come back as the server's echo).
+    for terminal in (alice, bob):
+        assert sum(line.startswith(f"[room {room} #1]") for line in terminal.lines) == (2 if terminal is bob else 1)
+        assert sum(line.startswith(f"[room {room} #2]") for line in terminal.lines) == (2 if terminal is bob else 1)
+
+
+async def test_join_select_and_errors(open_terminal: Any) -> None:
+    owner = await open_terminal(unique("owner"), "--register")
+    await owner.expect(r"^\* connected as user")
+    await owner.say("no room yet")
+    await owner.expect(r"^! no room selected")
+    await owner.say("/create plaza")
+    room = int((await owner.expect(r"created room (\d+) \(plaza\)"))[1])
+
+    guest_name = unique("guest")
+    guest = await open_terminal(guest_name, "--register")
+    guest_id = int((await guest.expect(r"\(user (\d+)\)"))[1])
+    await guest.expect(r"^\* connected as user")
+    await guest.say(f"/room {room}")
+    await guest.expect(rf"^! you are not in room {room}")
+    await guest.say(f"/join {room}")
+    await guest.expect(rf"^\* joined room {room}$")
+    await guest.say("/frobnicate")
+    await guest.expect(r"^! unknown command /frobnicate")
+    await guest.say("/create")
+    await guest.expect(r"^! usage: /create NAME")
+    await guest.say("knock knock")
+    await owner.expect(rf"^\[room {room} #1\] {guest_name}\({guest_id}\): knock knock$")
+    await guest.say("/quit")
+    await owner.say("/quit")
+    assert await guest.finish() == 0 and await owner.finish() == 0
+
+
+async def test_login_errors_and_existing_account(open_terminal: Any) -> None:
+    name = unique("carol")
+    first = await open_terminal(name, "--register")
+    await first.expect(r"^\* connected as user")
+    await first.say("/quit")
+    assert await first.finish() == 0
+
+    again = await open_terminal(name, "--register")  # the account exists: just log in
+    await again.expect(r"already exists; logging in")
+    await again.expect(r"^\* connected as user")
+    await again.say("/quit")
+    assert await again.finish() == 0
+
+    wrong = await open_terminal(name, password="not-the-password")
+    assert await wrong.finish() == 1
+    assert "Invalid username or password (401)" in wrong.stderr
