@@ -363,13 +363,13 @@ async def test_only_the_owner_changes_roles(meta: Http) -> None:
     assert await roles_in(meta, room_id, owner) == {owner.id: OWNER, admin.id: ADMIN, member.id: MEMBER}
 
 
-@pytest.mark.parametrize("new_role", [0, 3, -1, 99])
-async def test_change_role_to_other_than_admin_or_member_is_400(meta: Http, new_role: int) -> None:
+@pytest.mark.parametrize("new_role", [3, -1, 99])
+async def test_change_role_to_an_unknown_role_is_400(meta: Http, new_role: int) -> None:
     owner, bob = await new_users(meta, "own", "bob")
     room_id = await create_room(meta, owner, bob)
     answer = await meta.post(CHANGE_ROLE, {"room_id": room_id, "target_user_id": bob.id, "new_role": new_role},
                              token=owner.token)
-    assert_error(answer, 400, "new_role must be 1 (admin) or 2 (member)")
+    assert_error(answer, 400, "new_role must be 0 (transfer ownership), 1 (admin) or 2 (member)")
     assert await roles_in(meta, room_id, owner) == {owner.id: OWNER, bob.id: MEMBER}
 
 
@@ -473,6 +473,20 @@ async def test_the_owner_cannot_leave_while_others_remain(meta: Http) -> None:
     answer = await meta.post(LEAVE, {"room_id": room_id}, token=owner.token)
     assert_error(answer, 400, contains="owner cannot leave")
     assert await roles_in(meta, room_id, bob) == {owner.id: OWNER, bob.id: MEMBER}
+
+
+async def test_the_owner_hands_ownership_over_then_leaves(meta: Http) -> None:
+    owner, bob, carol = await new_users(meta, "own", "bob", "car")
+    room_id = await create_room(meta, owner, bob, carol)
+    # Only the owner may hand it over.
+    answer = await meta.post(CHANGE_ROLE, {"room_id": room_id, "target_user_id": carol.id, "new_role": OWNER},
+                             token=bob.token)
+    assert_error(answer, 403, "permission denied")
+    assert_ok(await meta.post(CHANGE_ROLE, {"room_id": room_id, "target_user_id": bob.id, "new_role": OWNER},
+                              token=owner.token), "Member role changed successfully")
+    assert await roles_in(meta, room_id, bob) == {owner.id: ADMIN, bob.id: OWNER, carol.id: MEMBER}
+    assert_ok(await meta.post(LEAVE, {"room_id": room_id}, token=owner.token), "Left room successfully")
+    assert await roles_in(meta, room_id, bob) == {bob.id: OWNER, carol.id: MEMBER}
 
 
 async def test_leave_an_unknown_room_is_404(meta: Http) -> None:

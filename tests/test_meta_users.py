@@ -158,6 +158,23 @@ async def test_register_duplicate_username_is_409_not_500(meta: Http) -> None:
     assert (await meta.post("/login", {"username": name, "password": "other-password"})).status == 401
 
 
+async def test_usernames_are_unique_and_log_in_whatever_their_case(meta: Http) -> None:
+    name = unique_name("Case")
+    first = await meta.post("/register", {"username": name, "password": "secret-pw"})
+    assert first.status == 200, first
+    assert_error(await meta.post("/register", {"username": name.upper(), "password": "secret-pw"}), 409,
+                 "username already exists")
+    login = await meta.post("/login", {"username": name.lower(), "password": "secret-pw"})
+    assert login.status == 200, login
+    assert login.data["user_id"] == first.data["user_id"]
+
+
+@pytest.mark.parametrize(("before", "after"), [(" ", ""), ("", " "), (" ", " ")])
+async def test_register_refuses_usernames_with_edge_spaces(meta: Http, before: str, after: str) -> None:
+    answer = await meta.post("/register", {"username": before + unique_name("pad") + after, "password": "secret-pw"})
+    assert_error(answer, 400, contains="must not start or end with spaces")
+
+
 async def test_concurrent_registrations_of_one_name_succeed_once(meta: Http) -> None:
     name = unique_name("race")
     answers = await asyncio.gather(*(meta.post("/register", {"username": name, "password": f"password-{i}"})

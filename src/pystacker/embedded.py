@@ -34,11 +34,12 @@ class EmbeddedSystem:
 
     async def start(self) -> None:
         runtime = self.runtime
-        await runtime.open_sql(migrate_to_head=True)
-        await runtime.open_engine()
         host, ports = self.config.host, self.config.ports
+        # Ports first: a port in use is the most common start problem, and should be the only line.
         sockets = {name: bind_socket(host, port) for name, port in
                    (("send", ports.send), ("meta", ports.meta), ("registry", ports.registry), ("gateway", ports.gateway))}
+        await runtime.open_sql(migrate_to_head=True)
+        await runtime.open_engine()
         # The gateway advertises where clients reach it; with port 0 (tests) that is the bound port.
         self.config.address = "127.0.0.1" if host in ("0.0.0.0", "") else host
         self.flusher = MessageFlusher(runtime.engine, runtime.parts.store)

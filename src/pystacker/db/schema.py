@@ -52,7 +52,9 @@ users = Table(
     Column("last_login_at", DateTime(timezone=False)),
     Column("created_at", DateTime(timezone=False), nullable=False, server_default=func.current_timestamp()),
     Column("updated_at", DateTime(timezone=False), nullable=False, server_default=func.current_timestamp()),
+    sqlite_autoincrement=True,
 )
+# (migration 0001 also makes usernames unique without case on SQLite and PostgreSQL.)
 
 chat_rooms = Table(
     "chat_rooms",
@@ -62,6 +64,7 @@ chat_rooms = Table(
     Column("is_group", Boolean, nullable=False),
     Column("creator_id", Id, ForeignKey("users.id"), nullable=False),
     Column("created_at", DateTime(timezone=False), nullable=False, server_default=func.current_timestamp()),
+    sqlite_autoincrement=True,
 )
 
 room_members = Table(
@@ -104,6 +107,7 @@ join_requests = Table(
     Column("created_at", DateTime(timezone=False), nullable=False, server_default=func.current_timestamp()),
     # Requests are deleted when answered, so this refuses only a second *pending* request.
     UniqueConstraint("room_id", "user_id"),
+    sqlite_autoincrement=True,
 )
 
 # How far each member has received and read a room; the catch-up of old clients starts here.

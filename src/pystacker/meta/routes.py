@@ -37,13 +37,20 @@ def _no_nul(value: str) -> str:
     return value
 
 
+def _no_edge_spaces(value: str) -> str:
+    if value != value.strip():
+        raise ValueError("must not start or end with spaces")
+    return value
+
+
 def _password_fits_bcrypt(value: str) -> str:
     if len(value.encode()) > MAX_BCRYPT_BYTES:
         raise ValueError(f"must be at most {MAX_BCRYPT_BYTES} bytes in UTF-8")
     return value
 
 
-Username = Annotated[str, StringConstraints(min_length=3, max_length=50), AfterValidator(_no_control_characters)]
+Username = Annotated[str, StringConstraints(min_length=3, max_length=50), AfterValidator(_no_control_characters),
+                     AfterValidator(_no_edge_spaces)]
 Password = Annotated[str, StringConstraints(min_length=6, max_length=100), AfterValidator(_password_fits_bcrypt)]
 
 

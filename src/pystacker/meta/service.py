@@ -132,7 +132,8 @@ class MetaService:
             raise not_found("not a member of this room")
         if role == ROLE_OWNER and await self.store.member_count(room_id) > 1:
             # No route transfers ownership (new_role 0 is refused), so do not advise it.
-            raise bad_request("the owner cannot leave while other members remain; remove them first")
+            raise bad_request("the owner cannot leave while other members remain; hand the ownership over "
+                              "first (change_member_role with new_role 0)")
         await self.store.remove_member(room_id, caller)
         await self._membership_changed(room_id)
 
@@ -151,8 +152,10 @@ class MetaService:
         await self.store.set_nickname(room_id, caller, nickname)
 
     async def change_role(self, caller: int, room_id: int, target: int, new_role: int) -> None:
-        if new_role not in (ROLE_ADMIN, ROLE_MEMBER):
-            raise bad_request("new_role must be 1 (admin) or 2 (member)")
+        """Owner only. new_role 1 or 2 sets admin/member; 0 hands the ownership over (the old owner
+        becomes admin), so a group never has to be left without an owner."""
+        if new_role not in (ROLE_OWNER, ROLE_ADMIN, ROLE_MEMBER):
+            raise bad_request("new_role must be 0 (transfer ownership), 1 (admin) or 2 (member)")
         await self._room(room_id)
         await self._require_role(room_id, caller, {ROLE_OWNER})
         target_role = await self.store.role_of(room_id, target)
@@ -160,7 +163,10 @@ class MetaService:
             raise not_found("user is not a member of this room")
         if target_role == ROLE_OWNER:
             raise bad_request("the owner's role cannot be changed")
-        await self.store.set_role(room_id, target, new_role)
+        if new_role == ROLE_OWNER:
+            await self.store.transfer_ownership(room_id, caller, target)
+        else:
+            await self.store.set_role(room_id, target, new_role)
 
     async def members(self, caller: int, room_id: int):  # type: ignore[no-untyped-def]
         await self._room(room_id)

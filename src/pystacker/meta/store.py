@@ -10,7 +10,7 @@ from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from pystacker.db.schema import ROLE_MEMBER, chat_rooms, join_requests, room_members, users
+from pystacker.db.schema import ROLE_ADMIN, ROLE_MEMBER, ROLE_OWNER, chat_rooms, join_requests, room_members, users
 from pystacker.db.sqlutil import escape_like, insert_ignoring_duplicates, utcnow
 
 
@@ -73,7 +73,10 @@ class MetaStore:
             raise DuplicateError(username) from None
 
     async def user_by_name(self, username: str) -> User | None:
-        return await self._one_user(users.c.username == username)
+        """Usernames match without case (MySQL's collation does it and keeps its index usable)."""
+        if self.dialect in ("mysql", "mariadb"):
+            return await self._one_user(users.c.username == username)
+        return await self._one_user(func.lower(users.c.username) == username.lower())
 
     async def user_by_id(self, user_id: int) -> User | None:
         return await self._one_user(users.c.id == user_id)
@@ -175,6 +178,13 @@ class MetaStore:
             result = await conn.execute(update(room_members).where(
                 and_(room_members.c.room_id == room_id, room_members.c.user_id == user_id)).values(role=role))
             return result.rowcount > 0
+
+    async def transfer_ownership(self, room_id: int, owner: int, new_owner: int) -> None:
+        """In one transaction, so the room always has exactly one owner."""
+        async with self.engine.begin() as conn:
+            for user_id, role in ((new_owner, ROLE_OWNER), (owner, ROLE_ADMIN)):
+                await conn.execute(update(room_members).where(
+                    and_(room_members.c.room_id == room_id, room_members.c.user_id == user_id)).values(role=role))
 
     async def set_nickname(self, room_id: int, user_id: int, nickname: str) -> None:
         async with self.engine.begin() as conn:

@@ -29,7 +29,12 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime, nullable=False, server_default=sa.func.current_timestamp()),
         sa.PrimaryKeyConstraint("id", name="pk_users"),
         sa.UniqueConstraint("username", name="uq_users_username"),
+        sqlite_autoincrement=True,  # ids are never reused after a delete
     )
+    # Usernames are unique whatever their case. MySQL/MariaDB's utf8mb4 collations already compare
+    # without case; SQLite and PostgreSQL need an index on lower(username).
+    if op.get_bind().dialect.name in ("sqlite", "postgresql"):
+        op.create_index("uq_users_username_lower", "users", [sa.text("lower(username)")], unique=True)
     op.create_table(
         "chat_rooms",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
@@ -39,6 +44,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime, nullable=False, server_default=sa.func.current_timestamp()),
         sa.PrimaryKeyConstraint("id", name="pk_chat_rooms"),
         sa.ForeignKeyConstraint(["creator_id"], ["users.id"], name="fk_chat_rooms_creator_id_users"),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "room_members",
@@ -84,6 +90,7 @@ def upgrade() -> None:
                                 name="fk_join_requests_room_id_chat_rooms"),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE",
                                 name="fk_join_requests_user_id_users"),
+        sqlite_autoincrement=True,  # a stale approve must never hit a newer request with a reused id
     )
     op.create_table(
         "room_cursors",
