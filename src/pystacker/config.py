@@ -9,7 +9,7 @@ Environment variables override the file: `PYSTACKER_<SECTION>__<KEY>`, e.g. `PYS
 values given on the command line (`load_config(..., overrides=...)`) override both.
 
 PyStacker's own keys (not in GoStacker): `host`, `database.url`, `engine`, `internal.token`,
-`ports.*` (embedded mode), `data_dir`, `limits.*`.
+`ports.*` (embedded mode), `data_dir`, `limits.*`, `redis.cluster` (and in each `send_redis` block).
 """
 
 from __future__ import annotations
@@ -87,6 +87,9 @@ class RedisConfig(Section):
     db: int = Field(0, ge=0)
     pool_size: int = Field(50, ge=1)
     batch_size: int = 128  # unused by GoStacker too
+    # PyStacker extension: host:port is a startup node of a Redis Cluster (db must be 0). The engine's
+    # keys are hash-tagged so that each of its Lua scripts stays in one slot.
+    cluster: bool = False
 
     def url(self) -> str:
         auth = f":{quote_plus(self.password.get_secret_value())}@" if self.password.get_secret_value() else ""

@@ -116,14 +116,26 @@ class Runtime:
         async def seq_seed(room_id: int) -> int:
             return await MessageStore(self.sql).max_seq(room_id)
 
+        engine: Engine
         if self.config.engine == "memory":
             from pystacker.engine.memory import MemoryEngine
 
-            self._engine = MemoryEngine(settings, seq_seed)
+            engine = MemoryEngine(settings, seq_seed)
         else:
-            raise StartupError("engine: redis is not available yet")
-        await self._engine.ping()
-        return self._engine
+            from pystacker.engine.redis_engine import RedisEngine
+
+            try:
+                engine = RedisEngine.from_config(self.config, settings, seq_seed)
+            except ValueError as exc:  # a config the Redis client refuses (e.g. a db on a cluster)
+                raise StartupError(f"redis: {exc}") from None
+        try:
+            await engine.ping()
+        except Exception as exc:  # the redis engine names the unreachable host:port in one line
+            await engine.close()
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StartupError(first_line) from None
+        self._engine = engine
+        return engine
 
     @property
     def parts(self) -> MessagingParts:

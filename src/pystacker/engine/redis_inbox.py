@@ -12,7 +12,6 @@ Each stream is one key, so every script here has one key and runs on a cluster a
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,8 +20,6 @@ from redis.exceptions import ResponseError
 from pystacker.engine.base import EngineSettings, InboxEntry, InboxStats
 from pystacker.engine.redis_common import LUA_ID_LESS, Client, error_code, is_entry_id, register, run, text
 from pystacker.engine.redis_keys import RedisKeys
-
-log = logging.getLogger("pystacker.engine.redis")
 
 # A blocking read waits in slices of at most this long: the client's socket timeout (redis-py's default
 # is 5 s) must not cut a long wait short.
@@ -33,12 +30,12 @@ TRIM_STEP = 1000
 # claim_idle follows XAUTOCLAIM's cursor for at most this many pages (each scans 10 x count entries).
 CLAIM_PAGES = 100
 
-# KEYS: stream. ARGV: max_len, data... -> {created (0/1), id...}
+# KEYS: stream. ARGV: max_len, trim step, data... -> {created (0/1), id...}
 _ADD = LUA_ID_LESS + """
 local stream = KEYS[1]
 local created = redis.call('EXISTS', stream) == 0 and 1 or 0
 local reply = {created}
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   reply[#reply + 1] = redis.call('XADD', stream, '*', 'data', ARGV[i])
 end
 
@@ -55,6 +52,9 @@ for _, group in ipairs(groups) do
   if pending[1] > 0 and id_less(pending[2], candidate) then candidate = pending[2] end
   if bound == nil or id_less(candidate, bound) then bound = candidate end
 end
+-- Nothing below the bound (an old entry still pending): done, without reading entries.
+local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)
+if not id_less(first[1][1], bound) then return reply end
 -- The entry at index `excess` is the oldest one a MAXLEN trim would keep.
 local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', math.min(excess, tonumber(ARGV[2])) + 1)
 local keep_from = head[#head][1]
@@ -205,6 +205,8 @@ class RedisInbox:
         return ids
 
     async def read_new(self, gateway_id: str, consumer: str, count: int, block_ms: int) -> list[InboxEntry]:
+        if count <= 0:
+            return []
         # block_ms <= 0 does not wait at all (Redis's BLOCK 0 would wait forever: no caller wants that).
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(block_ms, 0) / 1000

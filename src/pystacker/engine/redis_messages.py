@@ -200,6 +200,24 @@ def decode_stored(raw: bytes | str) -> StoredMessage:
                          created_at_ms=int(fields["created_at_ms"]), client_msg_id=fields.get("client_msg_id"))
 
 
+def _plan_batch(peeks: Sequence[tuple[list[str], list[str]]], limit: int) -> dict[int, tuple[list[str], int]]:
+    """Which entries a batch takes from each partition: partition -> (expired ids to claim, new count).
+
+    `peeks` holds each partition's expired and unread ids, oldest first. Expired entries come first, as
+    the memory engine puts expired batches back at the head of its queue; then the oldest unread
+    entries of all partitions (their ids are server time, so they merge by id).
+    """
+    expired = sorted((id_order(i), p, i) for p, (ids, _) in enumerate(peeks) for i in ids)[:limit]
+    unread = sorted((id_order(i), p) for p, (_, ids) in enumerate(peeks) for i in ids)[:limit - len(expired)]
+    plan: dict[int, tuple[list[str], int]] = {}
+    for _, p, entry_id in expired:
+        plan.setdefault(p, ([], 0))[0].append(entry_id)
+    for _, p in unread:
+        ids, count = plan.get(p, ([], 0))
+        plan[p] = (ids, count + 1)
+    return plan
+
+
 def _pairs(flat: Sequence[Any]) -> list[tuple[str, bytes]]:
     return [(text(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
 
@@ -302,40 +320,31 @@ class RedisMessageLog:
         limit = min(max_messages, MAX_BATCH)
         if limit <= 0:
             return None
-        partitions = range(self._keys.partitions)
+        # Look at every partition's queue, choose the oldest entries overall, then take them: taking
+        # more than we keep would leave the rest owned by this batch until the claim timeout.
         peeks = await asyncio.gather(*(
-            run(self._peek, [self._keys.flush(p)], [FLUSH_GROUP, self._claim_ms, limit]) for p in partitions))
-
-        # Expired batches first, as the memory engine requeues them at the head; then the oldest new
-        # entries of all partitions (their ids are server time, so they merge by id).
-        expired = sorted((id_order(text(i)), p, text(i)) for p, (ids, _) in zip(partitions, peeks) for i in ids)
-        expired = expired[:limit]
-        fresh = sorted((id_order(text(i)), p) for p, (_, ids) in zip(partitions, peeks) for i in ids)
-        fresh = fresh[:limit - len(expired)]
-        plan: dict[int, tuple[list[str], int]] = {}
-        for _, p, entry_id in expired:
-            plan.setdefault(p, ([], 0))[0].append(entry_id)
-        for _, p in fresh:
-            ids, count = plan.get(p, ([], 0))
-            plan[p] = (ids, count + 1)
+            run(self._peek, [self._keys.flush(p)], [FLUSH_GROUP, self._claim_ms, limit])
+            for p in range(self._keys.partitions)))
+        plan = _plan_batch([([text(i) for i in expired], [text(i) for i in unread]) for expired, unread in peeks],
+                           limit)
         if not plan:
             return None
-
         taken = await asyncio.gather(*(
             run(self._take, [self._keys.flush(p)], [FLUSH_GROUP, FLUSH_CONSUMER, self._claim_ms, count, *ids])
             for p, (ids, count) in plan.items()))
+
         claimed: list[tuple[tuple[int, int], int, str, bytes]] = []
         new: list[tuple[tuple[int, int], int, str, bytes]] = []
-        for p, (claimed_flat, new_flat) in zip(plan, taken):
+        for p, (claimed_flat, new_flat) in zip(plan, taken, strict=True):
             claimed += [(id_order(i), p, i, raw) for i, raw in _pairs(claimed_flat)]
             new += [(id_order(i), p, i, raw) for i, raw in _pairs(new_flat)]
         entries = sorted(claimed) + sorted(new)
         if not entries:
-            return None  # others took them between the look and the take
+            return None  # other flushers took them between the look and the take
         messages = [decode_stored(raw) for _, _, _, raw in entries]
         token = orjson.dumps([[p, entry_id, message.room_id, message.seq]
-                              for (_, p, entry_id, _), message in zip(entries, messages)]).decode()
-        return FlushBatch(token, messages)
+                              for (_, p, entry_id, _), message in zip(entries, messages, strict=True)])
+        return FlushBatch(token.decode(), messages)
 
     async def confirm_batch(self, token: str) -> None:
         # A token of a batch confirmed already, or of one that expired and went to another flusher,

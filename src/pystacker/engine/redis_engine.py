@@ -1,0 +1,160 @@
+"""The `redis` engine: the engine contract (base.py) on Redis >= 6.2, one server or a Redis Cluster.
+
+Each part has its module: redis_inbox.py (streams), redis_messages.py (seq, window, flush queue),
+redis_cursors.py, redis_registry.py, redis_bus.py; redis_keys.py names every key.
+
+Clients by role (spec 11.1): GoStacker's send service may put its streams, queues and caches on
+separate Redis servers (`send_redis.stream/.queue/.cache`). Here the inbox uses the stream role, the
+message log the cache role, cursors the queue role; a role without its block uses the global `redis`
+client, as do the registry and the bus. Every process of a deployment must then agree on the blocks
+(a gateway's inbox must be where send writes it), so give all services the same `send_redis` section.
+
+Errors from Redis propagate: callers log and retry. Nothing answers "empty" on an error (GoStacker's
+route lookup did, spec 13.2 #25).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
+
+from pystacker.config import Config, RedisConfig
+from pystacker.engine.base import Bus, Cursors, EngineSettings, Inbox, MessageLog, Registry, SeqSeed
+from pystacker.engine.redis_bus import RedisBus
+from pystacker.engine.redis_common import Client, check_client
+from pystacker.engine.redis_cursors import RedisCursors
+from pystacker.engine.redis_inbox import RedisInbox
+from pystacker.engine.redis_keys import DEFAULT_PARTITIONS, RedisKeys
+from pystacker.engine.redis_messages import RedisMessageLog
+from pystacker.engine.redis_registry import RedisRegistry
+
+# A command answers within this or fails (a dead server must not hang a caller). Must stay above the
+# inbox's blocking-read slice (redis_inbox.BLOCK_SLICE_MS), the longest a healthy command takes.
+SOCKET_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 5.0
+# How long a command waits for a free pooled connection (pool_size caps them) before failing.
+POOL_WAIT = 20.0
+# Connections per cluster node beyond pool_size: pipelines and the client's own cluster discovery
+# take connections without going through WaitingRedisCluster's limit.
+CLUSTER_HEADROOM = 32
+
+
+class WaitingRedisCluster(RedisCluster):
+    """A cluster client whose commands wait for a free connection instead of failing.
+
+    redis-py's asyncio cluster client raises MaxConnectionsError when a node's pool is exhausted (its
+    plain client can use a BlockingConnectionPool instead): a burst of sends would fail. Here at most
+    `limit` commands are in flight at once, fewer than any node's pool holds, and the others queue.
+    """
+
+    def __init__(self, *args: Any, limit: int, **kwargs: Any) -> None:
+        super().__init__(*args, max_connections=limit + CLUSTER_HEADROOM, **kwargs)
+        self._in_flight = asyncio.Semaphore(limit)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._in_flight:
+            return await super().execute_command(*args, **kwargs)
+
+
+def describe(client: Any) -> str:
+    """host:port of a client (its startup nodes on a cluster), for error messages."""
+    if isinstance(client, RedisCluster):
+        return ",".join(node.name for node in client.nodes_manager.startup_nodes.values())
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+
+
+def make_client(config: RedisConfig) -> Client:
+    password = config.password.get_secret_value() or None
+    if config.cluster:
+        if config.db != 0:
+            raise ValueError(f"Redis Cluster at {config.host}:{config.port} has no db {config.db}: use db 0")
+        return WaitingRedisCluster(host=config.host, port=config.port, password=password, limit=config.pool_size,
+                                   socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=CONNECT_TIMEOUT)
+    pool = BlockingConnectionPool(host=config.host, port=config.port, db=config.db, password=password,
+                                  max_connections=config.pool_size, timeout=POOL_WAIT,
+                                  socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=CONNECT_TIMEOUT)
+    return Redis(connection_pool=pool)
+
+
+def make_subscriber(config: RedisConfig, client: Client) -> Redis:
+    """The connection the bus subscribes on. On a cluster, a plain client of the startup node: PUBLISH
+    reaches every node's subscribers, and a plain client behaves the same in every redis-py >= 5."""
+    if not isinstance(client, RedisCluster):
+        return client
+    return Redis(host=config.host, port=config.port, password=config.password.get_secret_value() or None,
+                 socket_connect_timeout=CONNECT_TIMEOUT)
+
+
+class RedisEngine:
+    # Typed as the interfaces, so that the type checker holds each class to its protocol.
+    inbox: Inbox
+    messages: MessageLog
+    cursors: Cursors
+    registry: Registry
+    bus: Bus
+
+    def __init__(self, settings: EngineSettings, seq_seed: SeqSeed, *, client: Client,
+                 stream: Client | None = None, queue: Client | None = None, cache: Client | None = None,
+                 subscriber: Redis | None = None, prefix: str = "", partitions: int = DEFAULT_PARTITIONS,
+                 owns_clients: bool = False) -> None:
+        """Over clients made by the caller (decode_responses=False). `stream`, `queue`, `cache`: the
+        role clients, `client` where one is missing. `subscriber`: where the bus subscribes (`client`
+        by default; must be a plain client if `client` is a cluster client of a redis-py without
+        cluster Pub/Sub). `prefix` goes in front of every key and channel. `owns_clients`: close()
+        closes them. A cluster client must be initialized before use (`await client.initialize()`,
+        or the engine's ping()): redis-py's asyncio cluster client requires it, and commands started
+        together on a fresh one race with its discovery of the cluster."""
+        self.settings = settings
+        self.client = client
+        self.keys = RedisKeys(prefix, partitions)
+        self._roles: dict[str, Client] = {"global": check_client(client)}
+        for role, role_client in (("stream", stream), ("queue", queue), ("cache", cache)):
+            if role_client is not None:
+                self._roles[role] = check_client(role_client)
+        self._subscriber = subscriber if subscriber is not None else client
+        self._owns_clients = owns_clients
+        self.inbox = RedisInbox(stream or client, self.keys, settings)
+        self.messages = RedisMessageLog(cache or client, self.keys, settings, seq_seed)
+        self.cursors = RedisCursors(queue or client, self.keys)
+        self.registry = RedisRegistry(client, self.keys)
+        self._bus = RedisBus(client, self._subscriber, self.keys)  # kept as itself: close() is not in Bus
+        self.bus = self._bus
+
+    @classmethod
+    def from_config(cls, config: Config, settings: EngineSettings, seq_seed: SeqSeed, *,
+                    prefix: str = "") -> RedisEngine:
+        """Clients from the `redis` block and the optional `send_redis` role blocks. Nothing connects
+        yet: call ping() to find out whether Redis is there. ValueError for a config Redis cannot serve."""
+        client = make_client(config.redis)
+        roles = {role: make_client(block) for role, block in (
+            ("stream", config.send_redis.stream), ("queue", config.send_redis.queue),
+            ("cache", config.send_redis.cache)) if block is not None}
+        partitions = int(settings.extra.get("redis_partitions", DEFAULT_PARTITIONS))
+        return cls(settings, seq_seed, client=client, subscriber=make_subscriber(config.redis, client),
+                   prefix=prefix, partitions=partitions, owns_clients=True, **roles)
+
+    async def ping(self) -> None:
+        """Raise ConnectionError, in one line naming the server, if a role's Redis does not answer."""
+        for role, client in self._roles.items():
+            try:
+                if isinstance(client, RedisCluster):
+                    await client.initialize()  # discovers the nodes; a no-op once done
+                await client.ping()
+            except Exception as exc:
+                detail = next(iter(str(exc).strip().splitlines()), "") or type(exc).__name__
+                raise ConnectionError(f"cannot reach Redis ({role}) at {describe(client)}: {detail}") from exc
+
+    async def close(self) -> None:
+        await self._bus.close()
+        if not self._owns_clients:
+            return
+        clients = {id(c): c for c in [*self._roles.values(), self._subscriber]}
+        for client in clients.values():
+            await client.aclose()
+            if isinstance(client, Redis):
+                # A pool handed to Redis() is not closed with it.
+                await client.connection_pool.disconnect()
