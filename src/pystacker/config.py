@@ -90,6 +90,9 @@ class RedisConfig(Section):
     # PyStacker extension: host:port is a startup node of a Redis Cluster (db must be 0). The engine's
     # keys are hash-tagged so that each of its Lua scripts stays in one slot.
     cluster: bool = False
+    # PyStacker extension: prepended to every engine key (inside the hash tags), so that several
+    # deployments or test runs can share one Redis. Letters, digits, `:`, `_`, `-` only.
+    key_prefix: str = Field("", pattern=r"^[A-Za-z0-9:_-]*$", max_length=64)
 
     def url(self) -> str:
         auth = f":{quote_plus(self.password.get_secret_value())}@" if self.password.get_secret_value() else ""

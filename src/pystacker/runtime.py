@@ -125,7 +125,8 @@ class Runtime:
             from pystacker.engine.redis_engine import RedisEngine
 
             try:
-                engine = RedisEngine.from_config(self.config, settings, seq_seed)
+                engine = RedisEngine.from_config(self.config, settings, seq_seed,
+                                                 prefix=self.config.redis.key_prefix)
             except ValueError as exc:  # a config the Redis client refuses (e.g. a db on a cluster)
                 raise StartupError(f"redis: {exc}") from None
         try:

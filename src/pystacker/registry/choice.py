@@ -2,12 +2,15 @@
 
 1. The reconnect lease: a user whose route (connected or disconnected) names a live gateway with room
    goes back to it, so his messages in flight there reach him.
-2. Otherwise the least loaded live gateway (connections / capacity), ties broken by id.
+2. Otherwise one of the least loaded live gateways (connections / capacity), at random among those
+   within LOAD_SLACK of the lowest load: loads are only as fresh as the last heartbeat, so always
+   taking the single lowest would send every user of a reconnect storm to the same gateway.
 Only live gateways are candidates: a dead one never blocks the choice (GoStacker: spec 13.1 #8).
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 from pystacker.engine.base import GatewayInfo, UserRoute
@@ -21,7 +24,11 @@ def load_of(gateway: GatewayInfo) -> float:
     return gateway.connected_users / gateway.capacity if gateway.capacity > 0 else 1.0
 
 
-def choose_gateway(live: Sequence[GatewayInfo], lease: UserRoute | None = None) -> GatewayInfo | None:
+LOAD_SLACK = 0.05
+
+
+def choose_gateway(live: Sequence[GatewayInfo], lease: UserRoute | None = None,
+                   rng: random.Random | None = None) -> GatewayInfo | None:
     if lease is not None:
         for gateway in live:
             if gateway.gateway_id == lease.gateway_id and has_room(gateway):
@@ -29,4 +36,6 @@ def choose_gateway(live: Sequence[GatewayInfo], lease: UserRoute | None = None) 
     candidates = [g for g in live if has_room(g)]
     if not candidates:
         return None
-    return min(candidates, key=lambda g: (load_of(g), g.gateway_id))
+    lowest = min(load_of(g) for g in candidates)
+    near = sorted((g for g in candidates if load_of(g) <= lowest + LOAD_SLACK), key=lambda g: g.gateway_id)
+    return (rng or random).choice(near)
