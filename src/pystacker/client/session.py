@@ -493,7 +493,11 @@ class Session:
                                                   "limit": min(space, MAX_SYNC_PAGE)}, timeout=None, retry=False)
                 except PyStackerError as exc:
                     if exc.status == 0:
-                        return  # disconnected or slow: the next connection (or wakeup) retries
+                        if not self._connected.is_set():
+                            return  # disconnected: the next connection wakes us
+                        if self.inbox.rooms[room_id].behind():
+                            self._note_stuck(room_id)  # no answer in time: retried, within gap_timeout
+                        continue
                     self._give_up(room_id, f"sync refused: {exc}")  # not a member (any more), ...
                     progressed = True
                     continue
