@@ -102,7 +102,6 @@ class Session:
         self._sync_rooms: set[int] = set()  # rooms to sync after (re)connecting, in sync mode
         self._gap_since: dict[int, float] = {}
         self._fill_needs_space = False
-        self._joined_hint: int | None = None  # a room of ours, for the first ack of a fresh session
         self._error: PyStackerError | None = None
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -112,8 +111,6 @@ class Session:
     async def start(self) -> None:
         if self.client.user_id is None:
             raise PyStackerError(401, "log in before connecting")
-        if not self.inbox.rooms:
-            await self._any_room()  # before connecting, so that the first ack goes out at once
         ws = await self._open()
         self._attach(ws)
         self._tasks = [asyncio.create_task(self._run(ws), name="pystacker-session"),
@@ -291,7 +288,8 @@ class Session:
             try:
                 async with asyncio.timeout(self.connect_timeout):
                     gateway = await self.client.available_gateway()
-                    query = "?catchup=0" if self.catch_up == "sync" else ""
+                    # acks=1: from its first frame, the server moves our cursor by our acks only.
+                    query = "?acks=1&catchup=0" if self.catch_up == "sync" else "?acks=1"
                     ws = await self.client.http.ws_connect(
                         f"ws://{gateway.address}:{gateway.port}/api/ws{query}", headers=self.client.auth_headers(),
                         heartbeat=self.heartbeat, autoping=True, max_msg_size=MAX_FRAME_BYTES,
@@ -552,26 +550,7 @@ class Session:
         if ws is None or ws.closed:
             return
         due = {room: seq for room, seq in self.inbox.positions().items() if seq > self._acked.get(room, 0)}
-        if not self._acked_once and not due:
-            # The first ack makes the server move our cursor by acks only (not by what it wrote to a
-            # socket that may die unread). Without a position yet, "nothing read" in any room says so.
-            # Until it arrives the server counts what it writes as delivered (GoStacker's clients never
-            # ack), hence it is sent as soon as the socket is open.
-            room = await self._any_room()
-            if room is not None:
-                due = {room: 0}
         for room, seq in sorted(due.items()):
             await ws.send_str(orjson.dumps({"type": "ack", "room_id": room, "seq": seq}).decode())
             self._acked[room] = seq
             self._acked_once = True
-
-    async def _any_room(self) -> int | None:
-        if self.inbox.rooms:
-            return min(self.inbox.rooms)
-        if self._joined_hint is None:
-            try:
-                rooms = await asyncio.wait_for(self.client.joined_rooms(), self.request_timeout)
-            except (PyStackerError, TimeoutError):
-                return None
-            self._joined_hint = rooms[0] if rooms else None
-        return self._joined_hint

@@ -59,6 +59,9 @@ class GatewayRoutes:
         ws._pong_heartbeat = self.ws_settings.pong_wait  # noqa: SLF001 - see WebSocketSettings
         conn = Connection(user_id, ws, queue_size=self.service.settings.queue_size, history=self.history,
                           cursors=self.cursors, tracker=self.service.tracker, transport=request.transport)
+        # `?acks=1`: the client acknowledges what it read, so its acks alone move its cursor, from the
+        # first frame on (a message written into a socket that dies unread is then sent again).
+        conn.client_acks = request.query.get("acks") == "1"
         try:
             await self.service.attach(conn, catch_up=request.query.get("catchup") != "0",
                                       welcome=encode(system_frame(user_id=user_id,
