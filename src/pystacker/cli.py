@@ -206,3 +206,12 @@ def chat(meta_url: str, send_url: str, registry_url: str, username: str, passwor
 
     _run(main_task)
     sys.exit(exit_code)
+
+
+def _add_bench_commands() -> None:
+    from pystacker.bench.cli import bench
+
+    main.add_command(bench)
+
+
+_add_bench_commands()
