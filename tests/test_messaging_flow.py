@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from tests.client import new_user
-from tests.ws import Api, Client, connect, history, make_room, open_api, poll, send_http, text, ws_url
+from tests.ws import Api, connect, make_room, open_api, poll, send_http, text, ws_url
 
 GOSTACKER_KEYS = {"id", "type", "room_id", "sender_id", "payload"}
 

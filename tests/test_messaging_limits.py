@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 
 from pystacker.gateway import connection as gateway_connection
 from pystacker.gateway.routes import MAX_FRAME_BYTES
 from pystacker.messaging.content import MAX_CONTENT_BYTES, MAX_TEXT_CHARS
 from pystacker.messaging.frames import CLOSE_FRAME_TOO_BIG, CLOSE_SLOW_CONSUMER
-from tests.ws import Api, Client, Closed, make_room, open_api, poll, send_http, text
+from tests.ws import Api, make_room, open_api, poll, send_http
 
 
 @pytest.fixture
@@ -150,7 +149,7 @@ async def stream_until(api: Api, sender, room_id: int, done, limit: int = 3000) 
     return sent
 
 
-async def test_slow_consumer_is_closed_and_catches_up(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_slow_consumer_is_closed_and_catches_up(api: Api) -> None:
     alice, slow, steady = await api.users(3, "slow")
     room_id = await make_room(api.meta, alice, [slow, steady])
     gateway = api.gateway_service

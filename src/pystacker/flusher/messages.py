@@ -49,12 +49,20 @@ class MessageFlusher:
         while await self.flush_messages_once() or await self.flush_cursors_once():
             pass
 
+    async def _flush_once(self) -> int:
+        return await self.flush_messages_once() + await self.flush_cursors_once()
+
     async def run(self) -> None:
         while True:
+            # A stop (cancel) must not cut a flush in half: a write cancelled inside its SQLite
+            # transaction leaves the connection holding the database's write lock, so the final
+            # flush_all waited the 30 s busy timeout and then failed (the messages stayed only in
+            # memory). The flush runs shielded; a cancel lets it finish, then stops the loop.
+            step = asyncio.ensure_future(self._flush_once())
             try:
-                moved = await self.flush_messages_once()
-                moved += await self.flush_cursors_once()
+                moved = await asyncio.shield(step)
             except asyncio.CancelledError:
+                await asyncio.gather(step, return_exceptions=True)
                 raise
             except Exception:
                 self.failures += 1
