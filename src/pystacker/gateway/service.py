@@ -84,6 +84,13 @@ class GatewayService:
         """Refuse new sockets and close the open ones with 1001 (going away). Runs at the server's
         shutdown, before it waits for its handlers: a WebSocket handler only ends when its socket does."""
         self.accepting = False
+        # Leave the registry before the first close: a client that asks for a gateway as soon as it
+        # gets 1001 was otherwise sent back here by its own reconnect lease (this gateway was still
+        # listed until stop()), and found the port closed.
+        try:
+            await self.presence.stop()
+        except Exception:  # the store is down: the entry expires by its TTL; close the sockets anyway
+            log.exception("leaving the registry failed")
         for conn in list(self.connections.values()):
             conn.close_soon(CLOSE_SHUTDOWN, "gateway shutting down")
             await self.detach(conn)
@@ -122,6 +129,11 @@ class GatewayService:
         await self._save(conn)
         if current:
             await self.registry.disconnect_user(conn.user_id, self.gateway_id)
+            if conn.user_id in self.connections:
+                # He reconnected here while the lease was being written, and that write may have
+                # landed after his new socket's connect: without this his route stayed
+                # `disconnected` (no live push) until the next renewal, an hour later.
+                await self.registry.connect_user(conn.user_id, self.presence.info)
         await self._hand_on(conn.user_id, leftovers)
 
     async def _hand_on(self, user_id: int, items: list[Item]) -> None:
