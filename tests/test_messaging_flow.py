@@ -69,6 +69,7 @@ async def test_gostacker_client_flow(api: Api) -> None:
     assert {k: ack[k] for k in GOSTACKER_KEYS} == {"id": msg_id, "type": "ack", "room_id": 0, "sender_id": 0, "payload": None}
 
     # bob goes away; alice sends three messages; bob comes back and gets them in `batch` frames
+    await api.settle(b)
     await b.close()
     away = [text(f"while away {i}") for i in range(3)]
     away_ids = [(await send_http(api.send, alice, room_id, t))["msgID"] for t in away]
@@ -152,6 +153,7 @@ async def test_resend_flushed_message_delivers_nothing_twice(api: Api) -> None:
     assert (await api.send.post("/api/chat/resend_message", {"message_id": msg_id}, token=carol.token)).status == 401
 
     # a client that reconnects after the resend gets each message once
+    await api.settle(b)
     await b.close()
     b2 = await api.connect(bob)
     third = await send_http(api.send, alice, room_id, "third")

@@ -162,6 +162,7 @@ async def test_same_gateway_reconnect_keeps_the_new_socket(api: Api) -> None:
     old = await api.connect(bob)
     first = await send_http(api.send, alice, room_id, "before the switch")
     await old.collect(1, room_id=room_id)
+    await api.settle(old)
 
     old_conn = gateway.connections[bob.id]
     stream = Stream(api, alice, room_id)
@@ -225,3 +226,51 @@ async def test_reconnect_while_the_old_disconnect_is_still_being_recorded(api: A
     chat = await new.recv_until(lambda f: f["type"] == "chat" and f["id"] == sent["msgID"], timeout=3)
     assert chat["payload"] == {"text": "live after the lease"}
     await new.close()
+
+
+async def test_frames_a_gostacker_client_never_confirmed_are_sent_again(api: Api) -> None:
+    """A client that never acks confirms by answering pings. Here its library never answers: every
+    frame it was written is unconfirmed, so its next connection gets them all again (GoStacker's
+    "written = delivered" lost frames still in flight when a socket died: spec 13.2 #17)."""
+    alice, bob = await api.users(2, "probe")
+    room_id = await make_room(api.meta, alice, [bob])
+    deaf = await api.connect(bob, autoping=False)
+    sent = [await send_http(api.send, alice, room_id, f"unconfirmed {i}") for i in range(5)]
+    assert [c["seq"] for c in await deaf.collect(5, room_id=room_id)] == [1, 2, 3, 4, 5]
+    await deaf.close()
+    await poll(lambda: bob.id not in api.gateway_service.connections)
+    again = await api.connect(bob)
+    got = await again.collect(5, room_id=room_id)
+    assert [c["id"] for c in got] == [s["msgID"] for s in sent]
+
+
+async def test_frames_confirmed_by_a_pong_are_not_sent_again(api: Api) -> None:
+    alice, bob = await api.users(2, "probe")
+    room_id = await make_room(api.meta, alice, [bob])
+    hearing = await api.connect(bob)  # its library answers pings, as GoStacker's clients' do
+    for i in range(5):
+        await send_http(api.send, alice, room_id, f"confirmed {i}")
+    await hearing.collect(5, room_id=room_id)
+    cursors = api.system.runtime.engine.cursors
+    conn = api.gateway_service.connections[bob.id]
+
+    async def confirmed() -> bool:
+        # The client library answers a ping only while it reads, as a real client does all along.
+        try:
+            await hearing.recv(0.05)
+        except (TimeoutError, asyncio.TimeoutError):
+            pass
+        # Confirmed positions reach the engine within a second (the gateway's cursor saver).
+        return conn.unsaved.get(room_id) == 5 or await _saved(cursors, bob.id, room_id, 5)
+
+    await poll(confirmed)
+    await hearing.close()
+    await poll(lambda: bob.id not in api.gateway_service.connections)
+    again = await api.connect(bob)
+    after = await send_http(api.send, alice, room_id, "after the reconnect")
+    first = await again.recv_until(lambda f: f["type"] in ("chat", "batch"))
+    assert first["type"] == "chat" and first["id"] == after["msgID"], first
+
+
+async def _saved(cursors, user_id: int, room_id: int, seq: int) -> bool:  # type: ignore[no-untyped-def]
+    return (await cursors.get(user_id, [room_id])).get(room_id) == seq

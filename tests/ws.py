@@ -51,8 +51,20 @@ class Client:
     # -- receiving --------------------------------------------------------------------------------
 
     async def recv(self, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
-        """The next JSON frame; raises TimeoutError after `timeout`, Closed when the socket ends."""
-        msg = await self.ws.receive(timeout=timeout)
+        """The next JSON frame; raises TimeoutError after `timeout`, Closed when the socket ends.
+        Pings and pongs (seen only with autoping=False) are skipped, unanswered."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                msg = await self.ws.receive(timeout=max(deadline - time.monotonic(), 0.001))
+            except aiohttp.ClientConnectionResetError:
+                # aiohttp answered a ping on a socket the server is closing; what the server sent
+                # before (frames, its close frame) is still buffered: keep reading, until the deadline.
+                if time.monotonic() > deadline:
+                    raise Closed(self.ws.close_code) from None
+                continue
+            if msg.type not in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG):
+                break
         if msg.type is aiohttp.WSMsgType.TEXT:
             frame = orjson.loads(msg.data)
             self.frames.append(frame)
@@ -165,7 +177,7 @@ def dedup(chats: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def connect(session: aiohttp.ClientSession, gateway_base: str, user: User, *, via: str = "header",
-                  catchup: bool = True, welcome: bool = True, **kwargs: Any) -> Client:
+                  catchup: bool = True, welcome: bool = True, autoping: bool = True, **kwargs: Any) -> Client:
     """Open /api/ws for `user` (token in the Authorization header, or `?token=`), and by default read
     the welcome `system` frame."""
     params: dict[str, str] = {}
@@ -176,7 +188,7 @@ async def connect(session: aiohttp.ClientSession, gateway_base: str, user: User,
         params["token"] = user.token
     if not catchup:
         params["catchup"] = "0"
-    ws = await session.ws_connect(ws_url(gateway_base), headers=headers, params=params, autoping=True, **kwargs)
+    ws = await session.ws_connect(ws_url(gateway_base), headers=headers, params=params, autoping=autoping, **kwargs)
     client = Client(user, ws)
     if welcome:
         frame = await client.recv()
@@ -260,6 +272,22 @@ class Api:
 
     async def connect(self, user: User, **kwargs: Any) -> Client:
         return await connect(self.session, self.gateway_url, user, **kwargs)
+
+    async def settle(self, client: Client, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Read until the gateway has confirmed every frame it wrote to this client. A client that
+        never acks confirms by answering pings, which its library does while it reads; a real
+        client reads all along, a test client only when told to, so tests call this before leaving
+        when they assert that nothing is sent twice after a reconnect."""
+        conn = self.gateway_service.connections.get(client.user.id)
+
+        async def confirmed() -> bool:
+            try:
+                await client.recv(0.05)
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
+            return conn is None or conn.confirmed
+
+        await poll(confirmed, timeout=timeout)
 
     @property
     def gateway_service(self) -> Any:

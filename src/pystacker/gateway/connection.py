@@ -15,6 +15,7 @@ are dropped instead and the room is marked behind: the writer fills it from the 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import Protocol
@@ -91,6 +92,12 @@ class Connection:
         self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=queue_size)
         self.client_acks = False  # the client acknowledges by seq: its acks, not our writes, move the cursor
         self.unsaved: dict[int, int] = {}  # room -> delivered seq not yet saved as the cursor
+        # A client that never acks (GoStacker's) confirms by answering a ping sent after the frames:
+        # a pong means its WebSocket library read everything before it. Written-but-unconfirmed
+        # positions are never saved, so frames lost in flight when the socket dies are sent again.
+        self._written: dict[int, int] = {}
+        self._probe: tuple[bytes, dict[int, int]] | None = None  # the ping in flight and what it confirms
+        self._probe_ids = itertools.count(1)
         self.close_code: int | None = None
         self._catching_up = False
         self._behind: set[int] = set()  # rooms whose live messages were dropped during a catch-up
@@ -168,6 +175,8 @@ class Connection:
                     self._settle(item)
                 if self._behind and not self._catching_up:
                     await self._fill_behind()
+                if self.queue.empty():
+                    await self._probe_if_needed()
         except asyncio.CancelledError:
             raise
         except (ConnectionError, RuntimeError) as exc:  # the socket went away under a write
@@ -238,7 +247,32 @@ class Connection:
     def _delivered(self, room_id: int, seq: int) -> None:
         self.sequencer.delivered(room_id, seq)
         if not self.client_acks:
-            self.unsaved[room_id] = seq
+            self._written[room_id] = seq
+
+    async def _probe_if_needed(self) -> None:
+        """After a burst of writes, one ping whose pong confirms them (one probe in flight at a time)."""
+        if self.client_acks or self._probe is not None or not self._written or self.ws.closed:
+            return
+        token = str(next(self._probe_ids)).encode()
+        self._probe, self._written = (token, self._written), {}
+        try:
+            await self.ws.ping(token)
+        except ConnectionError:
+            pass  # the socket is going away: its read loop ends and the connection is detached
+
+    @property
+    def confirmed(self) -> bool:
+        """Every position written to this socket is confirmed (by ack or pong)."""
+        return not self._written and self._probe is None
+
+    async def pong_received(self, data: bytes) -> None:
+        if self._probe is None or data != self._probe[0]:
+            return  # a heartbeat pong, or a stale one
+        for room_id, seq in self._probe[1].items():
+            if seq > self.unsaved.get(room_id, 0):
+                self.unsaved[room_id] = seq
+        self._probe = None
+        await self._probe_if_needed()  # what was written while this probe was out
 
     def client_acked(self, room_id: int, seq: int) -> None:
         """A cumulative ack from the client: it has the room up to seq."""

@@ -52,7 +52,7 @@ class GatewayRoutes:
         if not self.service.accepting or not self.service.has_capacity():
             return web.Response(status=503)  # GoStacker: 503 with an empty body
         ws = web.WebSocketResponse(heartbeat=self.ws_settings.ping_interval, max_msg_size=MAX_FRAME_BYTES,
-                                   compress=False, autoping=True)
+                                   compress=False, autoping=False)  # pongs confirm delivery: see Connection
         if not ws.can_prepare(request).ok:
             raise ApiError(400, "expected a WebSocket upgrade request")
         await ws.prepare(request)
@@ -69,6 +69,10 @@ class GatewayRoutes:
             async for message in ws:
                 if message.type is WSMsgType.TEXT:
                     await self.frames.handle(conn, message.data)
+                elif message.type is WSMsgType.PONG:
+                    await conn.pong_received(message.data)
+                elif message.type is WSMsgType.PING:
+                    await ws.pong(message.data)
                 elif message.type is WSMsgType.BINARY:
                     conn.offer(RawFrame(encode(error_frame(400, "binary frames are not supported; send JSON text"))))
                 elif message.type is WSMsgType.ERROR:
