@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -11,6 +11,7 @@ from pystacker.meta.app import build_meta_app
 from pystacker.runtime import Runtime
 from pystacker.web.server import Listener, Servers, bind_socket
 from tests import databases
+from tests.engine.redis_servers import LocalCluster, free_cluster_ports
 from tests.client import Http
 
 TEST_JWT_SECRET = "test-secret-that-is-long-enough-0123456789"
@@ -73,3 +74,13 @@ async def system(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
     await embedded.start()
     yield embedded
     await embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A 3-master Redis Cluster on free ports, started on first use and shared by the whole session
+    (the engine contract tests and the distributed tests)."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"), free_cluster_ports())
+    cluster.start()
+    yield cluster
+    cluster.stop()

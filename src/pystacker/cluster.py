@@ -4,6 +4,10 @@ Starts registry, meta, N send instances, M gateways, the flusher and msgflusher 
 from the files in a config folder (config/ by default), each with its own port and machine_id given
 through environment overrides, waits until every HTTP service answers /ready, and on Ctrl-C or
 SIGTERM stops them in reverse order with SIGTERM (gateways drain their sockets) before it exits.
+
+The distributed test suite starts its deployments with the same `plan` and `Deployment` (free ports,
+its own database, Redis key prefix and short timings given as `env`), so the command and the tests
+cannot drift apart.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +27,9 @@ import aiohttp
 
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
+
+SEND_MACHINE_IDS = 100  # send-<n> gets machine_id 100 + n - 1, gateway-<n> 200 + n - 1: distinct snowflake nodes
+GATEWAY_MACHINE_IDS = 200
 
 
 @dataclass
@@ -32,29 +40,68 @@ class Member:
     port: int  # 0: no HTTP
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
 
-def plan(config_dir: Path, *, gateways: int, sends: int, host: str = "127.0.0.1") -> list[Member]:
+def default_port(label: str) -> int:
+    """GoStacker's ports: send 8081 (more send instances 8091, 8092, ...), meta 8082, registry 8083,
+    gateways 8084, 8085, ..."""
+    if label in ("registry", "meta"):
+        return {"registry": 8083, "meta": 8082}[label]
+    kind, number = label.rsplit("-", 1)
+    index = int(number) - 1
+    if kind == "send":
+        return 8081 if index == 0 else 8090 + index
+    if kind == "gateway":
+        return 8084 + index
+    return 0
+
+
+def service_member(config_dir: Path, service: str, number: int, port: int, *, host: str = "127.0.0.1") -> Member:
+    """One send instance or gateway (`send-<number>`, `gateway-<number>`) with its own port and machine_id."""
+    base = SEND_MACHINE_IDS if service == "send" else GATEWAY_MACHINE_IDS
+    member = Member(f"{service}-{number}", service, config_dir / f"config.{service}.yaml", port,
+                    {"PYSTACKER_MACHINE_ID": str(base + number - 1)})
+    _finish(member, host)
+    return member
+
+
+def _finish(member: Member, host: str) -> None:
+    member.env["PYSTACKER_LOG__FILENAME"] = ""  # the process's output goes to its own log file instead
+    if member.port:
+        member.env.update({"PYSTACKER_PORT": str(member.port), "PYSTACKER_ADDRESS": host})
+
+
+def plan(config_dir: Path, *, gateways: int, sends: int, host: str = "127.0.0.1",
+         port_of: Callable[[str], int] = default_port) -> list[Member]:
+    """The members of a deployment, in start order. `port_of(label)` gives each HTTP member's port
+    (GoStacker's by default; the tests give free ones)."""
     def cfg(name: str) -> Path:
         return config_dir / f"config.{name}.yaml"
 
     members = [
-        Member("registry", "registry", cfg("registry"), 8083),
-        Member("meta", "meta", cfg("meta"), 8082),
+        Member("registry", "registry", cfg("registry"), port_of("registry")),
+        Member("meta", "meta", cfg("meta"), port_of("meta")),
         Member("flusher", "flusher", cfg("flusher"), 0),
         Member("msgflusher", "msgflusher", cfg("msgflusher"), 0),
     ]
-    for index in range(sends):
-        port = 8081 if index == 0 else 8090 + index
-        members.append(Member(f"send-{index + 1}", "send", cfg("send"), port,
-                              {"PYSTACKER_MACHINE_ID": str(100 + index)}))
-    for index in range(gateways):
-        members.append(Member(f"gateway-{index + 1}", "gateway", cfg("gateway"), 8084 + index,
-                              {"PYSTACKER_MACHINE_ID": str(200 + index)}))
     for member in members:
-        member.env["PYSTACKER_LOG__FILENAME"] = ""  # the process's output goes to its own log file instead
-        if member.port:
-            member.env.update({"PYSTACKER_PORT": str(member.port), "PYSTACKER_ADDRESS": host})
+        _finish(member, host)
+    members += [service_member(config_dir, "send", n, port_of(f"send-{n}"), host=host) for n in range(1, sends + 1)]
+    members += [service_member(config_dir, "gateway", n, port_of(f"gateway-{n}"), host=host)
+                for n in range(1, gateways + 1)]
     return members
 
 
@@ -65,78 +112,104 @@ def shared_secrets() -> dict[str, str]:
             for name in ("PYSTACKER_JWT__SECRET", "PYSTACKER_INTERNAL__TOKEN")}
 
 
-def _spawn(member: Member, log_dir: Path, shared: dict[str, str]) -> None:
-    env = {**os.environ, **shared, **member.env}
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_file = open(log_dir / f"{member.label}.log", "ab")  # noqa: SIM115 - the child owns it
-    member.process = subprocess.Popen(
-        [sys.executable, "-m", "pystacker", member.service, "--config", str(member.config)],
-        env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    log_file.close()
-
-
-async def _wait_ready(members: list[Member]) -> list[str]:
-    """Poll /ready of every HTTP member until all answer 200; returns the labels that never did."""
-    waiting = {m.label: m for m in members if m.port}
-    deadline = time.monotonic() + READY_TIMEOUT
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-        while waiting and time.monotonic() < deadline:
-            for label, member in list(waiting.items()):
-                if member.process is not None and member.process.poll() is not None:
-                    return [f"{label} exited with code {member.process.returncode}"]
-                try:
-                    async with session.get(f"http://127.0.0.1:{member.port}/ready") as response:
-                        if response.status == 200:
-                            del waiting[label]
-                except aiohttp.ClientError:
-                    pass
-            if waiting:
-                await asyncio.sleep(0.2)
-    return [f"{label} not ready after {READY_TIMEOUT:.0f}s" for label in waiting]
-
-
-def stop_all(members: list[Member]) -> None:
-    for member in reversed(members):
-        if member.process is not None and member.process.poll() is None:
-            member.process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    for member in reversed(members):
-        if member.process is None:
-            continue
-        try:
-            member.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-        except subprocess.TimeoutExpired:
-            member.process.kill()
-            member.process.wait()
-
-
-def migrate(config_dir: Path, shared: dict[str, str]) -> None:
+def migrate(config_dir: Path, env: Mapping[str, str]) -> None:
     subprocess.run([sys.executable, "-m", "pystacker", "db", "upgrade", "--config",
-                    str(config_dir / "config.meta.yaml")], check=True, env={**os.environ, **shared})
+                    str(config_dir / "config.meta.yaml")], check=True, env={**os.environ, **env},
+                   stdout=subprocess.DEVNULL)
+
+
+class Deployment:
+    """The processes of one local deployment: each member runs `python -m pystacker <service>` in its
+    own session with `env` (shared by all) and its own overrides, its output in `<log_dir>/<label>.log`.
+    Only the processes started here are ever signalled, by their own PIDs."""
+
+    def __init__(self, members: list[Member], *, log_dir: Path, env: Mapping[str, str]) -> None:
+        self.members = list(members)
+        self.log_dir = log_dir
+        self.env = dict(env)
+
+    def member(self, label: str) -> Member:
+        for member in self.members:
+            if member.label == label:
+                return member
+        raise KeyError(label)
+
+    def spawn(self, member: Member) -> None:
+        if member not in self.members:
+            self.members.append(member)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        member.log_path = self.log_dir / f"{member.label}.log"
+        with open(member.log_path, "ab") as log_file:  # the child keeps its own descriptor
+            member.process = subprocess.Popen(
+                [sys.executable, "-m", "pystacker", member.service, "--config", str(member.config)],
+                env={**os.environ, **self.env, **member.env}, stdout=log_file, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def start(self) -> None:
+        for member in self.members:
+            self.spawn(member)
+
+    async def wait_ready(self, members: list[Member] | None = None, timeout: float = READY_TIMEOUT) -> list[str]:
+        """Poll /ready of every HTTP member until all answer 200; returns what went wrong (nothing: ready)."""
+        waiting = {m.label: m for m in (self.members if members is None else members) if m.port}
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            while waiting and time.monotonic() < deadline:
+                for label, member in list(waiting.items()):
+                    if member.process is not None and member.process.poll() is not None:
+                        return [f"{label} exited with code {member.process.returncode}"]
+                    try:
+                        async with session.get(f"{member.url}/ready") as response:
+                            if response.status == 200:
+                                del waiting[label]
+                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                        pass
+                if waiting:
+                    await asyncio.sleep(0.1)
+        return [f"{label} not ready after {timeout:.0f}s" for label in waiting]
+
+    def exited(self) -> list[Member]:
+        """Members that were started and have ended."""
+        return [m for m in self.members if m.process is not None and m.process.poll() is not None]
+
+    def stop(self, members: list[Member] | None = None, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM in reverse start order, wait up to `timeout`, then SIGKILL what is left."""
+        chosen = list(reversed(self.members if members is None else members))
+        for member in chosen:
+            if member.running:
+                member.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        deadline = time.monotonic() + timeout
+        for member in chosen:
+            if member.process is None:
+                continue
+            try:
+                member.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                member.process.kill()
+                member.process.wait()
 
 
 async def run_cluster(config_dir: Path, *, gateways: int, sends: int, log_dir: Path) -> int:
-    members = plan(config_dir, gateways=gateways, sends=sends)
     shared = shared_secrets()
     migrate(config_dir, shared)
+    deployment = Deployment(plan(config_dir, gateways=gateways, sends=sends), log_dir=log_dir, env=shared)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     try:
-        for member in members:
-            _spawn(member, log_dir, shared)
-        problems = await _wait_ready(members)
+        deployment.start()
+        problems = await deployment.wait_ready()
         if problems:
             print("pystacker cluster: " + "; ".join(problems) + f" (logs in {log_dir})", file=sys.stderr)
             return 1
         print("PyStacker cluster is up:")
-        for member in members:
-            where = f"http://127.0.0.1:{member.port}" if member.port else "(no HTTP)"
-            print(f"  {member.label:<11} {where:<24} pid {member.process.pid if member.process else '-'}")
+        for member in deployment.members:
+            where = member.url if member.port else "(no HTTP)"
+            print(f"  {member.label:<11} {where:<24} pid {member.pid or '-'}")
         print(f"Logs in {log_dir}. Press Ctrl-C to stop.")
         while not stopping.is_set():
-            dead = [m for m in members if m.process is not None and m.process.poll() is not None]
+            dead = deployment.exited()
             if dead:
                 print(f"pystacker cluster: {dead[0].label} exited with code {dead[0].process.returncode}; "  # type: ignore[union-attr]
                       "stopping the others", file=sys.stderr)
@@ -147,4 +220,4 @@ async def run_cluster(config_dir: Path, *, gateways: int, sends: int, log_dir: P
                 pass
         return 0
     finally:
-        await asyncio.to_thread(stop_all, members)
+        await asyncio.to_thread(deployment.stop)

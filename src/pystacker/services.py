@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from pystacker.config import Config
-from pystacker.runtime import Runtime
+from pystacker.runtime import Runtime, StartupError
 from pystacker.web.server import Listener, Servers, bind_socket, bound_port, run_until_signalled
 
 log = logging.getLogger("pystacker.service")
@@ -69,10 +69,14 @@ async def _flusher(runtime: Runtime) -> None:
 
 
 async def _msgflusher(runtime: Runtime) -> None:
+    from pystacker.messaging.handoff import Handoff, LiveGateways
     from pystacker.msgflusher.service import Reclaimer
 
     settings = runtime.config.pending_msg_flusher
-    reclaimer = Reclaimer(runtime.engine, runtime.parts.handoff,
+    # Not runtime.parts: that needs SQL, which msgflusher does not open (GoStacker's has no mysql block);
+    # it raised inside the worker task, so the msgflusher process never reclaimed anything.
+    handoff = Handoff(runtime.engine, LiveGateways(runtime.engine))
+    reclaimer = Reclaimer(runtime.engine, handoff,
                           consumer=f"msgflusher-{runtime.config.name}-{runtime.config.machine_id}",
                           claim_idle_seconds=settings.claim_idle_seconds, batch_size=settings.batch_size)
     await reclaimer.run(settings.interval)
@@ -92,6 +96,16 @@ async def run_service(spec: ServiceSpec, config: Config, source: str) -> None:
     runtime = Runtime(config, source=source)
     servers = Servers()
     worker_task: asyncio.Task[None] | None = None
+    stopping = asyncio.Event()
+    failure: list[BaseException] = []
+
+    def worker_ended(task: asyncio.Task[None]) -> None:
+        # A worker only ends by cancellation; one that died must stop the process (and make it exit
+        # non-zero) instead of leaving it alive, doing nothing, for its supervisor to trust.
+        if not task.cancelled() and task.exception() is not None:
+            failure.append(task.exception())  # type: ignore[arg-type]
+            log.error("%s worker failed", spec.name, exc_info=task.exception())
+            stopping.set()
 
     async def start() -> None:
         nonlocal worker_task
@@ -104,6 +118,7 @@ async def run_service(spec: ServiceSpec, config: Config, source: str) -> None:
             log.info("%s listening on %s:%d", spec.name, config.host, servers.bound[spec.name])
         if spec.worker is not None:
             worker_task = asyncio.create_task(spec.worker(runtime), name=spec.name)
+            worker_task.add_done_callback(worker_ended)
             log.info("%s running", spec.name)
 
     async def stop() -> None:
@@ -113,4 +128,6 @@ async def run_service(spec: ServiceSpec, config: Config, source: str) -> None:
             await asyncio.gather(worker_task, return_exceptions=True)
         await runtime.close()
 
-    await run_until_signalled(start, stop)
+    await run_until_signalled(start, stop, stopping)
+    if failure:
+        raise StartupError(f"{spec.name} stopped: its worker failed: {failure[0]!r}")

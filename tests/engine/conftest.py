@@ -8,13 +8,14 @@ the contract (the flush queue, the dirty cursors) are drained by the tests that 
 Redis backends give each engine its own key prefix besides, and delete its keys afterwards.
 
 Redis must run on 127.0.0.1:6379, and redis-server / redis-cli must be installed for the cluster
-backend: without them the Redis tests fail (they are never skipped).
+backend: without them the Redis tests fail (they are never skipped). The cluster itself is the session
+fixture `redis_cluster` of tests/conftest.py, shared with the distributed tests (its ports are fixed).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,15 +86,6 @@ BACKENDS: dict[str, Backend] = {
     "redis-cluster": Backend(open=_open_redis_cluster, cleanup=_cleanup_redis, needs="redis_cluster"),
 }
 REDIS_BACKENDS = [name for name in BACKENDS if name.startswith("redis")]
-
-
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """A 3-master Redis Cluster for the session, started on first use."""
-    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
-    cluster.start()
-    yield cluster
-    cluster.stop()
 
 
 async def _engines_of(request: pytest.FixtureRequest, name: str) -> AsyncIterator[OpenEngine]:

@@ -1,12 +1,14 @@
 """Redis for the engine tests: the shared server on 6379, and a throwaway 3-master Redis Cluster.
 
-The cluster runs from a temporary folder (no persistence) on ports 7101-7103; it is started once per
-test session and its processes are stopped by PID at the end.
+The cluster runs from a temporary folder (no persistence) on free ports (`free_cluster_ports`; 7101-7103
+by default when constructed by hand); it is started once per test session and its processes are stopped
+by PID at the end. Free ports let two test sessions on one machine each have their own cluster.
 """
 
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -20,6 +22,32 @@ REDIS_PORT = 6379
 CLUSTER_PORTS = (7101, 7102, 7103)
 START_DEADLINE = 30.0  # seconds for the nodes to answer, and again for the cluster to agree
 POLL_INTERVAL = 0.05
+
+
+def free_cluster_ports(count: int = 3) -> tuple[int, ...]:
+    """Ports that are free and whose cluster bus ports (port + 10000) are free too."""
+    chosen: list[int] = []
+    held: list[socket.socket] = []
+    try:
+        while len(chosen) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((REDIS_HOST, 0))
+            held.append(sock)
+            port = sock.getsockname()[1]
+            if port + 10000 > 65535:
+                continue
+            bus = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                bus.bind((REDIS_HOST, port + 10000))
+            except OSError:
+                continue
+            finally:
+                bus.close()
+            chosen.append(port)
+        return tuple(chosen)
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def _poll(condition: Callable[[], bool], what: str, deadline: float = START_DEADLINE) -> None:

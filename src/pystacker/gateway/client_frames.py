@@ -27,6 +27,7 @@ from pystacker.web.requests import RequestModel, describe
 
 PositiveId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
 MAX_SYNC_LIMIT = 200
+KNOWN_FRAME_TYPES = frozenset({"send", "ack", "sync", "ping"})  # the frame-in metric's `type` values
 
 
 class SendFrame(RequestModel):
@@ -58,19 +59,23 @@ class ClientFrames:
         try:
             data = orjson.loads(text)
         except orjson.JSONDecodeError:
+            conn.metrics.frame_in("invalid")
             self._reply(conn, error_frame(400, "invalid JSON frame"))
             return
         if not isinstance(data, dict):
+            conn.metrics.frame_in("invalid")
             self._reply(conn, error_frame(400, "a frame must be a JSON object"))
             return
         kind = data.get("type")
         ref = data.get("ref")
+        conn.metrics.frame_in(kind if isinstance(kind, str) and kind in KNOWN_FRAME_TYPES else "invalid")
         try:
             if kind == "send":
                 await self._send(conn, SendFrame.model_validate(data))
             elif kind == "ack":
                 frame = AckFrame.model_validate(data)
                 conn.client_acked(frame.room_id, frame.seq)
+                conn.metrics.client_acks.inc()
             elif kind == "sync":
                 await self._sync(conn, SyncFrame.model_validate(data))
             elif kind == "ping":

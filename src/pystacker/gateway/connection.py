@@ -27,6 +27,8 @@ from pystacker.messaging.acks import EntryTracker
 from pystacker.messaging.frames import CLOSE_SLOW_CONSUMER, batch_frame, chat_frame, encode
 from pystacker.messaging.history import History
 from pystacker.messaging.ordering import RoomSequencer, Verdict
+from pystacker.observability.metrics import GatewayMetrics, frame_type
+from pystacker.observability.monitor import MONITORS
 
 log = logging.getLogger("pystacker.gateway.connection")
 
@@ -45,6 +47,7 @@ class RoomPush:
     seq: int
     text: str
     entry_id: str | None = None
+    created_at_ms: int = 0  # when send accepted it: the delivery latency is measured from here
 
 
 @dataclass(slots=True)
@@ -81,8 +84,9 @@ class CursorSource(Protocol):
 class Connection:
     def __init__(self, user_id: int, ws: web.WebSocketResponse, *, queue_size: int, history: History,
                  cursors: CursorSource, tracker: EntryTracker,
-                 transport: asyncio.BaseTransport | None = None) -> None:
+                 transport: asyncio.BaseTransport | None = None, metrics: GatewayMetrics | None = None) -> None:
         self.user_id = user_id
+        self.metrics = metrics or GatewayMetrics("unknown")
         self.ws = ws
         self.transport = transport  # the TCP connection under ws, to abort a peer that stopped reading
         self.history = history
@@ -119,6 +123,7 @@ class Connection:
             self._settle(item)
             return True
         log.warning("slow consumer: queue full, closing", extra={"user_id": self.user_id})
+        self.metrics.slow_consumers.inc()
         self.close_soon(CLOSE_SLOW_CONSUMER, "slow consumer: catch up after reconnecting")
         return False
 
@@ -169,6 +174,7 @@ class Connection:
                         await self._write_room_push(item)
                     elif isinstance(item, RawFrame):
                         await self.ws.send_str(item.text)
+                        self.metrics.frame_out(frame_type(item.text))
                     else:
                         await self._catch_up(item.until)
                 finally:
@@ -197,8 +203,11 @@ class Connection:
             await self._fill(item.room_id, item.seq - 1)
             decision = self.sequencer.decide(item.room_id, item.seq)
         if decision.verdict is Verdict.DELIVER:
-            await self.ws.send_str(item.text)
+            with MONITORS.get("push_ws").track():
+                await self.ws.send_str(item.text)
             self._delivered(item.room_id, item.seq)
+            self.metrics.frame_out("chat")
+            self.metrics.delivered_live(item.created_at_ms)
 
     async def _fill(self, room_id: int, up_to_seq: int) -> None:
         """Write the room's messages after the client's position up to up_to_seq, one chat frame each."""
@@ -212,6 +221,9 @@ class Connection:
             for message in messages:
                 await self.ws.send_str(encode(chat_frame(message)))
                 self._delivered(room_id, message.seq)
+                self.metrics.frame_out("chat")
+                self.metrics.gap_filled.inc()
+                self.metrics.delivered_live(message.created_at_ms)
 
     async def _fill_behind(self) -> None:
         rooms, self._behind = self._behind, set()
@@ -241,6 +253,9 @@ class Connection:
     async def _write_batch(self, room_id: int, messages: list[StoredMessage]) -> None:
         await self.ws.send_str(encode(batch_frame([chat_frame(m) for m in messages])))
         self._delivered(room_id, messages[-1].seq)
+        self.metrics.frame_out("batch")
+        self.metrics.delivered.inc(len(messages))
+        self.metrics.caught_up.inc(len(messages))
 
     # -- bookkeeping ----------------------------------------------------------------------------
 

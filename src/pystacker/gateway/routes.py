@@ -58,10 +58,13 @@ class GatewayRoutes:
         await ws.prepare(request)
         ws._pong_heartbeat = self.ws_settings.pong_wait  # noqa: SLF001 - see WebSocketSettings
         conn = Connection(user_id, ws, queue_size=self.service.settings.queue_size, history=self.history,
-                          cursors=self.cursors, tracker=self.service.tracker, transport=request.transport)
+                          cursors=self.cursors, tracker=self.service.tracker, transport=request.transport,
+                          metrics=self.service.metrics)
         # `?acks=1`: the client acknowledges what it read, so its acks alone move its cursor, from the
         # first frame on (a message written into a socket that dies unread is then sent again).
         conn.client_acks = request.query.get("acks") == "1"
+        self.service.metrics.connects.inc()
+        self.service.metrics.connections.inc()
         try:
             await self.service.attach(conn, catch_up=request.query.get("catchup") != "0",
                                       welcome=encode(system_frame(user_id=user_id,
@@ -74,11 +77,14 @@ class GatewayRoutes:
                 elif message.type is WSMsgType.PING:
                     await ws.pong(message.data)
                 elif message.type is WSMsgType.BINARY:
+                    conn.metrics.frame_in("binary")
                     conn.offer(RawFrame(encode(error_frame(400, "binary frames are not supported; send JSON text"))))
                 elif message.type is WSMsgType.ERROR:
                     log.debug("socket error: %s", ws.exception(), extra={"user_id": user_id})
                     break
         finally:
+            # The server's code when it closed the socket (4008, 4009, 1001), else the client's.
+            self.service.metrics.disconnected(conn.close_code or ws.close_code)
             await self.service.detach(conn)
         return ws
 

@@ -22,6 +22,7 @@ from pystacker.messaging.acks import EntryTracker
 from pystacker.messaging.cursors import CursorBook
 from pystacker.messaging.frames import CLOSE_REPLACED, CLOSE_SHUTDOWN, PushEntry, ack_frame, chat_frame, decode_entry, encode
 from pystacker.messaging.handoff import CATCH_UP, Handoff
+from pystacker.observability import metrics
 from pystacker.registry.presence import GatewayPresence
 from pystacker.registry.service import ROUTE_RENEW_SECONDS, RegistryService
 
@@ -53,6 +54,7 @@ class GatewayService:
         self.registry = registry
         self.presence = presence
         self.tracker = EntryTracker()
+        self.metrics = metrics.GatewayMetrics(self.gateway_id)
         self.connections: dict[int, Connection] = {}
         self.accepting = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -67,7 +69,8 @@ class GatewayService:
         self.accepting = True
         self._tasks = [asyncio.create_task(coro, name=name) for name, coro in (
             ("inbox-consumer", self._consume()), ("inbox-acker", self._ack_loop()),
-            ("cursor-saver", self._save_cursors_loop()), ("route-renewer", self._renew_routes_loop()))]
+            ("cursor-saver", self._save_cursors_loop()), ("route-renewer", self._renew_routes_loop()),
+            ("inbox-gauges", metrics.refresh_inbox_gauges(self.engine, self.gateway_id)))]
 
     async def stop(self) -> None:
         """Drain: refuse new sockets, close the open ones (clients reconnect elsewhere and catch up),
@@ -150,8 +153,9 @@ class GatewayService:
                                   else RawFrame(item.text))
             elif isinstance(item, RoomPush):
                 try:
-                    await self.handoff.to_users([user_id], entry_from_chat_frame(item.text, user_id),
-                                                not_to=self.gateway_id)
+                    reached = await self.handoff.to_users([user_id], entry_from_chat_frame(item.text, user_id),
+                                                          not_to=self.gateway_id)
+                    metrics.HANDED_ON.labels("gateway").inc(len(reached))
                 except Exception:
                     log.exception("hand-on failed; the user gets it by catch-up", extra={"user_id": user_id})
 
@@ -210,7 +214,8 @@ class GatewayService:
                 self.tracker.settle(entry_id)  # closing: its cursor stays behind, catch-up serves it
         if away and push.type in ("chat", CATCH_UP):
             try:
-                await self.handoff.to_users(away, push, not_to=self.gateway_id)  # type: ignore[arg-type]
+                reached = await self.handoff.to_users(away, push, not_to=self.gateway_id)  # type: ignore[arg-type]
+                metrics.HANDED_ON.labels("gateway").inc(len(reached))
             except Exception:
                 log.exception("hand-on failed; those users get the message by catch-up")
 
@@ -262,7 +267,7 @@ def _item_maker(push: PushEntry, entry_id: str | None):  # type: ignore[no-untyp
     """Encode the frame once for all targets of the entry; each target gets its own small item."""
     if push.type == "chat" and push.seq > 0:
         text = encode(chat_frame(push.stored_message()))
-        return lambda: RoomPush(push.room_id, push.seq, text, entry_id)
+        return lambda: RoomPush(push.room_id, push.seq, text, entry_id, push.ts)
     if push.type == "ack":
         text = encode(ack_frame(push.msg_id, push.room_id, push.seq, push.client_msg_id))
         return lambda: RawFrame(text, entry_id)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from pystacker.observability.routes import install_observability
 from pystacker.web.envelope import ok
 from pystacker.web.middleware import error_middleware, request_log_middleware
 
@@ -27,6 +28,7 @@ def new_app(service: str, *, max_body_bytes: int, middlewares: list | None = Non
         return ok("pong")
 
     app.router.add_get("/ping", ping)
+    install_observability(app)  # /metrics and /debug/stats
     return app
 
 
@@ -80,12 +82,14 @@ class Servers:
         self._runners.clear()
 
 
-async def run_until_signalled(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]) -> None:
-    """Run `start`, wait for SIGINT/SIGTERM, then `stop` (GoStacker's meta/send swallow signals)."""
+async def run_until_signalled(start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]],
+                              stopping: asyncio.Event | None = None) -> None:
+    """Run `start`, wait for SIGINT/SIGTERM (or `stopping` set by the caller), then `stop` (GoStacker's
+    meta/send swallow signals)."""
     import signal
 
     loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
+    stopping = stopping or asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     try:
