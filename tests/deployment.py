@@ -19,9 +19,8 @@ import os
 import secrets
 import signal
 import socket
-import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from pystacker import cluster
 from pystacker.web.auth import TokenService
 from tests.client import Http, User
-from tests.ws import Client, connect
+from tests.ws import Client, connect, poll
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "config"
@@ -62,21 +61,6 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in socks:
             sock.close()
-
-
-async def poll(check: Callable[[], Any], what: str, *, timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Call `check` (sync or async) until it returns something truthy, and return that; fail after
-    `timeout` seconds naming `what` and the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s (last: {result!r})")
-        await asyncio.sleep(interval)
 
 
 @dataclass

@@ -27,9 +27,9 @@ from pystacker.messaging.frames import CLOSE_SHUTDOWN, decode_entry
 from pystacker.web.middleware import INTERNAL_TOKEN_HEADER
 from tests import databases
 from tests.client import User
-from tests.deployment import GATEWAY_TTL, RedisTarget, TestDeployment, poll, start_deployment, with_deadline
+from tests.deployment import GATEWAY_TTL, RedisTarget, TestDeployment, start_deployment, with_deadline
 from tests.engine.redis_servers import LocalCluster
-from tests.ws import Client, Closed, make_room
+from tests.ws import Client, Closed, make_room, poll
 
 pytestmark = pytest.mark.distributed
 

@@ -226,9 +226,11 @@ async def history(send: Http, user: User, room_id: int, **params: Any) -> dict[s
     return answer.data
 
 
-async def poll(check: Callable[[], Any], *, timeout: float = DEFAULT_TIMEOUT, interval: float = 0.02) -> Any:
-    """Call `check` (sync or async) until it returns something truthy; fail after `timeout`. The pause
-    between calls is a polling interval, not a synchronisation: the deadline decides."""
+async def poll(check: Callable[[], Any], what: str = "condition", *, timeout: float = 10.0,
+               interval: float = 0.02) -> Any:
+    """Call `check` (sync or async) until it returns something truthy, and return that; fail after
+    `timeout` naming `what` and the last value. The pause between calls is a polling interval, not a
+    synchronisation: the deadline decides."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -237,7 +239,7 @@ async def poll(check: Callable[[], Any], *, timeout: float = DEFAULT_TIMEOUT, in
         if result:
             return result
         if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s")
+            raise TimeoutError(f"{what}: not within {timeout}s (last: {result!r})")
         await asyncio.sleep(interval)
 
 

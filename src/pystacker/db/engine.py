@@ -8,6 +8,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from pystacker.observability.monitor import watch_sql
+
 
 def dialect_of(url: str) -> str:
     return make_url(url).get_backend_name()
@@ -30,8 +32,9 @@ def create_engine(url: str, *, pool_size: int = 20, echo: bool = False) -> Async
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
+        watch_sql(engine.sync_engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         echo=echo,
         pool_size=pool_size,
@@ -39,3 +42,5 @@ def create_engine(url: str, *, pool_size: int = 20, echo: bool = False) -> Async
         pool_pre_ping=True,
         pool_recycle=1800,
     )
+    watch_sql(engine.sync_engine)  # the `sql` monitor: latency and errors of every statement
+    return engine

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import logging
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -41,9 +40,7 @@ from pystacker.engine.base import (
     StoredMessage,
     UserRoute,
 )
-
-log = logging.getLogger("pystacker.engine")
-
+from pystacker.engine.bus_handlers import HandlerTasks
 
 # -- inbox ------------------------------------------------------------------------------------------
 
@@ -503,30 +500,16 @@ class MemoryRegistry:
 class MemoryBus:
     def __init__(self) -> None:
         self._handlers: dict[str, list[BusHandler]] = {}
-        # The event loop keeps only weak references to tasks: hold them until they finish.
-        self._running: set[asyncio.Task[None]] = set()
+        self._tasks = HandlerTasks()
 
     async def publish(self, channel: str, data: bytes) -> None:
-        # One task per handler: a slow or failing handler delays nobody, publish included.
-        for handler in self._handlers.get(channel, ()):
-            task = asyncio.create_task(self._deliver(handler, channel, data))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+        self._tasks.run(self._handlers.get(channel, ()), channel, data)
 
     async def subscribe(self, channel: str, handler: BusHandler) -> None:
         self._handlers.setdefault(channel, []).append(handler)
 
-    @staticmethod
-    async def _deliver(handler: BusHandler, channel: str, data: bytes) -> None:
-        try:
-            await handler(channel, data)
-        except Exception:
-            log.exception("bus handler failed", extra={"channel": channel})
-
     async def close(self) -> None:
-        for task in list(self._running):
-            task.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
+        await self._tasks.close()
 
 
 # -- the engine -------------------------------------------------------------------------------------

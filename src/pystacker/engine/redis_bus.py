@@ -16,6 +16,7 @@ import logging
 from typing import Any
 
 from pystacker.engine.base import BusHandler
+from pystacker.engine.bus_handlers import HandlerTasks
 from pystacker.engine.redis_common import Client, text
 from pystacker.engine.redis_keys import RedisKeys
 
@@ -40,8 +41,7 @@ class RedisBus:
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._subscribe_lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
-        # The event loop keeps only weak references to tasks: hold them until they finish.
-        self._running: set[asyncio.Task[None]] = set()
+        self._tasks = HandlerTasks()
 
     async def publish(self, channel: str, data: bytes) -> None:
         await self._publisher.publish(self._keys.channel(channel), data)
@@ -94,23 +94,13 @@ class RedisBus:
         if message["type"] != "message":
             return
         channel = self._keys.channel_name(redis_channel)
-        for handler in self._handlers.get(channel, ()):
-            task = asyncio.create_task(self._deliver(handler, channel, bytes(message["data"])))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-
-    @staticmethod
-    async def _deliver(handler: BusHandler, channel: str, data: bytes) -> None:
-        try:
-            await handler(channel, data)
-        except Exception:
-            log.exception("bus handler failed", extra={"channel": channel})
+        self._tasks.run(self._handlers.get(channel, ()), channel, bytes(message["data"]))
 
     async def close(self) -> None:
-        tasks = [*self._running, *([self._reader] if self._reader is not None else [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
         self._reader = None
         if self._pubsub is not None:
             pubsub, self._pubsub = self._pubsub, None

@@ -13,6 +13,7 @@ import logging
 
 from pystacker.engine.base import Engine
 from pystacker.messaging.store import MessageStore
+from pystacker.observability import metrics
 
 log = logging.getLogger("pystacker.flusher")
 
@@ -35,6 +36,8 @@ class MessageFlusher:
         await self.store.insert_batch(batch.messages)
         await self.engine.messages.confirm_batch(batch.token)
         self.flushed += len(batch.messages)
+        metrics.FLUSHER_BATCH_SIZE.observe(len(batch.messages))
+        metrics.FLUSHER_MESSAGES.inc(len(batch.messages))
         return len(batch.messages)
 
     async def flush_cursors_once(self) -> int:
@@ -42,6 +45,7 @@ class MessageFlusher:
         # only means a few messages sent twice after an engine restart, never a lost one.
         cursors = await self.engine.cursors.take_dirty(self.batch_size)
         await self.store.save_cursors(cursors)
+        metrics.FLUSHER_CURSORS.inc(len(cursors))
         return len(cursors)
 
     async def flush_all(self) -> None:
@@ -66,6 +70,7 @@ class MessageFlusher:
                 raise
             except Exception:
                 self.failures += 1
+                metrics.FLUSHER_FAILURES.inc()
                 log.exception("flush failed; the batch is handed out again later")
                 await asyncio.sleep(self.error_backoff)
                 continue

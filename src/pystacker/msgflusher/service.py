@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pystacker.engine.base import Engine, InboxEntry
 from pystacker.messaging.frames import decode_entry
 from pystacker.messaging.handoff import CATCH_UP, Handoff
+from pystacker.observability import metrics
 
 log = logging.getLogger("pystacker.msgflusher")
 
@@ -68,9 +69,11 @@ class Reclaimer:
                 if push.type in ("chat", CATCH_UP) and push.target_ids:
                     reached = await self.handoff.to_users(push.target_ids, push)
                     self.handed_on += len(reached)
+                    metrics.HANDED_ON.labels("msgflusher").inc(len(reached))
                 done.append(entry.entry_id)
             await self.engine.inbox.ack(gateway_id, done)
             self.reclaimed += len(done)
+            metrics.RECLAIMED.inc(len(done))
             finished += len(done)
             log.info("reclaimed idle entries", extra={"gateway_id": gateway_id, "count": len(done)})
             if len(entries) < self.batch_size:

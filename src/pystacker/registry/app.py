@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from pystacker.observability.metrics import background, refresh_registry_gauges
 from pystacker.registry.routes import RegistryRoutes, is_registry_write
 from pystacker.registry.service import RegistryService
 from pystacker.runtime import Runtime
@@ -20,4 +21,5 @@ def build_registry_app(runtime: Runtime) -> web.Application:
     service = RegistryService(runtime.engine.registry, user_route_ttl=config.registry.user_route_ttl)
     RegistryRoutes(runtime.engine, service, runtime.tokens, gateway_ttl=config.registry.gateway_heartbeat_timeout,
                    send_ttl=config.registry.send_heartbeat_timeout).install(app)
+    app.cleanup_ctx.append(background(lambda: refresh_registry_gauges(runtime.engine)))
     return app

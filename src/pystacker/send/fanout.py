@@ -18,6 +18,7 @@ from pystacker.engine.base import Engine, StoredMessage
 from pystacker.messaging.handoff import LiveGateways
 from pystacker.messaging.fanout import plan_fanout
 from pystacker.messaging.frames import PushEntry
+from pystacker.observability import metrics
 
 log = logging.getLogger("pystacker.send.fanout")
 
@@ -66,6 +67,7 @@ class Fanout:
                 await self.push(job.message, job.members, ack_sender=job.ack_sender)
             except Exception:
                 self.failures += 1
+                metrics.FANOUT_FAILURES.inc()
                 log.exception("fan-out failed; members will get the message by gap fill or catch-up",
                               extra={"msg_id": job.message.msg_id, "room_id": job.message.room_id})
             finally:
@@ -78,9 +80,11 @@ class Fanout:
                    for gateway_id, targets in plan.by_gateway.items()]
         if entries:
             await self.engine.inbox.add(entries)
+            metrics.INBOX_ENTRIES_WRITTEN.labels("message").inc(len(entries))
         sender_route = routes.get(message.sender_id)
         if ack_sender and sender_route is not None and message.sender_id not in plan.offline:
             # After every copy is in an inbox: "ack" means handed on, as in GoStacker (section 5).
             await self.engine.inbox.add([(sender_route.gateway_id, PushEntry.for_ack(message).encode())])
+            metrics.INBOX_ENTRIES_WRITTEN.labels("ack").inc()
         log.debug("fan-out", extra={"msg_id": message.msg_id, "room_id": message.room_id, "seq": message.seq,
                                     "gateways": len(entries), "offline": len(plan.offline)})

@@ -17,6 +17,8 @@ from pystacker.messaging.history import History
 from pystacker.messaging.ids import Snowflake
 from pystacker.messaging.membership import MembershipCache
 from pystacker.messaging.store import MessageStore
+from pystacker.observability import metrics
+from pystacker.observability.monitor import monitored
 from pystacker.send.fanout import Fanout
 from pystacker.web.envelope import ApiError, forbidden, not_found
 
@@ -43,12 +45,14 @@ class SendService:
             raise forbidden("not a member of this room")
         return members
 
+    @monitored("send")
     async def send(self, sender_id: int, room_id: int, content: Any, client_msg_id: str | None) -> Appended:
         kind, payload = parse_content(content)
         members = await self._require_member(sender_id, room_id)
         appended = await self.engine.messages.append(NewMessage(
             msg_id=self.ids.next_id(), room_id=room_id, sender_id=sender_id, type=kind, content=payload,
             created_at_ms=time.time_ns() // 1_000_000, client_msg_id=client_msg_id))
+        (metrics.MESSAGES_DUPLICATE if appended.duplicate else metrics.MESSAGES_ACCEPTED).inc()
         # A duplicate is pushed again too: the first attempt may have died before its push (gateways
         # drop what a client already has, by seq).
         await self.fanout.submit(appended.message, members)

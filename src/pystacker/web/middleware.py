@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from pystacker.observability.metrics import observe_request
 from pystacker.web.auth import IDENTITY_KEY, TokenService, bearer_token
 from pystacker.web.envelope import ApiError, error_response
 
@@ -56,6 +57,7 @@ def request_log_middleware(service: str) -> Callable[..., Awaitable[web.StreamRe
             return response
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
+            observe_request(service, request, status, elapsed_ms / 1000)
             log.info("%s %s %d %.1fms", request.method, request.path, status, elapsed_ms,
                      extra={"method": request.method, "path": request.path, "status": status,
                             "duration_ms": round(elapsed_ms, 2), "remote": request.remote})

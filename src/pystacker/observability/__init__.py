@@ -1,0 +1,1 @@
+"""Metrics (`metrics.py`), the sliding-window monitor (`monitor.py`) and their HTTP routes (`routes.py`)."""

@@ -1,0 +1,26 @@
+"""`/metrics` (Prometheus text format) and `/debug/stats` (the monitors as JSON) on every HTTP service."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from pystacker.observability.monitor import MONITORS
+
+
+async def metrics(_: web.Request) -> web.Response:
+    # Every service of the process shares the registry; the `service` and `gateway` labels tell them apart.
+    response = web.Response(body=generate_latest(REGISTRY))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+async def debug_stats(_: web.Request) -> web.Response:
+    body = {"window_seconds": 60, "monitors": {name: s.to_json() for name, s in MONITORS.snapshot().items()}}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def install_observability(app: web.Application) -> None:
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/debug/stats", debug_stats)

@@ -1,0 +1,263 @@
+"""Observability: the counters on /metrics add up after a scripted exchange, the sliding-window monitor
+never blocks and forgets old samples, /ready follows its dependencies, and every documented metric exists.
+
+The embedded system is shared by the whole session, so the exchange reads deltas of the counters, on
+the series of this system's gateway.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pystacker.observability.monitor import Monitor, MonitorCollector, Monitors
+from pystacker.runtime import Runtime
+from pystacker.web.health import install_health
+from pystacker.web.server import Listener, Servers, bind_socket, new_app
+from tests.conftest import make_config
+from tests.ws import Api, Client, make_room, open_api, poll, send_http
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "observability.md"
+
+MEMBERS = 4
+HTTP_SENDS = 4
+WS_SENDS = 2
+SENT = HTTP_SENDS + WS_SENDS
+
+
+@pytest.fixture
+async def api(system) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
+    async with open_api(system) as api:
+        yield api
+
+
+async def scrape(api: Api, service: str = "gateway") -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample on a service's /metrics, keyed by (sample name, labels)."""
+    async with api.session.get(api.system.urls[service] + "/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = await response.text()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def send_over_ws(client: Client, room_id: int, body: str) -> None:
+    ref = uuid.uuid4().hex[:8]
+    await client.send_chat(room_id, body, ref=ref)
+    answer = await client.recv_until(lambda f: f["type"] in ("send_ok", "error") and isinstance(f["payload"], dict)
+                                     and f["payload"].get("ref") == ref)
+    assert answer["type"] == "send_ok", answer
+
+
+async def test_counters_add_up_after_an_exchange(api: Api) -> None:
+    gateway = api.gateway_service.gateway_id
+    users = await api.users(MEMBERS, "obs")
+    room_id = await make_room(api.meta, users[0], users[1:])
+    before = await scrape(api)
+
+    clients = [await api.connect(user) for user in users]
+    sender = clients[0]
+    for i in range(HTTP_SENDS):
+        await send_http(api.send, sender.user, room_id, f"http #{i}")
+    for i in range(WS_SENDS):
+        await send_over_ws(sender, room_id, f"ws #{i}")
+    for client in clients:
+        await client.collect(SENT, room_id=room_id)
+
+    def delta(samples: dict, name: str, **labels: str) -> float:
+        return value(samples, name, **labels) - value(before, name, **labels)
+
+    # A frame reaches the client as soon as it is written; the counter moves right after: poll for it.
+    async def delivered_all() -> dict | None:
+        samples = await scrape(api)
+        return samples if delta(samples, "pystacker_messages_delivered_total", gateway=gateway) >= SENT * MEMBERS else None
+
+    after = await poll(delivered_all)
+    assert delta(after, "pystacker_messages_accepted_total") == SENT
+    assert delta(after, "pystacker_messages_duplicate_total") == 0
+    assert delta(after, "pystacker_messages_delivered_total", gateway=gateway) == SENT * MEMBERS
+    assert delta(after, "pystacker_ws_frames_out_total", gateway=gateway, type="chat") == SENT * MEMBERS
+    # every member is on this one gateway: one message entry per message, plus the sender's ack entry
+    assert delta(after, "pystacker_inbox_entries_written_total", kind="message") == SENT
+    assert delta(after, "pystacker_inbox_entries_written_total", kind="ack") == SENT
+    assert delta(after, "pystacker_ws_frames_in_total", gateway=gateway, type="send") == WS_SENDS
+    assert delta(after, "pystacker_ws_connects_total", gateway=gateway) == MEMBERS
+    assert delta(after, "pystacker_ws_connections", gateway=gateway) == MEMBERS
+    assert value(after, "pystacker_ws_connections", gateway=gateway) == len(api.gateway_service.connections)
+    # the request counter names the route's canonical path, with the status
+    assert delta(after, "pystacker_http_requests_total", service="send", route="/api/chat/send_message",
+                 method="POST", status="200") == HTTP_SENDS
+    assert delta(after, "pystacker_http_request_duration_seconds_count", service="send",
+                 route="/api/chat/send_message", method="POST") == HTTP_SENDS
+    assert delta(after, "pystacker_delivery_latency_seconds_count", gateway=gateway) == SENT * MEMBERS
+    # the send path feeds the monitor too (the collector computes it at scrape time)
+    assert value(after, "app_monitor_count", monitor="send") >= SENT
+    assert value(after, "app_monitor_count", monitor="sql") > 0
+
+    # two members leave: the gauge follows, and their close code is counted
+    for client in clients[:2]:
+        await client.close()
+
+    async def two_left() -> dict | None:
+        samples = await scrape(api)
+        return samples if delta(samples, "pystacker_ws_connections", gateway=gateway) == MEMBERS - 2 else None
+
+    after_close = await poll(two_left)
+    assert delta(after_close, "pystacker_ws_disconnects_total", gateway=gateway, code="1000") == 2
+    for client in clients[2:]:
+        await client.close()
+    await poll(lambda: _connections_back(api, gateway, before))
+
+
+async def _connections_back(api: Api, gateway: str, before: dict) -> bool:
+    samples = await scrape(api)
+    return value(samples, "pystacker_ws_connections", gateway=gateway) == value(before, "pystacker_ws_connections",
+                                                                                   gateway=gateway)
+
+
+async def test_every_service_serves_metrics_and_debug_stats(api: Api) -> None:
+    for service, url in api.system.urls.items():
+        async with api.session.get(url + "/debug/stats") as response:
+            assert response.status == 200, service
+            body = await response.json()
+        assert {"sql", "send", "push_ws"} <= set(body["monitors"]), body
+        assert set(body["monitors"]["sql"]) == {"avg_time_ms", "success_rate", "count"}
+        samples = await scrape(api, service)
+        assert value(samples, "process_cpu_seconds_total") > 0  # the default process collector
+        # the /debug/stats request just made was counted under its canonical route
+        assert value(samples, "pystacker_http_requests_total", service=service, route="/debug/stats",
+                     method="GET", status="200") >= 1
+
+
+async def test_unknown_paths_share_one_series(api: Api) -> None:
+    for junk in ("/no/such/1", "/no/such/2"):
+        assert (await api.meta.get(junk)).status == 404
+    samples = await scrape(api, "meta")
+    assert value(samples, "pystacker_http_requests_total", service="meta", route="(unmatched)",
+                 method="GET", status="404") >= 2
+    assert not any("/no/such" in dict(labels).get("route", "") for _, labels in samples)
+
+
+# -- the monitor ------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_monitor_keeps_answering_after_many_operations() -> None:
+    monitor = Monitor("sql", capacity=1000)
+    for i in range(100_000):
+        monitor.record(0.002, ok=i % 4 != 0)
+    stats = monitor.stats()
+    assert stats.count == 1000  # the ring buffer keeps the newest `capacity` samples
+    assert stats.avg_time_ms == pytest.approx(2.0)
+    assert stats.success_rate == pytest.approx(0.75)
+    monitor.record(0.004)  # and it still records
+    assert monitor.stats().count == 1000
+
+
+def test_monitor_drops_samples_older_than_its_window() -> None:
+    clock = FakeClock()
+    monitor = Monitor("send", window=60.0, clock=clock)
+    monitor.record(0.010, ok=False)
+    clock.now += 30
+    monitor.record(0.030, ok=True)
+    stats = monitor.stats()
+    assert (stats.count, stats.avg_time_ms, stats.success_rate) == (2, pytest.approx(20.0), 0.5)
+    clock.now += 31  # the first sample is 61 s old, the second 31 s
+    stats = monitor.stats()
+    assert (stats.count, stats.avg_time_ms, stats.success_rate) == (1, pytest.approx(30.0), 1.0)
+    clock.now += 60
+    assert monitor.stats().count == 0 and monitor.stats().avg_time_ms == 0.0
+
+
+def test_monitor_counts_client_errors_as_successes() -> None:
+    class Forbidden(Exception):
+        status = 403
+
+    monitor = Monitor("send")
+    for exc in (Forbidden(), RuntimeError("store down")):
+        with pytest.raises(type(exc)), monitor.track():
+            raise exc
+    with monitor.track():
+        pass
+    assert monitor.stats().count == 3
+    assert monitor.stats().success_rate == pytest.approx(2 / 3)
+
+
+def test_collector_exports_gostacker_names() -> None:
+    monitors = Monitors()
+    monitors.get("redis").record(0.005)
+    families = {f.name: f for f in MonitorCollector(monitors).collect()}
+    assert set(families) == {"app_monitor_avg_time_ms", "app_monitor_success_rate", "app_monitor_count"}
+    assert [(s.labels, s.value) for s in families["app_monitor_count"].samples] == [({"monitor": "redis"}, 1)]
+    assert families["app_monitor_avg_time_ms"].samples[0].value == pytest.approx(5.0)
+
+
+# -- readiness --------------------------------------------------------------------------------------
+
+
+async def test_ready_follows_sql(tmp_path: Path) -> None:
+    """/ready answers 503 naming `sql` while the database file cannot be opened, and 200 once it can."""
+    db_dir = tmp_path / "db"
+    runtime = Runtime(make_config(f"sqlite+aiosqlite:///{db_dir / 'ready.db'}", tmp_path))
+    await runtime.open_sql(migrate_to_head=True)
+    app = new_app("probe", max_body_bytes=1024)
+    install_health(app, "probe", runtime.readiness_checks())
+    servers = Servers()
+    await servers.start([Listener("probe", app, bind_socket("127.0.0.1", 0))])
+    url = f"http://127.0.0.1:{servers.bound['probe']}/ready"
+    try:
+        async with aiohttp.ClientSession() as session:
+            async def ready() -> tuple[int, dict]:
+                async with session.get(url) as response:
+                    return response.status, await response.json()
+
+            assert (await ready())[0] == 200
+            # The database goes away: its folder is gone (even root cannot open a file there), and the
+            # pooled connections are closed, as a restart of a database server would close them.
+            db_dir.rename(tmp_path / "db-away")
+            await runtime.sql.dispose()
+            status, body = await ready()
+            assert status == 503
+            assert body["status"] == "unready" and body["checks"]["sql"].startswith("error"), body
+            # It comes back: ready again without a restart.
+            (tmp_path / "db-away").rename(db_dir)
+            status, body = await ready()
+            assert (status, body["checks"]["sql"]) == (200, "ok"), body
+    finally:
+        await servers.stop()
+        await runtime.close()
+
+
+# -- documentation ------------------------------------------------------------------------------------
+
+
+def documented_metrics() -> set[str]:
+    return set(re.findall(r"`((?:pystacker|app_monitor)_[a-z_]+)`", DOC.read_text()))
+
+
+async def test_every_documented_metric_exists_and_every_metric_is_documented(api: Api) -> None:
+    async with api.session.get(api.system.urls["gateway"] + "/metrics") as response:
+        text = await response.text()
+    exported = {line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")}
+    documented = documented_metrics()
+    assert documented, "docs/observability.md lists no metric"
+    assert documented - exported == set(), "documented but not on /metrics"
+    ours = {name for name in exported if name.startswith(("pystacker_", "app_monitor_"))}
+    assert ours - documented == set(), "on /metrics but not documented"
