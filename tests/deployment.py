@@ -288,6 +288,11 @@ async def start_deployment(log_dir: Path, database_url: str, *, redis: RedisTarg
               *(f"gateway-{n}" for n in range(1, gateways + 1))]
     ports = dict(zip(labels, free_ports(len(labels)), strict=True))
     members = cluster.plan(CONFIG_DIR, gateways=gateways, sends=sends, port_of=lambda label: ports.get(label, 0))
+    # The example configs give the flusher and msgflusher fixed metrics ports (9101, 9102): free ones
+    # here, so that deployments never collide with each other or with a `pystacker cluster` running.
+    for member, metrics_port in zip([m for m in members if m.label in ("flusher", "msgflusher")], free_ports(2),
+                                    strict=True):
+        member.env["PYSTACKER_METRICS_PORT"] = str(metrics_port)
     inner = cluster.Deployment(members, log_dir=log_dir, env=shared)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                     timeout=aiohttp.ClientTimeout(total=30))

@@ -1,5 +1,5 @@
 """Observability: the counters on /metrics add up after a scripted exchange, the sliding-window monitor
-never blocks and forgets old samples, /ready follows its dependencies, and every documented metric exists.
+never blocks and forgets old samples, /ready follows its dependencies (SQL and Redis), and every documented metric exists.
 
 The embedded system is shared by the whole session, so the exchange reads deltas of the counters, on
 the series of this system's gateway.
@@ -7,20 +7,26 @@ the series of this system's gateway.
 
 from __future__ import annotations
 
+import logging
 import re
+import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pystacker.logs import JSONFormatter
 from pystacker.observability.monitor import Monitor, MonitorCollector, Monitors
 from pystacker.runtime import Runtime
 from pystacker.web.health import install_health
 from pystacker.web.server import Listener, Servers, bind_socket, new_app
 from tests.conftest import make_config
+from tests.deployment import free_ports
 from tests.ws import Api, Client, make_room, open_api, poll, send_http
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "observability.md"
@@ -148,6 +154,28 @@ async def test_unknown_paths_share_one_series(api: Api) -> None:
     assert not any("/no/such" in dict(labels).get("route", "") for _, labels in samples)
 
 
+async def test_one_grep_of_the_msg_id_follows_a_message(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    """At debug level, the send path logs the message id at accept, fan-out, the gateway's inbox and
+    the socket write; the JSON log line carries it as `msg_id`."""
+    caplog.set_level(logging.DEBUG, logger="pystacker")
+    users = await api.users(2, "grep")
+    room_id = await make_room(api.meta, users[0], users[1:])
+    receiver = await api.connect(users[1])
+    msg_id = (await send_http(api.send, users[0], room_id, "follow me"))["msgID"]
+    await receiver.collect(1, room_id=room_id)
+
+    def lines() -> dict[str, str] | None:
+        found = {r.message: r.name for r in caplog.records if getattr(r, "msg_id", None) == msg_id}
+        return found if {"accepted", "fan-out", "inbox entry", "written"} <= set(found) else None
+
+    found = await poll(lines, f"the log lines of message {msg_id}")
+    assert set(found.values()) >= {"pystacker.send", "pystacker.send.fanout", "pystacker.gateway",
+                                   "pystacker.gateway.connection"}, found
+    written = next(r for r in caplog.records if r.message == "written" and getattr(r, "msg_id", None) == msg_id)
+    assert orjson.loads(JSONFormatter().format(written))["msg_id"] == msg_id
+    await receiver.close()
+
+
 # -- the monitor ------------------------------------------------------------------------------------
 
 
@@ -243,6 +271,73 @@ async def test_ready_follows_sql(tmp_path: Path) -> None:
     finally:
         await servers.stop()
         await runtime.close()
+
+
+def start_private_redis(port: int, work_dir: Path) -> subprocess.Popen[bytes]:
+    """A Redis of this test's own on `port` (never the machine's shared 6379), without persistence."""
+    return subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(work_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def test_ready_follows_redis(tmp_path: Path) -> None:
+    """/ready answers 503 naming `engine` while the engine's Redis is stopped, and 200 once it is back."""
+    port = free_ports(1)[0]
+    redis_process = start_private_redis(port, tmp_path)
+    runtime = Runtime(make_config(f"sqlite+aiosqlite:///{tmp_path / 'ready.db'}", tmp_path, engine="redis",
+                                  redis={"host": "127.0.0.1", "port": port}))
+    servers = Servers()
+    try:
+        await runtime.open_sql(migrate_to_head=True)
+        # open_engine pings Redis: wait until the fresh server accepts connections.
+        await poll(lambda: _answers(port), f"redis-server on {port}")
+        await runtime.open_engine()
+        app = new_app("probe", max_body_bytes=1024)
+        install_health(app, "probe", runtime.readiness_checks())
+        await servers.start([Listener("probe", app, bind_socket("127.0.0.1", 0))])
+        url = f"http://127.0.0.1:{servers.bound['probe']}/ready"
+        async with aiohttp.ClientSession() as session:
+            async def ready() -> tuple[int, dict]:
+                async with session.get(url) as response:
+                    return response.status, await response.json()
+
+            assert (await ready())[0] == 200
+            redis_process.terminate()  # by its PID: the Redis this test started
+            redis_process.wait(timeout=10)
+
+            async def unready() -> dict | None:
+                status, body = await ready()
+                return body if status == 503 else None
+
+            body = await poll(unready, "/ready 503 with Redis stopped", timeout=15)
+            assert body["status"] == "unready" and body["checks"]["engine"] != "ok", body
+            assert body["checks"]["sql"] == "ok", body
+            # Redis comes back on the same port: ready again without a restart of the service.
+            redis_process = start_private_redis(port, tmp_path)
+
+            async def ready_again() -> dict | None:
+                status, body = await ready()
+                return body if status == 200 else None
+
+            body = await poll(ready_again, "/ready 200 with Redis back", timeout=20)
+            assert body["checks"] == {"sql": "ok", "engine": "ok"}, body
+    finally:
+        await servers.stop()
+        await runtime.close()
+        if redis_process.poll() is None:
+            redis_process.terminate()
+            redis_process.wait(timeout=10)
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        try:
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
 
 
 # -- documentation ------------------------------------------------------------------------------------

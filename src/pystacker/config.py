@@ -9,7 +9,7 @@ Environment variables override the file: `PYSTACKER_<SECTION>__<KEY>`, e.g. `PYS
 values given on the command line (`load_config(..., overrides=...)`) override both.
 
 PyStacker's own keys (not in GoStacker): `host`, `database.url`, `engine`, `internal.token`,
-`ports.*` (embedded mode), `data_dir`, `limits.*`, `redis.cluster` (and in each `send_redis` block).
+`ports.*` (embedded mode), `metrics_port`, `data_dir`, `limits.*`, `redis.cluster` (and in each `send_redis` block).
 """
 
 from __future__ import annotations
@@ -211,6 +211,9 @@ class Config(BaseSettings):
     push_mod: str = "gateway"
     address: str = "127.0.0.1"
     engine: Literal["memory", "redis"] = "redis"
+    # PyStacker extension: the flusher and msgflusher serve no HTTP API, so /metrics, /health, /ready
+    # and /debug/stats have no port there unless this one is set (0: off). HTTP services ignore it.
+    metrics_port: int = Field(0, ge=0, le=65535)
     data_dir: str = "./data"
 
     log: LogConfig = LogConfig()

@@ -16,7 +16,8 @@ from aiohttp import web
 
 from pystacker.config import Config
 from pystacker.runtime import Runtime, StartupError
-from pystacker.web.server import Listener, Servers, bind_socket, bound_port, run_until_signalled
+from pystacker.web.health import install_health
+from pystacker.web.server import Listener, Servers, bind_socket, bound_port, new_app, run_until_signalled
 
 log = logging.getLogger("pystacker.service")
 
@@ -56,6 +57,14 @@ def _gateway(runtime: Runtime, port: int) -> web.Application:
     from pystacker.gateway.app import build_gateway_app
 
     return build_gateway_app(runtime, port=port)
+
+
+def _metrics_only(runtime: Runtime, service: str) -> web.Application:
+    """The observability routes alone, for a worker without HTTP (`metrics_port`): Prometheus and a
+    supervisor watch the flusher and msgflusher as they watch the HTTP services."""
+    app = new_app(service, max_body_bytes=runtime.config.limits.max_body_bytes)  # /metrics, /debug/stats
+    install_health(app, service, runtime.readiness_checks())
+    return app
 
 
 async def _flusher(runtime: Runtime) -> None:
@@ -116,6 +125,10 @@ async def run_service(spec: ServiceSpec, config: Config, source: str) -> None:
             sock = bind_socket(config.host, config.port or spec.default_port)
             await servers.start([Listener(spec.name, spec.build_app(runtime, bound_port(sock)), sock)])
             log.info("%s listening on %s:%d", spec.name, config.host, servers.bound[spec.name])
+        elif config.metrics_port:
+            sock = bind_socket(config.host, config.metrics_port)
+            await servers.start([Listener(spec.name, _metrics_only(runtime, spec.name), sock)])
+            log.info("%s metrics on %s:%d", spec.name, config.host, servers.bound[spec.name])
         if spec.worker is not None:
             worker_task = asyncio.create_task(spec.worker(runtime), name=spec.name)
             worker_task.add_done_callback(worker_ended)

@@ -149,7 +149,8 @@ class GatewayService:
             if isinstance(item, CatchUp):
                 continue
             if replacement is not None:
-                replacement.offer(RoomPush(item.room_id, item.seq, item.text) if isinstance(item, RoomPush)
+                replacement.offer(RoomPush(item.room_id, item.seq, item.text, msg_id=item.msg_id)
+                                  if isinstance(item, RoomPush)
                                   else RawFrame(item.text))
             elif isinstance(item, RoomPush):
                 try:
@@ -208,6 +209,9 @@ class GatewayService:
             (local if conn is not None else away).append(conn if conn is not None else user_id)  # type: ignore[arg-type]
         if entry_id is not None:
             self.tracker.open(entry_id, len(local))
+        if log.isEnabledFor(logging.DEBUG):  # a line per inbox entry: skipped entirely when off
+            log.debug("inbox entry", extra={"msg_id": push.msg_id, "type": push.type, "room_id": push.room_id,
+                                            "entry_id": entry_id, "local": len(local), "away": len(away)})
         item_for = _item_maker(push, entry_id)
         for conn in local:
             if not conn.offer(item_for()) and entry_id is not None:
@@ -267,7 +271,7 @@ def _item_maker(push: PushEntry, entry_id: str | None):  # type: ignore[no-untyp
     """Encode the frame once for all targets of the entry; each target gets its own small item."""
     if push.type == "chat" and push.seq > 0:
         text = encode(chat_frame(push.stored_message()))
-        return lambda: RoomPush(push.room_id, push.seq, text, entry_id, push.ts)
+        return lambda: RoomPush(push.room_id, push.seq, text, entry_id, push.ts, push.msg_id)
     if push.type == "ack":
         text = encode(ack_frame(push.msg_id, push.room_id, push.seq, push.client_msg_id))
         return lambda: RawFrame(text, entry_id)

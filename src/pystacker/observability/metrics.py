@@ -72,6 +72,11 @@ CLIENT_ACKS = Counter("pystacker_client_acks_total", "`ack` frames received from
 HANDED_ON = Counter("pystacker_handed_on_total", "Users an inbox entry was handed on to, at the gateway that "
                     "holds them now (source: gateway, msgflusher).", ["source"])
 RECLAIMED = Counter("pystacker_inbox_reclaimed_total", "Idle or orphaned inbox entries finished by msgflusher.")
+# Their label values are known: present (at 0) from the start, so rate() and dashboards see the first one.
+for _kind in ("message", "ack"):
+    INBOX_ENTRIES_WRITTEN.labels(_kind)
+for _source in ("gateway", "msgflusher"):
+    HANDED_ON.labels(_source)
 DELIVERY_LATENCY = Histogram(
     "pystacker_delivery_latency_seconds", "From a message's creation (accepted by send) to its write to a socket, "
     "for live pushes and gap fills (catch-up is excluded: it measures how long the user was away).",

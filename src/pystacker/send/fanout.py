@@ -86,5 +86,6 @@ class Fanout:
             # After every copy is in an inbox: "ack" means handed on, as in GoStacker (section 5).
             await self.engine.inbox.add([(sender_route.gateway_id, PushEntry.for_ack(message).encode())])
             metrics.INBOX_ENTRIES_WRITTEN.labels("ack").inc()
-        log.debug("fan-out", extra={"msg_id": message.msg_id, "room_id": message.room_id, "seq": message.seq,
-                                    "gateways": len(entries), "offline": len(plan.offline)})
+        if log.isEnabledFor(logging.DEBUG):  # the extra dict is built only when the line is written
+            log.debug("fan-out", extra={"msg_id": message.msg_id, "room_id": message.room_id, "seq": message.seq,
+                                        "gateways": len(entries), "offline": len(plan.offline)})

@@ -56,8 +56,10 @@ class SendService:
         # A duplicate is pushed again too: the first attempt may have died before its push (gateways
         # drop what a client already has, by seq).
         await self.fanout.submit(appended.message, members)
-        log.debug("accepted", extra={"msg_id": appended.message.msg_id, "room_id": room_id,
-                                     "seq": appended.message.seq, "duplicate": appended.duplicate})
+        if log.isEnabledFor(logging.DEBUG):  # the extra dict is built only when the line is written
+            log.debug("accepted", extra={"msg_id": appended.message.msg_id, "room_id": room_id,
+                                         "seq": appended.message.seq, "duplicate": appended.duplicate,
+                                         "sender_id": sender_id})
         return appended
 
     async def resend(self, caller: int, message_id: int) -> StoredMessage:
