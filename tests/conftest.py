@@ -26,9 +26,15 @@ async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.
     await databases.drop_database(kind, url)
 
 
+# The suite logs hundreds of users in from 127.0.0.1, and the slow-consumer tests flood a room from one
+# user on purpose: no send or per-address login limit here. The limits have their own tests
+# (tests/test_security_limits.py), against a system with tiny ones.
+TEST_LIMITS = {"login_address_rate": 0, "send_rate": 0}
+
+
 def make_config(database_url: str, tmp_path: Path, **overrides: object):  # type: ignore[no-untyped-def]
     base = {"database": {"url": database_url}, "jwt": {"secret": TEST_JWT_SECRET},
-            "data_dir": str(tmp_path), "host": "127.0.0.1", "engine": "memory"}
+            "data_dir": str(tmp_path), "host": "127.0.0.1", "engine": "memory", "limits": TEST_LIMITS}
     base.update(overrides)
     return load_config(None, overrides=base)
 
@@ -69,7 +75,8 @@ async def system(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
     data_dir = tmp_path_factory.mktemp("embedded")
     config = load_config(None, overrides={
         "engine": "memory", "data_dir": str(data_dir), "host": "127.0.0.1",
-        "jwt": {"secret": TEST_JWT_SECRET}, "ports": {"send": 0, "meta": 0, "registry": 0, "gateway": 0}})
+        "jwt": {"secret": TEST_JWT_SECRET}, "ports": {"send": 0, "meta": 0, "registry": 0, "gateway": 0},
+        "limits": TEST_LIMITS})
     embedded = EmbeddedSystem(config)
     await embedded.start()
     yield embedded

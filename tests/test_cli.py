@@ -21,6 +21,7 @@ import pytest
 
 PYSTACKER = str(Path(sys.executable).parent / "pystacker")
 GOOD_SECRET = "cli-test-secret-that-is-long-enough-0123"
+INTERNAL_TOKEN = "cli-test-internal-token-0123456789"
 STARTUP_DEADLINE = 60.0  # seconds; generous for a loaded CI machine
 STOP_DEADLINE = 30.0
 
@@ -43,7 +44,7 @@ def free_port() -> int:
 
 def sqlite_config(tmp_path: Path, db_file: Path, **extra: Any) -> Path:
     lines = [f"database:\n  url: sqlite+aiosqlite:///{db_file}", f"jwt:\n  secret: {GOOD_SECRET}",
-             "engine: memory", "host: 127.0.0.1"]
+             f"internal:\n  token: {INTERNAL_TOKEN}", "engine: memory", "host: 127.0.0.1"]
     lines += [f"{key}: {value}" for key, value in extra.items()]
     path = tmp_path / "service.yaml"
     path.write_text("\n".join(lines) + "\n")
@@ -192,6 +193,30 @@ def test_the_shipped_example_config_is_refused_until_a_secret_is_set(tmp_path: P
     example = Path(__file__).resolve().parent.parent / "config" / "config.meta.yaml"
     result = run(["meta", "--config", str(example)], tmp_path, env)
     assert_one_line_error(result, "jwt.secret")
+
+
+@pytest.mark.parametrize("service", ["meta", "send", "registry", "gateway", "flusher", "msgflusher"])
+def test_a_service_without_an_internal_token_fails_in_one_line(tmp_path: Path, env: dict[str, str],
+                                                               service: str) -> None:
+    path = tmp_path / "no-token.yaml"
+    path.write_text(f"database:\n  url: sqlite+aiosqlite:///{tmp_path / 'x.db'}\njwt:\n  secret: {GOOD_SECRET}\n"
+                    "engine: memory\nhost: 127.0.0.1\n")
+    result = run([service, "--config", str(path)], tmp_path, env)
+    assert_one_line_error(result, str(path), "internal.token", "PYSTACKER_INTERNAL__TOKEN")
+    # a blank token is no token
+    env["PYSTACKER_INTERNAL__TOKEN"] = "   "
+    result = run([service, "--config", str(path)], tmp_path, env)
+    assert_one_line_error(result, "internal.token")
+
+
+def test_the_internal_token_can_come_from_the_environment(tmp_path: Path, env: dict[str, str]) -> None:
+    path = tmp_path / "no-token.yaml"
+    path.write_text(f"database:\n  url: sqlite+aiosqlite:///{tmp_path / 'empty.db'}\njwt:\n  secret: {GOOD_SECRET}\n"
+                    f"engine: memory\nhost: 127.0.0.1\nport: {free_port()}\n")
+    env["PYSTACKER_INTERNAL__TOKEN"] = INTERNAL_TOKEN
+    result = run(["meta", "--config", str(path)], tmp_path, env)
+    # past the token check: it stops at the next one, the missing schema
+    assert_one_line_error(result, "pystacker db upgrade")
 
 
 def test_a_bad_environment_value_fails_in_one_line_naming_the_variable(tmp_path: Path, env: dict[str, str]) -> None:

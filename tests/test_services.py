@@ -27,7 +27,8 @@ async def test_a_service_whose_worker_fails_stops_with_an_error(tmp_path: Path) 
 
     spec = ServiceSpec("broken", "a worker that fails", 0, needs_sql=False, worker=failing_worker)
     config = load_config(None, overrides={"engine": "memory", "data_dir": str(tmp_path),
-                                          "jwt": {"secret": TEST_JWT_SECRET}})
+                                          "jwt": {"secret": TEST_JWT_SECRET},
+                                          "internal": {"token": "test-internal-token"}})
     with pytest.raises(StartupError, match="broken stopped: its worker failed: RuntimeError\\('broken worker'\\)"):
         await run_service(spec, config, "test")
 
@@ -62,7 +63,8 @@ async def test_the_flusher_serves_metrics_on_its_metrics_port(tmp_path: Path) ->
     config_file.write_text(yaml.safe_dump({
         "engine": "memory", "host": "127.0.0.1", "metrics_port": port, "data_dir": str(tmp_path),
         "database": {"url": f"sqlite+aiosqlite:///{tmp_path / 'flusher.db'}"},
-        "jwt": {"secret": TEST_JWT_SECRET}, "log": {"level": "info"}}))
+        "jwt": {"secret": TEST_JWT_SECRET}, "internal": {"token": "test-internal-token"},
+        "log": {"level": "info"}}))
     command = [sys.executable, "-m", "pystacker"]
     subprocess.run([*command, "db", "upgrade", "--config", str(config_file)], check=True, capture_output=True)
     output = tmp_path / "flusher.out"

@@ -163,7 +163,10 @@ class RegistryConfig(Section):
 
 
 class InternalConfig(Section):
-    """PyStacker extension: the shared token that internal and registry-write routes require."""
+    """PyStacker extension: the shared token that internal and registry-write routes require.
+
+    Mandatory for `pystacker <service>` (check_internal_token); `pystacker up` serves them on
+    loopback in one process and leaves it empty (the routes are then open)."""
 
     token: SecretStr = SecretStr("")
 
@@ -190,6 +193,17 @@ class LimitsConfig(Section):
     max_body_bytes: int = Field(1 << 20, ge=1024)
     max_members_per_request: int = Field(500, ge=1)
     max_search_limit: int = Field(100, ge=1)
+    # Token buckets, per process (see web/ratelimit.py); a rate of 0 turns that limit off.
+    # Sends: one bucket per user, shared by POST /api/chat/send_message and the WebSocket `send` frame.
+    send_rate: float = Field(50.0, ge=0, description="sends per second per user")
+    send_burst: int = Field(200, ge=1)
+    # Logins: one bucket per username (password guessing) and one per remote address (a looser one,
+    # since many users may share an address behind NAT). Failed attempts count too.
+    login_rate: float = Field(5.0, ge=0, description="logins per second per username")
+    login_burst: int = Field(20, ge=1)
+    login_address_rate: float = Field(20.0, ge=0, description="logins per second per remote address")
+    login_address_burst: int = Field(100, ge=1)
+    rate_limit_max_keys: int = Field(100_000, ge=1, description="buckets kept per limiter (LRU)")
 
 
 class Config(BaseSettings):
@@ -354,3 +368,13 @@ def check_jwt_secret(config: Config, *, embedded: bool, source: str = "config") 
         )
     if len(secret) < MIN_JWT_SECRET_LENGTH:
         raise ConfigError(f"{source}: jwt.secret: must be at least {MIN_JWT_SECRET_LENGTH} characters")
+
+
+def check_internal_token(config: Config, *, source: str = "config") -> None:
+    """Refuse to run a service without `internal.token`: its internal and registry-write routes would
+    be open to anyone who reaches the port (GoStacker's spec 13.4 #31). Only `pystacker up` skips it."""
+    token = config.internal.token.get_secret_value()
+    if not token.strip():
+        raise ConfigError(
+            f"{source}: internal.token: required outside `pystacker up`; set the same random token on "
+            "every service (e.g. PYSTACKER_INTERNAL__TOKEN)")

@@ -22,6 +22,7 @@ from pystacker.messaging.ids import Snowflake
 from pystacker.messaging.parts import MessagingParts
 from pystacker.messaging.store import MessageStore
 from pystacker.web.auth import TokenService
+from pystacker.web.ratelimit import TokenBucketLimiter
 
 log = logging.getLogger("pystacker.runtime")
 
@@ -64,6 +65,15 @@ class Runtime:
         self._parts: MessagingParts | None = None
         # One id generator per process: two generators with one node could mint the same id.
         self.ids = Snowflake(config.machine_id)
+        # One set of rate limits per process: in `up` (or a gateway, which also takes `send` frames)
+        # HTTP and WebSocket sends of one user draw from the same bucket.
+        limits = config.limits
+        self.send_limiter = TokenBucketLimiter(limits.send_rate, limits.send_burst,
+                                               max_keys=limits.rate_limit_max_keys)
+        self.login_user_limiter = TokenBucketLimiter(limits.login_rate, limits.login_burst,
+                                                     max_keys=limits.rate_limit_max_keys)
+        self.login_address_limiter = TokenBucketLimiter(limits.login_address_rate, limits.login_address_burst,
+                                                        max_keys=limits.rate_limit_max_keys)
 
     @property
     def sql(self) -> AsyncEngine:

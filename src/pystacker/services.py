@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from pystacker.config import Config
+from pystacker.config import Config, ConfigError, check_internal_token
 from pystacker.runtime import Runtime, StartupError
 from pystacker.web.health import install_health
 from pystacker.web.server import Listener, Servers, bind_socket, bound_port, new_app, run_until_signalled
@@ -102,7 +102,13 @@ SERVICES: dict[str, ServiceSpec] = {spec.name: spec for spec in (
 
 
 async def run_service(spec: ServiceSpec, config: Config, source: str) -> None:
-    runtime = Runtime(config, source=source)
+    runtime = Runtime(config, source=source)  # checks the JWT secret first
+    try:
+        # Every service, even one without internal routes of its own (meta, the flushers), so that a
+        # deployment cannot be half-configured: the token is one value shared by all of them.
+        check_internal_token(config, source=source)
+    except ConfigError as exc:
+        raise StartupError(str(exc)) from None
     servers = Servers()
     worker_task: asyncio.Task[None] | None = None
     stopping = asyncio.Event()

@@ -42,7 +42,7 @@ def build_gateway_app(runtime: Runtime, *, port: int) -> web.Application:
     registry = RegistryService(runtime.engine.registry, user_route_ttl=config.registry.user_route_ttl)
     service = GatewayService(runtime.engine, settings, parts.cursors, parts.handoff, registry, presence)
     sender = new_send_service(runtime)
-    frames = ClientFrames(sender, parts.history, parts.members)
+    frames = ClientFrames(sender, parts.history, parts.members, runtime.send_limiter)
     ws_settings = WebSocketSettings(config.websocket.ping_interval, config.websocket.pong_deadline)
     GatewayRoutes(service, runtime.tokens, frames, parts.history, parts.cursors, ws_settings).install(app)
     app[GATEWAY_SERVICE] = service

@@ -7,7 +7,8 @@
 - `{"type":"sync","room_id","after_seq","limit"?,"ref"?}`: the room's messages after a seq, answered
   by a `batch` frame with `sync_room_id` and `has_more`.
 - `{"type":"ping"}`: answered by `pong`.
-Anything else gets an `error` frame; the connection stays open.
+Anything else gets an `error` frame; the connection stays open. A `send` over the user's rate limit
+gets `error` with code 429 and `retry_after` (seconds) in its payload.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pystacker.messaging.history import History
 from pystacker.messaging.membership import MembershipCache
 from pystacker.send.service import SendService
 from pystacker.web.envelope import ApiError
+from pystacker.web.ratelimit import RateLimited, TokenBucketLimiter
 from pystacker.web.requests import RequestModel, describe
 
 PositiveId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
@@ -50,10 +52,12 @@ class SyncFrame(RequestModel):
 
 
 class ClientFrames:
-    def __init__(self, sender: SendService, history: History, members: MembershipCache) -> None:
+    def __init__(self, sender: SendService, history: History, members: MembershipCache,
+                 send_limiter: TokenBucketLimiter | None = None) -> None:
         self.sender = sender
         self.history = history
         self.members = members
+        self.send_limiter = send_limiter  # the same bucket as POST /api/chat/send_message (runtime's)
 
     async def handle(self, conn: Connection, text: str) -> None:
         try:
@@ -84,10 +88,17 @@ class ClientFrames:
                 self._reply(conn, error_frame(400, f"unknown frame type: {kind!r}", ref=ref))
         except ValidationError as exc:
             self._reply(conn, error_frame(400, describe(exc), ref=ref))
+        except RateLimited as exc:
+            # The connection stays open; `retry_after` (seconds) is HTTP's Retry-After.
+            frame = error_frame(exc.status, exc.msg, ref=ref)
+            frame["payload"]["retry_after"] = exc.retry_after
+            self._reply(conn, frame)
         except ApiError as exc:
             self._reply(conn, error_frame(exc.status, exc.msg, ref=ref))
 
     async def _send(self, conn: Connection, frame: SendFrame) -> None:
+        if self.send_limiter is not None:
+            self.send_limiter.check(conn.user_id, "messages")
         appended = await self.sender.send(conn.user_id, frame.room_id, frame.content, frame.client_msg_id)
         self._reply(conn, send_result_frame(appended.message, duplicate=appended.duplicate, ref=frame.ref))
 

@@ -24,7 +24,8 @@ def build_meta_app(runtime: Runtime) -> web.Application:
     install_health(app, "meta", runtime.readiness_checks())
     service = MetaService(MetaStore(runtime.sql), runtime.tokens)
     MetaRoutes(service, max_members_per_request=limits.max_members_per_request,
-               max_search_limit=limits.max_search_limit).install(app)
+               max_search_limit=limits.max_search_limit, login_user_limiter=runtime.login_user_limiter,
+               login_address_limiter=runtime.login_address_limiter).install(app)
     app[META_SERVICE] = service
     if runtime.has_engine:
         parts = runtime.parts

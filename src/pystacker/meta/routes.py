@@ -16,6 +16,7 @@ from pystacker.meta.service import MetaService
 from pystacker.meta.store import Room
 from pystacker.web.auth import identity
 from pystacker.web.envelope import ApiError, ok
+from pystacker.web.ratelimit import TokenBucketLimiter
 from pystacker.web.requests import RequestModel, parse_json, parse_query
 
 MAX_BCRYPT_BYTES = 72  # bcrypt ignores (or, in newer versions, refuses) anything longer
@@ -122,10 +123,14 @@ def _room_json(room: Room) -> dict[str, object]:
 
 
 class MetaRoutes:
-    def __init__(self, service: MetaService, *, max_members_per_request: int, max_search_limit: int) -> None:
+    def __init__(self, service: MetaService, *, max_members_per_request: int, max_search_limit: int,
+                 login_user_limiter: TokenBucketLimiter | None = None,
+                 login_address_limiter: TokenBucketLimiter | None = None) -> None:
         self.service = service
         self.max_members = max_members_per_request
         self.max_search_limit = max_search_limit
+        self.login_user_limiter = login_user_limiter
+        self.login_address_limiter = login_address_limiter
 
     def install(self, app: web.Application) -> None:
         r = app.router
@@ -159,6 +164,13 @@ class MetaRoutes:
 
     async def login(self, request: web.Request) -> web.Response:
         body = await parse_json(request, LoginRequest)
+        # Before the password check, and whether the name exists or not: each attempt costs a token,
+        # so guessing is slow and the answer (429 or not) says nothing about the account.
+        # `request.remote` is the peer: behind a reverse proxy it is the proxy's address.
+        if self.login_address_limiter is not None:
+            self.login_address_limiter.check(request.remote or "", "login attempts from this address")
+        if self.login_user_limiter is not None:
+            self.login_user_limiter.check(body.username.lower(), "login attempts for this user")
         token, user = await self.service.login(body.username, body.password)
         return ok("Login successful", {"token": token, "user_id": user.id})
 

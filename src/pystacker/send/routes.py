@@ -12,6 +12,7 @@ from pystacker.messaging.frames import chat_frame
 from pystacker.send.service import SendService
 from pystacker.web.auth import identity
 from pystacker.web.envelope import ok
+from pystacker.web.ratelimit import TokenBucketLimiter
 from pystacker.web.requests import RequestModel, parse_json, parse_query
 
 PositiveId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
@@ -50,9 +51,10 @@ def send_answer(message: StoredMessage, duplicate: bool) -> dict[str, Any]:
 
 
 class SendRoutes:
-    def __init__(self, service: SendService, handoff) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, service: SendService, handoff, send_limiter: TokenBucketLimiter | None = None) -> None:  # type: ignore[no-untyped-def]
         self.service = service
         self.handoff = handoff
+        self.send_limiter = send_limiter
 
     def install(self, app: web.Application) -> None:
         r = app.router
@@ -64,6 +66,8 @@ class SendRoutes:
 
     async def send_message(self, request: web.Request) -> web.Response:
         body = await parse_json(request, SendRequest)
+        if self.send_limiter is not None:  # after parsing: a malformed request is a 400 and costs nothing
+            self.send_limiter.check(identity(request).user_id, "messages")
         appended = await self.service.send(identity(request).user_id, body.room_id, body.content, body.client_msg_id)
         return ok("success", send_answer(appended.message, appended.duplicate))
 

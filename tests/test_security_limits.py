@@ -1,0 +1,186 @@
+"""Rate limits and the internal token, over real HTTP and WebSocket against an embedded system with
+tiny limits and an internal token set (the shared `system` fixture has neither).
+
+The refill rates are so low (one token per 1000 s) that nothing refills during a test: each
+expectation is a count, not a timing. Login tests come from distinct loopback source addresses
+(127.0.0.x) so that each has its own per-address bucket whatever the order the tests run in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from pystacker.config import load_config
+from pystacker.web.middleware import INTERNAL_TOKEN_HEADER
+from tests.client import Http
+from tests.conftest import TEST_JWT_SECRET
+from tests.ws import Api, make_room, open_api, send_http, text
+
+SLOW = 0.001  # tokens per second: no refill within a test
+SEND_BURST = 3
+LOGIN_BURST = 2
+LOGIN_ADDRESS_BURST = 5
+INTERNAL_TOKEN = "security-test-internal-token-0123456789"
+
+
+@pytest.fixture(scope="module")
+async def limited_system(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from pystacker.embedded import EmbeddedSystem
+
+    config = load_config(None, overrides={
+        "engine": "memory", "data_dir": str(tmp_path_factory.mktemp("limited")), "host": "127.0.0.1",
+        "jwt": {"secret": TEST_JWT_SECRET}, "ports": {"send": 0, "meta": 0, "registry": 0, "gateway": 0},
+        "internal": {"token": INTERNAL_TOKEN},
+        "limits": {"send_rate": SLOW, "send_burst": SEND_BURST, "login_rate": SLOW, "login_burst": LOGIN_BURST,
+                   "login_address_rate": SLOW, "login_address_burst": LOGIN_ADDRESS_BURST}})
+    system = EmbeddedSystem(config)
+    await system.start()
+    yield system
+    await system.stop()
+
+
+@pytest.fixture
+async def api(limited_system) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
+    async with open_api(limited_system) as api:
+        yield api
+
+
+async def login_from(system: Any, source: str, username: str, password: str) -> tuple[int, Any, str | None]:
+    """POST /login from a given loopback source address: (status, body, Retry-After)."""
+    connector = aiohttp.TCPConnector(local_addr=(source, 0))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.post(system.urls["meta"] + "/login",
+                                json={"username": username, "password": password}) as response:
+            return response.status, await response.json(content_type=None), response.headers.get("Retry-After")
+
+
+# -- sends ----------------------------------------------------------------------------------------
+
+
+async def test_http_and_websocket_sends_share_the_users_bucket(api: Api) -> None:
+    alice, bob = await api.users(2, "rl")
+    room_id = await make_room(api.meta, alice, [bob])
+    ws = await api.connect(alice)
+    try:
+        for _ in range(SEND_BURST - 1):
+            await send_http(api.send, alice, room_id, text())
+        await ws.send_chat(room_id, text(), ref="last-allowed")
+        ok = await ws.recv_type("send_ok")
+        assert ok["payload"]["ref"] == "last-allowed"
+        # the bucket is empty: HTTP refused with Retry-After...
+        refused = await api.send.post("/api/chat/send_message",
+                                      {"room_id": room_id, "content": {"type": "text", "text": "x"}}, token=alice.token)
+        assert refused.status == 429 and refused.body["code"] == 429 and refused.body["msg"], refused
+        # ...and the WebSocket `send` gets an error frame with retry_after, the socket staying open
+        await ws.send_chat(room_id, text(), ref="over")
+        error = await ws.recv_type("error")
+        assert error["payload"]["code"] == 429 and error["payload"]["ref"] == "over"
+        assert error["payload"]["retry_after"] >= 1
+        await ws.send_frame({"type": "ping", "ref": "still-open"})
+        assert (await ws.recv_type("pong"))["payload"] == "still-open"
+        # another user has his own bucket
+        assert (await send_http(api.send, bob, room_id, text()))["msgID"] > 0
+    finally:
+        await ws.close()
+
+
+async def test_http_send_429_carries_retry_after(api: Api) -> None:
+    (carol,) = await api.users(1, "rl")
+    room_id = await make_room(api.meta, carol, [])
+    body = {"room_id": room_id, "content": {"type": "text", "text": "x"}}
+    statuses = []
+    async with api.session.post(api.send.base_url + "/api/chat/send_message", json=body,
+                                headers={"Authorization": f"Bearer {carol.token}"}) as response:
+        statuses.append(response.status)
+    for _ in range(SEND_BURST):
+        async with api.session.post(api.send.base_url + "/api/chat/send_message", json=body,
+                                    headers={"Authorization": f"Bearer {carol.token}"}) as response:
+            statuses.append(response.status)
+            retry_after = response.headers.get("Retry-After")
+    assert statuses == [200] * SEND_BURST + [429]
+    # one token per 1000 s: about 1000 s to wait, in whole seconds
+    assert retry_after is not None and 900 <= int(retry_after) <= 1000
+
+
+async def test_a_malformed_send_costs_no_token(api: Api) -> None:
+    (dave,) = await api.users(1, "rl")
+    room_id = await make_room(api.meta, dave, [])
+    for _ in range(SEND_BURST + 2):
+        bad = await api.send.post("/api/chat/send_message", {"room_id": room_id}, token=dave.token)
+        assert bad.status == 400
+    for _ in range(SEND_BURST):
+        await send_http(api.send, dave, room_id, text())
+
+
+# -- logins ---------------------------------------------------------------------------------------
+
+
+async def test_logins_are_limited_per_username(api: Api, limited_system) -> None:  # type: ignore[no-untyped-def]
+    (erin,) = await api.users(1, "rl")
+    for _ in range(LOGIN_BURST):
+        status, body, _ = await login_from(limited_system, "127.0.0.2", erin.username, erin.password)
+        assert status == 200 and body["data"]["token"], body
+    # even with the right password, from another address
+    status, body, retry_after = await login_from(limited_system, "127.0.0.3", erin.username, erin.password)
+    assert status == 429 and body["code"] == 429 and "user" in body["msg"], body
+    assert retry_after is not None and int(retry_after) >= 1
+    # wrong passwords count too, and an unknown name is limited like a known one (no existence leak)
+    ghost = "rl-ghost-" + text()
+    answers = [await login_from(limited_system, "127.0.0.4", ghost, "wrong-password") for _ in range(LOGIN_BURST + 1)]
+    assert [a[0] for a in answers] == [401] * LOGIN_BURST + [429]
+
+
+async def test_logins_are_limited_per_address(api: Api, limited_system) -> None:  # type: ignore[no-untyped-def]
+    (frank,) = await api.users(1, "rl")
+    source = "127.0.0.5"
+    statuses = []
+    for _ in range(LOGIN_ADDRESS_BURST):  # distinct names: only the address bucket is shared
+        status, _, _ = await login_from(limited_system, source, "rl-nobody-" + text(), "wrong-password")
+        statuses.append(status)
+    assert statuses == [401] * LOGIN_ADDRESS_BURST
+    status, body, retry_after = await login_from(limited_system, source, frank.username, frank.password)
+    assert status == 429 and "address" in body["msg"] and retry_after is not None, body
+    # another address is not affected
+    status, body, _ = await login_from(limited_system, "127.0.0.6", frank.username, frank.password)
+    assert status == 200, body
+
+
+# -- the internal token ---------------------------------------------------------------------------
+
+
+async def test_internal_routes_need_the_token(api: Api) -> None:
+    (grace,) = await api.users(1, "rl")
+    good = {INTERNAL_TOKEN_HEADER: INTERNAL_TOKEN}
+    wrong = {INTERNAL_TOKEN_HEADER: INTERNAL_TOKEN + "x"}
+    gateway = {"gateway_id": "gw-security-test", "address": "127.0.0.1", "port": 9, "capacity": 10}
+    calls: list[tuple[Http, str, str, Any, int]] = [
+        (api.send, "POST", "/internal/pushback", {"target_id": grace.id, "forward_req": {"type": "chat"}}, 200),
+        (api.send, "POST", "/internal/push/notify_online", {"target_id": grace.id}, 202),
+        (api.registry, "POST", "/registry/gateway/register", gateway, 200),
+        (api.registry, "POST", "/registry/gateway/heartbeat", {"gateway_id": "gw-security-test"}, 200),
+        (api.registry, "POST", "/registry/user/connect", {"user_id": grace.id, "gateway_id": "gw-security-test"}, 200),
+        (api.registry, "POST", "/registry/user/disconnect",
+         {"user_id": grace.id, "gateway_id": "gw-security-test"}, 200),
+        (api.registry, "DELETE", "/registry/gateway/gw-security-test", None, 200),
+        (api.registry, "POST", "/registry/send/register",
+         {"instance_id": "send-security-test", "address": "127.0.0.1", "port": 9}, 200),
+        (api.registry, "POST", "/registry/send/heartbeat", {"instance_id": "send-security-test"}, 200),
+        (api.registry, "DELETE", "/registry/send/send-security-test", None, 200),
+        (api.gateway, "POST", "/center/forward", {}, None),
+    ]
+    for http, method, path, body, expected in calls:
+        for headers in (None, wrong):
+            answer = await http.request(method, path, json=body, headers=headers)
+            assert answer.status == 401 and answer.body["code"] == 401, (path, headers, answer)
+            assert INTERNAL_TOKEN_HEADER in answer.body["msg"]
+        answer = await http.request(method, path, json=body, headers=good)
+        if expected is None:  # past the token check: whatever the route says, not 401
+            assert answer.status != 401, (path, answer)
+        else:
+            assert answer.status == expected, (path, answer)
+    # reads stay open to clients
+    assert (await api.registry.get("/registry/gateway/available")).status != 401
