@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,7 +29,7 @@ from pystacker.messaging.frames import CLOSE_SLOW_CONSUMER, batch_frame, chat_fr
 from pystacker.messaging.history import History
 from pystacker.messaging.ordering import RoomSequencer, Verdict
 from pystacker.observability.metrics import GatewayMetrics, frame_type
-from pystacker.observability.monitor import MONITORS
+from pystacker.observability.monitor import MONITORS, counts_as_failure
 
 log = logging.getLogger("pystacker.gateway.connection")
 
@@ -37,6 +38,7 @@ log = logging.getLogger("pystacker.gateway.connection")
 CLOSE_TIMEOUT = 10.0
 BATCH_SIZE = 50  # messages per `batch` frame in a catch-up (GoStacker meant 50 and sent everything in one)
 FILL_PAGE = 200
+_PUSH_MONITOR = MONITORS.get("push_ws")  # looked up once: the same object MONITORS.get returns later
 
 
 @dataclass(slots=True)
@@ -204,8 +206,15 @@ class Connection:
             await self._fill(item.room_id, item.seq - 1)
             decision = self.sequencer.decide(item.room_id, item.seq)
         if decision.verdict is Verdict.DELIVER:
-            with MONITORS.get("push_ws").track():
+            # Timed by hand rather than with `Monitor.track()`: a generator-based context manager per
+            # frame cost about 1.5% of a loaded gateway's CPU. Same samples: failures count as such.
+            started = time.perf_counter()
+            try:
                 await self.ws.send_str(item.text)
+            except BaseException as exc:
+                _PUSH_MONITOR.record(time.perf_counter() - started, not counts_as_failure(exc))
+                raise
+            _PUSH_MONITOR.record(time.perf_counter() - started, True)
             self._delivered(item.room_id, item.seq)
             self.metrics.frame_out("chat")
             self.metrics.delivered_live(item.created_at_ms)

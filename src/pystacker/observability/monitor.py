@@ -86,12 +86,12 @@ class Monitor:
         try:
             yield
         except BaseException as exc:
-            self.record(time.perf_counter() - started, not _is_failure(exc))
+            self.record(time.perf_counter() - started, not counts_as_failure(exc))
             raise
         self.record(time.perf_counter() - started, True)
 
 
-def _is_failure(exc: BaseException) -> bool:
+def counts_as_failure(exc: BaseException) -> bool:
     """A client's mistake (an HTTP 4xx answer such as 403 not a member) is not the service failing."""
     status = getattr(exc, "status", None)
     return not (isinstance(status, int) and 400 <= status < 500)
