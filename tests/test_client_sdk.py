@@ -18,6 +18,7 @@ from pystacker.client import (Backoff, ChatMessage, Delivered, InOrderInbox, Off
                               Session, SessionClosed, SessionFailed, user_id_from_token)
 from pystacker.gateway.app import GATEWAY_SERVICE
 from pystacker.messaging.frames import CLOSE_SHUTDOWN, CLOSE_SLOW_CONSUMER
+from tests.ws import poll
 
 TIMEOUT = 5.0
 PASSWORD = "password-1"
@@ -32,11 +33,7 @@ def fast_backoff(**kwargs: Any) -> Backoff:
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = TIMEOUT, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+    await poll(condition, what, timeout=timeout)
 
 
 async def drain(session: Session, count: int, timeout: float = TIMEOUT) -> list[ChatMessage]:
