@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import aiohttp
 import pytest
 
 from pystacker.config import load_config
+from pystacker.flusher.messages import MessageFlusher, flusher_settings
 from pystacker.meta.app import build_meta_app
 from pystacker.runtime import Runtime
 from pystacker.web.server import Listener, Servers, bind_socket
@@ -47,9 +49,16 @@ async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture(scope="session")
 async def meta_runtime(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runtime]:
-    runtime = Runtime(make_config(database_url, tmp_path_factory.mktemp("meta")))
+    # As deployed: meta over the engine's roster cache, and a flusher writing the rosters to SQL.
+    runtime = Runtime(make_config(database_url, tmp_path_factory.mktemp("meta"),
+                                  group_cache={"flush_interval_seconds": 0, "post_flush_ttl_seconds": 1}))
     await runtime.open_sql(migrate_to_head=True)
+    await runtime.open_engine()
+    flusher = MessageFlusher(runtime.engine, runtime.parts.store, **flusher_settings(runtime.config))
+    flushing = asyncio.create_task(flusher.run())
     yield runtime
+    flushing.cancel()
+    await asyncio.gather(flushing, return_exceptions=True)
     await runtime.close()
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import aiohttp
@@ -299,13 +299,17 @@ class TestTwoGatewaysTwoSends:
             *(call(u, "/api/chat/group/change_nickname", {"nickname": f"nick {u.id}"}) for u in nicknamed),
             *(call(owner, "/api/chat/group/add_member", {"member_id": u.id}) for u in others[:10]),
             *(call(u, "/api/chat/group/join", {}) for u in others[10:]))
-        rows = await sql_rows(dep.sql, select(room_members.c.user_id, room_members.c.role, room_members.c.nickname)
-                              .where(room_members.c.room_id == room_id))
-        got = {int(r.user_id): (int(r.role), r.nickname or None) for r in rows}
         expected = {owner.id: (0, None)}
         for user in others:
             expected[user.id] = (1 if user in admins else 2, f"nick {user.id}" if user in nicknamed else None)
-        assert got == expected
+
+        async def in_sql() -> dict[int, tuple[int, str | None]]:
+            rows = await sql_rows(dep.sql, select(room_members.c.user_id, room_members.c.role,
+                                                  room_members.c.nickname).where(room_members.c.room_id == room_id))
+            return {int(r.user_id): (int(r.role), r.nickname or None) for r in rows}
+
+        # Memberships are written back by the flusher process (every group_cache.flush_interval_seconds).
+        await poll(lambda: _equal(in_sql(), expected), "the flusher to write the room's members", timeout=20)
 
     async def test_reclaim_of_a_killed_gateways_entries(self, dep: TestDeployment) -> None:
         """Gateway A is frozen (SIGSTOP) so it cannot read or acknowledge, messages go to its inbox,
@@ -486,3 +490,7 @@ async def test_basic_exchange_on_postgresql(tmp_path_factory: pytest.TempPathFac
             await dep.stop()
     finally:
         await databases.drop_database("postgres", url)
+
+
+async def _equal(value: Awaitable[Any], expected: Any) -> bool:
+    return await value == expected

@@ -12,7 +12,8 @@ from sqlalchemy import event, func, select
 from pystacker.db.engine import create_engine
 from pystacker.db.migrate import upgrade
 from pystacker.db.schema import chat_messages
-from pystacker.engine.base import FlushBatch, StoredMessage
+from pystacker.engine.base import EngineSettings, FlushBatch, StoredMessage
+from pystacker.engine.memory import MemoryRosters
 from pystacker.flusher.messages import MessageFlusher
 from pystacker.messaging.store import MessageStore
 
@@ -38,6 +39,9 @@ class QueueLog:
     async def confirm_batch(self, token: str) -> None:
         del self.unconfirmed[token]
 
+    async def batch_pending(self, token: str) -> bool:
+        return token in self.unconfirmed
+
 
 class NoCursors:
     async def take_dirty(self, max_items: int) -> list[tuple[int, int, int]]:
@@ -50,7 +54,7 @@ async def test_cancel_during_an_insert_leaves_sqlite_usable(tmp_path) -> None:  
     now = int(time.time() * 1000)
     messages = [StoredMessage(i, 1, i, 7, "text", {"text": f"m{i}"}, now) for i in range(1, TOTAL + 1)]
     log = QueueLog(messages)
-    flusher = MessageFlusher(SimpleNamespace(messages=log, cursors=NoCursors()), MessageStore(sql),  # type: ignore[arg-type]
+    flusher = MessageFlusher(SimpleNamespace(messages=log, cursors=NoCursors(), rosters=MemoryRosters(EngineSettings())), MessageStore(sql),  # type: ignore[arg-type]
                              batch_size=BATCH)
 
     loop = asyncio.get_running_loop()

@@ -8,7 +8,7 @@ import logging
 from aiohttp import web
 
 from pystacker.config import Config
-from pystacker.flusher.messages import MessageFlusher
+from pystacker.flusher.messages import MessageFlusher, flusher_settings
 from pystacker.gateway.app import build_gateway_app
 from pystacker.meta.app import build_meta_app
 from pystacker.registry.app import build_registry_app
@@ -42,7 +42,8 @@ class EmbeddedSystem:
         await runtime.open_engine()
         # The gateway advertises where clients reach it; with port 0 (tests) that is the bound port.
         self.config.address = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        self.flusher = MessageFlusher(runtime.engine, runtime.parts.store)
+        self.flusher = MessageFlusher(runtime.engine, runtime.parts.store,
+                                      **flusher_settings(runtime.config))
         self._flusher_task = asyncio.create_task(self.flusher.run(), name="flusher")
         listeners = [
             Listener("registry", build_registry_app(runtime), sockets["registry"]),

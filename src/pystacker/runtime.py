@@ -21,6 +21,7 @@ from pystacker.engine.base import Engine, EngineSettings
 from pystacker.messaging.ids import Snowflake
 from pystacker.messaging.parts import MessagingParts
 from pystacker.messaging.store import MessageStore
+from pystacker.observability import tracing
 from pystacker.web.auth import TokenService
 from pystacker.web.ratelimit import TokenBucketLimiter
 
@@ -60,6 +61,12 @@ class Runtime:
         except ConfigError as exc:
             raise StartupError(str(exc)) from None
         self.tokens = TokenService(config.jwt_secret(), config.jwt.expire_duration)
+        try:
+            # Off by default; on, this process's spans are named after `name` (tracing.service_name wins).
+            self.tracing = tracing.configure(config.tracing, service_name=config.name,
+                                             instance_id=f"{config.name}-{config.machine_id}")
+        except tracing.TracingUnavailable as exc:
+            raise StartupError(str(exc)) from None
         self._sql: AsyncEngine | None = None
         self._engine: Engine | None = None
         self._parts: MessagingParts | None = None
@@ -121,7 +128,9 @@ class Runtime:
     async def open_engine(self) -> Engine:
         """The fast store (memory or Redis, by `engine`). Seq seeds come from SQL, opened or not: only
         services that append messages (send, gateway) need them, and those open SQL first."""
-        settings = EngineSettings()
+        group_cache = self.config.group_cache
+        settings = EngineSettings(roster_ttl=group_cache.cache_ttl_seconds,
+                                  roster_flushed_ttl=group_cache.post_flush_ttl_seconds)
 
         async def seq_seed(room_id: int) -> int:
             return await MessageStore(self.sql).max_seq(room_id)
@@ -177,3 +186,6 @@ class Runtime:
         if self._sql is not None:
             await self._sql.dispose()
             self._sql = None
+        if self.tracing is not None:  # last: exports the spans still queued
+            await self.tracing.shutdown()
+            self.tracing = None

@@ -68,9 +68,10 @@ def _metrics_only(runtime: Runtime, service: str) -> web.Application:
 
 
 async def _flusher(runtime: Runtime) -> None:
-    from pystacker.flusher.messages import MessageFlusher
+    from pystacker.flusher.messages import MessageFlusher, flusher_settings
 
-    flusher = MessageFlusher(runtime.engine, runtime.parts.store)
+    flusher = MessageFlusher(runtime.engine, runtime.parts.store,
+                             **flusher_settings(runtime.config))
     try:
         await flusher.run()
     finally:
@@ -96,7 +97,7 @@ SERVICES: dict[str, ServiceSpec] = {spec.name: spec for spec in (
     ServiceSpec("registry", "gateway and send discovery, user routes", 8083, False, build_app=_registry),
     ServiceSpec("send", "accepts messages and fans them out", 8081, True, build_app=_send),
     ServiceSpec("gateway", "WebSocket connections", 8084, True, build_app=_gateway),
-    ServiceSpec("flusher", "write-behind of messages and cursors to SQL", 0, True, worker=_flusher),
+    ServiceSpec("flusher", "write-behind of messages, cursors and memberships to SQL", 0, True, worker=_flusher),
     ServiceSpec("msgflusher", "reclaims inbox entries of dead or stuck gateways", 0, False, worker=_msgflusher),
 )}
 

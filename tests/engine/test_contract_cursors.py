@@ -56,3 +56,12 @@ async def test_take_dirty_hands_out_at_most_max_items(engine: Engine) -> None:
     rest = await _take_all_dirty(engine.cursors, {user})
     assert len(first) == 2
     assert sorted(first + rest) == sorted((user, room, 1) for room in rooms)
+
+
+async def test_rooms_lists_every_room_with_a_cursor(engine: Engine) -> None:
+    user, other_user = unique_int(), unique_int()
+    room_a, room_b = unique_int(), unique_int()
+    assert await engine.cursors.rooms(user) == []
+    await engine.cursors.advance([(user, room_b, 0), (user, room_a, 4), (other_user, room_a, 1)])
+    await engine.cursors.advance([(user, room_a, 9)])
+    assert await engine.cursors.rooms(user) == sorted([room_a, room_b])

@@ -64,6 +64,9 @@ chat_rooms = Table(
     Column("is_group", Boolean, nullable=False),
     Column("creator_id", Id, ForeignKey("users.id"), nullable=False),
     Column("created_at", DateTime(timezone=False), nullable=False, server_default=func.current_timestamp()),
+    # The version of the room's roster (the membership write-back cache) that room_members holds: the
+    # flusher writes only a newer one, and a roster loaded from SQL goes on counting from here.
+    Column("members_version", BigInteger, nullable=False, server_default="0"),
     sqlite_autoincrement=True,
 )
 

@@ -137,6 +137,60 @@ class MessageLog(Protocol):
     async def confirm_batch(self, token: str) -> None:
         """SQL has the batch: forget it (messages stay readable in the window while it has room)."""
 
+    async def batch_pending(self, token: str) -> bool:
+        """The batch is still taken and unconfirmed here. False when the store no longer knows it: a
+        Redis restarted without persistence lost it (and may have re-seeded its rooms' seq counters
+        from SQL, so these seqs can belong to new messages by now), or it was confirmed meanwhile."""
+
+
+# -- rosters (the membership write-back cache) --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RosterEntry:
+    role: int
+    nickname: str | None
+    joined_at: float  # unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Roster:
+    """A room's members as one versioned value. The version counts changes: SQL stores the version it
+    holds (chat_rooms.members_version), so a roster loaded back from SQL goes on counting from there."""
+
+    members: dict[int, RosterEntry]
+    version: int
+
+
+class RosterConflict(Exception):
+    """The roster changed since the caller read it (or is no longer cached): read again and retry."""
+
+
+class Rosters(Protocol):
+    """Room memberships between meta and SQL (spec 7.3, fixed). A roster is cached whole or not at all:
+    a change applies only to a cached roster at the version the caller read (load before mutate, and
+    no lost update between read and write), marks the room dirty and keeps the roster from expiring
+    until the flusher has written that version. A clean roster expires `ttl` seconds after its last
+    read; a flushed one after `flushed_ttl` unless read again."""
+
+    async def get(self, room_id: int) -> Roster | None:
+        """The cached roster (and its TTL slides), or None: load it from SQL."""
+
+    async def load(self, room_id: int, roster: Roster) -> Roster:
+        """Cache the roster read from SQL unless one is cached already; returns the cached one."""
+
+    async def change(self, room_id: int, version: int, put: dict[int, RosterEntry],
+                     remove: Sequence[int] = ()) -> Roster:
+        """Apply the change to the roster at `version` atomically; RosterConflict if it is not cached or
+        not at that version. Returns the new roster (version + 1)."""
+
+    async def dirty(self, max_rooms: int) -> list[int]:
+        """Rooms changed since they were last flushed, oldest change first (at most max_rooms)."""
+
+    async def flushed(self, room_id: int, version: int) -> bool:
+        """SQL holds `version`: clear the dirty mark unless the roster changed since (then False, and it
+        stays dirty for the next flush)."""
+
 
 # -- cursors ----------------------------------------------------------------------------------------
 
@@ -144,6 +198,9 @@ class MessageLog(Protocol):
 class Cursors(Protocol):
     async def get(self, user_id: int, room_ids: Sequence[int]) -> dict[int, int]:
         """The delivered seq of each given room that has a cursor (missing rooms are left out)."""
+
+    async def rooms(self, user_id: int) -> list[int]:
+        """Every room the user has a cursor in (he joined it, maybe left it since)."""
 
     async def advance(self, updates: Sequence[tuple[int, int, int]]) -> None:
         """(user_id, room_id, seq) triples; a cursor only moves forward."""
@@ -236,6 +293,8 @@ class EngineSettings:
     window_size: int = 1000  # recent messages kept per room beyond those not yet in SQL
     idempotency_ttl: int = 24 * 3600
     flush_claim_timeout: float = 30.0
+    roster_ttl: int = 86400  # a clean roster expires this long after its last read (group_cache.cache_ttl_seconds)
+    roster_flushed_ttl: int = 5  # ... and this long after a flush, unless read (group_cache.post_flush_ttl_seconds)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -243,6 +302,7 @@ class Engine(Protocol):
     inbox: Inbox
     messages: MessageLog
     cursors: Cursors
+    rosters: Rosters
     registry: Registry
     bus: Bus
 

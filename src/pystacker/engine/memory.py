@@ -35,6 +35,10 @@ from pystacker.engine.base import (
     MessageLog,
     NewMessage,
     Registry,
+    Roster,
+    RosterConflict,
+    RosterEntry,
+    Rosters,
     SendInfo,
     SeqSeed,
     StoredMessage,
@@ -330,6 +334,8 @@ class MemoryMessageLog:
         if room is None or not room.window or limit <= 0:
             return []
         start = max(after_seq + 1 - room.window[0].seq, 0)  # the window's seqs are consecutive
+        if start >= len(room.window):  # past the end; also keeps islice's bounds under sys.maxsize
+            return []
         return list(islice(room.window, start, start + limit))
 
     async def window_start(self, room_id: int) -> int:
@@ -367,6 +373,9 @@ class MemoryMessageLog:
         for token in reversed(expired):
             self._flush_queue.extendleft(reversed(self._batches.pop(token).messages))
 
+    async def batch_pending(self, token: str) -> bool:
+        return token in self._batches
+
     async def confirm_batch(self, token: str) -> None:
         # An unknown token is a batch confirmed already, or one that expired and went to another
         # flusher (whose confirm will count): nothing to do either way.
@@ -387,6 +396,7 @@ class MemoryMessageLog:
 class MemoryCursors:
     def __init__(self) -> None:
         self._seqs: dict[tuple[int, int], int] = {}  # (user_id, room_id) -> delivered seq
+        self._rooms: dict[int, set[int]] = {}  # user_id -> rooms with a cursor
         self._dirty: OrderedDict[tuple[int, int], None] = OrderedDict()  # changed since taken, oldest first
 
     async def get(self, user_id: int, room_ids: Sequence[int]) -> dict[int, int]:
@@ -399,6 +409,10 @@ class MemoryCursors:
             if current is None or seq > current:
                 self._seqs[key] = seq
                 self._dirty[key] = None
+                self._rooms.setdefault(user_id, set()).add(room_id)
+
+    async def rooms(self, user_id: int) -> list[int]:
+        return sorted(self._rooms.get(user_id, ()))
 
     async def take_dirty(self, max_items: int) -> list[tuple[int, int, int]]:
         taken: list[tuple[int, int, int]] = []
@@ -406,6 +420,68 @@ class MemoryCursors:
             (user_id, room_id), _ = self._dirty.popitem(last=False)
             taken.append((user_id, room_id, self._seqs[(user_id, room_id)]))
         return taken
+
+
+# -- rosters ----------------------------------------------------------------------------------------
+
+
+class MemoryRosters:
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self._rosters: dict[int, Roster] = {}
+        self._expires: dict[int, float] = {}  # room -> time.monotonic() deadline; absent while dirty
+        self._dirty: OrderedDict[int, None] = OrderedDict()  # oldest change first
+
+    def _cached(self, room_id: int) -> Roster | None:
+        deadline = self._expires.get(room_id)
+        if deadline is not None and deadline <= time.monotonic():
+            self._rosters.pop(room_id, None)
+            del self._expires[room_id]
+        return self._rosters.get(room_id)
+
+    def _expire_in(self, room_id: int, seconds: int) -> None:
+        self._expires[room_id] = time.monotonic() + seconds
+
+    async def get(self, room_id: int) -> Roster | None:
+        roster = self._cached(room_id)
+        if roster is not None and room_id not in self._dirty:
+            self._expire_in(room_id, self.settings.roster_ttl)
+        return roster
+
+    async def load(self, room_id: int, roster: Roster) -> Roster:
+        cached = self._cached(room_id)
+        if cached is not None:
+            return cached
+        self._rosters[room_id] = Roster(dict(roster.members), roster.version)
+        self._expire_in(room_id, self.settings.roster_ttl)
+        return self._rosters[room_id]
+
+    async def change(self, room_id: int, version: int, put: dict[int, RosterEntry],
+                     remove: Sequence[int] = ()) -> Roster:
+        current = self._cached(room_id)
+        if current is None or current.version != version:
+            raise RosterConflict(room_id)
+        members = dict(current.members)
+        members.update(put)
+        for user_id in remove:
+            members.pop(user_id, None)
+        changed = Roster(members, version + 1)
+        self._rosters[room_id] = changed
+        self._expires.pop(room_id, None)  # dirty: kept until flushed
+        self._dirty.setdefault(room_id, None)
+        return changed
+
+    async def dirty(self, max_rooms: int) -> list[int]:
+        return list(islice(self._dirty, max(max_rooms, 0)))
+
+    async def flushed(self, room_id: int, version: int) -> bool:
+        current = self._rosters.get(room_id)
+        if current is not None and current.version != version:
+            return False
+        self._dirty.pop(room_id, None)
+        if current is not None:
+            self._expire_in(room_id, self.settings.roster_flushed_ttl)
+        return True
 
 
 # -- registry ---------------------------------------------------------------------------------------
@@ -520,6 +596,7 @@ class MemoryEngine:
     inbox: Inbox
     messages: MessageLog
     cursors: Cursors
+    rosters: Rosters
     registry: Registry
     bus: Bus
 
@@ -528,6 +605,7 @@ class MemoryEngine:
         self.inbox = MemoryInbox(settings)
         self.messages = MemoryMessageLog(settings, seq_seed)
         self.cursors = MemoryCursors()
+        self.rosters = MemoryRosters(settings)
         self.registry = MemoryRegistry()
         self._bus = MemoryBus()  # kept as itself: close() is not part of the Bus interface
         self.bus = self._bus

@@ -55,6 +55,9 @@ class RedisCursors:
         values = await self._client.hmget(self._keys.cursors(user_id), [str(room) for room in room_ids])
         return {room: int(value) for room, value in zip(room_ids, values, strict=True) if value is not None}
 
+    async def rooms(self, user_id: int) -> list[int]:
+        return sorted(int(room) for room in await self._client.hkeys(self._keys.cursors(user_id)))
+
     async def advance(self, updates: Sequence[tuple[int, int, int]]) -> None:
         by_partition: dict[int, list[tuple[int, int, int]]] = {}
         for user_id, room_id, seq in updates:

@@ -6,7 +6,8 @@ redis_cursors.py, redis_registry.py, redis_bus.py; redis_keys.py names every key
 Clients by role (spec 11.1): GoStacker's send service may put its streams, queues and caches on
 separate Redis servers (`send_redis.stream/.queue/.cache`). Here the inbox uses the stream role, the
 message log the cache role, cursors the queue role; a role without its block uses the global `redis`
-client, as do the registry and the bus. Every process of a deployment must then agree on the blocks
+client, as do the rosters (the membership cache is on the global client in spec 7.3 too), the registry
+and the bus. Every process of a deployment must then agree on the blocks
 (a gateway's inbox must be where send writes it), so give all services the same `send_redis` section.
 
 Errors from Redis propagate: callers log and retry. Nothing answers "empty" on an error (GoStacker's
@@ -22,14 +23,16 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from pystacker.config import Config, RedisConfig
-from pystacker.engine.base import Bus, Cursors, EngineSettings, Inbox, MessageLog, Registry, SeqSeed
+from pystacker.engine.base import Bus, Cursors, EngineSettings, Inbox, MessageLog, Registry, Rosters, SeqSeed
 from pystacker.engine.redis_bus import RedisBus
-from pystacker.engine.redis_common import Client, check_client
+from pystacker.engine.redis_common import IDLE_CHECK_SECONDS, Client, ReconnectingConnection, check_client
 from pystacker.engine.redis_cursors import RedisCursors
 from pystacker.engine.redis_inbox import RedisInbox
 from pystacker.engine.redis_keys import DEFAULT_PARTITIONS, RedisKeys
 from pystacker.engine.redis_messages import RedisMessageLog
 from pystacker.engine.redis_registry import RedisRegistry
+from pystacker.engine.redis_rosters import RedisRosters
+from pystacker.observability.stores import time_engine_calls
 
 # A command answers within this or fails (a dead server must not hang a caller). Must stay above the
 # inbox's blocking-read slice (redis_inbox.BLOCK_SLICE_MS), the longest a healthy command takes.
@@ -76,7 +79,9 @@ def make_client(config: RedisConfig) -> Client:
                                    socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=CONNECT_TIMEOUT)
     pool = BlockingConnectionPool(host=config.host, port=config.port, db=config.db, password=password,
                                   max_connections=config.pool_size, timeout=POOL_WAIT,
-                                  socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=CONNECT_TIMEOUT)
+                                  socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=CONNECT_TIMEOUT,
+                                  # idle connections are checked, and made again after a Redis restart
+                                  connection_class=ReconnectingConnection, health_check_interval=IDLE_CHECK_SECONDS)
     return Redis(connection_pool=pool)
 
 
@@ -94,6 +99,7 @@ class RedisEngine:
     inbox: Inbox
     messages: MessageLog
     cursors: Cursors
+    rosters: Rosters
     registry: Registry
     bus: Bus
 
@@ -120,9 +126,12 @@ class RedisEngine:
         self.inbox = RedisInbox(stream or client, self.keys, settings)
         self.messages = RedisMessageLog(cache or client, self.keys, settings, seq_seed)
         self.cursors = RedisCursors(queue or client, self.keys)
+        self.rosters = RedisRosters(client, self.keys, settings)
         self.registry = RedisRegistry(client, self.keys)
         self._bus = RedisBus(client, self._subscriber, self.keys)  # kept as itself: close() is not in Bus
         self.bus = self._bus
+        # pystacker_redis_call_seconds / _errors_total{operation}: every contract method, timed here once.
+        time_engine_calls(self)
 
     @classmethod
     def from_config(cls, config: Config, settings: EngineSettings, seq_seed: SeqSeed, *,

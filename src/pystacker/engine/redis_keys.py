@@ -89,6 +89,16 @@ class RedisKeys:
         return [self.seq(room_id), self.window(room_id), self.unflushed(room_id), self.flush(partition),
                 self.flush_clock(partition)]
 
+    # -- rosters (the room's partition: a roster and its dirty mark change in one script) -------------
+
+    def roster(self, room_id: int) -> str:
+        """HASH: field "v" = the roster's version; each other field a member's user id -> entry (JSON)."""
+        return f"{self._log_tag(self.room_partition(room_id))}:roster:{room_id}"
+
+    def dirty_rosters(self, partition: int) -> str:
+        """ZSET: rooms of the partition whose roster changed since flushed, scored by the first change."""
+        return f"{self._log_tag(partition)}:roster:dirty"
+
     # -- cursors (one hash tag per user partition) ---------------------------------------------------------
 
     def user_partition(self, user_id: int) -> int:

@@ -1,60 +1,127 @@
-"""Write-behind of messages and cursors to SQL.
+"""Write-behind of messages, cursors and rosters (memberships) to SQL.
 
 A batch is taken from the engine, inserted in one statement, then confirmed; a flusher that dies
 between take and confirm leaves the batch to be handed out again (spec 13.2 #23: GoStacker's LPOP
 lost it), and rows SQL already has are skipped, so a retried or duplicate batch never blocks the
 queue. It loops at once while batches come full and waits `idle_interval` when there is nothing.
+Rosters are written every `roster_interval` seconds (GoStacker's group_cache.flush_interval_seconds):
+readers never need SQL's copy of a roster that is cached, so it may lag a little.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
-from pystacker.engine.base import Engine
+from pystacker.config import Config
+from pystacker.engine.base import Engine, FlushBatch
+from pystacker.messaging.rosters import RosterFlusher, RosterSQL
 from pystacker.messaging.store import MessageStore
 from pystacker.observability import metrics
 
 log = logging.getLogger("pystacker.flusher")
 
+# Message batches a cursor flush may write to catch up with the queue before it saves the cursors.
+CURSOR_DRAIN_ROUNDS = 20
+
+
+def flusher_settings(config: Config) -> dict[str, float]:
+    """The MessageFlusher arguments the config sets (GoStacker's group_cache block)."""
+    return {"roster_interval": config.group_cache.flush_interval_seconds,
+            "roster_batch_size": config.group_cache.batch_size}
+
+
+class _BatchForgotten(Exception):
+    """The engine no longer knows a batch the flusher took (see flush_messages_once)."""
+
 
 class MessageFlusher:
     def __init__(self, engine: Engine, store: MessageStore, *, batch_size: int = 500,
-                 idle_interval: float = 0.2, error_backoff: float = 1.0) -> None:
+                 idle_interval: float = 0.2, error_backoff: float = 1.0, roster_interval: float = 5.0,
+                 roster_batch_size: int = 100) -> None:
         self.engine = engine
         self.store = store
         self.batch_size = batch_size
         self.idle_interval = idle_interval
         self.error_backoff = error_backoff
+        self.rosters = RosterFlusher(engine, RosterSQL(store.engine), batch_size=roster_batch_size)
+        self.roster_interval = roster_interval
+        self._next_roster_flush = 0.0  # time.monotonic()
         self.flushed = 0
         self.failures = 0
+        self._unfinished: FlushBatch | None = None  # taken, not yet confirmed: the next round retries it
+        self._unsaved_cursors: list[tuple[int, int, int]] = []  # taken from the engine, not yet in SQL
 
     async def flush_messages_once(self) -> int:
-        batch = await self.engine.messages.take_batch(self.batch_size)
+        # A batch whose insert or confirm failed (SQL or Redis unreachable) is tried again first.
+        # Taking a new one instead left it pending until the claim timeout handed it out again: after
+        # a database outage, its messages reached SQL only 30 s after the database was back.
+        batch = self._unfinished or await self.engine.messages.take_batch(self.batch_size)
         if batch is None:
             return 0
-        await self.store.insert_batch(batch.messages)
+        self._unfinished = batch
+
+        async def still_taken() -> None:
+            # Checked inside the transaction, before its commit. A Redis restarted without persistence
+            # has forgotten the batch and re-seeds the seq counters of its rooms from SQL: committing
+            # these rows after that would give their seqs to two messages (SQL keeps one, and the
+            # other one, sent after the restart and maybe already delivered, would never be stored).
+            if not await self.engine.messages.batch_pending(batch.token):
+                raise _BatchForgotten()
+
+        try:
+            await self.store.insert_batch(batch.messages, before_commit=still_taken)
+        except _BatchForgotten:
+            self._unfinished = None
+            log.warning("the engine no longer holds this batch (a store restart lost it, or another flusher "
+                        "confirmed it): not written", extra={"messages": len(batch.messages)})
+            return 0
         await self.engine.messages.confirm_batch(batch.token)
+        self._unfinished = None
         self.flushed += len(batch.messages)
         metrics.FLUSHER_BATCH_SIZE.observe(len(batch.messages))
         metrics.FLUSHER_MESSAGES.inc(len(batch.messages))
         return len(batch.messages)
 
     async def flush_cursors_once(self) -> int:
-        # A failed save leaves SQL's copy behind; the engine still has the cursors, and an old SQL copy
-        # only means a few messages sent twice after an engine restart, never a lost one.
-        cursors = await self.engine.cursors.take_dirty(self.batch_size)
+        # An old SQL copy of a cursor only means a few messages sent twice after an engine restart; a
+        # copy AHEAD of SQL's messages meant lost ones: after a Redis restart that lost the unflushed
+        # messages, the rooms' seqs continue from SQL's last one, and a catch-up from such a cursor
+        # skipped the new messages that took the lost ones' seqs. So the cursors are taken first, then
+        # the message queue is flushed up to now (every message a taken cursor counts was appended
+        # before the cursor moved), and only then are the cursors saved. Cursors not saved (a failure,
+        # a backlog that did not drain) are kept for the next round.
+        cursors = self._unsaved_cursors + await self.engine.cursors.take_dirty(self.batch_size)
+        self._unsaved_cursors = cursors
+        if not cursors:
+            return 0
+        for _ in range(CURSOR_DRAIN_ROUNDS):
+            if await self.flush_messages_once() < self.batch_size:
+                break
+        else:
+            return 0  # a backlog of messages: these cursors wait for it
         await self.store.save_cursors(cursors)
+        self._unsaved_cursors = []
         metrics.FLUSHER_CURSORS.inc(len(cursors))
         return len(cursors)
 
+    async def flush_rosters_once(self) -> int:
+        return await self.rosters.flush_once()
+
     async def flush_all(self) -> None:
         """Everything now (graceful stop)."""
-        while await self.flush_messages_once() or await self.flush_cursors_once():
+        while (await self.flush_messages_once() or await self.flush_cursors_once()
+               or await self.flush_rosters_once()):
             pass
 
     async def _flush_once(self) -> int:
-        return await self.flush_messages_once() + await self.flush_cursors_once()
+        moved = await self.flush_messages_once() + await self.flush_cursors_once()
+        if time.monotonic() >= self._next_roster_flush:
+            while await self.flush_rosters_once() >= self.rosters.batch_size:
+                pass  # a full batch: more rooms wait
+            self._next_roster_flush = time.monotonic() + self.roster_interval
+        return moved
 
     async def run(self) -> None:
         while True:

@@ -3,16 +3,19 @@ a room without either."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from pystacker.engine.base import Engine
+from pystacker.messaging.membership import MembershipCache
 from pystacker.messaging.store import MessageStore
 
 
 class CursorBook:
-    def __init__(self, engine: Engine, store: MessageStore) -> None:
+    def __init__(self, engine: Engine, store: MessageStore, members: MembershipCache) -> None:
         self.engine = engine
         self.store = store
+        self.members = members
 
     async def starting_points(self, user_id: int, room_ids: list[int]) -> dict[int, int]:
         """The delivered seq of each room: the engine's cursor, else SQL's, else the room's last seq.
@@ -31,7 +34,12 @@ class CursorBook:
         return points
 
     async def rooms_of(self, user_id: int) -> list[int]:
-        return await self.store.rooms_of(user_id)
+        """The rooms the user is a member of now. SQL's room_members lags the rosters by up to a flush,
+        so the candidates are SQL's rooms of the user plus the rooms he has a cursor in (meta sets one
+        when he joins), each confirmed against the room's current members."""
+        candidates = sorted(set(await self.store.rooms_of(user_id)) | set(await self.engine.cursors.rooms(user_id)))
+        memberships = await asyncio.gather(*(self.members.members(room_id) for room_id in candidates))
+        return [room_id for room_id, members in zip(candidates, memberships, strict=True) if user_id in members]
 
     async def last_seqs(self, room_ids: list[int]) -> dict[int, int]:
         return await self.engine.messages.last_seqs(room_ids)

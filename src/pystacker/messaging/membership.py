@@ -1,4 +1,5 @@
-"""Room membership as send and gateway need it: a process-local cache over SQL, invalidated on change.
+"""Room membership as send and gateway need it: member ids in a process-local cache over the rosters
+(the engine's membership cache, messaging/rosters.py), invalidated on change.
 
 Meta publishes the room id on the bus after every membership change; every process drops its cached
 copy at once. The TTL only bounds staleness if an invalidation is missed (the bus is best-effort).
@@ -11,14 +12,14 @@ import time
 from collections import OrderedDict
 
 from pystacker.engine.base import Bus
-from pystacker.messaging.store import MessageStore
+from pystacker.messaging.rosters import RosterBook
 
 MEMBERSHIP_CHANNEL = "pystacker:membership"
 
 
 class MembershipCache:
-    def __init__(self, store: MessageStore, *, ttl: float = 30.0, max_rooms: int = 100_000) -> None:
-        self.store = store
+    def __init__(self, rosters: RosterBook, *, ttl: float = 30.0, max_rooms: int = 100_000) -> None:
+        self.rosters = rosters
         self.ttl = ttl
         self.max_rooms = max_rooms
         self._rooms: OrderedDict[int, tuple[float, frozenset[int]]] = OrderedDict()
@@ -42,7 +43,8 @@ class MembershipCache:
         self._stale_loads.discard(room_id)
 
     async def _load(self, room_id: int) -> frozenset[int]:
-        members = frozenset(await self.store.members_of(room_id))
+        roster = await self.rosters.roster(room_id)
+        members = frozenset(roster.members) if roster is not None else frozenset()
         if room_id not in self._stale_loads:
             self._rooms[room_id] = (time.monotonic() + self.ttl, members)
             self._rooms.move_to_end(room_id)

@@ -9,6 +9,7 @@ from pystacker.messaging.cursors import CursorBook
 from pystacker.messaging.handoff import Handoff, LiveGateways
 from pystacker.messaging.history import History
 from pystacker.messaging.membership import MembershipCache
+from pystacker.messaging.rosters import RosterBook, RosterSQL
 from pystacker.messaging.store import MessageStore
 
 
@@ -16,6 +17,7 @@ from pystacker.messaging.store import MessageStore
 class MessagingParts:
     store: MessageStore
     history: History
+    rosters: RosterBook
     members: MembershipCache
     cursors: CursorBook
     live: LiveGateways
@@ -24,5 +26,7 @@ class MessagingParts:
     @classmethod
     def build(cls, engine: Engine, store: MessageStore) -> MessagingParts:
         live = LiveGateways(engine)
-        return cls(store=store, history=History(engine.messages, store), members=MembershipCache(store),
-                   cursors=CursorBook(engine, store), live=live, handoff=Handoff(engine, live))
+        rosters = RosterBook(engine, RosterSQL(store.engine))
+        members = MembershipCache(rosters)
+        return cls(store=store, history=History(engine.messages, store), rosters=rosters, members=members,
+                   cursors=CursorBook(engine, store, members), live=live, handoff=Handoff(engine, live))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timezone
 
 import orjson
@@ -40,9 +40,11 @@ class MessageStore:
         self.engine = engine
         self.dialect = engine.dialect.name
 
-    async def insert_batch(self, messages: Sequence[StoredMessage]) -> int:
+    async def insert_batch(self, messages: Sequence[StoredMessage],
+                           before_commit: Callable[[], Awaitable[None]] | None = None) -> int:
         """Insert in one statement; rows already there (same id, seq or client key) are skipped, so a
-        batch retried after a crash, or holding one bad duplicate, never blocks the flusher."""
+        batch retried after a crash, or holding one bad duplicate, never blocks the flusher.
+        `before_commit` runs inside the transaction after the insert: if it raises, nothing is kept."""
         if not messages:
             return 0
         rows = [{"id": m.msg_id, "room_id": m.room_id, "seq": m.seq, "sender_id": m.sender_id, "type": m.type,
@@ -50,6 +52,8 @@ class MessageStore:
                  "created_at": _to_datetime(m.created_at_ms)} for m in messages]
         async with self.engine.begin() as conn:
             result = await conn.execute(insert_ignoring_duplicates(chat_messages, self.dialect), rows)
+            if before_commit is not None:
+                await before_commit()
             return max(result.rowcount, 0)
 
     async def read(self, room_id: int, after_seq: int, limit: int, before_seq: int | None = None) -> list[StoredMessage]:
@@ -110,9 +114,4 @@ class MessageStore:
     async def rooms_of(self, user_id: int) -> list[int]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(room_members.c.room_id).where(room_members.c.user_id == user_id))
-            return [int(r[0]) for r in rows]
-
-    async def members_of(self, room_id: int) -> list[int]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(select(room_members.c.user_id).where(room_members.c.room_id == room_id))
             return [int(r[0]) for r in rows]

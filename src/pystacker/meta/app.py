@@ -22,19 +22,18 @@ def build_meta_app(runtime: Runtime) -> web.Application:
     limits = runtime.config.limits
     app = new_app("meta", max_body_bytes=limits.max_body_bytes, middlewares=[auth_middleware(runtime.tokens)])
     install_health(app, "meta", runtime.readiness_checks())
-    service = MetaService(MetaStore(runtime.sql), runtime.tokens)
+    parts = runtime.parts  # memberships live in the engine's roster cache: meta needs the engine
+    service = MetaService(MetaStore(runtime.sql), runtime.tokens, parts.rosters, parts.cursors)
     MetaRoutes(service, max_members_per_request=limits.max_members_per_request,
                max_search_limit=limits.max_search_limit, login_user_limiter=runtime.login_user_limiter,
                login_address_limiter=runtime.login_address_limiter).install(app)
     app[META_SERVICE] = service
-    if runtime.has_engine:
-        parts = runtime.parts
 
-        async def membership_changed(room_id: int, joined: Sequence[int]) -> None:
-            parts.members.invalidate(room_id)
-            await announce_membership_change(runtime.engine.bus, room_id)
-            if joined:
-                await parts.cursors.joined(room_id, joined)
+    async def membership_changed(room_id: int, joined: Sequence[int]) -> None:
+        parts.members.invalidate(room_id)
+        await announce_membership_change(runtime.engine.bus, room_id)
+        if joined:
+            await parts.cursors.joined(room_id, joined)
 
-        service.on_membership_change(membership_changed)
+    service.on_membership_change(membership_changed)
     return app

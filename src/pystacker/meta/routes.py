@@ -9,13 +9,16 @@ from __future__ import annotations
 from typing import Annotated
 
 from aiohttp import web
-from pydantic import AfterValidator, Field, StrictBool, StrictInt, StringConstraints
+from pydantic import AfterValidator, Field, StrictBool, StrictInt, StringConstraints, WithJsonSchema
 
+from pystacker.db.schema import ROLE_ADMIN, ROLE_MEMBER, ROLE_OWNER
 from pystacker.db.sqlutil import rfc3339
 from pystacker.meta.service import MetaService
 from pystacker.meta.store import Room
 from pystacker.web.auth import identity
 from pystacker.web.envelope import ApiError, ok
+from pystacker.web.openapi import (BOOLEAN, ID, STRING, TIMESTAMP, Auth, Param, Reply, Route, add_routes, array,
+                                   component, envelope, nullable, obj)
 from pystacker.web.ratelimit import TokenBucketLimiter
 from pystacker.web.requests import RequestModel, parse_json, parse_query
 
@@ -97,10 +100,17 @@ class ChangeNicknameRequest(RequestModel):
     nickname: Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_no_control_characters)]
 
 
+# Any integer passes the model; MetaService.change_role refuses the others with a text naming the
+# three roles (a 400 either way). The schema documents the three.
+Role = Annotated[StrictInt, WithJsonSchema({
+    "type": "integer", "enum": [ROLE_OWNER, ROLE_ADMIN, ROLE_MEMBER], "minimum": ROLE_OWNER, "maximum": ROLE_MEMBER,
+    "description": "0 hands the ownership over (the old owner becomes admin), 1 admin, 2 member"})]
+
+
 class ChangeRoleRequest(RequestModel):
     room_id: PositiveId
     target_user_id: PositiveId
-    new_role: StrictInt
+    new_role: Role
 
 
 class JoinRequestBody(RequestModel):
@@ -115,6 +125,34 @@ class RespondRequest(RequestModel):
 
 class RoomQuery(RequestModel):
     room_id: Annotated[int, Field(gt=0, le=2**63 - 1)]
+
+
+# -- answers, as OpenAPI components (the handlers below build exactly these) ---------------------------
+
+TAGS_USERS, TAGS_ROOMS, TAGS_MEMBERS, TAGS_REQUESTS = ("users",), ("rooms",), ("members",), ("join requests",)
+MAX_SEARCH_TEXT = 100
+DEFAULT_SEARCH_LIMIT = 20
+
+REGISTERED = component("Registered", obj({"user_id": ID}))
+LOGGED_IN = component("LoggedIn", obj({"token": STRING, "user_id": ID}))
+PROFILE = component("Profile", obj({"user_id": ID, "username": STRING, "nickname": nullable(STRING),
+                                    "created_at": TIMESTAMP}))
+ROOM_CREATED = component("RoomCreated", obj({"room_id": ID}))
+MEMBERS_ADDED = component("MembersAdded", obj({"added": array(ID)}))
+_ROOM_FIELDS = {"id": ID, "name": STRING, "creator_id": ID, "created_at": TIMESTAMP}
+ROOM = component("Room", obj(_ROOM_FIELDS))
+SEARCH_RESULT = component("SearchResult", obj({"rooms": array(ROOM)}))
+ROOM_INFO = component("RoomInfo", obj({**_ROOM_FIELDS, "is_group": BOOLEAN,
+                                       "member_count": {"type": "integer", "minimum": 0}}))
+MEMBER = component("Member", obj({"user_id": ID, "username": STRING,
+                                  "role": {"enum": [ROLE_OWNER, ROLE_ADMIN, ROLE_MEMBER]},
+                                  "nickname": nullable(STRING), "joined_at": nullable(TIMESTAMP)}))
+MEMBER_LIST = component("MemberList", obj({"members": array(MEMBER)}))
+JOIN_REQUEST_CREATED = component("JoinRequestCreated", obj({"request_id": ID}))
+JOIN_REQUEST = component("JoinRequest", obj({"id": ID, "room_id": ID, "user_id": ID, "message": STRING,
+                                             "created_at": TIMESTAMP}))
+JOIN_REQUEST_LIST = component("JoinRequestList", obj({"requests": array(JOIN_REQUEST)}))
+JOINED_ROOMS = component("JoinedRooms", obj({"room_ids": array(ID)}))
 
 
 def _room_json(room: Room) -> dict[str, object]:
@@ -133,25 +171,61 @@ class MetaRoutes:
         self.login_address_limiter = login_address_limiter
 
     def install(self, app: web.Application) -> None:
-        r = app.router
-        r.add_post("/register", self.register)
-        r.add_post("/login", self.login)
-        r.add_get("/api/user/profile", self.profile)
-        r.add_post("/api/chat/group/create", self.create)
-        r.add_post("/api/chat/group/add_member", self.add_member)
-        r.add_post("/api/chat/group/add_members", self.add_members)
-        r.add_post("/api/chat/group/change_nickname", self.change_nickname)
-        r.add_post("/api/chat/group/change_member_role", self.change_member_role)
-        r.add_post("/api/chat/group/remove_member", self.remove_member)
-        r.add_post("/api/chat/group/leave", self.leave)
-        r.add_post("/api/chat/group/join", self.join)
-        r.add_get("/api/chat/group/search", self.search)
-        r.add_get("/api/chat/group/info", self.info)
-        r.add_get("/api/chat/group/members", self.members)
-        r.add_post("/api/chat/group/join/request", self.join_request)
-        r.add_get("/api/chat/group/join/requests", self.join_requests)
-        r.add_post("/api/chat/group/join/respond", self.join_respond)
-        r.add_get("/api/joined_rooms", self.joined_rooms)
+        # The route table: handlers and their OpenAPI description (GET /openapi.json) in one place.
+        bearer, group = Auth.BEARER, "/api/chat/group"
+        member_change = (403, 404, 503)  # 503: the room's membership kept changing under the request
+        add_routes(app, [
+            Route("POST", "/register", self.register, "Create a user", body=RegisterRequest,
+                  reply=Reply(envelope(REGISTERED)), errors=(409,), error_text={409: "username already exists"},
+                  tags=TAGS_USERS),
+            Route("POST", "/login", self.login, "Log in: a JWT for the other services", body=LoginRequest,
+                  reply=Reply(envelope(LOGGED_IN)), errors=(401, 429),
+                  error_text={401: "Invalid username or password (the same answer for an unknown name)"},
+                  tags=TAGS_USERS),
+            Route("GET", "/api/user/profile", self.profile, "The caller's own profile", auth=bearer,
+                  reply=Reply(envelope(PROFILE)), errors=(404,), tags=TAGS_USERS),
+            Route("POST", f"{group}/create", self.create, "Create a group or a private (two-member) room",
+                  auth=bearer, body=CreateRoomRequest, reply=Reply(envelope(ROOM_CREATED)), errors=(404,),
+                  error_text={404: "a member id names no user"}, tags=TAGS_ROOMS),
+            Route("POST", f"{group}/add_member", self.add_member, "Add one member (owner or admin)", auth=bearer,
+                  body=AddMemberRequest, errors=member_change, tags=TAGS_MEMBERS),
+            Route("POST", f"{group}/add_members", self.add_members, "Add members (owner or admin)", auth=bearer,
+                  body=AddMembersRequest, reply=Reply(envelope(MEMBERS_ADDED)), errors=member_change,
+                  tags=TAGS_MEMBERS),
+            Route("POST", f"{group}/change_nickname", self.change_nickname, "Set the caller's nickname in a room",
+                  auth=bearer, body=ChangeNicknameRequest, errors=member_change, tags=TAGS_MEMBERS),
+            Route("POST", f"{group}/change_member_role", self.change_member_role,
+                  "Change a member's role (owner only; new_role 0 hands the ownership over)", auth=bearer,
+                  body=ChangeRoleRequest, errors=member_change, tags=TAGS_MEMBERS),
+            Route("POST", f"{group}/remove_member", self.remove_member, "Remove a member (owner or admin)",
+                  auth=bearer, body=TargetRequest, errors=member_change, tags=TAGS_MEMBERS),
+            Route("POST", f"{group}/leave", self.leave, "Leave a room", auth=bearer, body=RoomRequest,
+                  errors=member_change, tags=TAGS_MEMBERS),
+            Route("POST", f"{group}/join", self.join, "Join a group", auth=bearer, body=RoomRequest,
+                  errors=member_change, tags=TAGS_MEMBERS),
+            Route("GET", f"{group}/search", self.search, "Search groups by name", auth=bearer,
+                  params=[Param("q", {"type": "string", "maxLength": MAX_SEARCH_TEXT},
+                               "Part of the name; `%` and `_` match themselves"),
+                         Param("limit", {"type": "integer", "maximum": 2**63 - 1},
+                               f"Rooms to return: default {DEFAULT_SEARCH_LIMIT}, capped at limits.max_search_limit; "
+                               "a non-numeric or non-positive value means the default (GoStacker's rule)")],
+                  reply=Reply(envelope(SEARCH_RESULT)), errors=(400,), tags=TAGS_ROOMS),
+            Route("GET", f"{group}/info", self.info, "A room's details (any group; a private room for its members)",
+                  auth=bearer, params=RoomQuery, reply=Reply(envelope(ROOM_INFO)), errors=(403, 404),
+                  tags=TAGS_ROOMS),
+            Route("GET", f"{group}/members", self.members, "A room's members (members only)", auth=bearer,
+                  params=RoomQuery, reply=Reply(envelope(MEMBER_LIST)), errors=(403, 404), tags=TAGS_MEMBERS),
+            Route("POST", f"{group}/join/request", self.join_request, "Ask to join a group", auth=bearer,
+                  body=JoinRequestBody, reply=Reply(envelope(JOIN_REQUEST_CREATED)), errors=(404, 409),
+                  tags=TAGS_REQUESTS),
+            Route("GET", f"{group}/join/requests", self.join_requests, "Pending join requests (owner or admin)",
+                  auth=bearer, params=RoomQuery, reply=Reply(envelope(JOIN_REQUEST_LIST)), errors=(403, 404),
+                  tags=TAGS_REQUESTS),
+            Route("POST", f"{group}/join/respond", self.join_respond, "Approve or reject a join request",
+                  auth=bearer, body=RespondRequest, errors=member_change, tags=TAGS_REQUESTS),
+            Route("GET", "/api/joined_rooms", self.joined_rooms, "The ids of the caller's rooms", auth=bearer,
+                  reply=Reply(envelope(JOINED_ROOMS)), tags=TAGS_ROOMS),
+        ])
 
     def _check_list_size(self, ids: list[int]) -> None:
         if len(ids) > self.max_members:
@@ -225,25 +299,25 @@ class MetaRoutes:
 
     async def search(self, request: web.Request) -> web.Response:
         text = request.query.get("q", "")
-        if len(text) > 100:
-            raise ApiError(400, "q: at most 100 characters")
+        if len(text) > MAX_SEARCH_TEXT:
+            raise ApiError(400, f"q: at most {MAX_SEARCH_TEXT} characters")
         try:
             _no_control_characters(text)
         except ValueError as exc:
             raise ApiError(400, f"q: {exc}") from None
         try:
-            limit = int(request.query.get("limit", "20"))
+            limit = int(request.query.get("limit", DEFAULT_SEARCH_LIMIT))
         except ValueError:
-            limit = 20  # GoStacker's rule: non-numeric means the default
+            limit = DEFAULT_SEARCH_LIMIT  # GoStacker's rule: non-numeric means the default
         if limit <= 0:
-            limit = 20
+            limit = DEFAULT_SEARCH_LIMIT
         rooms = await self.service.search(text, min(limit, self.max_search_limit))
         return ok("ok", {"rooms": [_room_json(room) for room in rooms]})
 
     async def info(self, request: web.Request) -> web.Response:
         query = parse_query(request, RoomQuery)
         room = await self.service.room_for_member(identity(request).user_id, query.room_id)
-        count = await self.service.store.member_count(room.id)
+        count = await self.service.member_count(room.id)
         return ok("ok", {**_room_json(room), "is_group": room.is_group, "member_count": count})
 
     async def members(self, request: web.Request) -> web.Response:

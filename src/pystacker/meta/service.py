@@ -9,20 +9,38 @@ pending join request is refused; permission errors are 403 (GoStacker: 500), unk
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import bcrypt
 
 from pystacker.db.schema import ROLE_ADMIN, ROLE_MEMBER, ROLE_OWNER
-from pystacker.meta.store import DuplicateError, JoinRequest, MetaStore, Room, User
+from pystacker.engine.base import Roster, RosterEntry
+from pystacker.messaging.cursors import CursorBook
+from pystacker.messaging.rosters import MembershipBusy, RosterBook, RosterChange, from_unix
+from pystacker.meta.store import DuplicateError, JoinRequest, Member, MetaStore, Room, User
 from pystacker.web.auth import TokenService
 from pystacker.web.envelope import ApiError, bad_request, conflict, forbidden, not_found
+
+Result = TypeVar("Result")
 
 BCRYPT_COST = 10  # GoStacker's (Go DefaultCost); its `$2a$10$` hashes verify unchanged
 
 # Called after a room's membership changed, with the users who joined (empty when someone left):
 # caches drop the room, and new members get a delivery cursor at the room's current end.
 MembershipListener = Callable[[int, Sequence[int]], Awaitable[None]]
+
+
+def _role_in(roster: Roster, user_id: int, allowed: set[int]) -> int:
+    """The user's role if it is one of `allowed`; 403 otherwise."""
+    entry = roster.members.get(user_id)
+    if entry is None:
+        raise forbidden("permission denied: not a member of this room")
+    if entry.role not in allowed:
+        raise forbidden("permission denied")
+    return entry.role
 
 
 def _hash_password(password: str) -> str:
@@ -37,9 +55,11 @@ def _check_password(password: str, password_hash: str) -> bool:
 
 
 class MetaService:
-    def __init__(self, store: MetaStore, tokens: TokenService) -> None:
+    def __init__(self, store: MetaStore, tokens: TokenService, rosters: RosterBook, cursors: CursorBook) -> None:
         self.store = store
         self.tokens = tokens
+        self.rosters = rosters
+        self.cursors = cursors
         self._listeners: list[MembershipListener] = []
         # Compared against when the username is unknown, so both answers take one bcrypt check.
         self._decoy_hash = _hash_password("decoy-password-for-timing")
@@ -92,7 +112,7 @@ class MetaService:
     async def room_for_member(self, caller: int, room_id: int) -> Room:
         """The room, if the caller may see it: a member, or anyone for a (searchable) group."""
         room = await self._room(room_id)
-        if not room.is_group and await self.store.role_of(room_id, caller) is None:
+        if not room.is_group and await self.rosters.role_of(room_id, caller) is None:
             raise forbidden("not a member of this room")
         return room
 
@@ -100,6 +120,8 @@ class MetaService:
         return await self.store.search_groups(text, limit)
 
     # -- membership ------------------------------------------------------------------------------
+    # Every change is a decision on the roster as read, applied only to that version (RosterBook.change
+    # decides again if another change came first): permission checks and the change cannot interleave.
 
     async def add_members(self, caller: int, room_id: int, member_ids: Sequence[int]) -> list[int]:
         room = await self._room(room_id)
@@ -107,34 +129,48 @@ class MetaService:
             raise bad_request("cannot add members to a private chat")
         await self._require_role(room_id, caller, {ROLE_OWNER, ROLE_ADMIN})
         await self._require_users_exist(member_ids)
-        added = await self.store.add_members(room_id, member_ids, ROLE_MEMBER)
+        joined_at = time.time()
+
+        def decide(roster: Roster) -> RosterChange[list[int]]:
+            _role_in(roster, caller, {ROLE_OWNER, ROLE_ADMIN})
+            fresh = [uid for uid in dict.fromkeys(member_ids) if uid not in roster.members]
+            return RosterChange(fresh, put={uid: RosterEntry(ROLE_MEMBER, None, joined_at) for uid in fresh})
+
+        added = await self._change(room_id, decide)
         if added:
             await self._membership_changed(room_id, added)
         return added
 
     async def remove_member(self, caller: int, room_id: int, target: int) -> None:
         await self._room(room_id)
-        caller_role = await self._require_role(room_id, caller, {ROLE_OWNER, ROLE_ADMIN})
-        target_role = await self.store.role_of(room_id, target)
-        if target_role is None:
-            raise not_found("user is not a member of this room")
-        if target_role == ROLE_OWNER:
-            raise forbidden("the owner cannot be removed")
-        if target != caller and caller_role >= target_role:
-            raise forbidden("permission denied: an admin can only remove members")
-        await self.store.remove_member(room_id, target)
+
+        def decide(roster: Roster) -> RosterChange[None]:
+            caller_role = _role_in(roster, caller, {ROLE_OWNER, ROLE_ADMIN})
+            entry = roster.members.get(target)
+            if entry is None:
+                raise not_found("user is not a member of this room")
+            if entry.role == ROLE_OWNER:
+                raise forbidden("the owner cannot be removed")
+            if target != caller and caller_role >= entry.role:
+                raise forbidden("permission denied: an admin can only remove members")
+            return RosterChange(None, remove=[target])
+
+        await self._change(room_id, decide)
         await self._membership_changed(room_id)
 
     async def leave(self, caller: int, room_id: int) -> None:
         await self._room(room_id)
-        role = await self.store.role_of(room_id, caller)
-        if role is None:
-            raise not_found("not a member of this room")
-        if role == ROLE_OWNER and await self.store.member_count(room_id) > 1:
-            # No route transfers ownership (new_role 0 is refused), so do not advise it.
-            raise bad_request("the owner cannot leave while other members remain; hand the ownership over "
-                              "first (change_member_role with new_role 0)")
-        await self.store.remove_member(room_id, caller)
+
+        def decide(roster: Roster) -> RosterChange[None]:
+            entry = roster.members.get(caller)
+            if entry is None:
+                raise not_found("not a member of this room")
+            if entry.role == ROLE_OWNER and len(roster.members) > 1:
+                raise bad_request("the owner cannot leave while other members remain; hand the ownership "
+                                  "over first (change_member_role with new_role 0)")
+            return RosterChange(None, remove=[caller])
+
+        await self._change(room_id, decide)
         await self._membership_changed(room_id)
 
     async def join(self, caller: int, room_id: int) -> None:
@@ -142,40 +178,82 @@ class MetaService:
         if not room.is_group:
             raise bad_request("cannot join a private chat")
         await self._require_caller_exists(caller)
-        if await self.store.add_members(room_id, [caller], ROLE_MEMBER):
+        if await self._add_one(room_id, caller):
             await self._membership_changed(room_id, [caller])
+
+    async def _add_one(self, room_id: int, user_id: int) -> bool:
+        """Add as a member unless already in (then role and nickname stay). True if added."""
+        joined_at = time.time()
+
+        def decide(roster: Roster) -> RosterChange[bool]:
+            if user_id in roster.members:
+                return RosterChange(False)
+            return RosterChange(True, put={user_id: RosterEntry(ROLE_MEMBER, None, joined_at)})
+
+        return await self._change(room_id, decide)
 
     async def change_nickname(self, caller: int, room_id: int, nickname: str) -> None:
         await self._room(room_id)
-        if await self.store.role_of(room_id, caller) is None:
-            raise forbidden("not a member of this room")
-        await self.store.set_nickname(room_id, caller, nickname)
+
+        def decide(roster: Roster) -> RosterChange[None]:
+            entry = roster.members.get(caller)
+            if entry is None:
+                raise forbidden("not a member of this room")
+            return RosterChange(None, put={caller: dataclasses.replace(entry, nickname=nickname)})
+
+        await self._change(room_id, decide)
 
     async def change_role(self, caller: int, room_id: int, target: int, new_role: int) -> None:
         """Owner only. new_role 1 or 2 sets admin/member; 0 hands the ownership over (the old owner
-        becomes admin), so a group never has to be left without an owner."""
+        becomes admin, in the same change), so a group never has to be left without an owner."""
         if new_role not in (ROLE_OWNER, ROLE_ADMIN, ROLE_MEMBER):
             raise bad_request("new_role must be 0 (transfer ownership), 1 (admin) or 2 (member)")
         await self._room(room_id)
-        await self._require_role(room_id, caller, {ROLE_OWNER})
-        target_role = await self.store.role_of(room_id, target)
-        if target_role is None:
-            raise not_found("user is not a member of this room")
-        if target_role == ROLE_OWNER:
-            raise bad_request("the owner's role cannot be changed")
-        if new_role == ROLE_OWNER:
-            await self.store.transfer_ownership(room_id, caller, target)
-        else:
-            await self.store.set_role(room_id, target, new_role)
 
-    async def members(self, caller: int, room_id: int):  # type: ignore[no-untyped-def]
+        def decide(roster: Roster) -> RosterChange[None]:
+            _role_in(roster, caller, {ROLE_OWNER})
+            entry = roster.members.get(target)
+            if entry is None:
+                raise not_found("user is not a member of this room")
+            if entry.role == ROLE_OWNER:
+                raise bad_request("the owner's role cannot be changed")
+            put = {target: dataclasses.replace(entry, role=new_role)}
+            if new_role == ROLE_OWNER:
+                put[caller] = dataclasses.replace(roster.members[caller], role=ROLE_ADMIN)
+            return RosterChange(None, put=put)
+
+        await self._change(room_id, decide)
+        await self._membership_changed(room_id)
+
+    async def members(self, caller: int, room_id: int) -> list[Member]:
         await self._room(room_id)
-        if await self.store.role_of(room_id, caller) is None:
+        roster = await self._roster(room_id)
+        if caller not in roster.members:
             raise forbidden("not a member of this room")
-        return await self.store.members(room_id)
+        names = await self.store.usernames(list(roster.members))
+        members = [Member(uid, names.get(uid, ""), entry.role, entry.nickname, from_unix(entry.joined_at))
+                   for uid, entry in roster.members.items()]
+        return sorted(members, key=lambda m: (m.role, m.user_id))
+
+    async def member_count(self, room_id: int) -> int:
+        return len((await self._roster(room_id)).members)
 
     async def joined_rooms(self, caller: int) -> list[int]:
-        return await self.store.joined_room_ids(caller)
+        return await self.cursors.rooms_of(caller)
+
+    async def _roster(self, room_id: int) -> Roster:
+        roster = await self.rosters.roster(room_id)
+        if roster is None:
+            raise not_found("room not found")
+        return roster
+
+    async def _change(self, room_id: int, decide: Callable[[Roster], RosterChange[Result]]) -> Result:
+        try:
+            return await self.rosters.change(room_id, decide)
+        except LookupError:
+            raise not_found("room not found") from None
+        except MembershipBusy:
+            raise ApiError(503, "the room's membership is changing too fast; try again") from None
 
     # -- join requests ---------------------------------------------------------------------------
 
@@ -183,7 +261,7 @@ class MetaService:
         room = await self._room(room_id)
         if not room.is_group:
             raise bad_request("cannot request to join a private chat")
-        if await self.store.role_of(room_id, caller) is not None:
+        if await self.rosters.role_of(room_id, caller) is not None:
             raise conflict("already a member of this room")
         await self._require_caller_exists(caller)
         try:
@@ -201,9 +279,18 @@ class MetaService:
         if request is None:
             raise not_found("join request not found")
         await self._require_role(request.room_id, caller, {ROLE_OWNER, ROLE_ADMIN})
-        if not await self.store.answer_join_request(request, approve):
+        # The request goes first: of two answers only one finds it. Adding after the delete can fail
+        # (the cache is down), and the request is then put back so that it can be answered again.
+        if not await self.store.delete_join_request(request.id):
             raise not_found("join request not found")
-        if approve:
+        if not approve:
+            return
+        try:
+            added = await self._add_one(request.room_id, request.user_id)
+        except BaseException:
+            await self.store.restore_join_request(request)
+            raise
+        if added:
             await self._membership_changed(request.room_id, [request.user_id])
 
     # -- shared checks ---------------------------------------------------------------------------
@@ -215,12 +302,7 @@ class MetaService:
         return room
 
     async def _require_role(self, room_id: int, user_id: int, allowed: set[int]) -> int:
-        role = await self.store.role_of(room_id, user_id)
-        if role is None:
-            raise forbidden("permission denied: not a member of this room")
-        if role not in allowed:
-            raise forbidden("permission denied")
-        return role
+        return _role_in(await self._roster(room_id), user_id, allowed)
 
     async def _require_caller_exists(self, caller: int) -> None:
         """A correctly signed token can outlive its user (database reset, secret kept): refuse it as

@@ -6,11 +6,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pystacker.db.schema import ROLE_ADMIN, ROLE_MEMBER, ROLE_OWNER, chat_rooms, join_requests, room_members, users
+from pystacker.db.schema import chat_rooms, join_requests, room_members, users
 from pystacker.db.sqlutil import escape_like, insert_ignoring_duplicates, utcnow
 
 
@@ -134,89 +134,14 @@ class MetaStore:
             rows = await conn.execute(query)
             return [Room(int(r[0]), r[1], bool(r[2]), int(r[3]), r[4]) for r in rows]
 
-    # -- members ---------------------------------------------------------------------------------
+    # -- members (changed through the roster cache: messaging/rosters.py) --------------------------
 
-    async def role_of(self, room_id: int, user_id: int, conn: AsyncConnection | None = None) -> int | None:
-        query = select(room_members.c.role).where(
-            and_(room_members.c.room_id == room_id, room_members.c.user_id == user_id))
-        if conn is not None:
-            row = (await conn.execute(query)).first()
-        else:
-            async with self.engine.connect() as own:
-                row = (await own.execute(query)).first()
-        return int(row[0]) if row else None
-
-    async def add_members(self, room_id: int, user_ids: Sequence[int], role: int) -> list[int]:
-        """Add whoever is not a member yet; existing members keep their role and nickname.
-
-        Returns the ids that were really added.
-        """
+    async def usernames(self, user_ids: Sequence[int]) -> dict[int, str]:
         if not user_ids:
-            return []
-        now = utcnow()
-        async with self.engine.begin() as conn:
-            before = await self._member_ids_in(conn, room_id, user_ids)
-            fresh = [uid for uid in dict.fromkeys(user_ids) if uid not in before]
-            if fresh:
-                await conn.execute(insert_ignoring_duplicates(room_members, self.dialect), [
-                    {"room_id": room_id, "user_id": uid, "role": role, "joined_at": now} for uid in fresh])
-        return fresh
-
-    async def _member_ids_in(self, conn: AsyncConnection, room_id: int, user_ids: Sequence[int]) -> set[int]:
-        rows = await conn.execute(select(room_members.c.user_id).where(
-            and_(room_members.c.room_id == room_id, room_members.c.user_id.in_(list(set(user_ids))))))
-        return {int(r[0]) for r in rows}
-
-    async def remove_member(self, room_id: int, user_id: int) -> bool:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(delete(room_members).where(
-                and_(room_members.c.room_id == room_id, room_members.c.user_id == user_id)))
-            return result.rowcount > 0
-
-    async def set_role(self, room_id: int, user_id: int, role: int) -> bool:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(update(room_members).where(
-                and_(room_members.c.room_id == room_id, room_members.c.user_id == user_id)).values(role=role))
-            return result.rowcount > 0
-
-    async def transfer_ownership(self, room_id: int, owner: int, new_owner: int) -> None:
-        """In one transaction, so the room always has exactly one owner."""
-        async with self.engine.begin() as conn:
-            for user_id, role in ((new_owner, ROLE_OWNER), (owner, ROLE_ADMIN)):
-                await conn.execute(update(room_members).where(
-                    and_(room_members.c.room_id == room_id, room_members.c.user_id == user_id)).values(role=role))
-
-    async def set_nickname(self, room_id: int, user_id: int, nickname: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(update(room_members).where(
-                and_(room_members.c.room_id == room_id, room_members.c.user_id == user_id))
-                .values(nickname=nickname))
-
-    async def members(self, room_id: int) -> list[Member]:
-        query = (select(room_members.c.user_id, users.c.username, room_members.c.role,
-                        room_members.c.nickname, room_members.c.joined_at)
-                 .join(users, users.c.id == room_members.c.user_id)
-                 .where(room_members.c.room_id == room_id)
-                 .order_by(room_members.c.role, room_members.c.user_id))
+            return {}
         async with self.engine.connect() as conn:
-            rows = await conn.execute(query)
-            return [Member(int(r[0]), r[1], int(r[2]), r[3], r[4]) for r in rows]
-
-    async def member_ids(self, room_id: int) -> list[int]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(select(room_members.c.user_id).where(room_members.c.room_id == room_id))
-            return [int(r[0]) for r in rows]
-
-    async def member_count(self, room_id: int) -> int:
-        async with self.engine.connect() as conn:
-            return int((await conn.execute(select(func.count()).select_from(room_members)
-                                           .where(room_members.c.room_id == room_id))).scalar_one())
-
-    async def joined_room_ids(self, user_id: int) -> list[int]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(select(room_members.c.room_id).where(room_members.c.user_id == user_id)
-                                      .order_by(room_members.c.room_id))
-            return [int(r[0]) for r in rows]
+            rows = await conn.execute(select(users.c.id, users.c.username).where(users.c.id.in_(list(set(user_ids)))))
+            return {int(r[0]): r[1] for r in rows}
 
     # -- join requests ---------------------------------------------------------------------------
 
@@ -240,17 +165,18 @@ class MetaStore:
                                       .order_by(join_requests.c.created_at, join_requests.c.id))
             return [_join_request(r) for r in rows]
 
-    async def answer_join_request(self, request: JoinRequest, approve: bool) -> bool:
-        """Delete the request and, if approved, add the member, atomically. False if already answered."""
-        now = utcnow()
+    async def delete_join_request(self, request_id: int) -> bool:
+        """False if it was answered already."""
         async with self.engine.begin() as conn:
-            deleted = await conn.execute(delete(join_requests).where(join_requests.c.id == request.id))
-            if deleted.rowcount == 0:
-                return False
-            if approve:
-                await conn.execute(insert_ignoring_duplicates(room_members, self.dialect).values(
-                    room_id=request.room_id, user_id=request.user_id, role=ROLE_MEMBER, joined_at=now))
-        return True
+            deleted = await conn.execute(delete(join_requests).where(join_requests.c.id == request_id))
+            return deleted.rowcount > 0
+
+    async def restore_join_request(self, request: JoinRequest) -> None:
+        """Put back a request whose approval could not be applied, so it can be answered again."""
+        async with self.engine.begin() as conn:
+            await conn.execute(insert_ignoring_duplicates(join_requests, self.dialect).values(
+                id=request.id, room_id=request.room_id, user_id=request.user_id, message=request.message,
+                created_at=request.created_at))
 
 
 def _join_request(row) -> JoinRequest:  # type: ignore[no-untyped-def]
