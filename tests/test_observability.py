@@ -1,8 +1,9 @@
-"""Observability: the counters on /metrics add up after a scripted exchange, the sliding-window monitor
-never blocks and forgets old samples, /ready follows its dependencies (SQL and Redis), and every documented metric exists.
+"""Observability: the counters on /metrics add up after a scripted exchange (tests/counters.py, shared
+with the distributed deployment's test), the store metrics of SQL and Redis, the sliding-window monitor
+never blocks and forgets old samples, /ready follows its dependencies (SQL and Redis), and every
+documented metric exists.
 
-The embedded system is shared by the whole session, so the exchange reads deltas of the counters, on
-the series of this system's gateway.
+The embedded system is shared by the whole session, so the exchange reads deltas of the counters.
 """
 
 from __future__ import annotations
@@ -11,30 +12,27 @@ import logging
 import re
 import socket
 import subprocess
-import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from pystacker.logs import JSONFormatter
 from pystacker.observability.monitor import Monitor, MonitorCollector, Monitors
 from pystacker.runtime import Runtime
 from pystacker.web.health import install_health
 from pystacker.web.server import Listener, Servers, bind_socket, new_app
+from tests.client import User
 from tests.conftest import make_config
+from tests.counters import Samples, check_counters_add_up, value
+from tests.counters import scrape as scrape_url
 from tests.deployment import free_ports
 from tests.ws import Api, Client, make_room, open_api, poll, send_http
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "observability.md"
-
-MEMBERS = 4
-HTTP_SENDS = 4
-WS_SENDS = 2
-SENT = HTTP_SENDS + WS_SENDS
 
 
 @pytest.fixture
@@ -43,92 +41,50 @@ async def api(system) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
         yield api
 
 
-async def scrape(api: Api, service: str = "gateway") -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample on a service's /metrics, keyed by (sample name, labels)."""
-    async with api.session.get(api.system.urls[service] + "/metrics") as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text = await response.text()
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+async def scrape(api: Api, service: str = "gateway") -> Samples:
+    """Every sample on a service's /metrics (the embedded services share one registry)."""
+    return await scrape_url(api.session, api.system.urls[service])
 
 
-def value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+@dataclass
+class EmbeddedExchange:
+    """The embedded system as tests/counters.py's check drives it: one process, one gateway."""
 
+    api: Api
+    redis_engine: bool = False
 
-async def send_over_ws(client: Client, room_id: int, body: str) -> None:
-    ref = uuid.uuid4().hex[:8]
-    await client.send_chat(room_id, body, ref=ref)
-    answer = await client.recv_until(lambda f: f["type"] in ("send_ok", "error") and isinstance(f["payload"], dict)
-                                     and f["payload"].get("ref") == ref)
-    assert answer["type"] == "send_ok", answer
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        return self.api.session
+
+    @property
+    def metrics_urls(self) -> list[str]:
+        return [self.api.system.urls["gateway"]]  # one registry for all four services: read it once
+
+    async def users(self, count: int, prefix: str) -> list[User]:
+        return await self.api.users(count, prefix)
+
+    async def make_room(self, owner: User, members: list[User]) -> int:
+        return await make_room(self.api.meta, owner, members)
+
+    async def connect(self, index: int, user: User) -> tuple[Client, str]:
+        return await self.api.connect(user), self.api.gateway_service.gateway_id
+
+    async def send_http(self, index: int, user: User, room_id: int, body: str) -> None:
+        await send_http(self.api.send, user, room_id, body)
 
 
 async def test_counters_add_up_after_an_exchange(api: Api) -> None:
+    await check_counters_add_up(EmbeddedExchange(api))
+    # the gauge is the gateway's own count of its connections (polled: a closing socket leaves the
+    # gauge just before it leaves the gateway's table)
     gateway = api.gateway_service.gateway_id
-    users = await api.users(MEMBERS, "obs")
-    room_id = await make_room(api.meta, users[0], users[1:])
-    before = await scrape(api)
 
-    clients = [await api.connect(user) for user in users]
-    sender = clients[0]
-    for i in range(HTTP_SENDS):
-        await send_http(api.send, sender.user, room_id, f"http #{i}")
-    for i in range(WS_SENDS):
-        await send_over_ws(sender, room_id, f"ws #{i}")
-    for client in clients:
-        await client.collect(SENT, room_id=room_id)
-
-    def delta(samples: dict, name: str, **labels: str) -> float:
-        return value(samples, name, **labels) - value(before, name, **labels)
-
-    # A frame reaches the client as soon as it is written; the counter moves right after: poll for it.
-    async def delivered_all() -> dict | None:
+    async def gauge_is_the_table() -> bool:
         samples = await scrape(api)
-        return samples if delta(samples, "pystacker_messages_delivered_total", gateway=gateway) >= SENT * MEMBERS else None
+        return value(samples, "pystacker_ws_connections", gateway=gateway) == len(api.gateway_service.connections)
 
-    after = await poll(delivered_all)
-    assert delta(after, "pystacker_messages_accepted_total") == SENT
-    assert delta(after, "pystacker_messages_duplicate_total") == 0
-    assert delta(after, "pystacker_messages_delivered_total", gateway=gateway) == SENT * MEMBERS
-    assert delta(after, "pystacker_ws_frames_out_total", gateway=gateway, type="chat") == SENT * MEMBERS
-    # every member is on this one gateway: one message entry per message, plus the sender's ack entry
-    assert delta(after, "pystacker_inbox_entries_written_total", kind="message") == SENT
-    assert delta(after, "pystacker_inbox_entries_written_total", kind="ack") == SENT
-    assert delta(after, "pystacker_ws_frames_in_total", gateway=gateway, type="send") == WS_SENDS
-    assert delta(after, "pystacker_ws_connects_total", gateway=gateway) == MEMBERS
-    assert delta(after, "pystacker_ws_connections", gateway=gateway) == MEMBERS
-    assert value(after, "pystacker_ws_connections", gateway=gateway) == len(api.gateway_service.connections)
-    # the request counter names the route's canonical path, with the status
-    assert delta(after, "pystacker_http_requests_total", service="send", route="/api/chat/send_message",
-                 method="POST", status="200") == HTTP_SENDS
-    assert delta(after, "pystacker_http_request_duration_seconds_count", service="send",
-                 route="/api/chat/send_message", method="POST") == HTTP_SENDS
-    assert delta(after, "pystacker_delivery_latency_seconds_count", gateway=gateway) == SENT * MEMBERS
-    # the send path feeds the monitor too (the collector computes it at scrape time)
-    assert value(after, "app_monitor_count", monitor="send") >= SENT
-    assert value(after, "app_monitor_count", monitor="sql") > 0
-
-    # two members leave: the gauge follows, and their close code is counted
-    for client in clients[:2]:
-        await client.close()
-
-    async def two_left() -> dict | None:
-        samples = await scrape(api)
-        return samples if delta(samples, "pystacker_ws_connections", gateway=gateway) == MEMBERS - 2 else None
-
-    after_close = await poll(two_left)
-    assert delta(after_close, "pystacker_ws_disconnects_total", gateway=gateway, code="1000") == 2
-    for client in clients[2:]:
-        await client.close()
-    await poll(lambda: _connections_back(api, gateway, before))
-
-
-async def _connections_back(api: Api, gateway: str, before: dict) -> bool:
-    samples = await scrape(api)
-    return value(samples, "pystacker_ws_connections", gateway=gateway) == value(before, "pystacker_ws_connections",
-                                                                                   gateway=gateway)
+    await poll(gauge_is_the_table, "the connections gauge equal to the gateway's connections")
 
 
 async def test_every_service_serves_metrics_and_debug_stats(api: Api) -> None:

@@ -9,7 +9,8 @@ Environment variables override the file: `PYSTACKER_<SECTION>__<KEY>`, e.g. `PYS
 values given on the command line (`load_config(..., overrides=...)`) override both.
 
 PyStacker's own keys (not in GoStacker): `host`, `database.url`, `engine`, `internal.token`,
-`ports.*` (embedded mode), `metrics_port`, `data_dir`, `limits.*`, `redis.cluster` (and in each `send_redis` block).
+`ports.*` (embedded mode), `metrics_port`, `data_dir`, `limits.*`, `redis.cluster` (and in each `send_redis` block),
+`tracing.*`.
 """
 
 from __future__ import annotations
@@ -206,6 +207,20 @@ class LimitsConfig(Section):
     rate_limit_max_keys: int = Field(100_000, ge=1, description="buckets kept per limiter (LRU)")
 
 
+class TracingConfig(Section):
+    """PyStacker extension: OpenTelemetry traces of each message, from send to the socket writes
+    (docs/observability.md). Off by default; on, it needs the `tracing` extra installed."""
+
+    enabled: bool = False
+    # OTLP over HTTP: the collector's base URL (`/v1/traces` is added) or the full traces URL. Empty:
+    # OpenTelemetry's own settings (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT),
+    # else http://localhost:4318.
+    otlp_endpoint: str = Field("", pattern=r"^(https?://\S+)?$")
+    service_name: str = ""  # the `service.name` of this process's spans; empty: the `name` key
+    # The share of messages traced, decided once where the trace starts (send); the gateways follow it.
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+
+
 class Config(BaseSettings):
     model_config = SettingsConfigDict(
         extra="forbid",
@@ -246,6 +261,7 @@ class Config(BaseSettings):
     ports: EmbeddedPorts = EmbeddedPorts()
     limits: LimitsConfig = LimitsConfig()
     websocket: WebSocketConfig = WebSocketConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @classmethod
     def settings_customise_sources(

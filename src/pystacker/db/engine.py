@@ -8,7 +8,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from pystacker.observability.monitor import watch_sql
+from pystacker.observability.stores import watch_sql
 
 
 def dialect_of(url: str) -> str:
@@ -42,5 +42,5 @@ def create_engine(url: str, *, pool_size: int = 20, echo: bool = False) -> Async
         pool_pre_ping=True,
         pool_recycle=1800,
     )
-    watch_sql(engine.sync_engine)  # the `sql` monitor: latency and errors of every statement
+    watch_sql(engine.sync_engine)  # the `sql` monitor and SQL metrics: latency and errors of every statement
     return engine

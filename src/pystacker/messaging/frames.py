@@ -5,7 +5,8 @@ clients work unchanged; PyStacker adds keys they ignore: `seq`, `client_msg_id`,
 (the id as a string: snowflakes exceed JavaScript's 2^53) and `content_type`.
 
 Inbox entries are GoStacker's PushMessage with CamelCase keys (so a Go gateway can read ours) plus
-`Seq`, `ClientMsgID`, `TS`, `ContentType`; the decoder accepts snake_case too (spec 4.1).
+`Seq`, `ClientMsgID`, `TS`, `ContentType`, and `TraceParent` (the W3C trace context of the message's
+trace) only while tracing is on; the decoder accepts snake_case too (spec 4.1).
 """
 
 from __future__ import annotations
@@ -98,28 +99,37 @@ class PushEntry:
     client_msg_id: str | None = None
     ts: int = 0
     content_type: str = "text"
+    # W3C `traceparent` of the fan-out span (observability/tracing.py); None, and no key in the entry,
+    # while tracing is off, so that entries stay byte for byte what they were.
+    trace_parent: str | None = None
 
     def encode(self) -> bytes:
-        return orjson.dumps({
+        fields = {
             "ID": self.msg_id, "Type": self.type, "RoomID": self.room_id, "SenderID": self.sender_id,
             "TargetIDs": self.target_ids, "Payload": self.payload, "Seq": self.seq,
             "ClientMsgID": self.client_msg_id, "TS": self.ts, "ContentType": self.content_type,
-        })
+        }
+        if self.trace_parent is not None:
+            fields["TraceParent"] = self.trace_parent
+        return orjson.dumps(fields)
 
     @classmethod
-    def for_message(cls, message: StoredMessage, target_ids: list[int]) -> PushEntry:
+    def for_message(cls, message: StoredMessage, target_ids: list[int], trace_parent: str | None = None) -> PushEntry:
         return cls("chat", message.msg_id, message.room_id, message.sender_id, target_ids, message.content,
-                   message.seq, message.client_msg_id, message.created_at_ms, message.type)
+                   message.seq, message.client_msg_id, message.created_at_ms, message.type, trace_parent)
 
     @classmethod
-    def for_ack(cls, message: StoredMessage) -> PushEntry:
+    def for_ack(cls, message: StoredMessage, trace_parent: str | None = None) -> PushEntry:
         return cls("ack", message.msg_id, message.room_id, message.sender_id, [message.sender_id], None,
-                   message.seq, message.client_msg_id, message.created_at_ms, message.type)
+                   message.seq, message.client_msg_id, message.created_at_ms, message.type, trace_parent)
 
     def stored_message(self) -> StoredMessage:
         payload = self.payload if isinstance(self.payload, dict) else {}
         return StoredMessage(self.msg_id, self.room_id, self.seq, self.sender_id, self.content_type, payload,
                              self.ts, self.client_msg_id)
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _pick(data: dict[str, Any], camel: str, snake: str, default: Any) -> Any:
@@ -139,8 +149,9 @@ def decode_entry(raw: bytes | str) -> PushEntry:
     targets = _pick(data, "TargetIDs", "target_ids", [])
     if not isinstance(targets, list) or not all(isinstance(t, int) for t in targets):
         raise ValueError("inbox entry has bad target ids")
+    trace_parent = _pick(data, "TraceParent", "trace_parent", None)
     try:
-        return PushEntry(
+        entry = PushEntry(
             type=str(_pick(data, "Type", "type", "chat")),
             msg_id=int(_pick(data, "ID", "id", 0)),
             room_id=int(_pick(data, "RoomID", "room_id", 0)),
@@ -151,6 +162,14 @@ def decode_entry(raw: bytes | str) -> PushEntry:
             client_msg_id=_pick(data, "ClientMsgID", "client_msg_id", None),
             ts=int(_pick(data, "TS", "ts", 0) or 0),
             content_type=str(_pick(data, "ContentType", "content_type", "text") or "text"),
+            # Not a string: ignored (the entry is still delivered, outside any trace).
+            trace_parent=trace_parent if isinstance(trace_parent, str) else None,
         )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int() of an infinite float
         raise ValueError(f"inbox entry has a bad field: {exc}") from None
+    # Go's int64 (and SQL's BIGINT): a wider number cannot be a real entry, and it failed later, when the
+    # entry was encoded again for a socket (a 500 on /center/forward; orjson reads such numbers as floats).
+    if not all(INT64_MIN <= value <= INT64_MAX for value in
+               (entry.msg_id, entry.room_id, entry.sender_id, entry.seq, entry.ts, *entry.target_ids)):
+        raise ValueError("inbox entry has an integer outside 64 bits")
+    return entry

@@ -88,8 +88,30 @@ FLUSHER_BATCH_SIZE = Histogram("pystacker_flusher_batch_size", "Messages per bat
                                buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000))
 FLUSHER_MESSAGES = Counter("pystacker_flusher_messages_flushed_total", "Messages written to SQL by the flusher.")
 FLUSHER_CURSORS = Counter("pystacker_flusher_cursors_flushed_total", "Delivery cursors copied to SQL by the flusher.")
+FLUSHER_ROSTERS = Counter("pystacker_flusher_rosters_flushed_total",
+                          "Room rosters (memberships) written to SQL by the flusher.")
 FLUSHER_FAILURES = Counter("pystacker_flusher_failures_total",
                            "Flush rounds that failed (the batch is handed out again later).")
+
+# -- stores: Redis (the engine) and SQL ------------------------------------------------------------
+# Fed in one place each (observability/stores.py): a wrapper around the Redis engine's contract
+# methods, and SQLAlchemy's cursor events on every engine db/engine.py creates. `operation` is a fixed,
+# small set (an engine method such as `messages.append`; a statement kind), never a key or a statement.
+
+REDIS_CALL_SECONDS = Histogram(
+    "pystacker_redis_call_seconds", "Time of one Redis engine call (an engine method such as messages.append, "
+    "with all its round trips; failed calls included). inbox.read_new includes its blocking wait.",
+    ["operation"], buckets=_LATENCY_BUCKETS)
+REDIS_ERRORS = Counter("pystacker_redis_errors_total", "Redis engine calls that raised, by operation.",
+                       ["operation"])
+SQL_QUERY_SECONDS = Histogram(
+    "pystacker_sql_query_seconds", "Time of one SQL statement on the driver (cursor execute; failed ones "
+    "included), by kind: select, insert, update, delete, other.", ["operation"], buckets=_LATENCY_BUCKETS)
+SQL_ERRORS = Counter("pystacker_sql_errors_total", "SQL statements that failed, by kind (select, insert, "
+                     "update, delete, other; connect: a connection that could not be opened).", ["operation"])
+SQL_KINDS = ("select", "insert", "update", "delete", "other")
+for _kind in (*SQL_KINDS, "connect"):  # at 0 from the start: rate() sees the first error
+    SQL_ERRORS.labels(_kind)
 
 # -- inbox and registry gauges (refreshed periodically) ---------------------------------------------
 

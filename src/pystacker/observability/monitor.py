@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -152,27 +152,3 @@ REGISTRY.register(MonitorCollector(MONITORS))
 for _name in ("sql", "send", "push_ws"):  # present (at 0) from the start, so dashboards find them
     MONITORS.get(_name)
 
-
-def watch_sql(sync_engine: Any) -> None:
-    """Feed the `sql` monitor from every statement of an engine (SQLAlchemy events of the sync engine
-    under an AsyncEngine). The start time is kept on the connection, as a stack for nested statements."""
-    from sqlalchemy import event
-
-    monitor = MONITORS.get("sql")
-
-    @event.listens_for(sync_engine, "before_cursor_execute")
-    def _started(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
-        conn.info.setdefault("pystacker_sql_started", []).append(time.perf_counter())
-
-    @event.listens_for(sync_engine, "after_cursor_execute")
-    def _finished(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
-        started = conn.info.get("pystacker_sql_started")
-        if started:
-            monitor.record(time.perf_counter() - started.pop(), True)
-
-    @event.listens_for(sync_engine, "handle_error")
-    def _failed(context) -> None:  # type: ignore[no-untyped-def]
-        conn = context.connection
-        started = conn.info.get("pystacker_sql_started") if conn is not None else None
-        # A failed connect has no statement start: count it as a failure of no duration.
-        monitor.record(time.perf_counter() - started.pop() if started else 0.0, False)

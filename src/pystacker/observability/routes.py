@@ -7,6 +7,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from pystacker.observability.monitor import MONITORS
+from pystacker.web.openapi import DEBUG_STATS, STRING, Reply, Route, add_routes
 
 
 async def metrics(_: web.Request) -> web.Response:
@@ -22,5 +23,9 @@ async def debug_stats(_: web.Request) -> web.Response:
 
 
 def install_observability(app: web.Application) -> None:
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/debug/stats", debug_stats)
+    add_routes(app, [
+        Route("GET", "/metrics", metrics, "Prometheus metrics of the process (text exposition format)",
+              reply=Reply(STRING, media_type="text/plain"), tags=("operations",)),
+        Route("GET", "/debug/stats", debug_stats, "The sliding-window monitors (last 60 s) as JSON",
+              reply=Reply(DEBUG_STATS), tags=("operations",)),
+    ])

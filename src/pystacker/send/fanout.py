@@ -13,23 +13,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Collection
+from typing import Any
 
 from pystacker.engine.base import Engine, StoredMessage
 from pystacker.messaging.handoff import LiveGateways
 from pystacker.messaging.fanout import plan_fanout
 from pystacker.messaging.frames import PushEntry
-from pystacker.observability import metrics
+from pystacker.observability import metrics, tracing
 
 log = logging.getLogger("pystacker.send.fanout")
 
 
 class FanoutJob:
-    __slots__ = ("message", "members", "ack_sender")
+    __slots__ = ("message", "members", "ack_sender", "trace")
 
-    def __init__(self, message: StoredMessage, members: Collection[int], ack_sender: bool) -> None:
+    def __init__(self, message: StoredMessage, members: Collection[int], ack_sender: bool, trace: Any) -> None:
         self.message = message
         self.members = members
         self.ack_sender = ack_sender
+        self.trace = trace  # the send span the fan-out continues (None: tracing off)
 
 
 class Fanout:
@@ -43,9 +45,10 @@ class Fanout:
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work(q), name=f"fanout-{i}") for i, q in enumerate(self._queues)]
 
-    async def submit(self, message: StoredMessage, members: Collection[int], *, ack_sender: bool = True) -> None:
-        """Queue the push; waits while the room's worker queue is full."""
-        await self._queues[message.room_id % len(self._queues)].put(FanoutJob(message, members, ack_sender))
+    async def submit(self, message: StoredMessage, members: Collection[int], *, ack_sender: bool = True,
+                     trace: Any = None) -> None:
+        """Queue the push; waits while the room's worker queue is full. `trace`: the span of the send."""
+        await self._queues[message.room_id % len(self._queues)].put(FanoutJob(message, members, ack_sender, trace))
 
     async def drain(self, timeout: float) -> None:
         """Let queued pushes finish (graceful stop)."""
@@ -64,7 +67,7 @@ class Fanout:
         while True:
             job = await queue.get()
             try:
-                await self.push(job.message, job.members, ack_sender=job.ack_sender)
+                await self.push(job.message, job.members, ack_sender=job.ack_sender, trace=job.trace)
             except Exception:
                 self.failures += 1
                 metrics.FANOUT_FAILURES.inc()
@@ -73,19 +76,34 @@ class Fanout:
             finally:
                 queue.task_done()
 
-    async def push(self, message: StoredMessage, members: Collection[int], *, ack_sender: bool = True) -> None:
-        routes = await self.engine.registry.get_routes(list(members))
-        plan = plan_fanout(members, routes, await self.live.get())
-        entries = [(gateway_id, PushEntry.for_message(message, targets).encode())
-                   for gateway_id, targets in plan.by_gateway.items()]
-        if entries:
-            await self.engine.inbox.add(entries)
-            metrics.INBOX_ENTRIES_WRITTEN.labels("message").inc(len(entries))
-        sender_route = routes.get(message.sender_id)
-        if ack_sender and sender_route is not None and message.sender_id not in plan.offline:
-            # After every copy is in an inbox: "ack" means handed on, as in GoStacker (section 5).
-            await self.engine.inbox.add([(sender_route.gateway_id, PushEntry.for_ack(message).encode())])
-            metrics.INBOX_ENTRIES_WRITTEN.labels("ack").inc()
+    async def push(self, message: StoredMessage, members: Collection[int], *, ack_sender: bool = True,
+                   trace: Any = None) -> None:
+        """`trace`: the send's span, continued by a fan-out span whose context goes into the entries
+        (None, tracing off: no span, and the entries carry no trace key)."""
+        span = None if trace is None else tracing.start_span(
+            "fanout", parent=trace, kind="producer", attributes=tracing.message_attributes(message))
+        trace_parent = None if span is None else tracing.traceparent(span)
+        try:
+            routes = await self.engine.registry.get_routes(list(members))
+            plan = plan_fanout(members, routes, await self.live.get())
+            entries = [(gateway_id, PushEntry.for_message(message, targets, trace_parent).encode())
+                       for gateway_id, targets in plan.by_gateway.items()]
+            if entries:
+                await self.engine.inbox.add(entries)
+                metrics.INBOX_ENTRIES_WRITTEN.labels("message").inc(len(entries))
+            sender_route = routes.get(message.sender_id)
+            if ack_sender and sender_route is not None and message.sender_id not in plan.offline:
+                # After every copy is in an inbox: "ack" means handed on, as in GoStacker (section 5).
+                await self.engine.inbox.add([(sender_route.gateway_id,
+                                              PushEntry.for_ack(message, trace_parent).encode())])
+                metrics.INBOX_ENTRIES_WRITTEN.labels("ack").inc()
+        except BaseException as exc:
+            if span is not None:
+                tracing.end_span(span, exc)
+            raise
+        if span is not None:
+            span.set_attributes({"gateways": len(entries), "offline": len(plan.offline)})
+            tracing.end_span(span)
         if log.isEnabledFor(logging.DEBUG):  # the extra dict is built only when the line is written
             log.debug("fan-out", extra={"msg_id": message.msg_id, "room_id": message.room_id, "seq": message.seq,
                                         "gateways": len(entries), "offline": len(plan.offline)})

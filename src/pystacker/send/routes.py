@@ -5,13 +5,16 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import Field, StrictInt, StringConstraints
+from pydantic import Field, StrictInt, StringConstraints, WithJsonSchema
 
 from pystacker.engine.base import StoredMessage
+from pystacker.messaging.content import content_json_schema
 from pystacker.messaging.frames import chat_frame
 from pystacker.send.service import SendService
 from pystacker.web.auth import identity
 from pystacker.web.envelope import ok
+from pystacker.web.openapi import (BOOLEAN, ID, INTEGER, STRING, Auth, Reply, Route, add_routes, array, component,
+                                   envelope, nullable, obj)
 from pystacker.web.ratelimit import TokenBucketLimiter
 from pystacker.web.requests import RequestModel, parse_json, parse_query
 
@@ -19,20 +22,26 @@ PositiveId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
 ClientMsgId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
 
 
+# Validated by parse_content (400/413 with GoStacker-style texts); the schema only documents it.
+Content = Annotated[Any, WithJsonSchema(content_json_schema())]
+
+
 class SendRequest(RequestModel):
     room_id: PositiveId
-    content: Any = Field(...)
+    content: Content = Field(...)
     client_msg_id: ClientMsgId | None = None
 
 
+# Every integer is bounded to SQL's signed 64 bits: a larger one reached SQLite (OverflowError) or the
+# memory log (islice) as a 500 before; now it is a 400, and the OpenAPI document says so.
 class ResendRequest(RequestModel):
-    message_id: Annotated[StrictInt, Field(gt=0)]
+    message_id: PositiveId
 
 
 class HistoryQuery(RequestModel):
     room_id: Annotated[int, Field(gt=0, le=2**63 - 1)]
-    after_seq: Annotated[int, Field(ge=0)] | None = None
-    before_seq: Annotated[int, Field(gt=0)] | None = None
+    after_seq: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
+    before_seq: Annotated[int, Field(gt=0, le=2**63 - 1)] | None = None
     limit: Annotated[int, Field(ge=1, le=200)] = 50
 
 
@@ -43,6 +52,21 @@ class PushbackRequest(RequestModel):
 
 class NotifyOnlineRequest(RequestModel):
     target_id: PositiveId
+
+
+# -- answers, as OpenAPI components ------------------------------------------------------------------
+
+SEND_ANSWER = component("SendAnswer", obj({
+    "msgID": ID, "id_str": {"type": "string", "pattern": "^[1-9][0-9]*$"}, "seq": ID, "room_id": ID,
+    "client_msg_id": nullable(STRING), "duplicate": BOOLEAN}))
+CHAT_FRAME = component("ChatFrame", obj({
+    "id": ID, "type": {"const": "chat"}, "room_id": ID, "sender_id": ID,
+    "payload": {"type": "object", "description": "the content without its `type` key"},
+    "seq": ID, "client_msg_id": nullable(STRING), "ts": INTEGER, "id_str": STRING, "content_type": STRING}))
+HISTORY_PAGE = component("HistoryPage", obj({
+    "room_id": ID, "last_seq": {"type": "integer", "minimum": 0}, "has_more": BOOLEAN,
+    "messages": array(CHAT_FRAME)}))
+TAGS_MESSAGES, TAGS_INTERNAL = ("messages",), ("internal",)
 
 
 def send_answer(message: StoredMessage, duplicate: bool) -> dict[str, Any]:
@@ -57,12 +81,28 @@ class SendRoutes:
         self.send_limiter = send_limiter
 
     def install(self, app: web.Application) -> None:
-        r = app.router
-        r.add_post("/api/chat/send_message", self.send_message)
-        r.add_post("/api/chat/resend_message", self.resend_message)
-        r.add_get("/api/chat/history", self.history)
-        r.add_post("/internal/pushback", self.pushback)
-        r.add_post("/internal/push/notify_online", self.notify_online)
+        # The route table: handlers and their OpenAPI description (GET /openapi.json) in one place.
+        add_routes(app, [
+            Route("POST", "/api/chat/send_message", self.send_message,
+                  "Send a message: stored with its seq before the answer; a retry with the same client_msg_id "
+                  "returns the first answer", auth=Auth.BEARER, body=SendRequest, reply=Reply(envelope(SEND_ANSWER)),
+                  errors=(403, 404, 413, 429), error_text={403: "not a member of this room", 404: "room not found",
+                                                           413: "content over its limits"}, tags=TAGS_MESSAGES),
+            Route("POST", "/api/chat/resend_message", self.resend_message,
+                  "Push a stored message of the caller's again", auth=Auth.BEARER, body=ResendRequest,
+                  errors=(401, 403, 404), error_text={401: "missing or invalid token, or not the sender"},
+                  tags=TAGS_MESSAGES),
+            Route("GET", "/api/chat/history", self.history,
+                  "A page of a room's messages: ascending after after_seq, else the newest before before_seq",
+                  auth=Auth.BEARER, params=HistoryQuery, reply=Reply(envelope(HISTORY_PAGE)), errors=(403, 404),
+                  tags=TAGS_MESSAGES),
+            Route("POST", "/internal/pushback", self.pushback,
+                  "GoStacker's pushback: hand a frame that missed its user to his current gateway",
+                  auth=Auth.INTERNAL, body=PushbackRequest, tags=TAGS_INTERNAL),
+            Route("POST", "/internal/push/notify_online", self.notify_online,
+                  "Run the user's catch-up on his gateway now", auth=Auth.INTERNAL, body=NotifyOnlineRequest,
+                  reply=Reply(status=202, description="Accepted"), tags=TAGS_INTERNAL),
+        ])
 
     async def send_message(self, request: web.Request) -> web.Response:
         body = await parse_json(request, SendRequest)

@@ -17,7 +17,7 @@ from pystacker.messaging.history import History
 from pystacker.messaging.ids import Snowflake
 from pystacker.messaging.membership import MembershipCache
 from pystacker.messaging.store import MessageStore
-from pystacker.observability import metrics
+from pystacker.observability import metrics, tracing
 from pystacker.observability.monitor import monitored
 from pystacker.send.fanout import Fanout
 from pystacker.web.envelope import ApiError, forbidden, not_found
@@ -47,15 +47,28 @@ class SendService:
 
     @monitored("send")
     async def send(self, sender_id: int, room_id: int, content: Any, client_msg_id: str | None) -> Appended:
-        kind, payload = parse_content(content)
-        members = await self._require_member(sender_id, room_id)
-        appended = await self.engine.messages.append(NewMessage(
-            msg_id=self.ids.next_id(), room_id=room_id, sender_id=sender_id, type=kind, content=payload,
-            created_at_ms=time.time_ns() // 1_000_000, client_msg_id=client_msg_id))
-        (metrics.MESSAGES_DUPLICATE if appended.duplicate else metrics.MESSAGES_ACCEPTED).inc()
-        # A duplicate is pushed again too: the first attempt may have died before its push (gateways
-        # drop what a client already has, by seq).
-        await self.fanout.submit(appended.message, members)
+        # The root of the message's trace, which the fan-out continues (observability/tracing.py).
+        # Started and ended by hand: with tracing off this costs one flag test, not a context manager.
+        span = tracing.start_span("send", attributes={"room_id": room_id, "sender_id": sender_id}) \
+            if tracing.enabled else None
+        try:
+            kind, payload = parse_content(content)
+            members = await self._require_member(sender_id, room_id)
+            appended = await self.engine.messages.append(NewMessage(
+                msg_id=self.ids.next_id(), room_id=room_id, sender_id=sender_id, type=kind, content=payload,
+                created_at_ms=time.time_ns() // 1_000_000, client_msg_id=client_msg_id))
+            (metrics.MESSAGES_DUPLICATE if appended.duplicate else metrics.MESSAGES_ACCEPTED).inc()
+            if span is not None:
+                span.set_attributes({**tracing.message_attributes(appended.message), "duplicate": appended.duplicate})
+            # A duplicate is pushed again too: the first attempt may have died before its push (gateways
+            # drop what a client already has, by seq).
+            await self.fanout.submit(appended.message, members, trace=span)
+        except BaseException as exc:
+            if span is not None:
+                tracing.end_span(span, exc)
+            raise
+        if span is not None:
+            tracing.end_span(span)
         if log.isEnabledFor(logging.DEBUG):  # the extra dict is built only when the line is written
             log.debug("accepted", extra={"msg_id": appended.message.msg_id, "room_id": room_id,
                                          "seq": appended.message.seq, "duplicate": appended.duplicate,
