@@ -8,7 +8,8 @@
   by a `batch` frame with `sync_room_id` and `has_more`.
 - `{"type":"ping"}`: answered by `pong`.
 Anything else gets an `error` frame; the connection stays open. A `send` over the user's rate limit
-gets `error` with code 429 and `retry_after` (seconds) in its payload.
+gets `error` with code 429 and `retry_after` (seconds) in its payload. `ref` (echoed in the answer) must
+be a string of at most 128 characters, a number, a boolean or null; any other gets an `error` frame.
 """
 
 from __future__ import annotations
@@ -30,6 +31,18 @@ from pystacker.web.requests import RequestModel, describe
 PositiveId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
 MAX_SYNC_LIMIT = 200
 KNOWN_FRAME_TYPES = frozenset({"send", "ack", "sync", "ping"})  # the frame-in metric's `type` values
+MAX_REF_CHARS = 128
+MAX_SHOWN_TYPE_CHARS = 32
+REF_RULE = f"ref must be a string of at most {MAX_REF_CHARS} characters, a number, a boolean or null"
+
+
+def echoable_ref(ref: Any) -> bool:
+    """A `ref` the answers can carry back: a scalar that encodes to a few bytes."""
+    if isinstance(ref, str):
+        return len(ref) <= MAX_REF_CHARS
+    if isinstance(ref, int) and not isinstance(ref, bool):
+        return -(2**63) <= ref < 2**64  # what orjson encodes (it reads wider numbers as floats)
+    return ref is None or isinstance(ref, (bool, float))
 
 
 class SendFrame(RequestModel):
@@ -39,14 +52,19 @@ class SendFrame(RequestModel):
     ref: Any = None
 
 
+# Seqs are SQL's signed 64 bits, like ids: a larger after_seq made the history read fail (islice
+# bounds) and took the connection down instead of getting an error frame.
+Seq = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+
+
 class AckFrame(RequestModel):
     room_id: PositiveId
-    seq: Annotated[StrictInt, Field(ge=0)]
+    seq: Seq
 
 
 class SyncFrame(RequestModel):
     room_id: PositiveId
-    after_seq: Annotated[StrictInt, Field(ge=0)] = 0
+    after_seq: Seq = 0
     limit: Annotated[StrictInt, Field(ge=1, le=MAX_SYNC_LIMIT)] = 50
     ref: Any = None
 
@@ -73,6 +91,11 @@ class ClientFrames:
         kind = data.get("type")
         ref = data.get("ref")
         conn.metrics.frame_in(kind if isinstance(kind, str) and kind in KNOWN_FRAME_TYPES else "invalid")
+        if not echoable_ref(ref):
+            # Every answer echoes `ref`: a nested one deeper than orjson encodes (255) crashed the
+            # connection's handler (1011), and a big one made every answer big. Refused, not echoed.
+            self._reply(conn, error_frame(400, REF_RULE))
+            return
         try:
             if kind == "send":
                 await self._send(conn, SendFrame.model_validate(data))
@@ -84,8 +107,10 @@ class ClientFrames:
                 await self._sync(conn, SyncFrame.model_validate(data))
             elif kind == "ping":
                 self._reply(conn, {"id": -1, "type": "pong", "room_id": 0, "sender_id": 0, "payload": ref})
-            else:
-                self._reply(conn, error_frame(400, f"unknown frame type: {kind!r}", ref=ref))
+            elif isinstance(kind, str):  # shown cut short: the answer must not grow with the input
+                self._reply(conn, error_frame(400, f"unknown frame type: {kind[:MAX_SHOWN_TYPE_CHARS]!r}", ref=ref))
+            else:  # repr() of a deep list hit Python's recursion limit: name the rule instead
+                self._reply(conn, error_frame(400, "a frame needs a string `type`: send, ack, sync or ping", ref=ref))
         except ValidationError as exc:
             self._reply(conn, error_frame(400, describe(exc), ref=ref))
         except RateLimited as exc:

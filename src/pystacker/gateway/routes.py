@@ -13,10 +13,20 @@ from pystacker.messaging.frames import PushEntry, decode_entry, encode, error_fr
 from pystacker.messaging.history import History
 from pystacker.web.auth import TokenService, bearer_token
 from pystacker.web.envelope import ApiError, ok
+from pystacker.web.openapi import Auth, Param, Reply, Route, add_routes
 
 log = logging.getLogger("pystacker.gateway.ws")
 
 MAX_FRAME_BYTES = 64 * 1024
+
+# Decoded by hand (decode_entry reads GoStacker's CamelCase keys and snake_case alike).
+_INT64 = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
+PUSH_ENTRY = {
+    "type": "object",
+    "description": "GoStacker's PushMessage (every key optional). The snake_case forms of the keys are read too.",
+    "properties": {"ID": _INT64, "Type": {"enum": ["chat", "ack"]}, "RoomID": _INT64, "SenderID": _INT64,
+                   "TargetIDs": {"type": "array", "items": _INT64}, "Payload": {}, "Seq": _INT64,
+                   "ClientMsgID": {"type": ["string", "null"]}, "TS": _INT64, "ContentType": {"type": "string"}}}
 
 
 class WebSocketSettings:
@@ -38,8 +48,22 @@ class GatewayRoutes:
         self.ws_settings = ws_settings
 
     def install(self, app: web.Application) -> None:
-        app.router.add_get("/api/ws", self.websocket)
-        app.router.add_post("/center/forward", self.center_forward)
+        # The route table: handlers and their OpenAPI description (GET /openapi.json) in one place.
+        add_routes(app, [
+            Route("GET", "/api/ws", self.websocket,
+                  "Open the WebSocket (frames: docs/compatibility.md). A plain HTTP request gets 400.",
+                  auth=Auth.WEBSOCKET, params=[
+                      Param("catchup", {"type": "string"}, "`0`: no catch-up on connect (the client syncs itself)"),
+                      Param("acks", {"type": "string"}, "`1`: the client's `ack` frames alone move its cursor")],
+                  reply=Reply(None, status=101, description="Switching Protocols: the WebSocket is open"),
+                  errors=(400, 503), error_bodies={503: None},
+                  error_text={400: "not a WebSocket upgrade request",
+                              503: "the gateway is draining or full (GoStacker's empty body): ask the registry again"},
+                  tags=("websocket",)),
+            Route("POST", "/center/forward", self.center_forward,
+                  "GoStacker's legacy injection of an inbox entry for local delivery", auth=Auth.INTERNAL,
+                  body=PUSH_ENTRY, tags=("internal",)),
+        ])
 
     def _authenticate(self, request: web.Request) -> int:
         # Browsers cannot set headers on a WebSocket: `?token=` is accepted here (and only here).

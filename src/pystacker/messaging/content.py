@@ -27,6 +27,27 @@ CONTENT_FIELDS: dict[str, dict[str, tuple[type, Any]]] = {
 _STRING_LIMITS = {"text": MAX_TEXT_CHARS, "url": MAX_URL_CHARS, "file_name": MAX_NAME_CHARS}
 
 
+def content_json_schema() -> dict[str, Any]:
+    """The accepted `content` objects as JSON Schema (for the OpenAPI documents), derived from the same
+    table that parse_content enforces. Not expressible here, and checked by parse_content: a text must
+    not be blank, and the encoded payload must fit MAX_CONTENT_BYTES (413)."""
+    variants = []
+    for kind, fields in CONTENT_FIELDS.items():
+        properties: dict[str, Any] = {"type": {"const": kind}}
+        for name, (expected, _default) in fields.items():
+            if expected is int:
+                properties[name] = {"type": ["integer", "null"], "minimum": 0, "maximum": 2**63 - 1}
+            else:
+                properties[name] = {"type": ["string", "null"], "maxLength": _STRING_LIMITS[name]}
+        required = ["type"]
+        if kind == "text":  # a missing, null or blank text is refused: it is the message itself
+            properties["text"] = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_CHARS, "pattern": r"\S"}
+            required.append("text")
+        variants.append({"type": "object", "title": f"{kind} content", "properties": properties, "required": required})
+    return {"oneOf": variants, "description": "Missing or null fields default to \"\" or 0, as in GoStacker "
+                                              "(a text must not be blank)."}
+
+
 def parse_content(content: Any) -> tuple[str, dict[str, Any]]:
     """Validate a `content` object; return (type, payload without the type key)."""
     if not isinstance(content, dict):

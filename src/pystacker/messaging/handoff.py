@@ -14,7 +14,7 @@ from typing import Any
 
 from pystacker.engine.base import Engine, GatewayInfo
 from pystacker.messaging.fanout import plan_fanout
-from pystacker.messaging.frames import PushEntry
+from pystacker.messaging.frames import INT64_MAX, INT64_MIN, PushEntry
 
 
 class LiveGateways:
@@ -86,4 +86,8 @@ class Handoff:
 
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    # Outside 64 bits counts as absent, like a non-number: such a value could not be encoded for the
+    # gateway's inbox (orjson refuses it), which was a 500 when the user was online.
+    if isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX:
+        return value
+    return 0

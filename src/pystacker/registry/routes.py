@@ -19,29 +19,35 @@ from pystacker.messaging.fanout import route_is_live
 from pystacker.registry.service import RegistryService
 from pystacker.web.auth import TokenService
 from pystacker.web.envelope import ApiError, ok
+from pystacker.web.openapi import (ID, INTEGER, NUMBER, STRING, TIMESTAMP, Auth, Param, Reply, Route, add_routes,
+                                   array, component, envelope, nullable, obj)
 from pystacker.web.requests import RequestModel, parse_json
 
 InstanceId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Port = Annotated[StrictInt, Field(ge=1, le=65535)]
 Host = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 UserId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
+# Counts and loads are bounded like every number we store (64 bits): the OpenAPI document says so.
+Count = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+Capacity = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
+Load = StrictFloat | Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
 
 
 class GatewayRegister(RequestModel):
     gateway_id: InstanceId
     address: Host
     port: Port
-    capacity: Annotated[StrictInt, Field(gt=0)]
+    capacity: Capacity
 
 
 class GatewayHeartbeat(RequestModel):
     gateway_id: InstanceId
-    load: StrictFloat | StrictInt = 0.0
-    connected_users: Annotated[StrictInt, Field(ge=0)] | None = None
-    connections: Annotated[StrictInt, Field(ge=0)] | None = None  # what GoStacker's gateway really sends
+    load: Load = 0.0
+    connected_users: Count | None = None
+    connections: Count | None = None  # what GoStacker's gateway really sends
     address: Host | None = None
     port: Port | None = None
-    capacity: Annotated[StrictInt, Field(gt=0)] | None = None
+    capacity: Capacity | None = None
 
 
 class SendRegister(RequestModel):
@@ -65,6 +71,29 @@ class RouteBatch(RequestModel):
     user_ids: Annotated[list[UserId], Field(max_length=10_000)]
 
 
+# -- answers, as OpenAPI components ------------------------------------------------------------------
+
+INSTANCE_ID: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": 200}
+_PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+REGISTRY_HEALTH = component("RegistryHealth", obj({
+    "status": {"enum": ["healthy", "unhealthy"]}, "redis": {"enum": ["connected", "disconnected"]},
+    "gateway_count": {"type": "integer", "minimum": 0}, "send_count": {"type": "integer", "minimum": 0},
+    "user_route_count": {"type": "integer", "minimum": 0}}))
+GATEWAY = component("Gateway", obj({
+    "gateway_id": STRING, "address": STRING, "port": _PORT, "load": NUMBER, "capacity": INTEGER,
+    "connected_users": INTEGER, "last_heartbeat": TIMESTAMP, "epoch": STRING}))
+GATEWAY_LIST = component("GatewayList", obj({"gateways": nullable(array(GATEWAY)), "count": INTEGER}))
+AVAILABLE_GATEWAY = component("AvailableGateway", obj({"gateway_id": STRING, "address": STRING, "port": _PORT}))
+SEND_INSTANCE = component("SendInstance", obj({
+    "instance_id": STRING, "address": STRING, "port": _PORT, "last_heartbeat": TIMESTAMP}))
+SEND_LIST = component("SendInstanceList", obj({"instances": nullable(array(SEND_INSTANCE)), "count": INTEGER}))
+AVAILABLE_SEND = component("AvailableSend", obj({"instance_id": STRING, "address": STRING, "port": _PORT,
+                                                 "url": STRING}))
+USER_ROUTES = component("UserRoutes", {
+    "type": "object", "description": "user id (as a string) -> his live route; users without one are absent",
+    "additionalProperties": obj({"gateway_id": STRING, "address": STRING})})
+
+
 def _stamp(unix: float) -> str:
     return datetime.fromtimestamp(unix, timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -84,21 +113,49 @@ class RegistryRoutes:
         self.send_ttl = send_ttl
 
     def install(self, app: web.Application) -> None:
-        r = app.router
-        r.add_get("/health", self.health)
-        r.add_post("/registry/gateway/register", self.gateway_register)
-        r.add_post("/registry/gateway/heartbeat", self.gateway_heartbeat)
-        r.add_delete("/registry/gateway/{gateway_id}", self.gateway_unregister)
-        r.add_get("/registry/gateway/instances", self.gateway_instances)
-        r.add_get("/registry/gateway/available", self.gateway_available)
-        r.add_post("/registry/send/register", self.send_register)
-        r.add_post("/registry/send/heartbeat", self.send_heartbeat)
-        r.add_delete("/registry/send/{instance_id}", self.send_unregister)
-        r.add_get("/registry/send/instances", self.send_instances)
-        r.add_get("/registry/send/available", self.send_available)
-        r.add_post("/registry/user/connect", self.user_connect)
-        r.add_post("/registry/user/disconnect", self.user_disconnect)
-        r.add_post("/registry/user/routes/batch", self.user_routes)
+        # The route table: handlers and their OpenAPI description (GET /openapi.json) in one place.
+        # Writes need the internal token (is_registry_write below decides; a test checks they agree).
+        internal, gateways, sends, users = Auth.INTERNAL, ("gateways",), ("send instances",), ("user routes",)
+        add_routes(app, [
+            Route("GET", "/health", self.health, "GoStacker's registry health (a raw object, not the envelope)",
+                  reply=Reply(REGISTRY_HEALTH), errors=(503,), error_bodies={503: REGISTRY_HEALTH},
+                  error_text={503: "the engine does not answer"}, tags=("operations",)),
+            Route("POST", "/registry/gateway/register", self.gateway_register, "Register a gateway", auth=internal,
+                  body=GatewayRegister, tags=gateways),
+            Route("POST", "/registry/gateway/heartbeat", self.gateway_heartbeat,
+                  "A gateway's heartbeat (with address and port it re-registers an expired gateway)", auth=internal,
+                  body=GatewayHeartbeat, errors=(404,), error_text={404: "Gateway not registered"}, tags=gateways),
+            Route("DELETE", "/registry/gateway/{gateway_id}", self.gateway_unregister, "Unregister a gateway",
+                  auth=internal, params=[Param("gateway_id", INSTANCE_ID, location="path")], tags=gateways),
+            Route("GET", "/registry/gateway/instances", self.gateway_instances, "The live gateways",
+                  reply=Reply(envelope(GATEWAY_LIST)), tags=gateways),
+            Route("GET", "/registry/gateway/available", self.gateway_available,
+                  "The gateway a client should connect to (least load; a reconnecting user gets his previous one)",
+                  auth=Auth.OPTIONAL_BEARER,
+                  params=[Param("user_id", ID, "The user, for the reconnect lease (else the bearer token's user)")],
+                  reply=Reply(envelope(AVAILABLE_GATEWAY)), errors=(400, 503),
+                  error_text={503: "No available gateway"}, tags=gateways),
+            Route("POST", "/registry/send/register", self.send_register, "Register a send instance", auth=internal,
+                  body=SendRegister, tags=sends),
+            Route("POST", "/registry/send/heartbeat", self.send_heartbeat,
+                  "A send instance's heartbeat (with address and port it re-registers)", auth=internal,
+                  body=SendHeartbeat, errors=(404,), error_text={404: "Send instance not registered"}, tags=sends),
+            Route("DELETE", "/registry/send/{instance_id}", self.send_unregister, "Unregister a send instance",
+                  auth=internal, params=[Param("instance_id", INSTANCE_ID, location="path")], tags=sends),
+            Route("GET", "/registry/send/instances", self.send_instances, "The live send instances",
+                  reply=Reply(envelope(SEND_LIST)), tags=sends),
+            Route("GET", "/registry/send/available", self.send_available, "A live send instance",
+                  reply=Reply(envelope(AVAILABLE_SEND)), errors=(503,),
+                  error_text={503: "No available send instance"}, tags=sends),
+            Route("POST", "/registry/user/connect", self.user_connect, "Record that a user connected to a gateway",
+                  auth=internal, body=UserConnection, errors=(404,),
+                  error_text={404: "the gateway is not registered"}, tags=users),
+            Route("POST", "/registry/user/disconnect", self.user_disconnect,
+                  "Record that a user left a gateway (his route becomes a reconnect lease)", auth=internal,
+                  body=UserConnection, tags=users),
+            Route("POST", "/registry/user/routes/batch", self.user_routes, "The live routes of some users",
+                  auth=internal, body=RouteBatch, reply=Reply(envelope(USER_ROUTES)), tags=users),
+        ])
 
     async def health(self, _: web.Request) -> web.Response:
         # GoStacker answers a raw object here, not the envelope.

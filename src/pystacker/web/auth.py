@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import jwt
@@ -11,6 +12,9 @@ from aiohttp import web
 from pystacker.web.envelope import ApiError
 
 ALGORITHM = "HS256"
+# Tokens whose signature was checked, remembered with their validity window: a sender's every request
+# carries the same token, and decoding it again (HMAC, base64, JSON) was ~6% of a loaded send's CPU.
+VERIFIED_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +29,8 @@ class TokenService:
             raise ValueError("empty JWT secret")
         self._secret = secret
         self._lifetime = lifetime_seconds
+        # token -> (identity, nbf, exp); the string is what was signed, so equal strings, equal claims.
+        self._verified: OrderedDict[str, tuple[Identity, float, float]] = OrderedDict()
 
     def issue(self, user_id: int, username: str, *, now: float | None = None) -> str:
         issued = int(now if now is not None else time.time())
@@ -34,6 +40,13 @@ class TokenService:
 
     def verify(self, token: str) -> Identity:
         """Check signature, algorithm, exp and nbf; raise ApiError(401) with GoStacker's text."""
+        known = self._verified.get(token)
+        if known is not None:
+            found, not_before, expires = known
+            if not_before <= time.time() < expires:
+                self._verified.move_to_end(token)
+                return found
+            del self._verified[token]  # expired (or not yet valid): let the full check say why
         try:
             claims = jwt.decode(
                 token,
@@ -47,7 +60,13 @@ class TokenService:
         if not isinstance(user_id, int) or isinstance(user_id, bool) or user_id <= 0:
             raise ApiError(401, "Invalid token: bad user_id claim")
         username = claims.get("username")
-        return Identity(user_id=user_id, username=username if isinstance(username, str) else "")
+        found = Identity(user_id=user_id, username=username if isinstance(username, str) else "")
+        not_before = claims.get("nbf", float("-inf"))
+        if isinstance(claims["exp"], (int, float)) and isinstance(not_before, (int, float)):
+            self._verified[token] = (found, float(not_before), float(claims["exp"]))
+            if len(self._verified) > VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)
+        return found
 
 
 def bearer_token(request: web.Request) -> str:

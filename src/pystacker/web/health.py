@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping
 import orjson
 from aiohttp import web
 
+from pystacker.web.openapi import HEALTH, READINESS, Reply, Route, add_routes
+
 Check = Callable[[], Awaitable[object]]
 CHECK_TIMEOUT = 2.0
 
@@ -42,6 +44,11 @@ def install_health(app: web.Application, service: str, checks: Mapping[str, Chec
         return _json({"status": "ready" if is_ready else "unready", "service": service, "checks": results},
                      200 if is_ready else 503)
 
+    routes = [Route("GET", "/ready", ready, "Readiness: every dependency answers within 2 s",
+                    reply=Reply(READINESS), errors=(503,), error_bodies={503: READINESS},
+                    error_text={503: "A dependency is down or slow: `checks` names it"},
+                    tags=("operations",))]
     if liveness:
-        app.router.add_get("/health", health)
-    app.router.add_get("/ready", ready)
+        routes.insert(0, Route("GET", "/health", health, "Liveness: the process serves requests",
+                               reply=Reply(HEALTH), tags=("operations",)))
+    add_routes(app, routes)

@@ -13,6 +13,7 @@ from aiohttp import web
 from pystacker.observability.routes import install_observability
 from pystacker.web.envelope import ok
 from pystacker.web.middleware import error_middleware, request_log_middleware
+from pystacker.web.openapi import Route, add_routes, install_openapi
 
 log = logging.getLogger("pystacker.server")
 
@@ -27,8 +28,9 @@ def new_app(service: str, *, max_body_bytes: int, middlewares: list | None = Non
     async def ping(_: web.Request) -> web.Response:
         return ok("pong")
 
-    app.router.add_get("/ping", ping)
+    add_routes(app, [Route("GET", "/ping", ping, "Liveness in GoStacker's form: `pong`", tags=("operations",))])
     install_observability(app)  # /metrics and /debug/stats
+    install_openapi(app, f"PyStacker {service}")
     return app
 
 
