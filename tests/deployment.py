@@ -2,7 +2,8 @@
 
 `start_deployment` runs `pystacker db upgrade` on the given database, then starts registry, meta, the
 flusher, msgflusher, N send instances and M gateways with the launcher of `pystacker cluster`
-(`pystacker.cluster.plan` and `Deployment`), on free ports, with the example configs of `config/` and
+(`pystacker.cluster.plan` and `Deployment`, on free ports and with the shared environment of
+`pystacker.chaos.launcher`, which `pystacker chaos` uses too), with the example configs of `config/` and
 environment overrides: the database URL, a Redis key prefix of its own (so it never meets another test
 on the shared Redis), a fresh JWT secret and internal token, distinct machine_ids, and short timings
 (heartbeat TTLs of a few seconds, msgflusher claiming after 1 s). It waits for `/ready` of every HTTP
@@ -18,7 +19,6 @@ import asyncio
 import os
 import secrets
 import signal
-import socket
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -31,6 +31,7 @@ from redis.asyncio.cluster import RedisCluster
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from pystacker import cluster
+from pystacker.chaos.launcher import deployment_env, free_ports, new_key_prefix, plan_on_free_ports, redis_env
 from pystacker.web.auth import TokenService
 from tests.client import Http, User
 from tests.ws import Client, connect, poll
@@ -49,20 +50,6 @@ SEND_TTL = 6
 USER_ROUTE_TTL = 30  # the reconnect lease
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct free ports of 127.0.0.1 (all sockets stay bound until every port is chosen)."""
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 @dataclass
 class RedisTarget:
     """Where the deployment's Redis is: the shared server, or a local Redis Cluster's startup node."""
@@ -72,12 +59,7 @@ class RedisTarget:
     cluster: bool = False
 
     def env(self) -> dict[str, str]:
-        values = {"HOST": self.host, "PORT": str(self.port), "CLUSTER": "true" if self.cluster else "false"}
-        env = {f"PYSTACKER_REDIS__{k}": v for k, v in values.items()}
-        # config.send.yaml has role blocks (spec 11.1) that name 6379 themselves: point them here too.
-        for role in ("STREAM", "QUEUE", "CACHE"):
-            env.update({f"PYSTACKER_SEND_REDIS__{role}__{k}": v for k, v in values.items()})
-        return env
+        return redis_env(self.host, self.port, cluster_mode=self.cluster)
 
     def client(self) -> Redis | RedisCluster:
         if self.cluster:
@@ -266,33 +248,14 @@ class TestDeployment:
 async def start_deployment(log_dir: Path, database_url: str, *, redis: RedisTarget | None = None,
                            gateways: int = 2, sends: int = 2, env: dict[str, str] | None = None) -> TestDeployment:
     redis = redis or RedisTarget()
-    prefix = f"dt{uuid.uuid4().hex[:10]}:"
+    prefix = new_key_prefix("dt")
     jwt_secret, internal_token = secrets.token_urlsafe(48), secrets.token_urlsafe(32)
-    shared = {
-        "PYSTACKER_DATABASE__URL": database_url,
-        "PYSTACKER_JWT__SECRET": jwt_secret,
-        "PYSTACKER_INTERNAL__TOKEN": internal_token,
-        "PYSTACKER_REDIS__KEY_PREFIX": prefix,
-        "PYSTACKER_REGISTRY__GATEWAY_HEARTBEAT_TIMEOUT": str(GATEWAY_TTL),
-        "PYSTACKER_REGISTRY__SEND_HEARTBEAT_TIMEOUT": str(SEND_TTL),
-        "PYSTACKER_REGISTRY__USER_ROUTE_TTL": str(USER_ROUTE_TTL),
-        "PYSTACKER_PENDING_MSG_FLUSHER__CLAIM_IDLE_SECONDS": "1",
-        "PYSTACKER_PENDING_MSG_FLUSHER__INTERVAL": "1",
-        "PYSTACKER_LOG__LEVEL": "info",
-        "PYSTACKER_HOST": "127.0.0.1",  # listen where the free ports were found, not on every interface
-        **redis.env(),
-        **(env or {}),
-    }
+    shared = deployment_env(database_url=database_url, key_prefix=prefix, jwt_secret=jwt_secret,
+                            internal_token=internal_token, redis=redis.env(), gateway_ttl=GATEWAY_TTL,
+                            send_ttl=SEND_TTL, user_route_ttl=USER_ROUTE_TTL, extra=env)
     await asyncio.to_thread(cluster.migrate, CONFIG_DIR, shared)
-    labels = ["registry", "meta", *(f"send-{n}" for n in range(1, sends + 1)),
-              *(f"gateway-{n}" for n in range(1, gateways + 1))]
-    ports = dict(zip(labels, free_ports(len(labels)), strict=True))
-    members = cluster.plan(CONFIG_DIR, gateways=gateways, sends=sends, port_of=lambda label: ports.get(label, 0))
-    # The example configs give the flusher and msgflusher fixed metrics ports (9101, 9102): free ones
-    # here, so that deployments never collide with each other or with a `pystacker cluster` running.
-    for member, metrics_port in zip([m for m in members if m.label in ("flusher", "msgflusher")], free_ports(2),
-                                    strict=True):
-        member.env["PYSTACKER_METRICS_PORT"] = str(metrics_port)
+    # every port free (the flusher's and msgflusher's metrics ports too: the example configs fix them)
+    members = plan_on_free_ports(CONFIG_DIR, gateways=gateways, sends=sends)
     inner = cluster.Deployment(members, log_dir=log_dir, env=shared)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                     timeout=aiohttp.ClientTimeout(total=30))

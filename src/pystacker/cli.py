@@ -215,3 +215,12 @@ def _add_bench_commands() -> None:
 
 
 _add_bench_commands()
+
+
+def _add_chaos_command() -> None:
+    from pystacker.chaos.cli import chaos
+
+    main.add_command(chaos)
+
+
+_add_chaos_command()

@@ -245,3 +245,14 @@ async def test_expired_batches_come_back_oldest_first(open_engine: OpenEngine) -
         assert _ids(again) == expected
         await engine.messages.confirm_batch(again.token)
     assert await engine.messages.take_batch(10) is None
+
+
+async def test_a_batch_is_pending_from_its_take_until_its_confirm(engine: Engine) -> None:
+    """The flusher asks before it commits a batch to SQL: a batch the engine no longer holds (a Redis
+    restarted without persistence lost it) must not be written (see flusher/messages.py)."""
+    await drain_flush_queue(engine.messages)
+    await _append(engine.messages, unique_int(), 3)
+    batch = _present(await engine.messages.take_batch(10))
+    assert await engine.messages.batch_pending(batch.token)
+    await engine.messages.confirm_batch(batch.token)
+    assert not await engine.messages.batch_pending(batch.token)

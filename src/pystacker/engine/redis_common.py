@@ -12,8 +12,11 @@ from typing import Any, TypeAlias
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Client: TypeAlias = Redis | RedisCluster
 
@@ -60,6 +63,36 @@ def register(client: Client, source: str) -> AsyncScript:
 
 async def run(script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
     return await script(keys=list(keys), args=list(args))
+
+
+# A pooled connection idle this long is checked with a PING before its next command (see below).
+IDLE_CHECK_SECONDS = 1.0
+
+
+class ReconnectingConnection(Connection):
+    """A pooled connection that survives a restart of the server it was connected to.
+
+    After Redis restarted, every idle pooled connection is dead, and the first command on each
+    failed: a 500 for a send, a room creation, a WebSocket connect, in every process, until each
+    connection had failed once. With `health_check_interval`, a connection idle that long is pinged
+    before its next command; when the PING fails, this connects again once and the command goes on
+    on the new connection. Only the PING is ever repeated, never a command (a command that failed
+    may have run, and running it again is not always harmless)."""
+
+    _reconnecting = False
+
+    async def check_health(self) -> None:
+        try:
+            await super().check_health()
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            if self._reconnecting:  # connect() checks health too: one new connection, not a loop
+                raise
+            self._reconnecting = True
+            try:
+                await self.disconnect()
+                await self.connect()
+            finally:
+                self._reconnecting = False
 
 
 def pipeline(client: Client) -> Any:

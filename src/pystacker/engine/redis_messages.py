@@ -218,6 +218,14 @@ def _plan_batch(peeks: Sequence[tuple[list[str], list[str]]], limit: int) -> dic
     return plan
 
 
+def _parse_token(token: str) -> list[tuple[int, str, int, int]]:
+    """(partition, entry id, room, seq) of each message of a batch token."""
+    try:
+        return [(int(p), str(entry_id), int(room), int(seq)) for p, entry_id, room, seq in orjson.loads(token)]
+    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a flush batch token: {token[:80]!r}") from exc
+
+
 def _pairs(flat: Sequence[Any]) -> list[tuple[str, bytes]]:
     return [(text(flat[i]), flat[i + 1]) for i in range(0, len(flat), 2)]
 
@@ -346,13 +354,28 @@ class RedisMessageLog:
                               for (_, p, entry_id, _), message in zip(entries, messages, strict=True)])
         return FlushBatch(token.decode(), messages)
 
+    async def batch_pending(self, token: str) -> bool:
+        items = _parse_token(token)
+        by_partition: dict[int, list[str]] = {}
+        for p, entry_id, _, _ in items:
+            by_partition.setdefault(p, []).append(entry_id)
+        pipe = pipeline(self._client)
+        for p, ids in by_partition.items():
+            ordered = sorted(ids, key=id_order)
+            pipe.xpending_range(self._keys.flush(p), FLUSH_GROUP, ordered[0], ordered[-1], len(ids) + MAX_BATCH)
+        answers = await pipe.execute(raise_on_error=False)
+        for (p, ids), answer in zip(by_partition.items(), answers, strict=True):
+            if isinstance(answer, Exception):
+                return False  # NOGROUP: the stream or its group is gone with the store
+            pending = {text(entry["message_id"]) for entry in answer}
+            if not set(ids) <= pending:
+                return False
+        return True
+
     async def confirm_batch(self, token: str) -> None:
         # A token of a batch confirmed already, or of one that expired and went to another flusher,
         # changes nothing: its entries are gone or SQL has them either way.
-        try:
-            items = [(int(p), str(entry_id), int(room), int(seq)) for p, entry_id, room, seq in orjson.loads(token)]
-        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
-            raise ValueError(f"not a flush batch token: {token[:80]!r}") from exc
+        items = _parse_token(token)
         by_partition: dict[int, tuple[list[str], dict[int, list[int]]]] = {}
         for p, entry_id, room, seq in items:
             ids, rooms = by_partition.setdefault(p, ([], {}))

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from pystacker.engine.base import GatewayInfo, Registry, SendInfo
 
@@ -75,14 +75,27 @@ class GatewayPresence(_Heartbeat):
         self.info = GatewayInfo(gateway_id, address, port, capacity, epoch=uuid.uuid4().hex[:12])
         self.connected = connected
         self.ttl = ttl
+        # Called when a beat finds this gateway's entry gone: the registry's store lost its state (a
+        # Redis restarted without persistence), or the entry expired because this process could not
+        # beat for longer than its TTL (starved, Redis unreachable). Either way fan-outs skipped this
+        # gateway's users meanwhile. Set by the gateway.
+        self.on_vanished: Callable[[], Awaitable[None]] | None = None
+        self._last_beat: float | None = None
 
     async def beat(self) -> None:
+        vanished = False
+        if self.on_vanished is not None and self._last_beat is not None:
+            vanished = await self.registry.get_gateway(self.info.gateway_id) is None
         users = self.connected()
         self.info.connected_users = users
         self.info.load = users / self.info.capacity if self.info.capacity else 1.0
         self.info.last_heartbeat = time.time()
         await self.registry.put_gateway(self.info, self.ttl)
+        self._last_beat = time.monotonic()
+        if vanished and self.on_vanished is not None:
+            await self.on_vanished()
 
     async def stop(self) -> None:
         await self.stop_beating()
+        self._last_beat = None  # removed on purpose: the next start is not a vanishing
         await self.registry.remove_gateway(self.info.gateway_id)
