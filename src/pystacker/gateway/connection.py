@@ -1,10 +1,15 @@
-"""One client's WebSocket: a bounded queue, one writer task, per-room ordering and the delivery cursor.
+"""One client's WebSocket: a bounded queue, one writer, per-room ordering and the delivery cursor.
 
 Everything bound for the socket goes through the queue and is written by the single writer task, in
-order. Room messages pass the RoomSequencer: duplicates are dropped and holes are filled from the
+order. Live room messages arrive as prebuilt WebSocket frames (built once per inbox entry for all its
+targets, gateway/wsframes.py); the writer gathers what its queue holds and writes it to the transport
+in one write, instead of one aiohttp send per frame (a large share of a loaded gateway's CPU). Room messages pass the RoomSequencer: duplicates are dropped and holes are filled from the
 message log before the message itself is written, so each room reaches the client once, in seq
 order, with no gap. The writer also runs the catch-up (what the user missed while away) before any
 live message of the same room, which closes the race between catch-up and live push (gim #46).
+
+The writer task runs only while there is something to write: an idle connection holds no task (at
+10,000 idle sockets per gateway, a parked task and its frames were a good part of the memory).
 
 Bounds: the queue holds `queue_size` items. When it is full in live mode the client is not reading:
 it is closed with CLOSE_SLOW_CONSUMER and catches up after reconnecting; nothing is lost because the
@@ -17,19 +22,25 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
+import struct
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
+from aiohttp.http_writer import StreamWriter
 
 from pystacker.engine.base import StoredMessage
+from pystacker.gateway.wsframes import text_frame
 from pystacker.messaging.acks import EntryTracker
 from pystacker.messaging.frames import CLOSE_SLOW_CONSUMER, batch_frame, chat_frame, encode
 from pystacker.messaging.history import History
 from pystacker.messaging.ordering import RoomSequencer, Verdict
+from pystacker.observability import tracing
 from pystacker.observability.metrics import GatewayMetrics, frame_type
-from pystacker.observability.monitor import MONITORS, counts_as_failure
+from pystacker.observability.monitor import MONITORS
 
 log = logging.getLogger("pystacker.gateway.connection")
 
@@ -38,6 +49,9 @@ log = logging.getLogger("pystacker.gateway.connection")
 CLOSE_TIMEOUT = 10.0
 BATCH_SIZE = 50  # messages per `batch` frame in a catch-up (GoStacker meant 50 and sent everything in one)
 FILL_PAGE = 200
+# Frames gathered before they are written anyway: bounds the copy of b"".join and what a burst holds
+# back from the socket while the queue keeps delivering.
+BURST_BYTES = 64 * 1024
 _PUSH_MONITOR = MONITORS.get("push_ws")  # looked up once: the same object MONITORS.get returns later
 
 
@@ -51,6 +65,8 @@ class RoomPush:
     entry_id: str | None = None
     created_at_ms: int = 0  # when send accepted it: the delivery latency is measured from here
     msg_id: int = 0  # only for the log line of the write (0: unknown)
+    trace: Any = None  # the gateway's dispatch span: the write's span is its child (None: tracing off)
+    frame: bytes = b""  # `text` as a complete WebSocket frame, shared by every target (built if empty)
 
 
 @dataclass(slots=True)
@@ -75,6 +91,19 @@ class CatchUp:
 Item = RoomPush | RawFrame | CatchUp
 
 
+def _reset_on_close(transport: asyncio.BaseTransport) -> None:
+    """Make closing the socket send a reset. Closing a socket only hands its unsent data to the
+    kernel, which goes on sending it, and holding it (up to the send buffer's few MiB), to a peer
+    that does not read; with a zero linger time the kernel drops it at once and the peer learns at
+    once that it must reconnect."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass  # already gone
+
+
 class CursorSource(Protocol):
     async def starting_points(self, user_id: int, room_ids: list[int]) -> dict[int, int]:
         """Where the user stands in each room (delivered seq); every given room gets a value."""
@@ -96,7 +125,9 @@ class Connection:
         self.cursors = cursors
         self.tracker = tracker
         self.sequencer = RoomSequencer()
-        self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=queue_size)
+        self.queue: deque[Item] = deque()
+        self.queue_size = queue_size
+        self._started = False  # the writer may run (set by start, cleared by stop)
         self.client_acks = False  # the client acknowledges by seq: its acks, not our writes, move the cursor
         self.unsaved: dict[int, int] = {}  # room -> delivered seq not yet saved as the cursor
         # A client that never acks (GoStacker's) confirms by answering a ping sent after the frames:
@@ -109,6 +140,8 @@ class Connection:
         self._catching_up = False
         self._behind: set[int] = set()  # rooms whose live messages were dropped during a catch-up
         self._writer: asyncio.Task[None] | None = None
+        self._burst: list[bytes] = []  # frames gathered for the next transport write
+        self._burst_bytes = 0
 
     # -- the producer side ----------------------------------------------------------------------
 
@@ -116,11 +149,10 @@ class Connection:
         """Queue an item; False when it cannot be (connection closing, or a slow consumer just closed)."""
         if self.close_code is not None:
             return False
-        try:
-            self.queue.put_nowait(item)
+        if len(self.queue) < self.queue_size:
+            self.queue.append(item)
+            self._wake_writer()
             return True
-        except asyncio.QueueFull:
-            pass
         if self._catching_up and isinstance(item, RoomPush):
             self._behind.add(item.room_id)  # the log has it; fill after the catch-up
             self._settle(item)
@@ -131,7 +163,14 @@ class Connection:
         return False
 
     def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.user_id}")
+        self._started = True
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        # One writer at a time: a running one sees the new item before it ends (it ends only when it
+        # finds the queue empty, and nothing can be queued between that check and its end).
+        if self._started and self.queue and (self._writer is None or self._writer.done()):
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     def close_soon(self, code: int, reason: str) -> None:
         if self.close_code is None:
@@ -150,25 +189,27 @@ class Connection:
             # transport.close() would wait for the unread buffer to drain: abort drops it now, and the
             # read loop ends at once (then the gateway detaches the connection).
             if self.transport is not None:
+                _reset_on_close(self.transport)
                 self.transport.abort()
 
     async def stop(self) -> list[Item]:
         """Stop the writer; return what was still queued (the caller hands it on)."""
+        self._started = False
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
-        left: list[Item] = []
-        while not self.queue.empty():
-            left.append(self.queue.get_nowait())
+        left = list(self.queue)
+        self.queue.clear()
         return left
 
     # -- the writer -----------------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
+        """Write until the queue is empty, then end (offer starts a new writer for the next item)."""
         try:
-            while True:
-                item = await self.queue.get()
+            while self.queue:
+                item = self.queue.popleft()
                 # Settled however the write ends: a write that failed or was cancelled (the socket
                 # died, the connection was replaced) left the cursor before the item, so catch-up
                 # serves it; before, such an item kept its inbox entry pending for ever.
@@ -176,51 +217,89 @@ class Connection:
                     if isinstance(item, RoomPush):
                         await self._write_room_push(item)
                     elif isinstance(item, RawFrame):
+                        await self._write_burst()
                         await self.ws.send_str(item.text)
                         self.metrics.frame_out(frame_type(item.text))
                     else:
+                        await self._write_burst()
                         await self._catch_up(item.until)
                 finally:
+                    # The item counts as written once its frame is in the burst: the burst is written
+                    # before the writer waits for anything, and the cursor moves only by pong or ack,
+                    # so a frame lost with a dying socket is served again by the catch-up.
                     self._settle(item)
                 if self._behind and not self._catching_up:
+                    await self._write_burst()
                     await self._fill_behind()
-                if self.queue.empty():
+                if not self.queue:
+                    await self._write_burst()
                     await self._probe_if_needed()
+            self._writer = None  # done: an idle connection keeps no task object either
         except asyncio.CancelledError:
             raise
         except (ConnectionError, RuntimeError) as exc:  # the socket went away under a write
             log.debug("writer stopped: %s", exc, extra={"user_id": self.user_id})
+            self._writer_failed()
         except Exception:
             log.exception("writer failed", extra={"user_id": self.user_id})
-        finally:
-            if self.close_code is None and not self.ws.closed:
-                self.close_soon(1011, "internal error")
+            self._writer_failed()
+
+    def _writer_failed(self) -> None:
+        if self.close_code is None and not self.ws.closed:
+            self.close_soon(1011, "internal error")
 
     async def _write_room_push(self, item: RoomPush) -> None:
         decision = self.sequencer.decide(item.room_id, item.seq)
         if decision.verdict is Verdict.UNKNOWN_ROOM:
+            await self._write_burst()  # nothing gathered waits behind a read of the store
             points = await self.cursors.starting_points(self.user_id, [item.room_id])
             self.sequencer.start(item.room_id, points.get(item.room_id, item.seq - 1))
             decision = self.sequencer.decide(item.room_id, item.seq)
         if decision.verdict is Verdict.GAP:
+            await self._write_burst()
             await self._fill(item.room_id, item.seq - 1)
             decision = self.sequencer.decide(item.room_id, item.seq)
         if decision.verdict is Verdict.DELIVER:
-            # Timed by hand rather than with `Monitor.track()`: a generator-based context manager per
-            # frame cost about 1.5% of a loaded gateway's CPU. Same samples: failures count as such.
-            started = time.perf_counter()
-            try:
-                await self.ws.send_str(item.text)
-            except BaseException as exc:
-                _PUSH_MONITOR.record(time.perf_counter() - started, not counts_as_failure(exc))
-                raise
-            _PUSH_MONITOR.record(time.perf_counter() - started, True)
+            # The span is started and ended by hand, and only for a traced item: it covers handing the
+            # frame to the socket's burst (written in this loop turn, before the writer waits).
+            span = None if item.trace is None else tracing.start_span("socket.write", parent=item.trace, attributes={
+                "msg_id": item.msg_id, "room_id": item.room_id, "seq": item.seq, "user_id": self.user_id,
+                "gateway_id": self.metrics.gateway_id})
+            frame = item.frame or text_frame(item.text)
+            self._burst.append(frame)
+            self._burst_bytes += len(frame)
+            if span is not None:
+                tracing.end_span(span)
+            if self._burst_bytes >= BURST_BYTES:
+                await self._write_burst()
             self._delivered(item.room_id, item.seq)
             self.metrics.frame_out("chat")
             self.metrics.delivered_live(item.created_at_ms)
             if log.isEnabledFor(logging.DEBUG):  # a line per message and member: no cost when off
                 log.debug("written", extra={"msg_id": item.msg_id, "user_id": self.user_id,
                                             "room_id": item.room_id, "seq": item.seq})
+
+    async def _write_burst(self) -> None:
+        """Write the gathered frames in one transport write; wait while the socket's buffer is full."""
+        if not self._burst:
+            return
+        data = b"".join(self._burst) if len(self._burst) > 1 else self._burst[0]
+        self._burst.clear()
+        self._burst_bytes = 0
+        transport = self.transport
+        # Timed by hand rather than with `Monitor.track()`: a generator-based context manager cost
+        # about 1.5% of a loaded gateway's CPU. Same samples: failures count as such.
+        started = time.perf_counter()
+        if transport is None or transport.is_closing():
+            _PUSH_MONITOR.record(time.perf_counter() - started, False)
+            raise ConnectionResetError("the socket is closing")
+        transport.write(data)  # type: ignore[attr-defined]
+        _PUSH_MONITOR.record(time.perf_counter() - started, True)
+        # Flow control as aiohttp's own writes do it: past the transport's high-water mark, wait for
+        # the peer to read. Meanwhile the queue fills, and a peer that never reads is a slow consumer.
+        if transport.get_write_buffer_size() > 0:  # type: ignore[attr-defined]
+            protocol = transport.get_protocol()
+            await StreamWriter(protocol, asyncio.get_running_loop()).drain()  # type: ignore[arg-type]
 
     async def _fill(self, room_id: int, up_to_seq: int) -> None:
         """Write the room's messages after the client's position up to up_to_seq, one chat frame each."""
@@ -284,6 +363,7 @@ class Connection:
         """After a burst of writes, one ping whose pong confirms them (one probe in flight at a time)."""
         if self.client_acks or self._probe is not None or not self._written or self.ws.closed:
             return
+        await self._write_burst()
         token = str(next(self._probe_ids)).encode()
         self._probe, self._written = (token, self._written), {}
         try:

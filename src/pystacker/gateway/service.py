@@ -13,16 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from pystacker.engine.base import Engine, InboxEntry
 from pystacker.gateway.connection import CatchUp, Connection, Item, RawFrame, RoomPush
+from pystacker.gateway.wsframes import text_frame
 from pystacker.messaging.acks import EntryTracker
 from pystacker.messaging.cursors import CursorBook
 from pystacker.messaging.frames import CLOSE_REPLACED, CLOSE_SHUTDOWN, PushEntry, ack_frame, chat_frame, decode_entry, encode
 from pystacker.messaging.handoff import CATCH_UP, Handoff
-from pystacker.observability import metrics
+from pystacker.observability import metrics, tracing
 from pystacker.registry.presence import GatewayPresence
 from pystacker.registry.service import ROUTE_RENEW_SECONDS, RegistryService
 
@@ -32,6 +34,9 @@ READ_COUNT = 100
 READ_BLOCK_MS = 1000
 ACK_INTERVAL = 0.05
 CURSOR_SAVE_INTERVAL = 1.0
+# Close code for the sockets of a gateway that found the shared store had lost its state (a Redis
+# restarted without persistence): "service restart", the client reconnects and catches up.
+CLOSE_STORE_LOST = 1012
 
 
 @dataclass
@@ -60,6 +65,8 @@ class GatewayService:
         self._tasks: list[asyncio.Task[None]] = []
         self._capacity_free = asyncio.Event()
         self._capacity_free.set()
+        # Connections whose delivery positions belong to a store that is gone: never saved.
+        self._voided: set[Connection] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -149,7 +156,7 @@ class GatewayService:
             if isinstance(item, CatchUp):
                 continue
             if replacement is not None:
-                replacement.offer(RoomPush(item.room_id, item.seq, item.text, msg_id=item.msg_id)
+                replacement.offer(RoomPush(item.room_id, item.seq, item.text, msg_id=item.msg_id, frame=item.frame)
                                   if isinstance(item, RoomPush)
                                   else RawFrame(item.text))
             elif isinstance(item, RoomPush):
@@ -162,6 +169,9 @@ class GatewayService:
 
     async def _save(self, conn: Connection) -> None:
         unsaved = conn.take_unsaved()
+        if conn in self._voided:
+            self._voided.discard(conn)
+            return
         if unsaved:
             await self.cursors.save([(conn.user_id, room, seq) for room, seq in unsaved.items()])
 
@@ -212,16 +222,25 @@ class GatewayService:
         if log.isEnabledFor(logging.DEBUG):  # a line per inbox entry: skipped entirely when off
             log.debug("inbox entry", extra={"msg_id": push.msg_id, "type": push.type, "room_id": push.room_id,
                                             "entry_id": entry_id, "local": len(local), "away": len(away)})
-        item_for = _item_maker(push, entry_id)
-        for conn in local:
-            if not conn.offer(item_for()) and entry_id is not None:
-                self.tracker.settle(entry_id)  # closing: its cursor stays behind, catch-up serves it
-        if away and push.type in ("chat", CATCH_UP):
-            try:
-                reached = await self.handoff.to_users(away, push, not_to=self.gateway_id)  # type: ignore[arg-type]
-                metrics.HANDED_ON.labels("gateway").inc(len(reached))
-            except Exception:
-                log.exception("hand-on failed; those users get the message by catch-up")
+        span = None
+        if tracing.enabled and push.trace_parent is not None:  # continues the trace of the send
+            span = tracing.start_span("gateway.dispatch", parent=push.trace_parent, kind="consumer", attributes={
+                "msg_id": push.msg_id, "room_id": push.room_id, "seq": push.seq, "type": push.type,
+                "entry_id": entry_id or "", "gateway_id": self.gateway_id, "local": len(local), "away": len(away)})
+        try:
+            item_for = _item_maker(push, entry_id, span)
+            for conn in local:
+                if not conn.offer(item_for()) and entry_id is not None:
+                    self.tracker.settle(entry_id)  # closing: its cursor stays behind, catch-up serves it
+            if away and push.type in ("chat", CATCH_UP):
+                try:
+                    reached = await self.handoff.to_users(away, push, not_to=self.gateway_id)  # type: ignore[arg-type]
+                    metrics.HANDED_ON.labels("gateway").inc(len(reached))
+                except Exception:
+                    log.exception("hand-on failed; those users get the message by catch-up")
+        finally:
+            if span is not None:
+                tracing.end_span(span)
 
     async def _ack_loop(self) -> None:
         while True:
@@ -248,7 +267,19 @@ class GatewayService:
     async def _save_cursors_loop(self) -> None:
         while True:
             await asyncio.sleep(CURSOR_SAVE_INTERVAL)
-            updates = [(conn.user_id, room, seq) for conn in list(self.connections.values())
+            try:
+                if self.accepting and await self.engine.registry.get_gateway(self.gateway_id) is None:
+                    # Our registry entry is gone before its TTL: the store lost its state (or we were
+                    # starved past the TTL). Beat now: the heartbeat sees the entry missing, calls
+                    # registry_entry_vanished, and registers us again. Nothing is saved this round:
+                    # these positions must not land in the new store.
+                    await self.presence.beat()
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("registry check failed; saving cursors anyway")
+            updates = [(conn.user_id, room, seq) for conn in list(self.connections.values()) if conn not in self._voided
                        for room, seq in conn.take_unsaved().items()]
             try:
                 await self.cursors.save(updates)
@@ -256,6 +287,25 @@ class GatewayService:
                 raise
             except Exception:
                 log.exception("saving cursors failed; clients may get a few messages twice after reconnecting")
+
+    async def registry_entry_vanished(self) -> None:
+        """The heartbeat found this gateway's registry entry gone before its TTL ran out: Redis
+        restarted without persistence (or this process was starved past the TTL). Either way the
+        store no longer holds what this gateway's sockets rely on: their users' routes (live pushes
+        skip them), the inbox group, the cursors, and maybe messages whose seqs the room's counter,
+        re-seeded from SQL, hands out again (a connection's in-memory position would then drop the
+        new messages as duplicates). Every socket is closed with 1012: the clients reconnect, their
+        routes are written again, and the catch-up starts from the cursors the store (or SQL) has.
+        The positions these connections confirmed are not saved: they may name seqs that now belong
+        to other messages."""
+        if not self.accepting:
+            return  # draining: the entry was removed on purpose
+        log.warning("registry entry vanished: the store lost its state; closing every socket for a catch-up",
+                    extra={"gateway_id": self.gateway_id, "connections": len(self.connections)})
+        for conn in list(self.connections.values()):
+            conn.take_unsaved()
+            self._voided.add(conn)
+            conn.close_soon(CLOSE_STORE_LOST, "store restarted: reconnect and catch up")
 
     async def _renew_routes_loop(self) -> None:
         while True:
@@ -267,11 +317,13 @@ class GatewayService:
                     log.exception("route renewal failed", extra={"user_id": user_id})
 
 
-def _item_maker(push: PushEntry, entry_id: str | None):  # type: ignore[no-untyped-def]
-    """Encode the frame once for all targets of the entry; each target gets its own small item."""
+def _item_maker(push: PushEntry, entry_id: str | None, trace: Any = None):  # type: ignore[no-untyped-def]
+    """Encode the frame once for all targets of the entry; each target gets its own small item.
+    `trace`: the dispatch span, parent of each member's socket write (None: tracing off)."""
     if push.type == "chat" and push.seq > 0:
         text = encode(chat_frame(push.stored_message()))
-        return lambda: RoomPush(push.room_id, push.seq, text, entry_id, push.ts, push.msg_id)
+        frame = text_frame(text)  # the same bytes for every target's socket
+        return lambda: RoomPush(push.room_id, push.seq, text, entry_id, push.ts, push.msg_id, trace, frame)
     if push.type == "ack":
         text = encode(ack_frame(push.msg_id, push.room_id, push.seq, push.client_msg_id))
         return lambda: RawFrame(text, entry_id)
