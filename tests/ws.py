@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from pystacker.chaos.launcher import poll  # noqa: F401 - the tests import it from here
 from tests.client import Http, User, new_user
 
 DEFAULT_TIMEOUT = 5.0
@@ -226,21 +227,6 @@ async def history(send: Http, user: User, room_id: int, **params: Any) -> dict[s
     return answer.data
 
 
-async def poll(check: Callable[[], Any], what: str = "condition", *, timeout: float = 10.0,
-               interval: float = 0.02) -> Any:
-    """Call `check` (sync or async) until it returns something truthy, and return that; fail after
-    `timeout` naming `what` and the last value. The pause between calls is a polling interval, not a
-    synchronisation: the deadline decides."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout}s (last: {result!r})")
-        await asyncio.sleep(interval)
 
 
 # -- the system under test ----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -214,16 +215,18 @@ async def drop_database(url: str) -> None:
         await server.dispose()
 
 
-async def poll(condition: Callable[[], object], what: str, *, timeout: float, interval: float = POLL_INTERVAL) -> object:
-    """Call `condition` (sync or async) until it returns something truthy; return that. TimeoutError
-    naming `what` after `timeout` seconds."""
+async def poll(check: Callable[[], Any], what: str = "condition", *, timeout: float = 10.0,
+               interval: float = POLL_INTERVAL) -> Any:
+    """Call `check` (sync or async) until it returns something truthy, and return that; TimeoutError
+    naming `what` and the last value after `timeout` seconds. The pause between calls is a polling
+    interval, not a synchronisation: the deadline decides. (The tests use this one too.)"""
     deadline = time.monotonic() + timeout
     while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:g}s")
+            raise TimeoutError(f"{what}: not within {timeout:g}s (last: {result!r})")
         await asyncio.sleep(interval)
