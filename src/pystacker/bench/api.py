@@ -22,12 +22,23 @@ MEMBERS_PER_REQUEST = 500  # PyStacker's limit; GoStacker has none
 @dataclass(frozen=True)
 class Targets:
     meta: str
-    send: str
+    send: str  # one URL, or several separated by commas (a deployment with several send instances)
     registry: str
 
+    @property
+    def sends(self) -> list[str]:
+        return [url.strip().rstrip("/") for url in self.send.split(",") if url.strip()]
+
+    def send_for(self, room_id: int) -> str:
+        """The send instance for a room: a room sticks to one, as behind a balancer with affinity."""
+        sends = self.sends
+        return sends[room_id % len(sends)]
+
     def check(self, allow_remote: bool) -> None:
-        for name in ("meta", "send", "registry"):
+        for name in ("meta", "registry"):
             check_target(getattr(self, name), allow_remote=allow_remote, what=f"--{name}")
+        for url in self.sends:
+            check_target(url, allow_remote=allow_remote, what="--send")
 
 
 class ApiError(Exception):
@@ -120,7 +131,7 @@ class PublicApi:
         body: dict[str, Any] = {"room_id": room_id, "content": content}
         if client_msg_id is not None:
             body["client_msg_id"] = client_msg_id
-        async with self.session.post(self.targets.send + "/api/chat/send_message", data=orjson.dumps(body),
+        async with self.session.post(self.targets.send_for(room_id) + "/api/chat/send_message", data=orjson.dumps(body),
                                      headers=_auth(token), timeout=timeout or self.timeout) as response:
             raw = await response.read()
         try:

@@ -57,7 +57,8 @@ def common_options(duration: float) -> Callable[[Callable[..., Any]], Callable[.
     """The options every workload shares (targets, safety, processes, bounds, output)."""
     options = [
         click.option("--meta", "meta_url", default=DEFAULT_META, show_default=True, help="Meta service URL."),
-        click.option("--send", "send_url", default=DEFAULT_SEND, show_default=True, help="Send service URL."),
+        click.option("--send", "send_url", default=DEFAULT_SEND, show_default=True,
+                     help="Send service URL, or several separated by commas (each room uses one)."),
         click.option("--registry", "registry_url", default=DEFAULT_REGISTRY, show_default=True,
                      help="Registry URL (it names the gateway of each user)."),
         click.option("--embedded", is_flag=True,

@@ -81,7 +81,7 @@ class EmbeddedServer:
         """Poll until every service answers and the gateway is registered, the process dies, or time is up."""
         deadline = time.monotonic() + START_TIMEOUT
         targets = self.targets
-        checks = [targets.meta + "/ping", targets.send + "/ping", targets.registry + "/ping",
+        checks = [targets.meta + "/ping", *(url + "/ping" for url in targets.sends), targets.registry + "/ping",
                   targets.registry + "/registry/gateway/available"]
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
             for url in checks:
