@@ -22,6 +22,7 @@ from pystacker.config import RedisConfig
 from pystacker.db.engine import create_engine
 from pystacker.engine.base import Bus, Cursors, EngineSettings, Inbox, MessageLog, Registry
 from pystacker.engine.redis_engine import RedisEngine, make_client
+from pystacker.observability.monitor import MONITORS
 from pystacker.observability.stores import contract_methods, statement_kind, watch_sql
 from tests.deployment import free_ports
 from tests.engine.conftest import delete_prefixed_keys
@@ -137,6 +138,8 @@ async def test_each_redis_engine_call_is_timed_by_its_operation(redis_engine: Re
     gateway = unique_name("gw")
     counts = Counts(*(("pystacker_redis_call_seconds_count", {"operation": op})
                       for op in ("messages.append", "inbox.add", "inbox.ensure_group", "ping")))
+    monitor = MONITORS.get("redis")
+    since = monitor.clock()
     await redis_engine.ping()
     await redis_engine.inbox.ensure_group(gateway)
     await redis_engine.messages.append(new_message(unique_int()))
@@ -146,6 +149,8 @@ async def test_each_redis_engine_call_is_timed_by_its_operation(redis_engine: Re
                               ("pystacker_redis_call_seconds_count", "inbox.add"): 1,
                               ("pystacker_redis_call_seconds_count", "inbox.ensure_group"): 1,
                               ("pystacker_redis_call_seconds_count", "ping"): 1}
+    # the `redis` monitor got the same five calls (its raw samples: end time, duration, success)
+    assert sum(1 for end, _, ok in monitor._samples if end >= since and ok) >= 5  # noqa: SLF001 (+ other engines of this process)
     # labels are operation names, a fixed set: never a key, a gateway id or a room
     exported = {s.labels["operation"] for family in REGISTRY.collect() if family.name.startswith("pystacker_redis_")
                 for s in family.samples}
@@ -169,6 +174,7 @@ async def test_a_failing_redis_call_is_counted_as_an_error_of_its_operation() ->
         await engine.close()
     assert counts.grown() == {("pystacker_redis_errors_total", "registry.list_gateways"): 1,
                               ("pystacker_redis_call_seconds_count", "registry.list_gateways"): 1}
+    assert MONITORS.get("redis")._samples[-1][2] is False  # noqa: SLF001 - recorded as a failure
 
 
 async def test_a_cancelled_redis_call_is_neither_an_error_nor_a_latency(redis_engine: RedisEngine) -> None:
