@@ -1,12 +1,16 @@
 """The gateway's prebuilt frames, written straight to a server socket, read back through a real
-WebSocket client as the same text messages, in every header length form."""
+WebSocket client as the same text messages, in every header length form; its prebuilt ping is
+answered by the client with a pong echoing the token."""
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
+import pytest
 from aiohttp import WSMsgType, web
 
-from pystacker.gateway.wsframes import text_frame
+from pystacker.gateway.wsframes import ping_frame, text_frame
 from pystacker.web.server import Listener, Servers, bind_socket
 
 SIZES = [0, 1, 125, 126, 65535, 65536, 200_000]
@@ -41,3 +45,38 @@ async def test_prebuilt_frames_read_back_as_the_same_texts() -> None:
             assert message.data == "sent by aiohttp after them"
     finally:
         await servers.stop()
+
+
+async def test_a_prebuilt_ping_is_answered_with_its_token() -> None:
+    pongs: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(compress=False, autoping=False)
+        await ws.prepare(request)
+        assert request.transport is not None
+        request.transport.write(text_frame("before the ping") + ping_frame(b"probe-17"))
+        async for message in ws:
+            if message.type is WSMsgType.PONG:
+                await pongs.put(message.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    servers = Servers()
+    await servers.start([Listener("ping", app, bind_socket("127.0.0.1", 0))])
+    try:
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+                f"http://127.0.0.1:{servers.bound['ping']}/ws") as ws:
+            message = await ws.receive(timeout=10)  # aiohttp's client answers the ping as it reads on
+            assert message.data == "before the ping"
+            reader = asyncio.ensure_future(ws.receive())
+            assert await asyncio.wait_for(pongs.get(), 10) == b"probe-17"
+            reader.cancel()
+    finally:
+        await servers.stop()
+
+
+def test_a_ping_token_longer_than_a_control_frame_allows_is_refused() -> None:
+    assert ping_frame(b"x" * 125)[:2] == bytes([0x89, 125])
+    with pytest.raises(ValueError):
+        ping_frame(b"x" * 126)

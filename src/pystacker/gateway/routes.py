@@ -97,7 +97,7 @@ class GatewayRoutes:
                 if message.type is WSMsgType.TEXT:
                     await self.frames.handle(conn, message.data)
                 elif message.type is WSMsgType.PONG:
-                    await conn.pong_received(message.data)
+                    conn.pong_received(message.data)
                 elif message.type is WSMsgType.PING:
                     await ws.pong(message.data)
                 elif message.type is WSMsgType.BINARY:

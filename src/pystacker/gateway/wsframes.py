@@ -12,14 +12,25 @@ from __future__ import annotations
 import struct
 
 OPCODE_TEXT = 0x1
+OPCODE_PING = 0x9
 _FIN = 0x80
 
 
 def text_frame(payload: str | bytes) -> bytes:
     """One complete, unfragmented text frame holding `payload` (UTF-8)."""
-    data = payload.encode() if isinstance(payload, str) else payload
+    return _frame(OPCODE_TEXT, payload.encode() if isinstance(payload, str) else payload)
+
+
+def ping_frame(token: bytes) -> bytes:
+    """A ping whose pong echoes `token` (a control frame: at most 125 bytes)."""
+    if len(token) > 125:
+        raise ValueError("a ping carries at most 125 bytes")
+    return _frame(OPCODE_PING, token)
+
+
+def _frame(opcode: int, data: bytes) -> bytes:
     length = len(data)
-    first = _FIN | OPCODE_TEXT
+    first = _FIN | opcode
     if length < 126:
         header = struct.pack("!BB", first, length)
     elif length < 1 << 16:
