@@ -6,7 +6,7 @@ and removes them from the index (GoStacker cleaned the send index only, and its 
 for ever). `route:user:<uid>` holds the route JSON, with the lease TTL or none.
 
 Records and indexes are in different slots on a cluster, so writes are two commands (record first,
-then index); reads use per-key GETs in a pipeline, never a cross-slot MGET.
+then index); reads use MGET, split by slot on a cluster (redis_common.get_many).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import orjson
 
 from pystacker.engine.base import GatewayInfo, SendInfo, UserRoute
-from pystacker.engine.redis_common import Client, pipeline, register, run, text
+from pystacker.engine.redis_common import Client, get_many, register, run, text
 from pystacker.engine.redis_keys import RedisKeys
 
 log = logging.getLogger("pystacker.engine.redis")
@@ -85,12 +85,7 @@ class RedisRegistry:
         self._delete_route_if = register(client, _DELETE_ROUTE_IF)
 
     async def _get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        if not keys:
-            return []
-        pipe = pipeline(self._client)
-        for key in keys:
-            pipe.get(key)
-        return list(await pipe.execute())
+        return await get_many(self._client, keys)
 
     async def _put(self, key: str, index: str, member: str, record: dict[str, Any], ttl: int) -> None:
         # Record first: an id in the index without its record is skipped (and cleaned) by readers.
