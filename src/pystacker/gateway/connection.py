@@ -11,6 +11,11 @@ live message of the same room, which closes the race between catch-up and live p
 The writer task runs only while there is something to write: an idle connection holds no task (at
 10,000 idle sockets per gateway, a parked task and its frames were a good part of the memory).
 
+Fast path: a live room message that is the room's next seq, offered while the queue is empty, no
+writer runs and the socket's buffer is empty, is written at once by `offer` itself: nothing can be
+ahead of it, so order and the cursor rules are those of the writer, without a task, a queue entry
+and a loop turn per message (the usual case of a loaded gateway whose clients keep up).
+
 Bounds: the queue holds `queue_size` items. When it is full in live mode the client is not reading:
 it is closed with CLOSE_SLOW_CONSUMER and catches up after reconnecting; nothing is lost because the
 cursor only covers what was written. While the writer is busy catching up, overflowing room messages
@@ -156,6 +161,8 @@ class Connection:
         """Queue an item; False when it cannot be (connection closing, or a slow consumer just closed)."""
         if self.close_code is not None:
             return False
+        if type(item) is RoomPush and self._write_now(item):
+            return True
         if len(self.queue) < self.queue_size:
             self.queue.append(item)
             self._wake_writer()
@@ -172,6 +179,27 @@ class Connection:
     def start(self) -> None:
         self._started = True
         self._wake_writer()
+
+    def _write_now(self, item: RoomPush) -> bool:
+        """The fast path (module doc): True if the message was written, False to queue it."""
+        if (self._writer is not None or self.queue or not self._started or self._behind
+                or item.trace is not None or not self.sequencer.is_next(item.room_id, item.seq)):
+            return False
+        transport = self.transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size():  # type: ignore[attr-defined]
+            return False  # a closing socket, or a client behind in reading: the writer waits for it
+        started = time.perf_counter()
+        transport.write(item.frame or text_frame(item.text))  # type: ignore[attr-defined]
+        _PUSH_MONITOR.record(time.perf_counter() - started, True)
+        self._delivered(item.room_id, item.seq)
+        self.metrics.frame_out("chat")
+        self.metrics.delivered_live(item.created_at_ms)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("written", extra={"msg_id": item.msg_id, "user_id": self.user_id,
+                                        "room_id": item.room_id, "seq": item.seq})
+        self._settle(item)
+        self._probe_if_needed()
+        return True
 
     def _wake_writer(self) -> None:
         # One writer at a time: a running one sees the new item before it ends (it ends only when it

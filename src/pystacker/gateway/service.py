@@ -228,9 +228,9 @@ class GatewayService:
                 "msg_id": push.msg_id, "room_id": push.room_id, "seq": push.seq, "type": push.type,
                 "entry_id": entry_id or "", "gateway_id": self.gateway_id, "local": len(local), "away": len(away)})
         try:
-            item_for = _item_maker(push, entry_id, span)
+            item = _entry_item(push, entry_id, span)
             for conn in local:
-                if not conn.offer(item_for()) and entry_id is not None:
+                if not conn.offer(item) and entry_id is not None:
                     self.tracker.settle(entry_id)  # closing: its cursor stays behind, catch-up serves it
             if away and push.type in ("chat", CATCH_UP):
                 try:
@@ -317,22 +317,20 @@ class GatewayService:
                     log.exception("route renewal failed", extra={"user_id": user_id})
 
 
-def _item_maker(push: PushEntry, entry_id: str | None, trace: Any = None):  # type: ignore[no-untyped-def]
-    """Encode the frame once for all targets of the entry; each target gets its own small item.
+def _entry_item(push: PushEntry, entry_id: str | None, trace: Any = None) -> Item:
+    """The entry's item, encoded once and offered to every target (connections only read items).
     `trace`: the dispatch span, parent of each member's socket write (None: tracing off)."""
     if push.type == "chat" and push.seq > 0:
         text = encode(chat_frame(push.stored_message()))
         frame = text_frame(text)  # the same bytes for every target's socket
-        return lambda: RoomPush(push.room_id, push.seq, text, entry_id, push.ts, push.msg_id, trace, frame)
+        return RoomPush(push.room_id, push.seq, text, entry_id, push.ts, push.msg_id, trace, frame)
     if push.type == "ack":
-        text = encode(ack_frame(push.msg_id, push.room_id, push.seq, push.client_msg_id))
-        return lambda: RawFrame(text, entry_id)
+        return RawFrame(encode(ack_frame(push.msg_id, push.room_id, push.seq, push.client_msg_id)), entry_id)
     if push.type == CATCH_UP:
-        return lambda: CatchUp(entry_id)
+        return CatchUp(entry_id)
     # A frame from GoStacker components (no seq): deliver as it is.
-    text = encode({"id": push.msg_id, "type": push.type, "room_id": push.room_id, "sender_id": push.sender_id,
-                   "payload": push.payload})
-    return lambda: RawFrame(text, entry_id)
+    return RawFrame(encode({"id": push.msg_id, "type": push.type, "room_id": push.room_id,
+                            "sender_id": push.sender_id, "payload": push.payload}), entry_id)
 
 
 def entry_from_chat_frame(text: str, user_id: int) -> PushEntry:

@@ -45,6 +45,10 @@ class RoomSequencer:
     def last(self, room_id: int) -> int:
         return self._last.get(room_id, 0)
 
+    def is_next(self, room_id: int, seq: int) -> bool:
+        """seq directly follows what the room delivered (decide() would say DELIVER), without a Decision."""
+        return self._last.get(room_id) == seq - 1
+
     def decide(self, room_id: int, seq: int) -> Decision:
         last = self._last.get(room_id)
         if last is None:
