@@ -12,9 +12,11 @@ The writer task runs only while there is something to write: an idle connection 
 10,000 idle sockets per gateway, a parked task and its frames were a good part of the memory).
 
 Fast path: a live room message that is the room's next seq, offered while the queue is empty, no
-writer runs and the socket's buffer is empty, is written at once by `offer` itself: nothing can be
+writer runs and the socket's buffer is empty, goes into the burst by `offer` itself: nothing can be
 ahead of it, so order and the cursor rules are those of the writer, without a task, a queue entry
-and a loop turn per message (the usual case of a loaded gateway whose clients keep up).
+and a loop turn per message (the usual case of a loaded gateway whose clients keep up). The burst is
+written by a callback scheduled with call_soon, after the gateway dispatched the whole inbox read: a
+connection gets one transport write (one syscall) per read instead of one per message.
 
 Bounds: the queue holds `queue_size` items. When it is full in live mode the client is not reading:
 it is closed with CLOSE_SLOW_CONSUMER and catches up after reconnecting; nothing is lost because the
@@ -154,6 +156,7 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         self._burst: list[bytes] = []  # frames gathered for the next transport write
         self._burst_bytes = 0
+        self._flush_scheduled = False  # a call_soon will write the fast path's burst
 
     # -- the producer side ----------------------------------------------------------------------
 
@@ -188,9 +191,14 @@ class Connection:
         transport = self.transport
         if transport is None or transport.is_closing() or transport.get_write_buffer_size():  # type: ignore[attr-defined]
             return False  # a closing socket, or a client behind in reading: the writer waits for it
-        started = time.perf_counter()
-        transport.write(item.frame or text_frame(item.text))  # type: ignore[attr-defined]
-        _PUSH_MONITOR.record(time.perf_counter() - started, True)
+        frame = item.frame or text_frame(item.text)
+        self._burst.append(frame)
+        self._burst_bytes += len(frame)
+        if self._burst_bytes >= BURST_BYTES:
+            self._flush_burst()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_burst)
         self._delivered(item.room_id, item.seq)
         self.metrics.frame_out("chat")
         self.metrics.delivered_live(item.created_at_ms)
@@ -321,6 +329,15 @@ class Connection:
         """Write the gathered frames in one transport write; wait while the socket's buffer is full."""
         if not self._burst:
             return
+        transport = self._put_burst()
+        # Flow control as aiohttp's own writes do it: past the transport's high-water mark, wait for
+        # the peer to read. Meanwhile the queue fills, and a peer that never reads is a slow consumer.
+        if transport.get_write_buffer_size() > 0:  # type: ignore[attr-defined]
+            protocol = transport.get_protocol()
+            await StreamWriter(protocol, asyncio.get_running_loop()).drain()  # type: ignore[arg-type]
+
+    def _put_burst(self) -> Any:
+        """Hand the gathered frames to the transport in one write (ConnectionResetError: it is closing)."""
         data = b"".join(self._burst) if len(self._burst) > 1 else self._burst[0]
         self._burst.clear()
         self._burst_bytes = 0
@@ -333,11 +350,22 @@ class Connection:
             raise ConnectionResetError("the socket is closing")
         transport.write(data)  # type: ignore[attr-defined]
         _PUSH_MONITOR.record(time.perf_counter() - started, True)
-        # Flow control as aiohttp's own writes do it: past the transport's high-water mark, wait for
-        # the peer to read. Meanwhile the queue fills, and a peer that never reads is a slow consumer.
-        if transport.get_write_buffer_size() > 0:  # type: ignore[attr-defined]
-            protocol = transport.get_protocol()
-            await StreamWriter(protocol, asyncio.get_running_loop()).drain()  # type: ignore[arg-type]
+        return transport
+
+    def _flush_burst(self) -> None:
+        """The fast path's write (its call_soon, or a full burst): a writer started since may have
+        written the burst already."""
+        self._flush_scheduled = False
+        if not self._burst:
+            return
+        if self.close_code is not None:  # our close frame may be out already: nothing goes after it
+            self._burst.clear()
+            self._burst_bytes = 0
+            return
+        try:
+            self._put_burst()
+        except ConnectionResetError:
+            pass  # the socket is going away: unconfirmed positions are served again by the catch-up
 
     async def _fill(self, room_id: int, up_to_seq: int) -> None:
         """Write the room's messages after the client's position up to up_to_seq, one chat frame each."""
