@@ -433,8 +433,8 @@ class Connection:
 
     def _send_probe(self) -> None:
         """The ping confirming every position in `_written`: written straight to the transport, after
-        every frame it confirms (those are in the transport already: the writer never waits with
-        gathered frames unwritten, and if it ever did the probe waits for them)."""
+        every frame it confirms. Frames still gathered (the fast path's burst waits for its call_soon)
+        are not in the transport yet: then the probe waits for the next round."""
         self._probe_timer = None
         transport = self.transport
         if self.close_code is not None or self.ws.closed or transport is None or transport.is_closing():
