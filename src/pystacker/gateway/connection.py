@@ -126,7 +126,19 @@ class CursorSource(Protocol):
     async def last_seqs(self, room_ids: list[int]) -> dict[int, int]: ...
 
 
+# An idle connection's queue and behind-set: shared, empty and immutable; a real deque (760 bytes) and
+# set are made when the first item is queued, and dropped again when the writer has emptied the queue.
+# With __slots__ this keeps an idle connection's own objects at ~0.6 KB instead of ~1.7 KB.
+_NO_ITEMS: tuple[()] = ()
+_NO_ROOMS: frozenset[int] = frozenset()
+
+
 class Connection:
+    __slots__ = ("user_id", "metrics", "ws", "transport", "history", "cursors", "tracker", "sequencer", "queue",
+                 "queue_size", "_started", "client_acks", "unsaved", "_written", "_probe", "_probe_ids",
+                 "_probe_timer", "close_code", "_catching_up", "_behind", "_writer", "_burst", "_burst_bytes",
+                 "_flush_scheduled")
+
     def __init__(self, user_id: int, ws: web.WebSocketResponse, *, queue_size: int, history: History,
                  cursors: CursorSource, tracker: EntryTracker,
                  transport: asyncio.BaseTransport | None = None, metrics: GatewayMetrics | None = None) -> None:
@@ -138,7 +150,7 @@ class Connection:
         self.cursors = cursors
         self.tracker = tracker
         self.sequencer = RoomSequencer()
-        self.queue: deque[Item] = deque()
+        self.queue: deque[Item] | tuple[()] = _NO_ITEMS
         self.queue_size = queue_size
         self._started = False  # the writer may run (set by start, cleared by stop)
         self.client_acks = False  # the client acknowledges by seq: its acks, not our writes, move the cursor
@@ -152,7 +164,7 @@ class Connection:
         self._probe_timer: asyncio.TimerHandle | None = None  # the next probe, once something is unconfirmed
         self.close_code: int | None = None
         self._catching_up = False
-        self._behind: set[int] = set()  # rooms whose live messages were dropped during a catch-up
+        self._behind: set[int] | frozenset[int] = _NO_ROOMS  # rooms whose live messages were dropped during a catch-up
         self._writer: asyncio.Task[None] | None = None
         self._burst: list[bytes] = []  # frames gathered for the next transport write
         self._burst_bytes = 0
@@ -167,11 +179,15 @@ class Connection:
         if type(item) is RoomPush and self._write_now(item):
             return True
         if len(self.queue) < self.queue_size:
-            self.queue.append(item)
+            if self.queue is _NO_ITEMS:
+                self.queue = deque()
+            self.queue.append(item)  # type: ignore[union-attr]
             self._wake_writer()
             return True
         if self._catching_up and isinstance(item, RoomPush):
-            self._behind.add(item.room_id)  # the log has it; fill after the catch-up
+            if self._behind is _NO_ROOMS:
+                self._behind = set()
+            self._behind.add(item.room_id)  # type: ignore[union-attr]  # the log has it; fill after the catch-up
             self._settle(item)
             return True
         log.warning("slow consumer: queue full, closing", extra={"user_id": self.user_id})
@@ -246,7 +262,7 @@ class Connection:
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
         left = list(self.queue)
-        self.queue.clear()
+        self.queue = _NO_ITEMS
         return left
 
     # -- the writer -----------------------------------------------------------------------------
@@ -255,7 +271,7 @@ class Connection:
         """Write until the queue is empty, then end (offer starts a new writer for the next item)."""
         try:
             while self.queue:
-                item = self.queue.popleft()
+                item = self.queue.popleft()  # type: ignore[union-attr]
                 # Settled however the write ends: a write that failed or was cancelled (the socket
                 # died, the connection was replaced) left the cursor before the item, so catch-up
                 # serves it; before, such an item kept its inbox entry pending for ever.
@@ -281,6 +297,7 @@ class Connection:
                     await self._write_burst()
                     self._probe_if_needed()
             self._writer = None  # done: an idle connection keeps no task object either
+            self.queue = _NO_ITEMS  # nor an empty deque
         except asyncio.CancelledError:
             raise
         except (ConnectionError, RuntimeError) as exc:  # the socket went away under a write
@@ -387,7 +404,7 @@ class Connection:
                                                             "room_id": room_id, "seq": message.seq})
 
     async def _fill_behind(self) -> None:
-        rooms, self._behind = self._behind, set()
+        rooms, self._behind = self._behind, _NO_ROOMS
         lasts = await self.cursors.last_seqs(sorted(rooms))
         for room_id in rooms:
             if self.sequencer.knows(room_id):
