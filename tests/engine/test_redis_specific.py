@@ -295,3 +295,20 @@ async def test_a_cluster_has_no_database_but_0() -> None:
     config = Config(engine="redis", redis=RedisConfig(cluster=True, db=3), jwt={"secret": "s" * 40})
     with pytest.raises(StartupError, match="db 3"):
         await Runtime(config).open_engine()
+
+
+# -- the send path's pipeline ---------------------------------------------------------------------
+
+
+async def test_append_and_route_appends_once_when_the_server_lost_its_scripts(open_redis_engine: OpenEngine) -> None:
+    """The pipeline sends a bare EVALSHA; a server that restarted (or flushed its scripts) answers
+    NOSCRIPT, and the message is then appended the plain way, which loads the script: once, not twice."""
+    engine = await _redis_engine(open_redis_engine)
+    room_id, user = unique_int(), unique_int()
+    await engine.registry.set_route(UserRoute(user_id=user, gateway_id="gw-a", address="a:1", connected_at=1.0), None)
+    assert (await engine.append_and_route(new_message(room_id), [user]))[0].message.seq == 1
+    await engine.client.script_flush()
+    appended, routes = await engine.append_and_route(new_message(room_id), [user])
+    assert appended.message.seq == 2 and set(routes) == {user}
+    assert [m.seq for m in await engine.messages.read(room_id, 0, 10)] == [1, 2]
+    assert (await engine.append_and_route(new_message(room_id), [user]))[0].message.seq == 3

@@ -309,4 +309,11 @@ class Engine(Protocol):
     async def ping(self) -> None:
         """Raise if the backing store is unreachable (readiness)."""
 
+    async def append_and_route(self, message: NewMessage,
+                               user_ids: Sequence[int]) -> tuple[Appended, dict[int, UserRoute]]:
+        """messages.append, then registry.get_routes(user_ids) read after the append took effect: a
+        user whose route is not among them connected later, so his catch-up (which reads the rooms'
+        last seqs after writing his route) includes the message. One round trip where the store can
+        run both in order on one connection."""
+
     async def close(self) -> None: ...

@@ -611,6 +611,11 @@ class MemoryEngine:
         self.bus = self._bus
         self._closed = False
 
+    async def append_and_route(self, message: NewMessage,
+                               user_ids: Sequence[int]) -> tuple[Appended, dict[int, UserRoute]]:
+        appended = await self.messages.append(message)
+        return appended, await self.registry.get_routes(user_ids)
+
     async def ping(self) -> None:
         if self._closed:
             raise ConnectionError("the memory engine is closed")

@@ -17,15 +17,29 @@ route lookup did, spec 13.2 #25).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from pystacker.config import Config, RedisConfig
-from pystacker.engine.base import Bus, Cursors, EngineSettings, Inbox, MessageLog, Registry, Rosters, SeqSeed
+from pystacker.engine.base import (
+    Appended,
+    Bus,
+    Cursors,
+    EngineSettings,
+    Inbox,
+    MessageLog,
+    NewMessage,
+    Registry,
+    Rosters,
+    SeqSeed,
+    UserRoute,
+)
 from pystacker.engine.redis_bus import RedisBus
-from pystacker.engine.redis_common import IDLE_CHECK_SECONDS, Client, ReconnectingConnection, check_client
+from pystacker.engine.redis_common import IDLE_CHECK_SECONDS, Client, ReconnectingConnection, check_client, pipeline
 from pystacker.engine.redis_cursors import RedisCursors
 from pystacker.engine.redis_inbox import RedisInbox
 from pystacker.engine.redis_keys import DEFAULT_PARTITIONS, RedisKeys
@@ -68,6 +82,17 @@ def describe(client: Any) -> str:
         return ",".join(node.name for node in client.nodes_manager.startup_nodes.values())
     kwargs = client.connection_pool.connection_kwargs
     return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+
+
+def _same_server(a: Client, b: Client) -> bool:
+    """Two plain clients of the same server and database (a cluster client never is)."""
+    if isinstance(a, RedisCluster) or isinstance(b, RedisCluster):
+        return False
+    if a is b:
+        return True
+    address = [{key: client.connection_pool.connection_kwargs.get(key) for key in ("host", "port", "path", "db")}
+               for client in (a, b)]
+    return address[0] == address[1]
 
 
 def make_client(config: RedisConfig) -> Client:
@@ -124,10 +149,14 @@ class RedisEngine:
         self._subscriber = subscriber if subscriber is not None else client
         self._owns_clients = owns_clients
         self.inbox = RedisInbox(stream or client, self.keys, settings)
-        self.messages = RedisMessageLog(cache or client, self.keys, settings, seq_seed)
+        self._log = self.messages = RedisMessageLog(cache or client, self.keys, settings, seq_seed)
         self.cursors = RedisCursors(queue or client, self.keys)
         self.rosters = RedisRosters(client, self.keys, settings)
-        self.registry = RedisRegistry(client, self.keys)
+        self._registry = self.registry = RedisRegistry(client, self.keys)
+        # The append and the route reads can share a pipeline only on one plain server: a cluster
+        # pipeline sends each node its part, in no order across nodes (the reads must follow the append).
+        # GoStacker's files name the `cache` role's server apart, usually the same one as `redis`.
+        self._pipelined_send = not isinstance(client, RedisCluster) and (cache is None or _same_server(cache, client))
         self._bus = RedisBus(client, self._subscriber, self.keys)  # kept as itself: close() is not in Bus
         self.bus = self._bus
         # pystacker_redis_call_seconds / _errors_total{operation}: every contract method, timed here once.
@@ -145,6 +174,32 @@ class RedisEngine:
         partitions = int(settings.extra.get("redis_partitions", DEFAULT_PARTITIONS))
         return cls(settings, seq_seed, client=client, subscriber=make_subscriber(config.redis, client),
                    prefix=prefix, partitions=partitions, owns_clients=True, **roles)
+
+    async def append_and_route(self, message: NewMessage,
+                               user_ids: Sequence[int]) -> tuple[Appended, dict[int, UserRoute]]:
+        """One pipeline, EVALSHA append then MGET routes, where the log and the registry share one plain
+        server (Redis runs a connection's commands in order); else the two calls one after the other.
+        The pipeline saves a round trip per send, ~10% of a send instance's CPU on private rooms."""
+        if not self._pipelined_send:
+            appended = await self.messages.append(message)
+            return appended, await self.registry.get_routes(user_ids)
+        pipe = pipeline(self.client)
+        self._log.queue_append(pipe, message)
+        users = self._registry.queue_routes(pipe, user_ids)
+        replies = await pipe.execute(raise_on_error=False)
+        first, reads = replies[0], replies[1:]
+        if isinstance(first, NoScriptError):
+            appended = None  # not loaded on this server yet (or it restarted): append() loads it
+        elif isinstance(first, Exception):
+            raise first
+        else:
+            appended = self._log.appended_from(message, first)
+        if appended is None:  # nothing was appended: the plain way loads the script or seeds the counter
+            appended = await self.messages.append(message)
+            return appended, await self.registry.get_routes(user_ids)
+        if any(isinstance(reply, Exception) for reply in reads):
+            return appended, await self.registry.get_routes(user_ids)  # appended once: only read again
+        return appended, self._registry.routes_from(users, reads)
 
     async def ping(self) -> None:
         """Raise ConnectionError, in one line naming the server, if a role's Redis does not answer."""

@@ -274,22 +274,39 @@ class RedisMessageLog:
     # -- MessageLog -------------------------------------------------------------------------------------
 
     async def append(self, message: NewMessage) -> Appended:
+        keys, args = self._append_call(message)
+        for _ in range(SEED_ATTEMPTS + 1):
+            appended = self.appended_from(message, await run(self._append, keys, args))
+            if appended is not None:
+                return appended
+            await self._seed(message.room_id)
+        raise RuntimeError(f"the seq counter of room {message.room_id} keeps vanishing after seeding")
+
+    def queue_append(self, pipe: Any, message: NewMessage) -> None:
+        """Queue the append script on a pipeline of this log's client, as a bare EVALSHA (a redis-py
+        Script in a pipeline asks SCRIPT EXISTS first: one more round trip). Read its reply with
+        appended_from; a NoScriptError reply means the script is not loaded yet: call append()."""
+        keys, args = self._append_call(message)
+        pipe.evalsha(self._append.sha, len(keys), *keys, *args)
+
+    def appended_from(self, message: NewMessage, reply: Any) -> Appended | None:
+        """The append script's reply; None when the room's seq counter is missing (nothing was
+        appended: seed the counter, then append again)."""
+        outcome = text(reply[0])
+        if outcome == "ok":
+            stored = StoredMessage(msg_id=message.msg_id, room_id=message.room_id, seq=int(reply[1]),
+                                   sender_id=message.sender_id, type=message.type, content=message.content,
+                                   created_at_ms=message.created_at_ms, client_msg_id=message.client_msg_id)
+            return Appended(stored, duplicate=False)
+        if outcome == "dup":
+            return Appended(decode_stored(reply[1]), duplicate=True)
+        return None
+
+    def _append_call(self, message: NewMessage) -> tuple[list[str], list[Any]]:
         keys = self._keys.room_keys(message.room_id)
         if message.client_msg_id is not None:
             keys.append(self._keys.idempotency(message.room_id, message.sender_id, message.client_msg_id))
-        args = [encode_body(message), self._settings.window_size, self._settings.idempotency_ttl]
-        for _ in range(SEED_ATTEMPTS + 1):
-            reply = await run(self._append, keys, args)
-            outcome = text(reply[0])
-            if outcome == "ok":
-                stored = StoredMessage(msg_id=message.msg_id, room_id=message.room_id, seq=int(reply[1]),
-                                       sender_id=message.sender_id, type=message.type, content=message.content,
-                                       created_at_ms=message.created_at_ms, client_msg_id=message.client_msg_id)
-                return Appended(stored, duplicate=False)
-            if outcome == "dup":
-                return Appended(decode_stored(reply[1]), duplicate=True)
-            await self._seed(message.room_id)
-        raise RuntimeError(f"the seq counter of room {message.room_id} keeps vanishing after seeding")
+        return keys, [encode_body(message), self._settings.window_size, self._settings.idempotency_ttl]
 
     async def read(self, room_id: int, after_seq: int, limit: int) -> list[StoredMessage]:
         if limit <= 0:

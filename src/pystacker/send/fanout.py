@@ -15,7 +15,7 @@ import logging
 from collections.abc import Collection
 from typing import Any
 
-from pystacker.engine.base import Engine, StoredMessage
+from pystacker.engine.base import Engine, StoredMessage, UserRoute
 from pystacker.messaging.handoff import LiveGateways
 from pystacker.messaging.fanout import plan_fanout
 from pystacker.messaging.frames import PushEntry
@@ -25,11 +25,13 @@ log = logging.getLogger("pystacker.send.fanout")
 
 
 class FanoutJob:
-    __slots__ = ("message", "members", "ack_sender", "trace")
+    __slots__ = ("message", "members", "routes", "ack_sender", "trace")
 
-    def __init__(self, message: StoredMessage, members: Collection[int], ack_sender: bool, trace: Any) -> None:
+    def __init__(self, message: StoredMessage, members: Collection[int], routes: dict[int, UserRoute] | None,
+                 ack_sender: bool, trace: Any) -> None:
         self.message = message
         self.members = members
+        self.routes = routes  # the members' routes read after the append (None: read them when pushing)
         self.ack_sender = ack_sender
         self.trace = trace  # the send span the fan-out continues (None: tracing off)
 
@@ -46,9 +48,11 @@ class Fanout:
         self._tasks = [asyncio.create_task(self._work(q), name=f"fanout-{i}") for i, q in enumerate(self._queues)]
 
     async def submit(self, message: StoredMessage, members: Collection[int], *, ack_sender: bool = True,
-                     trace: Any = None) -> None:
-        """Queue the push; waits while the room's worker queue is full. `trace`: the span of the send."""
-        await self._queues[message.room_id % len(self._queues)].put(FanoutJob(message, members, ack_sender, trace))
+                     routes: dict[int, UserRoute] | None = None, trace: Any = None) -> None:
+        """Queue the push; waits while the room's worker queue is full. `routes`: the members' routes,
+        read after the message was appended (None: read when pushing). `trace`: the span of the send."""
+        await self._queues[message.room_id % len(self._queues)].put(
+            FanoutJob(message, members, routes, ack_sender, trace))
 
     async def drain(self, timeout: float) -> None:
         """Let queued pushes finish (graceful stop)."""
@@ -67,7 +71,8 @@ class Fanout:
         while True:
             job = await queue.get()
             try:
-                await self.push(job.message, job.members, ack_sender=job.ack_sender, trace=job.trace)
+                await self.push(job.message, job.members, ack_sender=job.ack_sender, routes=job.routes,
+                                trace=job.trace)
             except Exception:
                 self.failures += 1
                 metrics.FANOUT_FAILURES.inc()
@@ -77,14 +82,15 @@ class Fanout:
                 queue.task_done()
 
     async def push(self, message: StoredMessage, members: Collection[int], *, ack_sender: bool = True,
-                   trace: Any = None) -> None:
+                   routes: dict[int, UserRoute] | None = None, trace: Any = None) -> None:
         """`trace`: the send's span, continued by a fan-out span whose context goes into the entries
         (None, tracing off: no span, and the entries carry no trace key)."""
         span = None if trace is None else tracing.start_span(
             "fanout", parent=trace, kind="producer", attributes=tracing.message_attributes(message))
         trace_parent = None if span is None else tracing.traceparent(span)
         try:
-            routes = await self.engine.registry.get_routes(list(members))
+            if routes is None:
+                routes = await self.engine.registry.get_routes(list(members))
             plan = plan_fanout(members, routes, await self.live.get())
             entries = [(gateway_id, PushEntry.for_message(message, targets, trace_parent).encode())
                        for gateway_id, targets in plan.by_gateway.items()]

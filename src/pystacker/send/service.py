@@ -54,15 +54,17 @@ class SendService:
         try:
             kind, payload = parse_content(content)
             members = await self._require_member(sender_id, room_id)
-            appended = await self.engine.messages.append(NewMessage(
+            # The members' routes come with the append, read after it (one round trip where the
+            # engine can): the fan-out needs them, and a later reader would cost a round trip more.
+            appended, routes = await self.engine.append_and_route(NewMessage(
                 msg_id=self.ids.next_id(), room_id=room_id, sender_id=sender_id, type=kind, content=payload,
-                created_at_ms=time.time_ns() // 1_000_000, client_msg_id=client_msg_id))
+                created_at_ms=time.time_ns() // 1_000_000, client_msg_id=client_msg_id), list(members))
             (metrics.MESSAGES_DUPLICATE if appended.duplicate else metrics.MESSAGES_ACCEPTED).inc()
             if span is not None:
                 span.set_attributes({**tracing.message_attributes(appended.message), "duplicate": appended.duplicate})
             # A duplicate is pushed again too: the first attempt may have died before its push (gateways
             # drop what a client already has, by seq).
-            await self.fanout.submit(appended.message, members, trace=span)
+            await self.fanout.submit(appended.message, members, routes=routes, trace=span)
         except BaseException as exc:
             if span is not None:
                 tracing.end_span(span, exc)
