@@ -5,6 +5,8 @@ answered by the client with a pong echoing the token."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
@@ -14,6 +16,19 @@ from pystacker.gateway.wsframes import ping_frame, text_frame
 from pystacker.web.server import Listener, Servers, bind_socket
 
 SIZES = [0, 1, 125, 126, 65535, 65536, 200_000]
+
+
+@asynccontextmanager
+async def _serving(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
+    """A server on a free port with `handler` at /ws; yields its URL."""
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    servers = Servers()
+    await servers.start([Listener("frames", app, bind_socket("127.0.0.1", 0))])
+    try:
+        yield f"http://127.0.0.1:{servers.bound['frames']}/ws"
+    finally:
+        await servers.stop()
 
 
 def _text(size: int) -> str:
@@ -31,20 +46,13 @@ async def test_prebuilt_frames_read_back_as_the_same_texts() -> None:
         await ws.receive()  # until the client closes
         return ws
 
-    app = web.Application()
-    app.router.add_get("/ws", handler)
-    servers = Servers()
-    await servers.start([Listener("frames", app, bind_socket("127.0.0.1", 0))])
-    try:
-        async with aiohttp.ClientSession() as session, session.ws_connect(
-                f"http://127.0.0.1:{servers.bound['frames']}/ws", max_msg_size=0) as ws:
-            for size in SIZES:
-                message = await ws.receive(timeout=10)
-                assert (message.type, message.data) == (WSMsgType.TEXT, _text(size))
+    async with _serving(handler) as url, aiohttp.ClientSession() as session, \
+            session.ws_connect(url, max_msg_size=0) as ws:
+        for size in SIZES:
             message = await ws.receive(timeout=10)
-            assert message.data == "sent by aiohttp after them"
-    finally:
-        await servers.stop()
+            assert (message.type, message.data) == (WSMsgType.TEXT, _text(size))
+        message = await ws.receive(timeout=10)
+        assert message.data == "sent by aiohttp after them"
 
 
 async def test_a_prebuilt_ping_is_answered_with_its_token() -> None:
@@ -60,20 +68,12 @@ async def test_a_prebuilt_ping_is_answered_with_its_token() -> None:
                 await pongs.put(message.data)
         return ws
 
-    app = web.Application()
-    app.router.add_get("/ws", handler)
-    servers = Servers()
-    await servers.start([Listener("ping", app, bind_socket("127.0.0.1", 0))])
-    try:
-        async with aiohttp.ClientSession() as session, session.ws_connect(
-                f"http://127.0.0.1:{servers.bound['ping']}/ws") as ws:
-            message = await ws.receive(timeout=10)  # aiohttp's client answers the ping as it reads on
-            assert message.data == "before the ping"
-            reader = asyncio.ensure_future(ws.receive())
-            assert await asyncio.wait_for(pongs.get(), 10) == b"probe-17"
-            reader.cancel()
-    finally:
-        await servers.stop()
+    async with _serving(handler) as url, aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        message = await ws.receive(timeout=10)  # aiohttp's client answers the ping as it reads on
+        assert message.data == "before the ping"
+        reader = asyncio.ensure_future(ws.receive())
+        assert await asyncio.wait_for(pongs.get(), 10) == b"probe-17"
+        reader.cancel()
 
 
 def test_a_ping_token_longer_than_a_control_frame_allows_is_refused() -> None:

@@ -156,7 +156,7 @@ class RedisEngine:
         # The append and the route reads can share a pipeline only on one plain server: a cluster
         # pipeline sends each node its part, in no order across nodes (the reads must follow the append).
         # GoStacker's files name the `cache` role's server apart, usually the same one as `redis`.
-        self._pipelined_send = not isinstance(client, RedisCluster) and (cache is None or _same_server(cache, client))
+        self._pipelined_send = _same_server(cache or client, client)
         self._bus = RedisBus(client, self._subscriber, self.keys)  # kept as itself: close() is not in Bus
         self.bus = self._bus
         # pystacker_redis_call_seconds / _errors_total{operation}: every contract method, timed here once.
@@ -180,26 +180,29 @@ class RedisEngine:
         """One pipeline, EVALSHA append then MGET routes, where the log and the registry share one plain
         server (Redis runs a connection's commands in order); else the two calls one after the other.
         The pipeline saves a round trip per send, ~10% of a send instance's CPU on private rooms."""
-        if not self._pipelined_send:
+        appended, routes = await self._pipelined(message, user_ids) if self._pipelined_send else (None, None)
+        if appended is None:  # the plain way: append() loads the script or seeds the room's counter
             appended = await self.messages.append(message)
-            return appended, await self.registry.get_routes(user_ids)
+        if routes is None:  # read after the append, so never before it
+            routes = await self.registry.get_routes(user_ids)
+        return appended, routes
+
+    async def _pipelined(self, message: NewMessage, user_ids: Sequence[int]
+                         ) -> tuple[Appended | None, dict[int, UserRoute] | None]:
+        """(None, None) when nothing was appended (script not loaded on this server, or the room has
+        no counter); (appended, None) when only the route reads failed."""
         pipe = pipeline(self.client)
         self._log.queue_append(pipe, message)
-        users = self._registry.queue_routes(pipe, user_ids)
-        replies = await pipe.execute(raise_on_error=False)
-        first, reads = replies[0], replies[1:]
+        users, keys = self._registry.queue_routes(pipe, user_ids)
+        first, *reads = await pipe.execute(raise_on_error=False)
         if isinstance(first, NoScriptError):
-            appended = None  # not loaded on this server yet (or it restarted): append() loads it
-        elif isinstance(first, Exception):
+            return None, None
+        if isinstance(first, Exception):
             raise first
-        else:
-            appended = self._log.appended_from(message, first)
-        if appended is None:  # nothing was appended: the plain way loads the script or seeds the counter
-            appended = await self.messages.append(message)
-            return appended, await self.registry.get_routes(user_ids)
-        if any(isinstance(reply, Exception) for reply in reads):
-            return appended, await self.registry.get_routes(user_ids)  # appended once: only read again
-        return appended, self._registry.routes_from(users, reads)
+        appended = self._log.appended_from(message, first)
+        if appended is None or any(isinstance(reply, Exception) for reply in reads):
+            return appended, None
+        return appended, self._registry.routes_from(users, keys, reads)
 
     async def ping(self) -> None:
         """Raise ConnectionError, in one line naming the server, if a role's Redis does not answer."""

@@ -154,25 +154,30 @@ class RedisRegistry:
                                ex=None if ttl is None else max(int(ttl), 1))
 
     async def get_routes(self, user_ids: Sequence[int]) -> dict[int, UserRoute]:
-        users = list(dict.fromkeys(user_ids))
-        return self._routes(users, await self._get_many([self._keys.route(user_id) for user_id in users]))
+        users, keys = self._route_keys(user_ids)
+        return self._routes(users, keys, await self._get_many(keys))
 
-    def queue_routes(self, pipe: Any, user_ids: Sequence[int]) -> list[int]:
+    def queue_routes(self, pipe: Any, user_ids: Sequence[int]) -> tuple[list[int], list[str]]:
         """Queue the route reads on a pipeline of this registry's (non-cluster) client: one MGET per
-        MGET_CHUNK users. Returns the users, for routes_from."""
-        users = list(dict.fromkeys(user_ids))
-        for start in range(0, len(users), MGET_CHUNK):
-            pipe.mget([self._keys.route(user_id) for user_id in users[start:start + MGET_CHUNK]])
-        return users
+        MGET_CHUNK users. Returns the users and their keys, for routes_from."""
+        users, keys = self._route_keys(user_ids)
+        for start in range(0, len(keys), MGET_CHUNK):
+            pipe.mget(keys[start:start + MGET_CHUNK])
+        return users, keys
 
-    def routes_from(self, users: list[int], replies: Sequence[list[bytes | None]]) -> dict[int, UserRoute]:
+    def routes_from(self, users: list[int], keys: list[str],
+                    replies: Sequence[list[bytes | None]]) -> dict[int, UserRoute]:
         """The routes from the replies of queue_routes' MGETs."""
-        return self._routes(users, [raw for reply in replies for raw in reply])
+        return self._routes(users, keys, [raw for reply in replies for raw in reply])
 
-    def _routes(self, users: list[int], raws: Sequence[bytes | None]) -> dict[int, UserRoute]:
+    def _route_keys(self, user_ids: Sequence[int]) -> tuple[list[int], list[str]]:
+        users = list(dict.fromkeys(user_ids))
+        return users, [self._keys.route(user_id) for user_id in users]
+
+    def _routes(self, users: list[int], keys: list[str], raws: Sequence[bytes | None]) -> dict[int, UserRoute]:
         routes: dict[int, UserRoute] = {}
-        for user_id, raw in zip(users, raws, strict=True):
-            route = _parse(raw, _route, self._keys.route(user_id))
+        for user_id, key, raw in zip(users, keys, raws, strict=True):
+            route = _parse(raw, _route, key)
             if route is not None:
                 routes[user_id] = route
         return routes
