@@ -126,8 +126,8 @@ def register_and_login(meta_url: str, prefix: str) -> tuple[int, str]:
 def fuzz_target(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzTarget]:
     """The embedded system on the session's database of each kind (meta and send reach SQL, and each
     database refuses different things: PostgreSQL NUL characters, MySQL and SQLite out-of-range numbers)."""
-    # An internal token is set (the shared `system` fixture has none), so the internal routes are
-    # fuzzed behind their documented security. Limits stay at their defaults: 429 is documented.
+    # A known internal token, so the internal routes are fuzzed behind their documented security.
+    # Limits stay at their defaults: 429 is documented.
     config = load_config(None, overrides={
         "engine": "memory", "data_dir": str(tmp_path_factory.mktemp("fuzz-http")), "host": "127.0.0.1",
         "database": {"url": database_url},

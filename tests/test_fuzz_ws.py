@@ -528,19 +528,19 @@ async def test_sync_and_ack_refuse_seqs_beyond_64_bits(fuzzing: Fuzzing) -> None
 
 
 async def test_internal_pushes_with_numbers_beyond_64_bits_are_refused_or_ignored(fuzzing: Fuzzing) -> None:
-    """The shared `system` has no internal token, so its internal routes are open here."""
     api = fuzzing.api
+    internal = api.internal_headers
     client = await api.connect(fuzzing.fuzzer, catchup=False)
     try:
         # /center/forward: orjson reads 1e23 as a float, which became an int too wide to encode again.
         for raw in (b'{"ID": 99999999999999999999999, "TargetIDs": [%d]}' % fuzzing.fuzzer.id,
                     b'{"ID": 1, "TargetIDs": [18446744073709551615]}', b'{"ID": 1e400}'):
-            answer = await api.gateway.request("POST", "/center/forward", data=raw)
+            answer = await api.gateway.request("POST", "/center/forward", data=raw, headers=internal)
             assert answer.status == 400 and answer.body["code"] == 400, (raw, answer)
         # /internal/pushback: a field out of range counts as absent, as a non-number does
         answer = await api.send.post("/internal/pushback", {"target_id": fuzzing.fuzzer.id, "forward_req": {
             "id": 2**80, "type": "chat", "room_id": fuzzing.room_id, "sender_id": fuzzing.control_user.id,
-            "payload": {"text": "pushed back"}, "seq": 2**64 - 1}})
+            "payload": {"text": "pushed back"}, "seq": 2**64 - 1}}, headers=internal)
         assert answer.status == 200, answer
         await fuzzing.probe(client)  # the socket still answers
     finally:

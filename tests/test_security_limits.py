@@ -1,5 +1,6 @@
 """Rate limits and the internal token, over real HTTP and WebSocket against an embedded system with
-tiny limits and an internal token set (the shared `system` fixture has neither).
+tiny limits and an internal token of the test's own (`pystacker up` making its own is in
+tests/test_up_internal_token.py).
 
 The refill rates are so low (one token per 1000 s) that nothing refills during a test: each
 expectation is a count, not a timing. Login tests come from distinct loopback source addresses
@@ -15,8 +16,7 @@ import aiohttp
 import pytest
 
 from pystacker.config import load_config
-from pystacker.web.middleware import INTERNAL_TOKEN_HEADER
-from tests.client import Http
+from tests.internal_routes import assert_internal_routes_need
 from tests.conftest import TEST_JWT_SECRET
 from tests.ws import Api, make_room, open_api, send_http, text
 
@@ -154,33 +154,4 @@ async def test_logins_are_limited_per_address(api: Api, limited_system) -> None:
 
 async def test_internal_routes_need_the_token(api: Api) -> None:
     (grace,) = await api.users(1, "rl")
-    good = {INTERNAL_TOKEN_HEADER: INTERNAL_TOKEN}
-    wrong = {INTERNAL_TOKEN_HEADER: INTERNAL_TOKEN + "x"}
-    gateway = {"gateway_id": "gw-security-test", "address": "127.0.0.1", "port": 9, "capacity": 10}
-    calls: list[tuple[Http, str, str, Any, int]] = [
-        (api.send, "POST", "/internal/pushback", {"target_id": grace.id, "forward_req": {"type": "chat"}}, 200),
-        (api.send, "POST", "/internal/push/notify_online", {"target_id": grace.id}, 202),
-        (api.registry, "POST", "/registry/gateway/register", gateway, 200),
-        (api.registry, "POST", "/registry/gateway/heartbeat", {"gateway_id": "gw-security-test"}, 200),
-        (api.registry, "POST", "/registry/user/connect", {"user_id": grace.id, "gateway_id": "gw-security-test"}, 200),
-        (api.registry, "POST", "/registry/user/disconnect",
-         {"user_id": grace.id, "gateway_id": "gw-security-test"}, 200),
-        (api.registry, "DELETE", "/registry/gateway/gw-security-test", None, 200),
-        (api.registry, "POST", "/registry/send/register",
-         {"instance_id": "send-security-test", "address": "127.0.0.1", "port": 9}, 200),
-        (api.registry, "POST", "/registry/send/heartbeat", {"instance_id": "send-security-test"}, 200),
-        (api.registry, "DELETE", "/registry/send/send-security-test", None, 200),
-        (api.gateway, "POST", "/center/forward", {}, None),
-    ]
-    for http, method, path, body, expected in calls:
-        for headers in (None, wrong):
-            answer = await http.request(method, path, json=body, headers=headers)
-            assert answer.status == 401 and answer.body["code"] == 401, (path, headers, answer)
-            assert INTERNAL_TOKEN_HEADER in answer.body["msg"]
-        answer = await http.request(method, path, json=body, headers=good)
-        if expected is None:  # past the token check: whatever the route says, not 401
-            assert answer.status != 401, (path, answer)
-        else:
-            assert answer.status == expected, (path, answer)
-    # reads stay open to clients
-    assert (await api.registry.get("/registry/gateway/available")).status != 401
+    await assert_internal_routes_need(INTERNAL_TOKEN, api.send, api.registry, api.gateway, grace.id)

@@ -20,6 +20,7 @@ import aiohttp
 import orjson
 
 from pystacker.chaos.launcher import poll  # noqa: F401 - the tests import it from here
+from pystacker.web.middleware import INTERNAL_TOKEN_HEADER
 from tests.client import Http, User, new_user
 
 DEFAULT_TIMEOUT = 5.0
@@ -242,6 +243,11 @@ class Api:
     send: Http
     registry: Http
     gateway: Http
+
+    @property
+    def internal_headers(self) -> dict[str, str]:
+        """The header internal routes need: the token `pystacker up` made in its data folder."""
+        return {INTERNAL_TOKEN_HEADER: self.system.config.internal.token.get_secret_value()}
 
     @property
     def gateway_url(self) -> str:

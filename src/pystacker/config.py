@@ -166,8 +166,8 @@ class RegistryConfig(Section):
 class InternalConfig(Section):
     """PyStacker extension: the shared token that internal and registry-write routes require.
 
-    Mandatory for `pystacker <service>` (check_internal_token); `pystacker up` serves them on
-    loopback in one process and leaves it empty (the routes are then open)."""
+    Mandatory for `pystacker <service>` (check_internal_token); `pystacker up` makes one when it is
+    empty and keeps it in `data_dir/internal_token`."""
 
     token: SecretStr = SecretStr("")
 

@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -36,9 +37,10 @@ def safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def embedded_jwt_secret(data_dir: Path) -> str:
-    """The embedded mode's secret: made once, kept in the data folder so tokens survive a restart."""
-    path = data_dir / "jwt_secret"
+def embedded_secret(data_dir: Path, name: str) -> str:
+    """One of the embedded mode's secrets (`jwt_secret`, `internal_token`): made once and kept in the
+    data folder, readable by its owner only, so tokens survive a restart."""
+    path = data_dir / name
     if path.exists():
         secret = path.read_text().strip()
         if len(secret) >= 32:
@@ -55,7 +57,11 @@ class Runtime:
         self.config = config
         self.embedded = embedded
         if embedded and (not config.jwt_secret() or config.jwt_secret() == "secret"):
-            config.jwt.secret = embedded_jwt_secret(Path(config.data_dir))  # type: ignore[assignment]
+            config.jwt.secret = embedded_secret(Path(config.data_dir), "jwt_secret")  # type: ignore[assignment]
+        if embedded and not config.internal.token.get_secret_value().strip():
+            # One process needs none of its internal routes open: they stay closed to whoever reaches
+            # the ports (`--host 0.0.0.0` is the whole network), and open to tools given this token.
+            config.internal.token = SecretStr(embedded_secret(Path(config.data_dir), "internal_token"))
         try:
             check_jwt_secret(config, embedded=embedded, source=source)
         except ConfigError as exc:

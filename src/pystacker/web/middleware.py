@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -82,16 +83,14 @@ INTERNAL_TOKEN_HEADER = "X-Internal-Token"
 
 def internal_token_middleware(token: str, is_internal: Callable[[web.Request], bool]) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Internal routes (pushback, notify, registry writes) need the shared `internal.token`
-    (GoStacker left them open: spec 13.4 #31). An empty token leaves them open, for the embedded mode."""
-    import hmac
-
+    (GoStacker left them open: spec 13.4 #31). With an empty token they are closed to everyone."""
     expected = token.encode()
 
     @web.middleware
     async def require_internal(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected and is_internal(request):
+        if is_internal(request):
             given = request.headers.get(INTERNAL_TOKEN_HEADER, "").encode()
-            if not hmac.compare_digest(given, expected):
+            if not expected or not hmac.compare_digest(given, expected):
                 raise ApiError(401, f"internal route: missing or wrong {INTERNAL_TOKEN_HEADER} header")
         return await handler(request)
 
