@@ -133,7 +133,7 @@ async def test_resend_flushed_message_delivers_nothing_twice(api: Api) -> None:
     await a.collect(1, room_id=room_id)
     await b.collect(1, room_id=room_id)
 
-    # resend reads SQL: before the flusher wrote the message it is a 404; poll SQL until it is there
+    # this one is about a flushed message (right after the send is the next test): poll SQL
     store = api.system.runtime.parts.store
     await poll(lambda: store.by_id(msg_id), timeout=5.0)
 
@@ -162,3 +162,21 @@ async def test_resend_flushed_message_delivers_nothing_twice(api: Api) -> None:
     assert [c["id"] for c in b2.chats] == [third["msgID"]]
     await a.close()
     await b2.close()
+
+
+async def test_resend_right_after_send_pushes_the_message_again(api: Api) -> None:
+    """Within the flusher's first pass (0.2 s), the message is only in the engine: resend finds it
+    there. Who may resend is decided the same way wherever the message is: the sender only."""
+    alice, bob, carol = await api.users(3, "rn")
+    room_id = await make_room(api.meta, alice, [bob])
+    msg_id = (await send_http(api.send, alice, room_id, "resent at once"))["msgID"]
+    for caller in (bob, carol):  # a member who is not the sender, and a stranger
+        refused = await api.send.post("/api/chat/resend_message", {"message_id": msg_id}, token=caller.token)
+        assert refused.status == 401 and refused.body["code"] == 401, refused
+    # bob connects without a catch-up: only a push can bring him the message
+    b = await api.connect(bob, catchup=False)
+    resent = await api.send.post("/api/chat/resend_message", {"message_id": msg_id}, token=alice.token)
+    assert resent.status == 200 and resent.msg == "success", resent
+    await b.collect(1, room_id=room_id)
+    assert [(c["id"], c["payload"]["text"]) for c in b.chats] == [(msg_id, "resent at once")]
+    await b.close()

@@ -256,3 +256,21 @@ async def test_a_batch_is_pending_from_its_take_until_its_confirm(engine: Engine
     assert await engine.messages.batch_pending(batch.token)
     await engine.messages.confirm_batch(batch.token)
     assert not await engine.messages.batch_pending(batch.token)
+
+
+async def test_a_message_is_found_by_id_until_its_batch_is_confirmed(engine: Engine) -> None:
+    """Resend finds a message by id alone: in the engine until SQL has it, then in SQL."""
+    await drain_flush_queue(engine.messages)
+    room_a, room_b = unique_int(), unique_int()
+    first, second = (await _append(engine.messages, room_a, 1))[0], (await _append(engine.messages, room_b, 1))[0]
+    retry = await engine.messages.append(new_message(room_a, client_msg_id="k"))
+    again = await engine.messages.append(new_message(room_a, client_msg_id="k"))
+    assert again.duplicate and again.message == retry.message
+    for message in (first, second, retry.message):
+        assert await engine.messages.unflushed_by_id(message.msg_id) == message
+    assert await engine.messages.unflushed_by_id(unique_int()) is None
+    batch = _present(await engine.messages.take_batch(10))
+    assert await engine.messages.unflushed_by_id(first.msg_id) == first  # taken is not yet in SQL
+    await engine.messages.confirm_batch(batch.token)
+    for message in (first, second, retry.message):
+        assert await engine.messages.unflushed_by_id(message.msg_id) is None

@@ -122,6 +122,10 @@ class MessageLog(Protocol):
         """Messages with seq > after_seq in seq order, from the recent window only. The window holds at
         least every message not yet flushed to SQL; older ones may be gone (read them from SQL)."""
 
+    async def unflushed_by_id(self, msg_id: int) -> StoredMessage | None:
+        """The message with this id if SQL may not have it yet (its flush batch is not confirmed);
+        None otherwise: then SQL has it, or it never existed."""
+
     async def window_start(self, room_id: int) -> int:
         """The lowest seq the window still holds for the room (last_seq + 1 when it holds none; the
         counter is seeded first if missing)."""

@@ -276,6 +276,7 @@ class MemoryMessageLog:
         # insertion order is expiry order and expired keys are purged from the front.
         self._first_of_key: OrderedDict[tuple[int, str], tuple[StoredMessage, float]] = OrderedDict()
         self._flush_queue: deque[StoredMessage] = deque()  # not yet taken by a flusher, oldest first
+        self._unflushed_by_id: dict[int, StoredMessage] = {}  # every message SQL may not have yet
         # Taken and not confirmed. One timeout for all, so insertion order is expiry order.
         self._batches: dict[str, _Batch] = {}
 
@@ -310,6 +311,7 @@ class MemoryMessageLog:
         room.window.append(stored)
         room.unflushed.add(seq)
         self._flush_queue.append(stored)
+        self._unflushed_by_id[stored.msg_id] = stored
         if key is not None:
             self._first_of_key[key] = (stored, time.monotonic() + self._settings.idempotency_ttl)
         self._trim_window(room)
@@ -337,6 +339,9 @@ class MemoryMessageLog:
         if start >= len(room.window):  # past the end; also keeps islice's bounds under sys.maxsize
             return []
         return list(islice(room.window, start, start + limit))
+
+    async def unflushed_by_id(self, msg_id: int) -> StoredMessage | None:
+        return self._unflushed_by_id.get(msg_id)
 
     async def window_start(self, room_id: int) -> int:
         # A room without a counter is seeded first: answering 1 for a room whose counter was lost
@@ -386,6 +391,7 @@ class MemoryMessageLog:
         for message in batch.messages:
             room = rooms[message.room_id] = self._rooms[message.room_id]
             room.unflushed.discard(message.seq)
+            self._unflushed_by_id.pop(message.msg_id, None)
         for room in rooms.values():
             self._trim_window(room)
 

@@ -75,6 +75,11 @@ class RedisKeys:
         """STRING with a TTL: the first message sent under this key (JSON)."""
         return f"{self._log_tag(self.room_partition(room_id))}:idem:{room_id}:{sender_id}:{client_msg_id}"
 
+    def unflushed_ids(self, partition: int) -> str:
+        """HASH: msg id -> "<room>:<seq>" of the partition's messages SQL does not have yet, so that a
+        message can be found by id alone before the flusher wrote it."""
+        return f"{self._log_tag(partition)}:unfl:ids"
+
     def flush(self, partition: int) -> str:
         """STREAM: the partition's messages waiting for SQL, read through a consumer group."""
         return f"{self._log_tag(partition)}:flush"
@@ -87,7 +92,7 @@ class RedisKeys:
         """The keys an append touches (besides the idempotency key), in the order the scripts take them."""
         partition = self.room_partition(room_id)
         return [self.seq(room_id), self.window(room_id), self.unflushed(room_id), self.flush(partition),
-                self.flush_clock(partition)]
+                self.flush_clock(partition), self.unflushed_ids(partition)]
 
     # -- rosters (the room's partition: a roster and its dirty mark change in one script) -------------
 

@@ -5,6 +5,8 @@ Keys (redis_keys.py), all of one room in its partition's hash tag `{<prefix>pyst
   (seq_seed) before use, so after a Redis restart seqs continue instead of restarting at 1;
 - `win:<room>`: ZSET of message JSON by seq: every unflushed message plus the newest window_size;
 - `unfl:<room>`: ZSET of the seqs not yet confirmed by the flusher (they bound the window's trimming);
+- `unfl:ids`: one HASH per partition, msg id -> "<room>:<seq>" of its unconfirmed messages, so that a
+  message is found by id (resend) before SQL has it;
 - `idem:<room>:<sender>:<client_msg_id>`: the first message sent under that key, for idempotency_ttl.
   The key includes the room, so idempotency is per (room, sender, client_msg_id): a client reusing one
   client_msg_id in two rooms gets two messages (the memory engine would answer the first). Rooms must
@@ -53,11 +55,11 @@ local function trim_window(win, unfl, last_seq, window_size)
 end
 """
 
-# KEYS: seq, window, unflushed, flush, flush clock[, idempotency key]
-# ARGV: the message JSON without its seq, window_size, idempotency_ttl
+# KEYS: seq, window, unflushed, flush, flush clock, unflushed ids[, idempotency key]
+# ARGV: the message JSON without its seq, window_size, idempotency_ttl, msg id, room id
 # -> {'ok', seq} | {'dup', first message JSON} | {'seed'} (no counter: seed it and call again)
 _APPEND = _LUA_WINDOW + """
-local seq_key, win, unfl, flush, clock, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local seq_key, win, unfl, flush, clock, ids, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 if idem then
   local first = redis.call('GET', idem)
   if first then return {'dup', first} end
@@ -87,6 +89,7 @@ local seq = string.format('%d', redis.call('INCR', seq_key))
 local stored = '{"seq":' .. seq .. ',' .. string.sub(ARGV[1], 2)
 redis.call('ZADD', win, seq, stored)
 redis.call('ZADD', unfl, seq, seq)
+redis.call('HSET', ids, ARGV[4], ARGV[5] .. ':' .. seq)
 redis.call('SET', clock, flush_id)
 redis.call('XADD', flush, flush_id .. '-0', 'm', stored)
 if idem then redis.call('SET', idem, stored, 'EX', ARGV[3]) end
@@ -161,8 +164,9 @@ end
 return {claimed, fresh}
 """
 
-# KEYS: flush, then seq, window, unflushed of each room of the batch
-# ARGV: group, window_size, id count, ids..., then for each room: seq count, seqs...
+# KEYS: flush, unflushed ids, then seq, window, unflushed of each room of the batch
+# ARGV: group, window_size, id count, entry ids..., msg id count, msg ids..., then for each room:
+# seq count, seqs...
 _CONFIRM = _LUA_WINDOW + """
 local flush, group, window_size = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local id_count = tonumber(ARGV[3])
@@ -173,7 +177,14 @@ if id_count > 0 then
   redis.call('XDEL', flush, unpack(ids))
 end
 local at = 4 + id_count
-for k = 2, #KEYS, 3 do
+local msg_count = tonumber(ARGV[at])
+if msg_count > 0 then
+  local msg_ids = {}
+  for i = 1, msg_count do msg_ids[i] = ARGV[at + i] end
+  redis.call('HDEL', KEYS[2], unpack(msg_ids))
+end
+at = at + 1 + msg_count
+for k = 3, #KEYS, 3 do
   local seq_key, win, unfl = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local seqs = {}
   for i = 1, tonumber(ARGV[at]) do seqs[i] = ARGV[at + i] end
@@ -218,10 +229,11 @@ def _plan_batch(peeks: Sequence[tuple[list[str], list[str]]], limit: int) -> dic
     return plan
 
 
-def _parse_token(token: str) -> list[tuple[int, str, int, int]]:
-    """(partition, entry id, room, seq) of each message of a batch token."""
+def _parse_token(token: str) -> list[tuple[int, str, int, int, int]]:
+    """(partition, entry id, room, seq, msg id) of each message of a batch token."""
     try:
-        return [(int(p), str(entry_id), int(room), int(seq)) for p, entry_id, room, seq in orjson.loads(token)]
+        return [(int(p), str(entry_id), int(room), int(seq), int(msg_id))
+                for p, entry_id, room, seq, msg_id in orjson.loads(token)]
     except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
         raise ValueError(f"not a flush batch token: {token[:80]!r}") from exc
 
@@ -306,7 +318,8 @@ class RedisMessageLog:
         keys = self._keys.room_keys(message.room_id)
         if message.client_msg_id is not None:
             keys.append(self._keys.idempotency(message.room_id, message.sender_id, message.client_msg_id))
-        return keys, [encode_body(message), self._settings.window_size, self._settings.idempotency_ttl]
+        return keys, [encode_body(message), self._settings.window_size, self._settings.idempotency_ttl,
+                      message.msg_id, message.room_id]
 
     async def read(self, room_id: int, after_seq: int, limit: int) -> list[StoredMessage]:
         if limit <= 0:
@@ -314,6 +327,22 @@ class RedisMessageLog:
         raw = await self._client.zrangebyscore(self._keys.window(room_id), f"({after_seq}", "+inf",
                                                start=0, num=limit)
         return [decode_stored(item) for item in raw]
+
+    async def unflushed_by_id(self, msg_id: int) -> StoredMessage | None:
+        # The id says nothing of its room: ask every partition's index (one round trip; a rare call).
+        pipe = pipeline(self._client)
+        for partition in range(self._keys.partitions):
+            pipe.hget(self._keys.unflushed_ids(partition), str(msg_id))
+        for found in await pipe.execute():
+            if found is None:
+                continue
+            room_id, seq = (int(part) for part in text(found).split(":"))
+            raw = await self._client.zrangebyscore(self._keys.window(room_id), seq, seq)
+            for item in raw:
+                message = decode_stored(item)
+                if message.msg_id == msg_id:
+                    return message
+        return None
 
     async def window_start(self, room_id: int) -> int:
         keys = [self._keys.seq(room_id), self._keys.window(room_id)]
@@ -367,14 +396,14 @@ class RedisMessageLog:
         if not entries:
             return None  # other flushers took them between the look and the take
         messages = [decode_stored(raw) for _, _, _, raw in entries]
-        token = orjson.dumps([[p, entry_id, message.room_id, message.seq]
+        token = orjson.dumps([[p, entry_id, message.room_id, message.seq, message.msg_id]
                               for (_, p, entry_id, _), message in zip(entries, messages, strict=True)])
         return FlushBatch(token.decode(), messages)
 
     async def batch_pending(self, token: str) -> bool:
         items = _parse_token(token)
         by_partition: dict[int, list[str]] = {}
-        for p, entry_id, _, _ in items:
+        for p, entry_id, _, _, _ in items:
             by_partition.setdefault(p, []).append(entry_id)
         pipe = pipeline(self._client)
         for p, ids in by_partition.items():
@@ -393,16 +422,19 @@ class RedisMessageLog:
         # A token of a batch confirmed already, or of one that expired and went to another flusher,
         # changes nothing: its entries are gone or SQL has them either way.
         items = _parse_token(token)
-        by_partition: dict[int, tuple[list[str], dict[int, list[int]]]] = {}
-        for p, entry_id, room, seq in items:
-            ids, rooms = by_partition.setdefault(p, ([], {}))
+        by_partition: dict[int, tuple[list[str], list[int], dict[int, list[int]]]] = {}
+        for p, entry_id, room, seq, msg_id in items:
+            ids, msg_ids, rooms = by_partition.setdefault(p, ([], [], {}))
             ids.append(entry_id)
+            msg_ids.append(msg_id)
             rooms.setdefault(room, []).append(seq)
-        await asyncio.gather(*(self._confirm_partition(p, ids, rooms) for p, (ids, rooms) in by_partition.items()))
+        await asyncio.gather(*(self._confirm_partition(p, ids, msg_ids, rooms)
+                               for p, (ids, msg_ids, rooms) in by_partition.items()))
 
-    async def _confirm_partition(self, partition: int, ids: list[str], rooms: dict[int, list[int]]) -> None:
-        keys = [self._keys.flush(partition)]
-        args: list[Any] = [FLUSH_GROUP, self._settings.window_size, len(ids), *ids]
+    async def _confirm_partition(self, partition: int, ids: list[str], msg_ids: list[int],
+                                 rooms: dict[int, list[int]]) -> None:
+        keys = [self._keys.flush(partition), self._keys.unflushed_ids(partition)]
+        args: list[Any] = [FLUSH_GROUP, self._settings.window_size, len(ids), *ids, len(msg_ids), *msg_ids]
         for room, seqs in rooms.items():
             keys += [self._keys.seq(room), self._keys.window(room), self._keys.unflushed(room)]
             args += [len(seqs), *seqs]
