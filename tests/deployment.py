@@ -155,6 +155,19 @@ class TestDeployment:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
+    def log_size(self, label: str) -> int:
+        path = self.member(label).log_path
+        return path.stat().st_size if path is not None and path.exists() else 0
+
+    def log_since(self, label: str, offset: int) -> list[str]:
+        """The lines a member logged after its log had `offset` bytes (see log_size)."""
+        path = self.member(label).log_path
+        if path is None or not path.exists():
+            return []
+        with open(path, "rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace").splitlines()
+
     async def live_gateway_ids(self) -> set[str]:
         answer = await self.registry.get("/registry/gateway/instances")
         assert answer.status == 200, answer

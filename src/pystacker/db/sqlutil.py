@@ -16,7 +16,12 @@ def insert_ignoring_duplicates(table: Table, dialect: str) -> Insert:
     if dialect == "sqlite":
         return sqlite.insert(table).on_conflict_do_nothing()
     if dialect in ("mysql", "mariadb"):
-        return mysql.insert(table).prefix_with("IGNORE")
+        # Not INSERT IGNORE: MySQL answers each skipped row with a warning, which the driver fetches
+        # (one more round trip) and logs at WARNING, so every retried batch and every cursor save
+        # filled the logs with an expected case. Setting a key column to itself on a duplicate is a
+        # no-op that raises no warning. (IGNORE also hid real errors, such as truncation.)
+        key = next(iter(table.primary_key.columns))
+        return mysql.insert(table).on_duplicate_key_update({key.name: key})
     raise ValueError(f"unsupported SQL dialect {dialect!r}")
 
 

@@ -41,20 +41,19 @@ class MessageStore:
         self.dialect = engine.dialect.name
 
     async def insert_batch(self, messages: Sequence[StoredMessage],
-                           before_commit: Callable[[], Awaitable[None]] | None = None) -> int:
+                           before_commit: Callable[[], Awaitable[None]] | None = None) -> None:
         """Insert in one statement; rows already there (same id, seq or client key) are skipped, so a
         batch retried after a crash, or holding one bad duplicate, never blocks the flusher.
         `before_commit` runs inside the transaction after the insert: if it raises, nothing is kept."""
         if not messages:
-            return 0
+            return
         rows = [{"id": m.msg_id, "room_id": m.room_id, "seq": m.seq, "sender_id": m.sender_id, "type": m.type,
                  "content": orjson.dumps(m.content).decode(), "client_msg_id": m.client_msg_id,
                  "created_at": _to_datetime(m.created_at_ms)} for m in messages]
         async with self.engine.begin() as conn:
-            result = await conn.execute(insert_ignoring_duplicates(chat_messages, self.dialect), rows)
+            await conn.execute(insert_ignoring_duplicates(chat_messages, self.dialect), rows)
             if before_commit is not None:
                 await before_commit()
-            return max(result.rowcount, 0)
 
     async def read(self, room_id: int, after_seq: int, limit: int, before_seq: int | None = None) -> list[StoredMessage]:
         """Messages with after_seq < seq (< before_seq), ascending."""
