@@ -28,10 +28,11 @@ async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.
     await databases.drop_database(kind, url)
 
 
-# The suite logs hundreds of users in from 127.0.0.1, and the slow-consumer tests flood a room from one
-# user on purpose: no send or per-address login limit here. The limits have their own tests
-# (tests/test_security_limits.py), against a system with tiny ones.
-TEST_LIMITS = {"login_address_rate": 0, "send_rate": 0}
+# The suite registers and logs hundreds of users in from 127.0.0.1, some tests make a hundred rooms
+# with one user, and the slow-consumer tests flood a room from one user on purpose: no send, room
+# change or per-address limit here. The limits have their own tests (tests/test_security_limits.py),
+# against systems with tiny ones.
+TEST_LIMITS = {"login_address_rate": 0, "register_address_rate": 0, "room_change_rate": 0, "send_rate": 0}
 
 
 def make_config(database_url: str, tmp_path: Path, **overrides: object):  # type: ignore[no-untyped-def]

@@ -31,7 +31,8 @@ from redis.asyncio.cluster import RedisCluster
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from pystacker import cluster
-from pystacker.chaos.launcher import deployment_env, free_ports, new_key_prefix, plan_on_free_ports, redis_env
+from pystacker.chaos.launcher import (LOAD_GENERATOR_LIMITS, deployment_env, free_ports, new_key_prefix,
+                                      plan_on_free_ports, redis_env)
 from pystacker.web.auth import TokenService
 from tests.client import Http, User
 from tests.ws import Client, connect, poll
@@ -265,7 +266,8 @@ async def start_deployment(log_dir: Path, database_url: str, *, redis: RedisTarg
     jwt_secret, internal_token = secrets.token_urlsafe(48), secrets.token_urlsafe(32)
     shared = deployment_env(database_url=database_url, key_prefix=prefix, jwt_secret=jwt_secret,
                             internal_token=internal_token, redis=redis.env(), gateway_ttl=GATEWAY_TTL,
-                            send_ttl=SEND_TTL, user_route_ttl=USER_ROUTE_TTL, extra=env)
+                            send_ttl=SEND_TTL, user_route_ttl=USER_ROUTE_TTL,
+                            extra={**LOAD_GENERATOR_LIMITS, **(env or {})})
     await asyncio.to_thread(cluster.migrate, CONFIG_DIR, shared)
     # every port free (the flusher's and msgflusher's metrics ports too: the example configs fix them)
     members = plan_on_free_ports(CONFIG_DIR, gateways=gateways, sends=sends)

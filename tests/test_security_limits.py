@@ -24,6 +24,8 @@ SLOW = 0.001  # tokens per second: no refill within a test
 SEND_BURST = 3
 LOGIN_BURST = 2
 LOGIN_ADDRESS_BURST = 5
+REGISTER_ADDRESS_BURST = 4
+ROOM_CHANGE_BURST = 4
 INTERNAL_TOKEN = "security-test-internal-token-0123456789"
 
 
@@ -36,7 +38,25 @@ async def limited_system(tmp_path_factory: pytest.TempPathFactory):  # type: ign
         "jwt": {"secret": TEST_JWT_SECRET}, "ports": {"send": 0, "meta": 0, "registry": 0, "gateway": 0},
         "internal": {"token": INTERNAL_TOKEN},
         "limits": {"send_rate": SLOW, "send_burst": SEND_BURST, "login_rate": SLOW, "login_burst": LOGIN_BURST,
-                   "login_address_rate": SLOW, "login_address_burst": LOGIN_ADDRESS_BURST}})
+                   "login_address_rate": SLOW, "login_address_burst": LOGIN_ADDRESS_BURST,
+                   # Every user of these tests is registered from 127.0.0.1: the registration limit has
+                   # a system of its own (registration_limited_system).
+                   "register_address_rate": 0,
+                   "room_change_rate": SLOW, "room_change_burst": ROOM_CHANGE_BURST}})
+    system = EmbeddedSystem(config)
+    await system.start()
+    yield system
+    await system.stop()
+
+
+@pytest.fixture(scope="module")
+async def registration_limited_system(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from pystacker.embedded import EmbeddedSystem
+
+    config = load_config(None, overrides={
+        "engine": "memory", "data_dir": str(tmp_path_factory.mktemp("register-limited")), "host": "127.0.0.1",
+        "jwt": {"secret": TEST_JWT_SECRET}, "ports": {"send": 0, "meta": 0, "registry": 0, "gateway": 0},
+        "limits": {"register_address_rate": SLOW, "register_address_burst": REGISTER_ADDRESS_BURST}})
     system = EmbeddedSystem(config)
     await system.start()
     yield system
@@ -49,13 +69,16 @@ async def api(limited_system) -> AsyncIterator[Api]:  # type: ignore[no-untyped-
         yield api
 
 
-async def login_from(system: Any, source: str, username: str, password: str) -> tuple[int, Any, str | None]:
-    """POST /login from a given loopback source address: (status, body, Retry-After)."""
+async def post_from(system: Any, source: str, path: str, body: Any) -> tuple[int, Any, str | None]:
+    """POST to meta from a given loopback source address: (status, body, Retry-After)."""
     connector = aiohttp.TCPConnector(local_addr=(source, 0))
     async with aiohttp.ClientSession(connector=connector) as session:
-        async with session.post(system.urls["meta"] + "/login",
-                                json={"username": username, "password": password}) as response:
+        async with session.post(system.urls["meta"] + path, json=body) as response:
             return response.status, await response.json(content_type=None), response.headers.get("Retry-After")
+
+
+async def login_from(system: Any, source: str, username: str, password: str) -> tuple[int, Any, str | None]:
+    return await post_from(system, source, "/login", {"username": username, "password": password})
 
 
 # -- sends ----------------------------------------------------------------------------------------
@@ -155,3 +178,45 @@ async def test_logins_are_limited_per_address(api: Api, limited_system) -> None:
 async def test_internal_routes_need_the_token(api: Api) -> None:
     (grace,) = await api.users(1, "rl")
     await assert_internal_routes_need(INTERNAL_TOKEN, api.send, api.registry, api.gateway, grace.id)
+
+
+# -- registrations and room changes ---------------------------------------------------------------------
+
+
+async def test_a_registration_flood_from_one_address_gets_429(registration_limited_system) -> None:  # type: ignore[no-untyped-def]
+    source = "127.0.0.7"
+
+    async def register(source: str) -> tuple[int, Any, str | None]:
+        return await post_from(registration_limited_system, source, "/register",
+                               {"username": "rl-reg-" + text(), "password": "password-1"})
+
+    answers = [await register(source) for _ in range(REGISTER_ADDRESS_BURST + 2)]
+    assert [a[0] for a in answers] == [200] * REGISTER_ADDRESS_BURST + [429, 429], answers
+    status, body, retry_after = answers[-1]
+    assert body["code"] == 429 and "registrations from this address" in body["msg"], body
+    assert retry_after is not None and int(retry_after) >= 1
+    # a malformed registration is a 400 and costs nothing; another address has its own bucket
+    assert (await post_from(registration_limited_system, "127.0.0.8", "/register", {"username": ""}))[0] == 400
+    assert [(await register("127.0.0.8"))[0] for _ in range(REGISTER_ADDRESS_BURST)] == [200] * REGISTER_ADDRESS_BURST
+
+
+async def test_room_and_membership_changes_share_the_users_bucket(api: Api) -> None:
+    owner, joiner, other = await api.users(3, "rl")
+    room_id = await make_room(api.meta, owner, [])  # 1 of the owner's bucket
+    assert (await api.meta.post("/api/chat/group/add_member", {"room_id": room_id, "member_id": joiner.id},
+                                token=owner.token)).status == 200
+    assert (await api.meta.post("/api/chat/group/change_nickname", {"room_id": room_id, "nickname": "boss"},
+                                token=owner.token)).status == 200
+    # a malformed request costs nothing
+    assert (await api.meta.post("/api/chat/group/create", {"name": 5}, token=owner.token)).status == 400
+    created = await api.meta.post("/api/chat/group/create", {"name": "last", "is_group": True, "member_ids": []},
+                                  token=owner.token)
+    assert created.status == 200, created
+    for path, body in (("/api/chat/group/create", {"name": "over", "is_group": True, "member_ids": []}),
+                       ("/api/chat/group/remove_member", {"room_id": room_id, "target_user_id": joiner.id}),
+                       ("/api/chat/group/join/request", {"room_id": room_id, "message": "hi"})):
+        refused = await api.meta.post(path, body, token=owner.token)
+        assert refused.status == 429 and "room and membership changes" in refused.msg, (path, refused)
+    # the joiner, and anyone else, has his own bucket
+    assert (await api.meta.post("/api/chat/group/leave", {"room_id": room_id}, token=joiner.token)).status == 200
+    assert (await api.meta.post("/api/chat/group/join", {"room_id": room_id}, token=other.token)).status == 200

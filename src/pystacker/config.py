@@ -204,6 +204,13 @@ class LimitsConfig(Section):
     login_burst: int = Field(20, ge=1)
     login_address_rate: float = Field(20.0, ge=0, description="logins per second per remote address")
     login_address_burst: int = Field(100, ge=1)
+    # Registrations: one bucket per remote address (each costs a bcrypt hash and an SQL insert).
+    register_address_rate: float = Field(0.5, ge=0, description="registrations per second per remote address")
+    register_address_burst: int = Field(20, ge=1)
+    # Room and membership changes (create, members, roles, nicknames, join, leave, join requests and
+    # their answers): one bucket per user; each change is an SQL or roster write.
+    room_change_rate: float = Field(10.0, ge=0, description="room and membership changes per second per user")
+    room_change_burst: int = Field(100, ge=1)
     rate_limit_max_keys: int = Field(100_000, ge=1, description="buckets kept per limiter (LRU)")
 
 

@@ -87,6 +87,11 @@ class Runtime:
                                                      max_keys=limits.rate_limit_max_keys)
         self.login_address_limiter = TokenBucketLimiter(limits.login_address_rate, limits.login_address_burst,
                                                         max_keys=limits.rate_limit_max_keys)
+        self.register_address_limiter = TokenBucketLimiter(limits.register_address_rate,
+                                                           limits.register_address_burst,
+                                                           max_keys=limits.rate_limit_max_keys)
+        self.room_change_limiter = TokenBucketLimiter(limits.room_change_rate, limits.room_change_burst,
+                                                      max_keys=limits.rate_limit_max_keys)
 
     @property
     def sql(self) -> AsyncEngine:

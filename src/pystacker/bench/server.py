@@ -24,6 +24,7 @@ import aiohttp
 
 from pystacker.bench.api import Targets
 from pystacker.bench.safety import BenchError
+from pystacker.chaos.launcher import LOAD_GENERATOR_LIMITS
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -64,10 +65,7 @@ class EmbeddedServer:
         env = {k: v for k, v in os.environ.items() if not k.upper().startswith("PYSTACKER_")}
         env.update({f"PYSTACKER_PORTS__{name.upper()}": str(port) for name, port in self.ports.items()})
         env["PYSTACKER_HOST"] = "127.0.0.1"
-        # The bench measures the server, not its rate limits: its closed loop sends faster than a user
-        # may, and it logs every user in from one address. Rate 0 turns a limit off.
-        for key in ("SEND_RATE", "LOGIN_RATE", "LOGIN_ADDRESS_RATE"):
-            env[f"PYSTACKER_LIMITS__{key}"] = "0"
+        env.update(LOAD_GENERATOR_LIMITS)  # the bench measures the server, not its rate limits
         env.update(self.extra_env)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:

@@ -32,8 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from pystacker import cluster
 from pystacker.bench import procfs
 from pystacker.bench.api import ApiError, PublicApi, Targets
-from pystacker.chaos.launcher import (LocalRedis, deployment_env, drop_database, new_key_prefix, plan_on_free_ports,
-                                      point_at, poll, redis_env, scratch_database_url)
+from pystacker.chaos.launcher import (LOAD_GENERATOR_LIMITS, LocalRedis, deployment_env, drop_database, new_key_prefix,
+                                      plan_on_free_ports, point_at, poll, redis_env, scratch_database_url)
 from pystacker.chaos.proxy import FaultProxy
 from pystacker.web.auth import TokenService
 
@@ -92,10 +92,7 @@ class ChaosDeployment:
                 database_url=proxied, key_prefix=self.prefix, jwt_secret=self.jwt_secret,
                 internal_token=self.internal_token, redis=redis_env(self.redis.host, self.redis.port),
                 gateway_ttl=GATEWAY_TTL, send_ttl=SEND_TTL, user_route_ttl=USER_ROUTE_TTL,
-                extra={
-                    # The load sends faster than a person and registers everyone from one address.
-                    "PYSTACKER_LIMITS__SEND_RATE": "0", "PYSTACKER_LIMITS__LOGIN_RATE": "0",
-                    "PYSTACKER_LIMITS__LOGIN_ADDRESS_RATE": "0", **self.extra_env})
+                extra={**LOAD_GENERATOR_LIMITS, **self.extra_env})
             self._database_created = True  # `db upgrade` creates it; dropped at stop either way
             await asyncio.to_thread(cluster.migrate, self.config_dir, {**env, "PYSTACKER_DATABASE__URL": self.database_url})
             members = plan_on_free_ports(self.config_dir, gateways=self.gateway_count, sends=self.send_count)

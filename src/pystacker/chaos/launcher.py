@@ -79,6 +79,12 @@ def redis_env(host: str, port: int, *, cluster_mode: bool = False) -> dict[str, 
     return env
 
 
+# A load generator sends faster than a person, and registers and logs in every user from one
+# address: the per-user and per-address limits would measure themselves instead of the system.
+LOAD_GENERATOR_LIMITS = {f"PYSTACKER_LIMITS__{key}": "0" for key in (
+    "SEND_RATE", "LOGIN_RATE", "LOGIN_ADDRESS_RATE", "REGISTER_ADDRESS_RATE", "ROOM_CHANGE_RATE")}
+
+
 def deployment_env(*, database_url: str, key_prefix: str, jwt_secret: str, internal_token: str,
                    redis: Mapping[str, str], gateway_ttl: int, send_ttl: int, user_route_ttl: int,
                    extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -26,7 +26,9 @@ def build_meta_app(runtime: Runtime) -> web.Application:
     service = MetaService(MetaStore(runtime.sql), runtime.tokens, parts.rosters, parts.cursors)
     MetaRoutes(service, max_members_per_request=limits.max_members_per_request,
                max_search_limit=limits.max_search_limit, login_user_limiter=runtime.login_user_limiter,
-               login_address_limiter=runtime.login_address_limiter).install(app)
+               login_address_limiter=runtime.login_address_limiter,
+               register_address_limiter=runtime.register_address_limiter,
+               room_change_limiter=runtime.room_change_limiter).install(app)
     app[META_SERVICE] = service
 
     async def membership_changed(room_id: int, joined: Sequence[int]) -> None:

@@ -163,20 +163,25 @@ def _room_json(room: Room) -> dict[str, object]:
 class MetaRoutes:
     def __init__(self, service: MetaService, *, max_members_per_request: int, max_search_limit: int,
                  login_user_limiter: TokenBucketLimiter | None = None,
-                 login_address_limiter: TokenBucketLimiter | None = None) -> None:
+                 login_address_limiter: TokenBucketLimiter | None = None,
+                 register_address_limiter: TokenBucketLimiter | None = None,
+                 room_change_limiter: TokenBucketLimiter | None = None) -> None:
         self.service = service
         self.max_members = max_members_per_request
         self.max_search_limit = max_search_limit
         self.login_user_limiter = login_user_limiter
         self.login_address_limiter = login_address_limiter
+        self.register_address_limiter = register_address_limiter
+        self.room_change_limiter = room_change_limiter
 
     def install(self, app: web.Application) -> None:
         # The route table: handlers and their OpenAPI description (GET /openapi.json) in one place.
         bearer, group = Auth.BEARER, "/api/chat/group"
-        member_change = (403, 404, 503)  # 503: the room's membership kept changing under the request
+        # 503: the room's membership kept changing under the request; 429: the caller's room_change bucket
+        member_change = (403, 404, 429, 503)
         add_routes(app, [
             Route("POST", "/register", self.register, "Create a user", body=RegisterRequest,
-                  reply=Reply(envelope(REGISTERED)), errors=(409,), error_text={409: "username already exists"},
+                  reply=Reply(envelope(REGISTERED)), errors=(409, 429), error_text={409: "username already exists"},
                   tags=TAGS_USERS),
             Route("POST", "/login", self.login, "Log in: a JWT for the other services", body=LoginRequest,
                   reply=Reply(envelope(LOGGED_IN)), errors=(401, 429),
@@ -185,7 +190,7 @@ class MetaRoutes:
             Route("GET", "/api/user/profile", self.profile, "The caller's own profile", auth=bearer,
                   reply=Reply(envelope(PROFILE)), errors=(404,), tags=TAGS_USERS),
             Route("POST", f"{group}/create", self.create, "Create a group or a private (two-member) room",
-                  auth=bearer, body=CreateRoomRequest, reply=Reply(envelope(ROOM_CREATED)), errors=(404,),
+                  auth=bearer, body=CreateRoomRequest, reply=Reply(envelope(ROOM_CREATED)), errors=(404, 429),
                   error_text={404: "a member id names no user"}, tags=TAGS_ROOMS),
             Route("POST", f"{group}/add_member", self.add_member, "Add one member (owner or admin)", auth=bearer,
                   body=AddMemberRequest, errors=member_change, tags=TAGS_MEMBERS),
@@ -216,7 +221,7 @@ class MetaRoutes:
             Route("GET", f"{group}/members", self.members, "A room's members (members only)", auth=bearer,
                   params=RoomQuery, reply=Reply(envelope(MEMBER_LIST)), errors=(403, 404), tags=TAGS_MEMBERS),
             Route("POST", f"{group}/join/request", self.join_request, "Ask to join a group", auth=bearer,
-                  body=JoinRequestBody, reply=Reply(envelope(JOIN_REQUEST_CREATED)), errors=(404, 409),
+                  body=JoinRequestBody, reply=Reply(envelope(JOIN_REQUEST_CREATED)), errors=(404, 409, 429),
                   tags=TAGS_REQUESTS),
             Route("GET", f"{group}/join/requests", self.join_requests, "Pending join requests (owner or admin)",
                   auth=bearer, params=RoomQuery, reply=Reply(envelope(JOIN_REQUEST_LIST)), errors=(403, 404),
@@ -231,8 +236,18 @@ class MetaRoutes:
         if len(ids) > self.max_members:
             raise ApiError(400, f"member_ids: at most {self.max_members} ids per request")
 
+    def _check_room_change(self, request: web.Request) -> None:
+        """One token of the caller's room_change bucket; called after parsing, so that a malformed
+        request is a 400 and costs nothing."""
+        if self.room_change_limiter is not None:
+            self.room_change_limiter.check(identity(request).user_id, "room and membership changes")
+
     async def register(self, request: web.Request) -> web.Response:
         body = await parse_json(request, RegisterRequest)
+        # Before the bcrypt hash, which is what a flood would make us spend; the same proxy caveat
+        # as for logins applies to `request.remote`.
+        if self.register_address_limiter is not None:
+            self.register_address_limiter.check(request.remote or "", "registrations from this address")
         user_id = await self.service.register(body.username, body.password, body.nickname)
         return ok("User registered successfully", {"user_id": user_id})
 
@@ -255,6 +270,7 @@ class MetaRoutes:
 
     async def create(self, request: web.Request) -> web.Response:
         body = await parse_json(request, CreateRoomRequest)
+        self._check_room_change(request)
         self._check_list_size(body.member_ids)
         room_id = await self.service.create_room(identity(request).user_id, body.name, body.is_group,
                                                  body.member_ids)
@@ -262,38 +278,45 @@ class MetaRoutes:
 
     async def add_member(self, request: web.Request) -> web.Response:
         body = await parse_json(request, AddMemberRequest)
+        self._check_room_change(request)
         await self.service.add_members(identity(request).user_id, body.room_id, [body.member_id])
         return ok("Member added successfully")
 
     async def add_members(self, request: web.Request) -> web.Response:
         body = await parse_json(request, AddMembersRequest)
+        self._check_room_change(request)
         self._check_list_size(body.member_ids)
         added = await self.service.add_members(identity(request).user_id, body.room_id, body.member_ids)
         return ok("Members added successfully", {"added": added})
 
     async def change_nickname(self, request: web.Request) -> web.Response:
         body = await parse_json(request, ChangeNicknameRequest)
+        self._check_room_change(request)
         await self.service.change_nickname(identity(request).user_id, body.room_id, body.nickname)
         return ok("Nickname changed successfully")
 
     async def change_member_role(self, request: web.Request) -> web.Response:
         body = await parse_json(request, ChangeRoleRequest)
+        self._check_room_change(request)
         await self.service.change_role(identity(request).user_id, body.room_id, body.target_user_id,
                                        body.new_role)
         return ok("Member role changed successfully")
 
     async def remove_member(self, request: web.Request) -> web.Response:
         body = await parse_json(request, TargetRequest)
+        self._check_room_change(request)
         await self.service.remove_member(identity(request).user_id, body.room_id, body.target_user_id)
         return ok("Member removed successfully")
 
     async def leave(self, request: web.Request) -> web.Response:
         body = await parse_json(request, RoomRequest)
+        self._check_room_change(request)
         await self.service.leave(identity(request).user_id, body.room_id)
         return ok("Left room successfully")
 
     async def join(self, request: web.Request) -> web.Response:
         body = await parse_json(request, RoomRequest)
+        self._check_room_change(request)
         await self.service.join(identity(request).user_id, body.room_id)
         return ok("Joined room successfully")
 
@@ -329,6 +352,7 @@ class MetaRoutes:
 
     async def join_request(self, request: web.Request) -> web.Response:
         body = await parse_json(request, JoinRequestBody)
+        self._check_room_change(request)
         request_id = await self.service.request_join(identity(request).user_id, body.room_id, body.message)
         return ok("request created", {"request_id": request_id})
 
@@ -349,6 +373,7 @@ class MetaRoutes:
 
     async def join_respond(self, request: web.Request) -> web.Response:
         body = await parse_json(request, RespondRequest)
+        self._check_room_change(request)
         await self.service.respond(identity(request).user_id, body.request_id, body.approve)
         return ok("ok")
 
