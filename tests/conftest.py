@@ -94,6 +94,14 @@ async def system(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
 
 
 @pytest.fixture(scope="session")
+async def distributed_mariadb(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """A fresh MariaDB database for the tests of deployments as processes, dropped at the end."""
+    url = await databases.create_database("mariadb", tmp_path_factory.mktemp("dist-db"))
+    yield url
+    await databases.drop_database("mariadb", url)
+
+
+@pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """A 3-master Redis Cluster on free ports, started on first use and shared by the whole session
     (the engine contract tests and the distributed tests)."""

@@ -39,14 +39,6 @@ DELIVERY_TIMEOUT = 15.0
 # -- fixtures ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-async def distributed_mariadb(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    """A fresh MariaDB database for the distributed tests, dropped at the end of the session."""
-    url = await databases.create_database("mariadb", tmp_path_factory.mktemp("dist-db"))
-    yield url
-    await databases.drop_database("mariadb", url)
-
-
 @pytest.fixture(scope="class")
 async def dep(distributed_mariadb: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[TestDeployment]:
     deployment = await start_deployment(tmp_path_factory.mktemp("dist-logs"), distributed_mariadb)

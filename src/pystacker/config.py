@@ -158,6 +158,9 @@ class CenterConfig(Section):
 class RegistryConfig(Section):
     url: str = ""
     gateway_heartbeat_timeout: int = Field(30, ge=1)
+    # PyStacker extension: how often a gateway beats. Frequent beats let the registry tell a dead
+    # gateway within seconds (registry/liveness.py); the timeout above only removes its entry.
+    gateway_heartbeat_interval: float = Field(1.0, gt=0)
     send_heartbeat_timeout: int = Field(30, ge=1)
     user_route_ttl: int = Field(120, ge=1)
     cleanup_interval: int = 10  # unused by GoStacker too

@@ -42,3 +42,13 @@ def test_least_load_spreads_ties_and_skips_full_gateways() -> None:
     assert picks == {"a", "b"}  # both within the slack of the lowest load, never the busy one
     assert choose_gateway([gateway("a", users=100)]) is None
     assert choose_gateway([]) is None
+
+
+def test_an_avoided_gateway_is_chosen_only_when_no_other_can_take_the_user() -> None:
+    live = [gateway("a", users=0), gateway("b", users=50)]
+    # the lease names the avoided gateway: the client could not reach it, so the lease does not hold
+    assert choose_gateway(live, route(1, "a"), avoid={"a"}).gateway_id == "b"
+    assert choose_gateway(live, avoid={"a"}).gateway_id == "b"  # even though it is the least loaded
+    # nothing else with room: the avoided one rather than none (a single gateway that restarted)
+    assert choose_gateway([gateway("a"), gateway("b", users=100)], avoid={"a"}).gateway_id == "a"
+    assert choose_gateway([gateway("a")], route(1, "a"), avoid={"a", "b"}).gateway_id == "a"

@@ -144,8 +144,8 @@ class ChaosReceiver(Receiver):
             self._reconnecting = asyncio.create_task(self._reconnect(), name=f"reconnect-{self.index}")
 
     async def _reconnect(self) -> None:
-        """Back off and try again until the deadline: a killed gateway stays in the registry's live
-        list until its heartbeat TTL ends, and the registry may name it a few times before that."""
+        """Back off and try again until the deadline: the registry may name a killed gateway until it
+        has missed two beats and failed a probe (these clients send no `exclude`, as GoStacker's)."""
         deadline = time.monotonic() + self.reconnect_deadline
         delay = RECONNECT_FIRST_DELAY
         while not self._closing and time.monotonic() < deadline:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -192,10 +193,15 @@ class PyStackerClient:
 
     # -- live connection -------------------------------------------------------------------------
 
-    async def available_gateway(self) -> Gateway:
-        """The gateway the registry chooses for this user (it keeps a reconnecting user where he was)."""
-        params = {"user_id": self.user_id} if self.user_id else None
-        data = await self._call("GET", f"{self.registry_url}/registry/gateway/available", params=params, auth=False)
+    async def available_gateway(self, avoid: Sequence[str] = ()) -> Gateway:
+        """The gateway the registry chooses for this user (it keeps a reconnecting user where he was).
+        `avoid`: gateways this client could not reach; the registry checks them and names another one
+        if it can."""
+        params: dict[str, Any] = {"user_id": self.user_id} if self.user_id else {}
+        if avoid:
+            params["exclude"] = ",".join(avoid)
+        data = await self._call("GET", f"{self.registry_url}/registry/gateway/available", params=params or None,
+                                auth=False)
         address = str(data.get("address") or "")
         if address in ("", "0.0.0.0", "::"):  # a gateway bound to every interface: reach it where the registry is
             address = urlsplit(self.registry_url).hostname or "127.0.0.1"

@@ -16,6 +16,14 @@ class PyStackerError(Exception):
         self.msg = msg
 
 
+class GatewayUnreachable(PyStackerError):
+    """The gateway the registry named did not take the connection (refused, reset, timed out)."""
+
+    def __init__(self, gateway_id: str, msg: str) -> None:
+        super().__init__(0, msg)
+        self.gateway_id = gateway_id
+
+
 class SessionClosed(PyStackerError):
     """The session was closed by its owner; nothing more will arrive."""
 

@@ -4,7 +4,9 @@ A `Session` reads frames, hands chat messages to its `InOrderInbox` (inbox.py: o
 no hole) and gives the application what the inbox releases. Around that it runs three small tasks:
 - the runner: reads the socket; when it drops (network, close 4008 slow consumer, 1001 gateway
   shutdown, a missed pong) it waits a jittered exponential backoff, asks the registry again, reconnects
-  and catches up, either from the server's catch-up batches (`catch_up="server"`, the default) or by
+  and catches up. A gateway that went away (1001, or no close frame at all: a crash) or that refuses
+  the connection is named to the registry as one to avoid, and the next gateway is tried at once
+  instead of backing off onto the dead one; either from the server's catch-up batches (`catch_up="server"`, the default) or by
   `sync` frames from its own position in each known room (`catch_up="sync"`, with `?catchup=0`);
 - the filler: fetches with `sync` whatever the inbox misses (a seq gap, or messages dropped while the
   application was not reading), before anything later is released;
@@ -31,7 +33,7 @@ import aiohttp
 import orjson
 
 from pystacker.client.backoff import Backoff
-from pystacker.client.errors import PyStackerError, SessionClosed, SessionFailed
+from pystacker.client.errors import GatewayUnreachable, PyStackerError, SessionClosed, SessionFailed
 from pystacker.client.inbox import InOrderInbox, Item, Offer
 from pystacker.client.models import ChatMessage, Delivered, Gateway, HistoryPage, SendResult, as_content
 
@@ -42,6 +44,10 @@ log = logging.getLogger("pystacker.client")
 
 # The gateway's close codes (pystacker/messaging/frames.py); every other code is a plain reconnect.
 CLOSE_REPLACED = 4009  # another connection of the same user took over: reconnecting would fight it
+# The gateway itself went away: 1001 it is shutting down, 1006 the socket ended without a close frame
+# (the process died, or the network between us). The next connection should go elsewhere.
+GATEWAY_GONE = (1001, 1006, None)
+MAX_AVOIDED = 8  # gateways named to the registry as unreachable, newest kept
 
 MAX_SYNC_PAGE = 200  # the gateway's limit for one `sync` frame
 MAX_FRAME_BYTES = 4 * 1024 * 1024
@@ -281,13 +287,15 @@ class Session:
 
     # -- connecting ------------------------------------------------------------------------------
 
-    async def _open(self) -> aiohttp.ClientWebSocketResponse:
-        """Ask the registry for a gateway and open the socket. Logs in again once if the token expired."""
+    async def _open(self, avoid: list[str] | None = None) -> aiohttp.ClientWebSocketResponse:
+        """Ask the registry for a gateway and open the socket. Logs in again once if the token expired.
+        Raises GatewayUnreachable when the registry answered but its gateway did not."""
         relogged = False
         while True:
+            gateway: Gateway | None = None
             try:
                 async with asyncio.timeout(self.connect_timeout):
-                    gateway = await self.client.available_gateway()
+                    gateway = await self.client.available_gateway(avoid or ())
                     # acks=1: from its first frame, the server moves our cursor by our acks only.
                     query = "?acks=1&catchup=0" if self.catch_up == "sync" else "?acks=1"
                     ws = await self.client.http.ws_connect(
@@ -300,8 +308,14 @@ class Session:
                     continue
                 raise PyStackerError(exc.status, f"WebSocket refused: {exc.message}") from None
             except TimeoutError:
+                if gateway is not None:
+                    raise GatewayUnreachable(gateway.gateway_id,
+                                             f"gateway {gateway.gateway_id}: no connection within "
+                                             f"{self.connect_timeout:g} s") from None
                 raise PyStackerError(0, f"no connection within {self.connect_timeout:g} s") from None
             except aiohttp.ClientError as exc:
+                if gateway is not None:
+                    raise GatewayUnreachable(gateway.gateway_id, f"cannot connect to {gateway.gateway_id}: {exc}") from None
                 raise PyStackerError(0, f"cannot connect: {exc}") from None
             self.gateway = gateway
             return ws
@@ -342,7 +356,8 @@ class Session:
                     raise SessionFailed(code, "replaced by another connection of the same user")
                 if time.monotonic() - opened >= self.stable_after:
                     self.backoff.reset()
-                ws = await self._reconnect()
+                gone = self.gateway.gateway_id if self.gateway is not None and code in GATEWAY_GONE else None
+                ws = await self._reconnect([gone] if gone else [])
                 self._attach(ws)
         except asyncio.CancelledError:
             raise
@@ -352,15 +367,28 @@ class Session:
             log.exception("session runner failed")
             self._fail(SessionFailed(0, f"session failed: {exc}"))
 
-    async def _reconnect(self) -> aiohttp.ClientWebSocketResponse:
+    async def _reconnect(self, avoid: list[str]) -> aiohttp.ClientWebSocketResponse:
+        """Connect again. The first attempt waits a backoff delay (after a gateway crash every one of
+        its clients reconnects: the jitter spreads them); a gateway that then refuses us is added to
+        `avoid` and the registry is asked again at once, since it can name another one. Only when
+        that brings nothing new does the next attempt back off."""
+        at_once = False
         while True:
-            delay = self.backoff.next_delay()
-            if delay is None:
-                raise SessionFailed(0, f"gave up reconnecting after {self.backoff.attempts} attempts")
-            self._set_state("reconnecting", f"in {delay:.2f} s (attempt {self.backoff.attempts})")
-            await asyncio.sleep(delay)
+            if not at_once:
+                delay = self.backoff.next_delay()
+                if delay is None:
+                    raise SessionFailed(0, f"gave up reconnecting after {self.backoff.attempts} attempts")
+                self._set_state("reconnecting", f"in {delay:.2f} s (attempt {self.backoff.attempts})")
+                await asyncio.sleep(delay)
+            at_once = False
             try:
-                return await self._open()
+                return await self._open(avoid)
+            except GatewayUnreachable as exc:
+                log.info("reconnect failed: %s", exc)
+                if exc.gateway_id not in avoid:
+                    avoid.append(exc.gateway_id)
+                    del avoid[:-MAX_AVOIDED]
+                    at_once = True
             except PyStackerError as exc:
                 if exc.status in (401, 403):
                     raise SessionFailed(exc.status, exc.msg) from None

@@ -32,7 +32,8 @@ def build_gateway_app(runtime: Runtime, *, port: int) -> web.Application:
     install_health(app, "gateway", runtime.readiness_checks())
     presence = GatewayPresence(runtime.engine.registry, gateway_id, config.address, port,
                                config.dispatcher.max_connections, lambda: len(service.connections),
-                               ttl=config.registry.gateway_heartbeat_timeout)
+                               ttl=config.registry.gateway_heartbeat_timeout,
+                               interval=config.registry.gateway_heartbeat_interval)
     settings = GatewaySettings(
         gateway_id=gateway_id,
         consumer=config.dispatcher.consumer_name or f"{gateway_id}_consumer",

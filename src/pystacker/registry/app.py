@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from pystacker.observability.metrics import background, refresh_registry_gauges
+from pystacker.registry.liveness import GatewayLiveness
 from pystacker.registry.routes import RegistryRoutes, is_registry_write
 from pystacker.registry.service import RegistryService
 from pystacker.runtime import Runtime
@@ -18,8 +19,15 @@ def build_registry_app(runtime: Runtime) -> web.Application:
     app = new_app("registry", max_body_bytes=config.limits.max_body_bytes, middlewares=[
         internal_token_middleware(config.internal.token.get_secret_value(), is_registry_write)])
     install_health(app, "registry", runtime.readiness_checks(), liveness=False)
-    service = RegistryService(runtime.engine.registry, user_route_ttl=config.registry.user_route_ttl)
+    liveness = GatewayLiveness(config.registry.gateway_heartbeat_interval)
+    service = RegistryService(runtime.engine.registry, user_route_ttl=config.registry.user_route_ttl,
+                              liveness=liveness)
     RegistryRoutes(runtime.engine, service, runtime.tokens, gateway_ttl=config.registry.gateway_heartbeat_timeout,
                    send_ttl=config.registry.send_heartbeat_timeout).install(app)
     app.cleanup_ctx.append(background(lambda: refresh_registry_gauges(runtime.engine)))
+
+    async def close_liveness(_: web.Application) -> None:
+        await liveness.close()
+
+    app.on_cleanup.append(close_liveness)
     return app

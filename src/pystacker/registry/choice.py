@@ -6,12 +6,14 @@
    within LOAD_SLACK of the lowest load: loads are only as fresh as the last heartbeat, so always
    taking the single lowest would send every user of a reconnect storm to the same gateway.
 Only live gateways are candidates: a dead one never blocks the choice (GoStacker: spec 13.1 #8).
+Gateways the client says it could not reach (`avoid`) are chosen only when no other one has room,
+and then the lease too may name one: a client is never refused because it avoided the only gateway.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from pystacker.engine.base import GatewayInfo, UserRoute
 
@@ -28,7 +30,16 @@ LOAD_SLACK = 0.05
 
 
 def choose_gateway(live: Sequence[GatewayInfo], lease: UserRoute | None = None,
-                   rng: random.Random | None = None) -> GatewayInfo | None:
+                   rng: random.Random | None = None, avoid: Collection[str] = ()) -> GatewayInfo | None:
+    if avoid:
+        preferred = [g for g in live if g.gateway_id not in avoid]
+        chosen = _choose(preferred, lease, rng)
+        if chosen is not None:
+            return chosen
+    return _choose(live, lease, rng)
+
+
+def _choose(live: Sequence[GatewayInfo], lease: UserRoute | None, rng: random.Random | None) -> GatewayInfo | None:
     if lease is not None:
         for gateway in live:
             if gateway.gateway_id == lease.gateway_id and has_room(gateway):

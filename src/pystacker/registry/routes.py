@@ -1,7 +1,8 @@
 """Registry HTTP routes (spec 2.5) with GoStacker's paths, fields and answers, fixed:
 `user_id` is optional on /registry/gateway/available (the shipped clients omit it; a Bearer token, if
-sent, names the user for the lease); dead gateways never answer; batch route queries return only live,
-connected routes; a heartbeat that carries address and port re-registers an expired instance.
+sent, names the user for the lease); dead gateways never answer, and one that stopped beating or that
+the client names in `exclude` is asked for its /health first (liveness.py); batch route queries return
+only live, connected routes; a heartbeat that carries address and port re-registers an expired instance.
 """
 
 from __future__ import annotations
@@ -94,6 +95,20 @@ USER_ROUTES = component("UserRoutes", {
     "additionalProperties": obj({"gateway_id": STRING, "address": STRING})})
 
 
+MAX_EXCLUDED = 16  # a client tries a few gateways before it backs off; more would only cost probes
+MAX_EXCLUDE_LENGTH = MAX_EXCLUDED * 201
+
+
+def _excluded(request: web.Request) -> list[str]:
+    raw = request.query.get("exclude", "")
+    if len(raw) > MAX_EXCLUDE_LENGTH:
+        raise ApiError(400, f"exclude: at most {MAX_EXCLUDE_LENGTH} characters")
+    ids = list(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    if len(ids) > MAX_EXCLUDED or any(len(gateway_id) > 200 for gateway_id in ids):
+        raise ApiError(400, f"exclude: at most {MAX_EXCLUDED} gateway ids of at most 200 characters")
+    return ids
+
+
 def _stamp(unix: float) -> str:
     return datetime.fromtimestamp(unix, timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -132,7 +147,10 @@ class RegistryRoutes:
             Route("GET", "/registry/gateway/available", self.gateway_available,
                   "The gateway a client should connect to (least load; a reconnecting user gets his previous one)",
                   auth=Auth.OPTIONAL_BEARER,
-                  params=[Param("user_id", ID, "The user, for the reconnect lease (else the bearer token's user)")],
+                  params=[Param("user_id", ID, "The user, for the reconnect lease (else the bearer token's user)"),
+                          Param("exclude", {"type": "string", "maxLength": MAX_EXCLUDE_LENGTH},
+                                "Comma-separated ids of gateways the client could not reach: each is checked, "
+                                f"and chosen only when no other gateway can take the user (at most {MAX_EXCLUDED})")],
                   reply=Reply(envelope(AVAILABLE_GATEWAY)), errors=(400, 503),
                   error_text={503: "No available gateway"}, tags=gateways),
             Route("POST", "/registry/send/register", self.send_register, "Register a send instance", auth=internal,
@@ -204,7 +222,7 @@ class RegistryRoutes:
 
     async def gateway_available(self, request: web.Request) -> web.Response:
         user_id = self._user_for_lease(request)
-        gateway = await self.service.available_gateway(user_id)
+        gateway = await self.service.available_gateway(user_id, _excluded(request))
         if gateway is None:
             raise ApiError(503, "No available gateway")
         return ok("available", {"gateway_id": gateway.gateway_id, "address": gateway.address, "port": gateway.port})

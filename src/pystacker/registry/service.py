@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Collection
 
 from pystacker.engine.base import GatewayInfo, Registry, SendInfo, UserRoute
 from pystacker.registry.choice import choose_gateway
+from pystacker.registry.liveness import GatewayLiveness
 
 
 CONNECTED_ROUTE_TTL = 24 * 3600
@@ -15,16 +17,24 @@ ROUTE_RENEW_SECONDS = 3600
 
 
 class RegistryService:
-    def __init__(self, registry: Registry, *, user_route_ttl: int) -> None:
+    def __init__(self, registry: Registry, *, user_route_ttl: int, liveness: GatewayLiveness | None = None) -> None:
         self.registry = registry
         self.user_route_ttl = user_route_ttl
+        self.liveness = liveness
 
-    async def available_gateway(self, user_id: int | None) -> GatewayInfo | None:
-        live = await self.registry.list_gateways()
+    async def available_gateway(self, user_id: int | None, avoid: Collection[str] = ()) -> GatewayInfo | None:
+        """The gateway a connecting user should use. `avoid`: gateways the client could not reach; they
+        are probed (see liveness.py) and chosen only when no other one can take him."""
+        listed = await self.registry.list_gateways()
+        live = listed
+        if self.liveness is not None:
+            # Every listed gateway failing its probe is more likely the registry's own trouble (its
+            # network, a stalled loop) than every gateway dead: then the listed ones are offered.
+            live = await self.liveness.answering(listed, avoid) or listed
         lease = None
         if user_id is not None:
             lease = (await self.registry.get_routes([user_id])).get(user_id)
-        return choose_gateway(live, lease)
+        return choose_gateway(live, lease, avoid=avoid)
 
     async def connect_user(self, user_id: int, gateway: GatewayInfo) -> UserRoute:
         """The user is on `gateway` now. Whether the route is live is judged by its gateway (alive, same
