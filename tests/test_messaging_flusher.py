@@ -54,7 +54,8 @@ async def test_cancel_during_an_insert_leaves_sqlite_usable(tmp_path) -> None:  
     now = int(time.time() * 1000)
     messages = [StoredMessage(i, 1, i, 7, "text", {"text": f"m{i}"}, now) for i in range(1, TOTAL + 1)]
     log = QueueLog(messages)
-    flusher = MessageFlusher(SimpleNamespace(messages=log, cursors=NoCursors(), rosters=MemoryRosters(EngineSettings())), MessageStore(sql),  # type: ignore[arg-type]
+    flusher = MessageFlusher(SimpleNamespace(messages=log, cursors=NoCursors(), read_marks=NoCursors(),
+                                             rosters=MemoryRosters(EngineSettings())), MessageStore(sql),  # type: ignore[arg-type]
                              batch_size=BATCH)
 
     loop = asyncio.get_running_loop()

@@ -215,6 +215,8 @@ class LimitsConfig(Section):
     room_change_rate: float = Field(10.0, ge=0, description="room and membership changes per second per user")
     room_change_burst: int = Field(100, ge=1)
     rate_limit_max_keys: int = Field(100_000, ge=1, description="buckets kept per limiter (LRU)")
+    # A group's read receipts: at most one per reader and room in this many ms (0: every one).
+    read_receipt_interval_ms: int = Field(1000, ge=0)
 
 
 class TracingConfig(Section):

@@ -172,7 +172,9 @@ class Runtime:
     def parts(self) -> MessagingParts:
         """The messaging pieces every service of this process shares (one cache, one id generator)."""
         if self._parts is None:
-            self._parts = MessagingParts.build(self.engine, MessageStore(self.sql))
+            self._parts = MessagingParts.build(
+                self.engine, MessageStore(self.sql),
+                read_receipt_interval=self.config.limits.read_receipt_interval_ms / 1000)
         return self._parts
 
     def readiness_checks(self) -> dict[str, Callable[[], Awaitable[object]]]:

@@ -200,8 +200,15 @@ class Rosters(Protocol):
 
 
 class Cursors(Protocol):
+    """Forward-only watermarks per (user, room), each change reported once to the SQL flusher. Two
+    engines parts have this shape: `cursors` (what was delivered to the user) and `read_marks` (what
+    he has read: his read state)."""
+
     async def get(self, user_id: int, room_ids: Sequence[int]) -> dict[int, int]:
-        """The delivered seq of each given room that has a cursor (missing rooms are left out)."""
+        """The seq of each given room that has a cursor (missing rooms are left out)."""
+
+    async def of_users(self, user_ids: Sequence[int], room_id: int) -> dict[int, int]:
+        """The seq of each given user in one room (users without a cursor there are left out)."""
 
     async def rooms(self, user_id: int) -> list[int]:
         """Every room the user has a cursor in (he joined it, maybe left it since)."""
@@ -306,6 +313,7 @@ class Engine(Protocol):
     inbox: Inbox
     messages: MessageLog
     cursors: Cursors
+    read_marks: Cursors
     rosters: Rosters
     registry: Registry
     bus: Bus

@@ -408,6 +408,9 @@ class MemoryCursors:
     async def get(self, user_id: int, room_ids: Sequence[int]) -> dict[int, int]:
         return {room_id: self._seqs[(user_id, room_id)] for room_id in room_ids if (user_id, room_id) in self._seqs}
 
+    async def of_users(self, user_ids: Sequence[int], room_id: int) -> dict[int, int]:
+        return {user_id: self._seqs[(user_id, room_id)] for user_id in user_ids if (user_id, room_id) in self._seqs}
+
     async def advance(self, updates: Sequence[tuple[int, int, int]]) -> None:
         for user_id, room_id, seq in updates:
             key = (user_id, room_id)
@@ -602,6 +605,7 @@ class MemoryEngine:
     inbox: Inbox
     messages: MessageLog
     cursors: Cursors
+    read_marks: Cursors
     rosters: Rosters
     registry: Registry
     bus: Bus
@@ -611,6 +615,7 @@ class MemoryEngine:
         self.inbox = MemoryInbox(settings)
         self.messages = MemoryMessageLog(settings, seq_seed)
         self.cursors = MemoryCursors()
+        self.read_marks = MemoryCursors()
         self.rosters = MemoryRosters(settings)
         self.registry = MemoryRegistry()
         self._bus = MemoryBus()  # kept as itself: close() is not part of the Bus interface

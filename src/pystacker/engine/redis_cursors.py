@@ -1,4 +1,5 @@
-"""Delivery cursors on Redis: one HASH per user (room -> seq) and a dirty ZSET per user partition.
+"""Delivery cursors and read marks on Redis: one HASH per user (room -> seq) and a dirty ZSET per user
+partition, for each of the two kinds of watermark (RedisCursors.delivery and RedisCursors.reading).
 
 A user's hash and the dirty set of his partition share a hash tag (`{<prefix>pystacker:c<n>}`, n =
 user_id % partitions), so that moving a cursor and marking it dirty is one script: a cursor can never
@@ -10,7 +11,7 @@ engine does) and reads nothing but the dirty set.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pystacker.engine.redis_common import Client, pipeline, register, run, text
 from pystacker.engine.redis_keys import RedisKeys
@@ -43,20 +44,42 @@ return 1
 
 
 class RedisCursors:
-    def __init__(self, client: Client, keys: RedisKeys) -> None:
+    def __init__(self, client: Client, keys: RedisKeys, *, hash_of: Callable[[int], str],
+                 dirty_of: Callable[[int], str]) -> None:
+        """`hash_of(user_id)`: the user's HASH; `dirty_of(partition)`: the partition's dirty ZSET; both
+        in the user's partition tag."""
         self._client = client
         self._keys = keys
+        self._hash_of = hash_of
+        self._dirty_of = dirty_of
         self._advance = register(client, _ADVANCE)
         self._next_partition = 0  # take_dirty starts here: no partition waits behind a busy one
+
+    @classmethod
+    def delivery(cls, client: Client, keys: RedisKeys) -> RedisCursors:
+        return cls(client, keys, hash_of=keys.cursors, dirty_of=keys.dirty_cursors)
+
+    @classmethod
+    def reading(cls, client: Client, keys: RedisKeys) -> RedisCursors:
+        return cls(client, keys, hash_of=keys.read_marks, dirty_of=keys.dirty_read_marks)
 
     async def get(self, user_id: int, room_ids: Sequence[int]) -> dict[int, int]:
         if not room_ids:
             return {}
-        values = await self._client.hmget(self._keys.cursors(user_id), [str(room) for room in room_ids])
+        values = await self._client.hmget(self._hash_of(user_id), [str(room) for room in room_ids])
         return {room: int(value) for room, value in zip(room_ids, values, strict=True) if value is not None}
 
+    async def of_users(self, user_ids: Sequence[int], room_id: int) -> dict[int, int]:
+        if not user_ids:
+            return {}
+        pipe = pipeline(self._client)
+        for user_id in user_ids:
+            pipe.hget(self._hash_of(user_id), str(room_id))
+        values = await pipe.execute()
+        return {user: int(value) for user, value in zip(user_ids, values, strict=True) if value is not None}
+
     async def rooms(self, user_id: int) -> list[int]:
-        return sorted(int(room) for room in await self._client.hkeys(self._keys.cursors(user_id)))
+        return sorted(int(room) for room in await self._client.hkeys(self._hash_of(user_id)))
 
     async def advance(self, updates: Sequence[tuple[int, int, int]]) -> None:
         by_partition: dict[int, list[tuple[int, int, int]]] = {}
@@ -66,12 +89,12 @@ class RedisCursors:
             return
         calls = []
         for partition, items in by_partition.items():
-            keys = [self._keys.dirty_cursors(partition)]
+            keys = [self._dirty_of(partition)]
             index: dict[int, int] = {}
             args: list[str | int] = []
             for user_id, room_id, seq in items:
                 if user_id not in index:
-                    keys.append(self._keys.cursors(user_id))
+                    keys.append(self._hash_of(user_id))
                     index[user_id] = len(keys)  # Lua counts from 1
                 args += [index[user_id], user_id, room_id, int(seq)]
             calls.append(run(self._advance, keys, args))
@@ -86,7 +109,7 @@ class RedisCursors:
         self._next_partition = (self._next_partition + 1) % partitions
         pipe = pipeline(self._client)
         for partition in order:
-            pipe.zcard(self._keys.dirty_cursors(partition))
+            pipe.zcard(self._dirty_of(partition))
         sizes = await pipe.execute()
 
         # Take exactly what fits: ZPOPMIN removes what it returns, and a cursor taken is not seen again.
@@ -102,7 +125,7 @@ class RedisCursors:
             return []
         pipe = pipeline(self._client)
         for partition, count in plan:
-            pipe.zpopmin(self._keys.dirty_cursors(partition), count)
+            pipe.zpopmin(self._dirty_of(partition), count)
         taken: list[tuple[int, int, int]] = []
         for popped in await pipe.execute():
             for member, _score in popped:

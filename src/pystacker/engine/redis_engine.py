@@ -124,6 +124,7 @@ class RedisEngine:
     inbox: Inbox
     messages: MessageLog
     cursors: Cursors
+    read_marks: Cursors
     rosters: Rosters
     registry: Registry
     bus: Bus
@@ -150,7 +151,8 @@ class RedisEngine:
         self._owns_clients = owns_clients
         self.inbox = RedisInbox(stream or client, self.keys, settings)
         self._log = self.messages = RedisMessageLog(cache or client, self.keys, settings, seq_seed)
-        self.cursors = RedisCursors(queue or client, self.keys)
+        self.cursors = RedisCursors.delivery(queue or client, self.keys)
+        self.read_marks = RedisCursors.reading(queue or client, self.keys)
         self.rosters = RedisRosters(client, self.keys, settings)
         self._registry = self.registry = RedisRegistry(client, self.keys)
         # The append and the route reads can share a pipeline only on one plain server: a cluster

@@ -120,6 +120,14 @@ class RedisKeys:
         """ZSET: "<user>:<room>:<seq>" of cursors changed since taken, scored by when they first changed."""
         return f"{self._cursor_tag(partition)}:dirty"
 
+    def read_marks(self, user_id: int) -> str:
+        """HASH: room id -> the seq the user has read up to (his read state), for one user."""
+        return f"{self._cursor_tag(self.user_partition(user_id))}:read:{user_id}"
+
+    def dirty_read_marks(self, partition: int) -> str:
+        """ZSET: "<user>:<room>:<seq>" of read marks changed since taken, like dirty_cursors."""
+        return f"{self._cursor_tag(partition)}:read:dirty"
+
     # -- registry (GoStacker's names) ----------------------------------------------------------------------
 
     def gateway(self, gateway_id: str) -> str:

@@ -1,4 +1,4 @@
-"""Write-behind of messages, cursors and rosters (memberships) to SQL.
+"""Write-behind of messages, delivery cursors, read marks and rosters (memberships) to SQL.
 
 A batch is taken from the engine, inserted in one statement, then confirmed; a flusher that dies
 between take and confirm leaves the batch to be handed out again (spec 13.2 #23: GoStacker's LPOP
@@ -51,7 +51,9 @@ class MessageFlusher:
         self.flushed = 0
         self.failures = 0
         self._unfinished: FlushBatch | None = None  # taken, not yet confirmed: the next round retries it
-        self._unsaved_cursors: list[tuple[int, int, int]] = []  # taken from the engine, not yet in SQL
+        # Taken from the engine, not yet in SQL: delivery cursors and read marks.
+        self._unsaved_cursors: list[tuple[int, int, int]] = []
+        self._unsaved_read_marks: list[tuple[int, int, int]] = []
 
     async def flush_messages_once(self) -> int:
         # A batch whose insert or confirm failed (SQL or Redis unreachable) is tried again first.
@@ -91,10 +93,14 @@ class MessageFlusher:
         # skipped the new messages that took the lost ones' seqs. So the cursors are taken first, then
         # the message queue is flushed up to now (every message a taken cursor counts was appended
         # before the cursor moved), and only then are the cursors saved. Cursors not saved (a failure,
-        # a backlog that did not drain) are kept for the next round.
+        # a backlog that did not drain) are kept for the next round. Read marks follow the same rule
+        # for the same reason: a read mark ahead of SQL's messages would count the lost seqs' new
+        # messages as read.
         cursors = self._unsaved_cursors + await self.engine.cursors.take_dirty(self.batch_size)
         self._unsaved_cursors = cursors
-        if not cursors:
+        read_marks = self._unsaved_read_marks + await self.engine.read_marks.take_dirty(self.batch_size)
+        self._unsaved_read_marks = read_marks
+        if not cursors and not read_marks:
             return 0
         for _ in range(CURSOR_DRAIN_ROUNDS):
             if await self.flush_messages_once() < self.batch_size:
@@ -103,8 +109,11 @@ class MessageFlusher:
             return 0  # a backlog of messages: these cursors wait for it
         await self.store.save_cursors(cursors)
         self._unsaved_cursors = []
+        await self.store.save_read_marks(read_marks)
+        self._unsaved_read_marks = []
         metrics.FLUSHER_CURSORS.inc(len(cursors))
-        return len(cursors)
+        metrics.FLUSHER_READ_MARKS.inc(len(read_marks))
+        return len(cursors) + len(read_marks)
 
     async def flush_rosters_once(self) -> int:
         return await self.rosters.flush_once()

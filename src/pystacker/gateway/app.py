@@ -41,7 +41,7 @@ def build_gateway_app(runtime: Runtime, *, port: int) -> web.Application:
         queue_size=config.dispatcher.send_channel_size,
         threshold_pending=config.dispatcher.threshold_pending)
     registry = RegistryService(runtime.engine.registry, user_route_ttl=config.registry.user_route_ttl)
-    service = GatewayService(runtime.engine, settings, parts.cursors, parts.handoff, registry, presence)
+    service = GatewayService(runtime.engine, settings, parts.cursors, parts.handoff, registry, presence, parts.reading)
     presence.on_vanished = service.registry_entry_vanished  # Redis lost its state: every client catches up
     sender = new_send_service(runtime)
     frames = ClientFrames(sender, parts.history, parts.members, runtime.send_limiter)

@@ -6,6 +6,8 @@
   moves its own cursor, so a message written to a socket that died unread is sent again.
 - `{"type":"sync","room_id","after_seq","limit"?,"ref"?}`: the room's messages after a seq, answered
   by a `batch` frame with `sync_room_id` and `has_more`.
+- `{"type":"read","room_id","seq"}`: the user has read the room up to seq (POST /api/chat/read's
+  effect); every socket of his, this one included, and the other members get a `read` frame.
 - `{"type":"ping"}`: answered by `pong`.
 Anything else gets an `error` frame; the connection stays open. A `send` over the user's rate limit
 gets `error` with code 429 and `retry_after` (seconds) in its payload. `ref` (echoed in the answer) must
@@ -30,7 +32,7 @@ from pystacker.web.requests import RequestModel, describe
 
 PositiveId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
 MAX_SYNC_LIMIT = 200
-KNOWN_FRAME_TYPES = frozenset({"send", "ack", "sync", "ping"})  # the frame-in metric's `type` values
+KNOWN_FRAME_TYPES = frozenset({"send", "ack", "sync", "read", "ping"})  # the frame-in metric's `type` values
 MAX_REF_CHARS = 128
 MAX_SHOWN_TYPE_CHARS = 32
 REF_RULE = f"ref must be a string of at most {MAX_REF_CHARS} characters, a number, a boolean or null"
@@ -58,6 +60,11 @@ Seq = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 
 
 class AckFrame(RequestModel):
+    room_id: PositiveId
+    seq: Seq
+
+
+class ReadFrame(RequestModel):
     room_id: PositiveId
     seq: Seq
 
@@ -105,12 +112,16 @@ class ClientFrames:
                 conn.metrics.client_acks.inc()
             elif kind == "sync":
                 await self._sync(conn, SyncFrame.model_validate(data))
+            elif kind == "read":
+                frame = ReadFrame.model_validate(data)
+                await self.sender.mark_read(conn.user_id, frame.room_id, frame.seq)
             elif kind == "ping":
                 self._reply(conn, {"id": -1, "type": "pong", "room_id": 0, "sender_id": 0, "payload": ref})
             elif isinstance(kind, str):  # shown cut short: the answer must not grow with the input
                 self._reply(conn, error_frame(400, f"unknown frame type: {kind[:MAX_SHOWN_TYPE_CHARS]!r}", ref=ref))
             else:  # repr() of a deep list hit Python's recursion limit: name the rule instead
-                self._reply(conn, error_frame(400, "a frame needs a string `type`: send, ack, sync or ping", ref=ref))
+                self._reply(conn, error_frame(400, "a frame needs a string `type`: send, ack, sync, read or ping",
+                                              ref=ref))
         except ValidationError as exc:
             self._reply(conn, error_frame(400, describe(exc), ref=ref))
         except RateLimited as exc:

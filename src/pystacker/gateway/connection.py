@@ -196,6 +196,14 @@ class Connection:
         self.close_soon(CLOSE_SLOW_CONSUMER, "slow consumer: catch up after reconnecting")
         return False
 
+    def greet(self, welcome: RawFrame) -> None:
+        """Put the welcome in front of whatever was queued before start() (live pushes that came
+        while the gateway was registering the socket): a client reads it first."""
+        assert not self._started, "the welcome must be given before start()"
+        if self.queue is _NO_ITEMS:
+            self.queue = deque()
+        self.queue.appendleft(welcome)  # type: ignore[union-attr]
+
     def start(self) -> None:
         self._started = True
         self._wake_writer()

@@ -91,8 +91,7 @@ class GatewayRoutes:
         self.service.metrics.connections.inc()
         try:
             await self.service.attach(conn, catch_up=request.query.get("catchup") != "0",
-                                      welcome=encode(system_frame(user_id=user_id,
-                                                                  gateway_id=self.service.gateway_id)))
+                                      welcome=system_frame(user_id=user_id, gateway_id=self.service.gateway_id))
             async for message in ws:
                 if message.type is WSMsgType.TEXT:
                     await self.frames.handle(conn, message.data)

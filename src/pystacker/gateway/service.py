@@ -22,8 +22,10 @@ from pystacker.gateway.connection import CatchUp, Connection, Item, RawFrame, Ro
 from pystacker.gateway.wsframes import text_frame
 from pystacker.messaging.acks import EntryTracker
 from pystacker.messaging.cursors import CursorBook
-from pystacker.messaging.frames import CLOSE_REPLACED, CLOSE_SHUTDOWN, PushEntry, ack_frame, chat_frame, decode_entry, encode
+from pystacker.messaging.frames import (CLOSE_REPLACED, CLOSE_SHUTDOWN, PushEntry, ack_frame, chat_frame, decode_entry,
+                                       encode, read_frame)
 from pystacker.messaging.handoff import CATCH_UP, Handoff
+from pystacker.messaging.readstate import READ, ReadState
 from pystacker.observability import metrics, tracing
 from pystacker.registry.presence import GatewayPresence
 from pystacker.registry.service import ROUTE_RENEW_SECONDS, RegistryService
@@ -50,11 +52,12 @@ class GatewaySettings:
 
 class GatewayService:
     def __init__(self, engine: Engine, settings: GatewaySettings, cursors: CursorBook, handoff: Handoff,
-                 registry: RegistryService, presence: GatewayPresence) -> None:
+                 registry: RegistryService, presence: GatewayPresence, reading: ReadState) -> None:
         self.engine = engine
         self.settings = settings
         self.gateway_id = settings.gateway_id
         self.cursors = cursors
+        self.reading = reading
         self.handoff = handoff
         self.registry = registry
         self.presence = presence
@@ -110,10 +113,13 @@ class GatewayService:
 
     # -- connections -----------------------------------------------------------------------------
 
-    async def attach(self, conn: Connection, *, catch_up: bool, welcome: str) -> None:
+    async def attach(self, conn: Connection, *, catch_up: bool, welcome: dict[str, Any]) -> None:
+        """Register the socket and start its writer: the welcome (with the user's total unread
+        count) first, then the catch-up if asked. The socket is registered before anything else is
+        awaited: a client may send as soon as its socket is open, and its `ack` and live messages
+        need the route (they wait in the queue until the writer starts)."""
         old = self.connections.get(conn.user_id)
         self.connections[conn.user_id] = conn
-        conn.offer(RawFrame(welcome))
         if old is not None:
             # Same user again on this gateway: the new socket replaces the old one. The old writer
             # stops first and saves its cursor, so the new catch-up starts where the old one ended.
@@ -122,10 +128,12 @@ class GatewayService:
             await self._save(old)
             await self._hand_on(conn.user_id, leftovers)
         await self.registry.connect_user(conn.user_id, self.presence.info)
+        rooms = await self.cursors.rooms_of(conn.user_id)
+        unread = sum(room.unread for room in (await self.reading.rooms(conn.user_id, rooms)).values())
+        conn.greet(RawFrame(encode({**welcome, "unread": unread})))
         if catch_up:
             # Where each room ends now, after the route is set (later messages are pushed here live)
             # and before the writer starts (so before the client sees the welcome).
-            rooms = await self.cursors.rooms_of(conn.user_id)
             conn.offer(CatchUp(until=await self.cursors.last_seqs(rooms)))
         conn.start()
 
@@ -328,6 +336,8 @@ def _entry_item(push: PushEntry, entry_id: str | None, trace: Any = None) -> Ite
         return RawFrame(encode(ack_frame(push.msg_id, push.room_id, push.seq, push.client_msg_id)), entry_id)
     if push.type == CATCH_UP:
         return CatchUp(entry_id)
+    if push.type == READ:  # ephemeral: no seq of the room, never in a catch-up
+        return RawFrame(encode(read_frame(push.room_id, push.sender_id, push.seq)), entry_id)
     # A frame from GoStacker components (no seq): deliver as it is.
     return RawFrame(encode({"id": push.msg_id, "type": push.type, "room_id": push.room_id,
                             "sender_id": push.sender_id, "payload": push.payload}), entry_id)

@@ -58,6 +58,13 @@ def ack_frame(msg_id: int, room_id: int, seq: int, client_msg_id: str | None) ->
             "seq": seq, "ack_room_id": room_id, "client_msg_id": client_msg_id, "id_str": str(msg_id)}
 
 
+def read_frame(room_id: int, user_id: int, seq: int) -> dict[str, Any]:
+    """`user_id` has read `room_id` up to `seq`: to his own sockets (clear the badge) and, as a read
+    receipt, to the other members. GoStacker's frame keys are there too, for its clients' parsers."""
+    return {"id": -1, "type": "read", "room_id": room_id, "sender_id": user_id, "payload": None,
+            "user_id": user_id, "seq": seq}
+
+
 def batch_frame(chats: list[dict[str, Any]], *, room_id: int | None = None, has_more: bool | None = None) -> dict[str, Any]:
     frame: dict[str, Any] = {"id": -1, "type": "batch", "room_id": 0, "sender_id": 0, "payload": chats}
     if room_id is not None:  # an answer to a `sync` request says which room and whether more follow

@@ -9,6 +9,7 @@ from pystacker.messaging.cursors import CursorBook
 from pystacker.messaging.handoff import Handoff, LiveGateways
 from pystacker.messaging.history import History
 from pystacker.messaging.membership import MembershipCache
+from pystacker.messaging.readstate import ReadMarks, ReadNotifier, ReadState, RoomKinds
 from pystacker.messaging.rosters import RosterBook, RosterSQL
 from pystacker.messaging.store import MessageStore
 
@@ -22,11 +23,15 @@ class MessagingParts:
     cursors: CursorBook
     live: LiveGateways
     handoff: Handoff
+    reading: ReadState
 
     @classmethod
-    def build(cls, engine: Engine, store: MessageStore) -> MessagingParts:
+    def build(cls, engine: Engine, store: MessageStore, *, read_receipt_interval: float = 1.0) -> MessagingParts:
         live = LiveGateways(engine)
         rosters = RosterBook(engine, RosterSQL(store.engine))
         members = MembershipCache(rosters)
+        handoff = Handoff(engine, live)
         return cls(store=store, history=History(engine.messages, store), rosters=rosters, members=members,
-                   cursors=CursorBook(engine, store, members), live=live, handoff=Handoff(engine, live))
+                   cursors=CursorBook(engine, store, members), live=live, handoff=handoff,
+                   reading=ReadState(engine.messages, ReadMarks(engine, store),
+                                     ReadNotifier(handoff, interval=read_receipt_interval), RoomKinds(store)))

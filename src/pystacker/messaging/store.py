@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 from datetime import datetime, timezone
 
 import orjson
 from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pystacker.db.schema import chat_messages, room_cursors, room_members
+from pystacker.db.schema import chat_messages, chat_rooms, room_cursors, room_members
 from pystacker.db.sqlutil import insert_ignoring_duplicates, utcnow
 from pystacker.engine.base import StoredMessage
 
@@ -87,28 +88,55 @@ class MessageStore:
     # -- cursors ---------------------------------------------------------------------------------
 
     async def save_cursors(self, cursors: Sequence[tuple[int, int, int]]) -> None:
-        """(user_id, room_id, seq): insert new rows, move existing ones forward only."""
-        if not cursors:
+        """(user_id, room_id, seq) of delivery cursors: insert new rows, move existing ones forward only."""
+        await self._save_marks(cursors, room_cursors.c.delivered_seq)
+
+    async def save_read_marks(self, marks: Sequence[tuple[int, int, int]]) -> None:
+        """(user_id, room_id, seq) of read marks, as save_cursors does for delivery."""
+        await self._save_marks(marks, room_cursors.c.read_seq)
+
+    async def _save_marks(self, marks: Sequence[tuple[int, int, int]], column: Any) -> None:
+        if not marks:
             return
         now = utcnow()
         async with self.engine.begin() as conn:
             await conn.execute(insert_ignoring_duplicates(room_cursors, self.dialect), [
                 {"user_id": u, "room_id": r, "delivered_seq": 0, "read_seq": 0, "updated_at": now}
-                for u, r, _ in cursors])
-            # One executemany: forward-only thanks to the `delivered_seq < seq` condition.
+                for u, r, _ in marks])
+            # One executemany: forward-only thanks to the `column < seq` condition.
             await conn.execute(
                 update(room_cursors).where(and_(
                     room_cursors.c.user_id == bindparam("u"), room_cursors.c.room_id == bindparam("r"),
-                    room_cursors.c.delivered_seq < bindparam("s"))).values(delivered_seq=bindparam("s"), updated_at=now),
-                [{"u": u, "r": r, "s": s} for u, r, s in cursors])
+                    column < bindparam("s"))).values({column.name: bindparam("s"), "updated_at": now}),
+                [{"u": u, "r": r, "s": s} for u, r, s in marks])
 
     async def load_cursors(self, user_id: int, room_ids: Sequence[int]) -> dict[int, int]:
+        return await self._load_marks(user_id, room_ids, room_cursors.c.delivered_seq)
+
+    async def load_read_marks(self, user_id: int, room_ids: Sequence[int]) -> dict[int, int]:
+        return await self._load_marks(user_id, room_ids, room_cursors.c.read_seq)
+
+    async def _load_marks(self, user_id: int, room_ids: Sequence[int], column: Any) -> dict[int, int]:
         if not room_ids:
             return {}
         async with self.engine.connect() as conn:
-            rows = await conn.execute(select(room_cursors.c.room_id, room_cursors.c.delivered_seq).where(and_(
+            rows = await conn.execute(select(room_cursors.c.room_id, column).where(and_(
                 room_cursors.c.user_id == user_id, room_cursors.c.room_id.in_(list(room_ids)))))
             return {int(r[0]): int(r[1]) for r in rows}
+
+    async def read_marks_of_users(self, user_ids: Sequence[int], room_id: int) -> dict[int, int]:
+        if not user_ids:
+            return {}
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(room_cursors.c.user_id, room_cursors.c.read_seq).where(and_(
+                room_cursors.c.room_id == room_id, room_cursors.c.user_id.in_(list(user_ids)))))
+            return {int(r[0]): int(r[1]) for r in rows}
+
+    async def is_group(self, room_id: int) -> bool | None:
+        """Whether the room is a group (False: a private room); None for no such room."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(chat_rooms.c.is_group).where(chat_rooms.c.id == room_id))).first()
+            return None if row is None else bool(row[0])
 
     async def rooms_of(self, user_id: int) -> list[int]:
         async with self.engine.connect() as conn:

@@ -28,7 +28,8 @@ def build_meta_app(runtime: Runtime) -> web.Application:
                max_search_limit=limits.max_search_limit, login_user_limiter=runtime.login_user_limiter,
                login_address_limiter=runtime.login_address_limiter,
                register_address_limiter=runtime.register_address_limiter,
-               room_change_limiter=runtime.room_change_limiter).install(app)
+               room_change_limiter=runtime.room_change_limiter, reading=parts.reading,
+               history=parts.history).install(app)
     app[META_SERVICE] = service
 
     async def membership_changed(room_id: int, joined: Sequence[int]) -> None:
@@ -36,6 +37,7 @@ def build_meta_app(runtime: Runtime) -> web.Application:
         await announce_membership_change(runtime.engine.bus, room_id)
         if joined:
             await parts.cursors.joined(room_id, joined)
+            await parts.reading.joined(room_id, joined)
 
     service.on_membership_change(membership_changed)
     return app

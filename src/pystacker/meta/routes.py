@@ -13,11 +13,13 @@ from pydantic import AfterValidator, Field, StrictBool, StrictInt, StringConstra
 
 from pystacker.db.schema import ROLE_ADMIN, ROLE_MEMBER, ROLE_OWNER
 from pystacker.db.sqlutil import rfc3339
+from pystacker.messaging.history import History
+from pystacker.messaging.readstate import ReadState, room_summaries
 from pystacker.meta.service import MetaService
 from pystacker.meta.store import Room
 from pystacker.web.auth import identity
 from pystacker.web.envelope import ApiError, ok
-from pystacker.web.openapi import (BOOLEAN, ID, STRING, TIMESTAMP, Auth, Param, Reply, Route, add_routes, array,
+from pystacker.web.openapi import (BOOLEAN, ID, INTEGER, STRING, TIMESTAMP, Auth, Param, Reply, Route, add_routes, array,
                                    component, envelope, nullable, obj)
 from pystacker.web.ratelimit import TokenBucketLimiter
 from pystacker.web.requests import RequestModel, parse_json, parse_query
@@ -152,7 +154,16 @@ JOIN_REQUEST_CREATED = component("JoinRequestCreated", obj({"request_id": ID}))
 JOIN_REQUEST = component("JoinRequest", obj({"id": ID, "room_id": ID, "user_id": ID, "message": STRING,
                                              "created_at": TIMESTAMP}))
 JOIN_REQUEST_LIST = component("JoinRequestList", obj({"requests": array(JOIN_REQUEST)}))
-JOINED_ROOMS = component("JoinedRooms", obj({"room_ids": array(ID)}))
+_SEQ = {"type": "integer", "minimum": 0}
+LAST_MESSAGE = component("LastMessage", obj({
+    "id": ID, "id_str": STRING, "seq": _SEQ, "sender_id": ID, "content_type": STRING,
+    "preview": {"type": "string", "description": "the start of a text, else the content type in brackets"},
+    "ts": INTEGER}))
+JOINED_ROOM = component("JoinedRoom", obj({
+    "room_id": ID, "last_seq": _SEQ, "read_seq": _SEQ,
+    "unread": {"type": "integer", "minimum": 0, "description": "messages after read_seq (one's own are never unread)"},
+    "last_message": nullable(LAST_MESSAGE)}))
+JOINED_ROOMS = component("JoinedRooms", obj({"room_ids": array(ID), "rooms": array(JOINED_ROOM)}))
 
 
 def _room_json(room: Room) -> dict[str, object]:
@@ -165,7 +176,10 @@ class MetaRoutes:
                  login_user_limiter: TokenBucketLimiter | None = None,
                  login_address_limiter: TokenBucketLimiter | None = None,
                  register_address_limiter: TokenBucketLimiter | None = None,
-                 room_change_limiter: TokenBucketLimiter | None = None) -> None:
+                 room_change_limiter: TokenBucketLimiter | None = None,
+                 reading: ReadState | None = None, history: History | None = None) -> None:
+        self.reading = reading
+        self.history = history
         self.service = service
         self.max_members = max_members_per_request
         self.max_search_limit = max_search_limit
@@ -228,7 +242,9 @@ class MetaRoutes:
                   tags=TAGS_REQUESTS),
             Route("POST", f"{group}/join/respond", self.join_respond, "Approve or reject a join request",
                   auth=bearer, body=RespondRequest, errors=member_change, tags=TAGS_REQUESTS),
-            Route("GET", "/api/joined_rooms", self.joined_rooms, "The ids of the caller's rooms", auth=bearer,
+            Route("GET", "/api/joined_rooms", self.joined_rooms,
+                  "The caller's rooms: their ids (GoStacker's answer) and, in `rooms`, each one's read state, "
+                  "unread count and last message", auth=bearer,
                   reply=Reply(envelope(JOINED_ROOMS)), tags=TAGS_ROOMS),
         ])
 
@@ -378,5 +394,7 @@ class MetaRoutes:
         return ok("ok")
 
     async def joined_rooms(self, request: web.Request) -> web.Response:
-        room_ids = await self.service.joined_rooms(identity(request).user_id)
-        return ok("ok", {"room_ids": room_ids})
+        user_id = identity(request).user_id
+        room_ids = await self.service.joined_rooms(user_id)
+        rooms = await room_summaries(self.reading, self.history, user_id, room_ids) if self.reading else []
+        return ok("ok", {"room_ids": room_ids, "rooms": rooms})

@@ -82,12 +82,22 @@ DELIVERY_LATENCY = Histogram(
     "for live pushes and gap fills (catch-up is excluded: it measures how long the user was away).",
     ["gateway"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
 
+# -- read state -------------------------------------------------------------------------------------
+
+READ_MARKS_MOVED = Counter("pystacker_read_marks_moved_total",
+                           "Read marks clients moved (`read` frames and POST /api/chat/read).")
+READ_RECEIPTS = Counter("pystacker_read_receipts_total", "Read receipts of groups for the other members, by "
+                        "outcome: sent, coalesced (held to the end of the interval), shed (dropped under load).",
+                        ["outcome"])
+
 # -- flusher ----------------------------------------------------------------------------------------
 
 FLUSHER_BATCH_SIZE = Histogram("pystacker_flusher_batch_size", "Messages per batch written to SQL.",
                                buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000))
 FLUSHER_MESSAGES = Counter("pystacker_flusher_messages_flushed_total", "Messages written to SQL by the flusher.")
 FLUSHER_CURSORS = Counter("pystacker_flusher_cursors_flushed_total", "Delivery cursors copied to SQL by the flusher.")
+FLUSHER_READ_MARKS = Counter("pystacker_flusher_read_marks_flushed_total",
+                             "Read marks (read state) copied to SQL by the flusher.")
 FLUSHER_ROSTERS = Counter("pystacker_flusher_rosters_flushed_total",
                           "Room rosters (memberships) written to SQL by the flusher.")
 FLUSHER_FAILURES = Counter("pystacker_flusher_failures_total",

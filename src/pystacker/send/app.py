@@ -25,8 +25,8 @@ def new_send_service(runtime: Runtime) -> SendService:
     config = runtime.config
     parts = runtime.parts
     fanout = Fanout(runtime.engine, parts.live, workers=config.send_dispatcher.gateway_worker_count,
-                    queue_size=config.send_dispatcher.gateway_queue_size)
-    return SendService(runtime.engine, parts.store, parts.members, fanout, runtime.ids)
+                    queue_size=config.send_dispatcher.gateway_queue_size, read_marks=parts.reading.marks)
+    return SendService(runtime.engine, parts.store, parts.members, fanout, runtime.ids, reading=parts.reading)
 
 
 def build_send_app(runtime: Runtime, *, port: int) -> web.Application:

@@ -19,6 +19,7 @@ from pystacker.engine.base import Engine, StoredMessage, UserRoute
 from pystacker.messaging.handoff import LiveGateways
 from pystacker.messaging.fanout import plan_fanout
 from pystacker.messaging.frames import PushEntry
+from pystacker.messaging.readstate import ReadMarks
 from pystacker.observability import metrics, tracing
 
 log = logging.getLogger("pystacker.send.fanout")
@@ -37,9 +38,11 @@ class FanoutJob:
 
 
 class Fanout:
-    def __init__(self, engine: Engine, live: LiveGateways, *, workers: int, queue_size: int) -> None:
+    def __init__(self, engine: Engine, live: LiveGateways, *, workers: int, queue_size: int,
+                 read_marks: ReadMarks | None = None) -> None:
         self.engine = engine
         self.live = live
+        self.read_marks = read_marks  # the sender's mark moves to his message once it is handed on
         self._queues = [asyncio.Queue[FanoutJob](maxsize=max(queue_size, 1)) for _ in range(max(workers, 1))]
         self._tasks: list[asyncio.Task[None]] = []
         self.failures = 0
@@ -106,6 +109,10 @@ class Fanout:
                     ack_gateway, PushEntry.for_ack(message, trace_parent).encode()))
             else:
                 await self._add(entries)
+            if self.read_marks is not None:
+                # After the copies, so the delivery waits for nothing; the sender's own message is
+                # then never unread (a mark only moves forward: a resent old message changes nothing).
+                await self.read_marks.advance_many([(message.sender_id, message.room_id, message.seq)])
         except BaseException as exc:
             if span is not None:
                 tracing.end_span(span, exc)

@@ -1,4 +1,5 @@
-"""Send HTTP routes (spec 2.3): send_message, resend_message, internal pushback and notify, plus history."""
+"""Send HTTP routes (spec 2.3): send_message, resend_message, internal pushback and notify, plus history
+and read state."""
 
 from __future__ import annotations
 
@@ -45,6 +46,18 @@ class HistoryQuery(RequestModel):
     limit: Annotated[int, Field(ge=1, le=200)] = 50
 
 
+Seq = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
+
+
+class ReadRequest(RequestModel):
+    room_id: PositiveId
+    seq: Seq
+
+
+class ReadStateQuery(RequestModel):
+    room_id: Annotated[int, Field(gt=0, le=2**63 - 1)]
+
+
 class PushbackRequest(RequestModel):
     target_id: PositiveId
     forward_req: Any = Field(...)
@@ -66,7 +79,11 @@ CHAT_FRAME = component("ChatFrame", obj({
 HISTORY_PAGE = component("HistoryPage", obj({
     "room_id": ID, "last_seq": {"type": "integer", "minimum": 0}, "has_more": BOOLEAN,
     "messages": array(CHAT_FRAME)}))
-TAGS_MESSAGES, TAGS_INTERNAL = ("messages",), ("internal",)
+READ_MARK = component("ReadMark", obj({"room_id": ID, "user_id": ID, "seq": {"type": "integer", "minimum": 0}}))
+READ_STATE = component("RoomReadState", obj({
+    "room_id": ID, "last_seq": {"type": "integer", "minimum": 0},
+    "members": array(obj({"user_id": ID, "read_seq": {"type": "integer", "minimum": 0}}))}))
+TAGS_MESSAGES, TAGS_INTERNAL, TAGS_READ = ("messages",), ("internal",), ("read state",)
 
 
 def send_answer(message: StoredMessage, duplicate: bool) -> dict[str, Any]:
@@ -96,6 +113,14 @@ class SendRoutes:
                   "A page of a room's messages: ascending after after_seq, else the newest before before_seq",
                   auth=Auth.BEARER, params=HistoryQuery, reply=Reply(envelope(HISTORY_PAGE)), errors=(403, 404),
                   tags=TAGS_MESSAGES),
+            Route("POST", "/api/chat/read", self.read,
+                  "The caller has read the room up to seq: his read mark moves forward (a seq past the room's end "
+                  "counts as its end) and his sockets and the other members get a `read` frame",
+                  auth=Auth.BEARER, body=ReadRequest, reply=Reply(envelope(READ_MARK)), errors=(403, 404),
+                  error_text={403: "not a member of this room", 404: "room not found"}, tags=TAGS_READ),
+            Route("GET", "/api/chat/read_state", self.read_state, "Every member's read seq of a room (members only)",
+                  auth=Auth.BEARER, params=ReadStateQuery, reply=Reply(envelope(READ_STATE)), errors=(403, 404),
+                  error_text={403: "not a member of this room", 404: "room not found"}, tags=TAGS_READ),
             Route("POST", "/internal/pushback", self.pushback,
                   "GoStacker's pushback: hand a frame that missed its user to his current gateway",
                   auth=Auth.INTERNAL, body=PushbackRequest, tags=TAGS_INTERNAL),
@@ -126,6 +151,18 @@ class SendRoutes:
             first is not None and first > 1)
         return ok("ok", {"room_id": query.room_id, "last_seq": last_seq, "has_more": has_more,
                          "messages": [chat_frame(m) for m in messages]})
+
+    async def read(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, ReadRequest)
+        reader = identity(request).user_id
+        mark = await self.service.mark_read(reader, body.room_id, body.seq)
+        return ok("ok", {"room_id": body.room_id, "user_id": reader, "seq": mark})
+
+    async def read_state(self, request: web.Request) -> web.Response:
+        query = parse_query(request, ReadStateQuery)
+        last_seq, marks = await self.service.read_state(identity(request).user_id, query.room_id)
+        return ok("ok", {"room_id": query.room_id, "last_seq": last_seq,
+                         "members": [{"user_id": user, "read_seq": seq} for user, seq in sorted(marks.items())]})
 
     async def pushback(self, request: web.Request) -> web.Response:
         body = await parse_json(request, PushbackRequest)

@@ -16,6 +16,7 @@ from pystacker.messaging.content import parse_content
 from pystacker.messaging.history import History
 from pystacker.messaging.ids import Snowflake
 from pystacker.messaging.membership import MembershipCache
+from pystacker.messaging.readstate import ReadState
 from pystacker.messaging.store import MessageStore
 from pystacker.observability import metrics, tracing
 from pystacker.observability.monitor import monitored
@@ -29,12 +30,13 @@ MAX_HISTORY_PAGE = 200
 
 class SendService:
     def __init__(self, engine: Engine, store: MessageStore, members: MembershipCache, fanout: Fanout,
-                 ids: Snowflake) -> None:
+                 ids: Snowflake, *, reading: ReadState) -> None:
         self.engine = engine
         self.store = store
         self.members = members
         self.fanout = fanout
         self.ids = ids
+        self.reading = reading
         self.history = History(engine.messages, store)
 
     async def _require_member(self, user_id: int, room_id: int) -> frozenset[int]:
@@ -90,6 +92,16 @@ class SendService:
         members = await self._require_member(caller, message.room_id)
         await self.fanout.submit(message, members)
         return message
+
+    async def mark_read(self, reader: int, room_id: int, seq: int) -> int:
+        """The reader (a member) has read the room up to `seq`: his read mark now (see readstate.py)."""
+        members = await self._require_member(reader, room_id)
+        return await self.reading.mark(reader, room_id, seq, members)
+
+    async def read_state(self, caller: int, room_id: int) -> tuple[int, dict[int, int]]:
+        """The room's last seq and every member's read seq, for a member."""
+        members = await self._require_member(caller, room_id)
+        return await self.reading.of_members(room_id, members)
 
     async def room_history(self, caller: int, room_id: int, *, after_seq: int | None, before_seq: int | None,
                            limit: int) -> tuple[list[StoredMessage], int]:
