@@ -121,8 +121,17 @@ async def test_two_people_chat_in_two_terminals(open_terminal: Any) -> None:
     await bob.say("/history 5")
     await bob.expect(rf"^\[room {room} #1\] {alice_name}\({alice_id}\): hello bob", start=mark)
     await bob.expect(rf"^\[room {room} #2\] {bob_name}\({bob_id}\): hi alice", start=mark)
+    # A second room, not bob's current one: what arrives there stays unread; what the current room
+    # showed is read.
+    await alice.say(f"/create side {bob_id}")
+    side = int((await alice.expect(r"created room (\d+) \(side\)"))[1])
+    await alice.expect(rf"current room: {side}$")
+    await alice.say("one")
+    await alice.say("two")
+    await bob.expect(rf"^\[room {side} #2\] {alice_name}\({alice_id}\): two$")
     await bob.say("/rooms")
-    await bob.expect(rf"^  {room}  lobby  \[group, 2 members\] \(current\)$")
+    await bob.expect(rf"^  {room}  lobby  \[group, 2 members, 0 unread\] \(current\)$")
+    await bob.expect(rf"^  {side}  side  \[group, 2 members, 2 unread\]$")
     await bob.say("/members")
     await bob.expect(rf"^  {alice_id}  {alice_name}$")
 

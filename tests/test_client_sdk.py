@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pystacker.client import (Backoff, ChatMessage, Delivered, InOrderInbox, Offer, PyStackerClient, PyStackerError,
-                              Session, SessionClosed, SessionFailed, user_id_from_token)
+                              ReadEvent, Session, SessionClosed, SessionFailed, user_id_from_token)
 from pystacker.gateway.app import GATEWAY_SERVICE
 from pystacker.messaging.frames import CLOSE_SHUTDOWN, CLOSE_SLOW_CONSUMER
 from tests.ws import poll
@@ -193,6 +193,32 @@ async def test_two_clients_exchange_over_http_and_ws(make_client: Any) -> None:
 
     page = await b.sync(room, after_seq=0, limit=1)
     assert [m.seq for m in page.messages] == [1] and page.has_more
+
+
+async def test_read_state_unread_counts_and_read_events(make_client: Any) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    room = await room_of(alice, bob)
+    for i in range(3):
+        await bob.send(room, f"unread {i}")
+    (state,) = [r for r in await alice.rooms() if r.room_id == room]
+    assert (state.last_seq, state.read_seq, state.unread) == (3, 0, 3)
+    assert state.last_message is not None and state.last_message["preview"] == "unread 2"
+
+    a = await alice.connect(reads=True)
+    b = await bob.connect(reads=True)
+    assert a.unread == 3  # the welcome's total
+    await a.read(room, 2)
+    events: list[ReadEvent] = []
+    for session in (a, b):  # alice's own connection, and bob's receipt (the room is a group: paced)
+        item = await session.receive(timeout=TIMEOUT)
+        while not isinstance(item, ReadEvent):
+            item = await session.receive(timeout=TIMEOUT)
+        events.append(item)
+    assert events == [ReadEvent(room, alice.user_id, 2)] * 2
+    assert await alice.read(room, 1) == 2  # forward only
+    assert await alice.read(room, 99) == 3  # clamped to the room's end
+    assert [r.unread for r in await alice.rooms() if r.room_id == room] == [0]
+    assert (await bob.read_state(room))[alice.user_id] == 3
 
 
 async def test_ws_send_twice_with_client_msg_id_is_one_message(make_client: Any) -> None:

@@ -15,14 +15,15 @@ from pystacker.client.api import PyStackerClient, new_client_msg_id, user_id_fro
 from pystacker.client.backoff import Backoff
 from pystacker.client.errors import PyStackerError, SessionClosed, SessionFailed
 from pystacker.client.inbox import InOrderInbox, Offer
-from pystacker.client.models import (ChatMessage, Delivered, Gateway, HistoryPage, Member, RoomInfo, SendResult,
-                                     text_content)
+from pystacker.client.models import (ChatMessage, Delivered, Gateway, HistoryPage, Member, ReadEvent, RoomInfo,
+                                     RoomState, SendResult, text_content)
 from pystacker.client.session import Session
 
 Connection = Session  # the name some callers expect
 
 __all__ = [
     "Backoff", "ChatMessage", "Connection", "Delivered", "Gateway", "HistoryPage", "InOrderInbox", "Member",
-    "Offer", "PyStackerClient", "PyStackerError", "RoomInfo", "SendResult", "Session", "SessionClosed",
+    "Offer", "PyStackerClient", "PyStackerError", "ReadEvent", "RoomInfo", "RoomState", "SendResult", "Session",
+    "SessionClosed",
     "SessionFailed", "new_client_msg_id", "text_content", "user_id_from_token",
 ]

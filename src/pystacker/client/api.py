@@ -17,7 +17,8 @@ import aiohttp
 import orjson
 
 from pystacker.client.errors import PyStackerError
-from pystacker.client.models import ChatMessage, Gateway, HistoryPage, Member, RoomInfo, SendResult, as_content
+from pystacker.client.models import (ChatMessage, Gateway, HistoryPage, Member, RoomInfo, RoomState, SendResult,
+                                     as_content)
 
 if TYPE_CHECKING:
     from pystacker.client.session import Session
@@ -153,6 +154,11 @@ class PyStackerClient:
         data = await self._call("GET", f"{self.meta_url}/api/joined_rooms")
         return sorted(int(r) for r in (data or {}).get("room_ids") or [])
 
+    async def rooms(self) -> list[RoomState]:
+        """Your rooms with their read state, unread counts and last messages, by room id."""
+        data = await self._call("GET", f"{self.meta_url}/api/joined_rooms")
+        return sorted((RoomState.from_json(r) for r in (data or {}).get("rooms") or []), key=lambda r: r.room_id)
+
     async def room_info(self, room_id: int) -> RoomInfo:
         data = await self._call("GET", f"{self.meta_url}/api/chat/group/info", params={"room_id": room_id})
         return RoomInfo(int(data["id"]), str(data.get("name", "")), bool(data.get("is_group", True)),
@@ -176,6 +182,17 @@ class PyStackerClient:
             body["client_msg_id"] = client_msg_id
         data = await self._call("POST", f"{self.send_url}/api/chat/send_message", json=body)
         return SendResult.from_answer(data or {}, room_id)
+
+    async def read(self, room_id: int, seq: int) -> int:
+        """You have read the room up to `seq` (past its end counts as its end); returns your read mark,
+        which only moves forward. Your connections and the other members get a `read` frame."""
+        data = await self._call("POST", f"{self.send_url}/api/chat/read", json={"room_id": room_id, "seq": seq})
+        return int(data["seq"])
+
+    async def read_state(self, room_id: int) -> dict[int, int]:
+        """Every member's read seq of a room (user id -> seq)."""
+        data = await self._call("GET", f"{self.send_url}/api/chat/read_state", params={"room_id": room_id})
+        return {int(m["user_id"]): int(m["read_seq"]) for m in (data or {}).get("members") or []}
 
     async def history(self, room_id: int, after_seq: int | None = None, before_seq: int | None = None,
                       limit: int = 50) -> HistoryPage:

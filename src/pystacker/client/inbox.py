@@ -21,9 +21,9 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-from pystacker.client.models import ChatMessage, Delivered
+from pystacker.client.models import ChatMessage, Delivered, ReadEvent
 
-Item = ChatMessage | Delivered
+Item = ChatMessage | Delivered | ReadEvent
 
 
 class Offer(Enum):
@@ -120,7 +120,7 @@ class InOrderInbox:
         self._release(message.room_id, room)
         return Offer.READY if message.seq < room.next_seq else Offer.HELD
 
-    def offer_event(self, event: Delivered) -> bool:
+    def offer_event(self, event: Delivered | ReadEvent) -> bool:
         """A non-room event; dropped (False) when the ready queue is full: it is informational."""
         if len(self._ready) >= self.max_ready * 2:
             return False

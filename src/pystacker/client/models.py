@@ -75,6 +75,37 @@ class Delivered:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadEvent:
+    """`user_id` has read `room_id` up to `seq` (a `read` frame): yourself on this or another of your
+    connections (clear the room's badge), or another member (a read receipt)."""
+
+    room_id: int
+    user_id: int
+    seq: int
+
+    @classmethod
+    def from_frame(cls, frame: dict[str, Any]) -> ReadEvent:
+        return cls(_int(frame.get("room_id")), _int(frame.get("user_id")), _int(frame.get("seq")))
+
+
+@dataclass(frozen=True, slots=True)
+class RoomState:
+    """One of your rooms as a room list shows it (`GET /api/joined_rooms`, `data.rooms`)."""
+
+    room_id: int
+    last_seq: int
+    read_seq: int
+    unread: int  # messages after read_seq; your own are never unread
+    last_message: dict[str, Any] | None = field(default=None, compare=False)  # id, seq, sender_id, preview, ...
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RoomState:
+        last = data.get("last_message")
+        return cls(_int(data.get("room_id")), _int(data.get("last_seq")), _int(data.get("read_seq")),
+                   _int(data.get("unread")), last if isinstance(last, dict) else None)
+
+
+@dataclass(frozen=True, slots=True)
 class SendResult:
     """The answer to a send: `duplicate` is True when a retry with the same client_msg_id found the
     first send's message (same id and seq; nothing was posted twice)."""

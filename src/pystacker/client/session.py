@@ -35,7 +35,7 @@ import orjson
 from pystacker.client.backoff import Backoff
 from pystacker.client.errors import GatewayUnreachable, PyStackerError, SessionClosed, SessionFailed
 from pystacker.client.inbox import InOrderInbox, Item, Offer
-from pystacker.client.models import ChatMessage, Delivered, Gateway, HistoryPage, SendResult, as_content
+from pystacker.client.models import ChatMessage, Delivered, Gateway, HistoryPage, ReadEvent, SendResult, as_content
 
 if TYPE_CHECKING:
     from pystacker.client.api import PyStackerClient
@@ -62,7 +62,9 @@ class _Disconnected(Exception):
 
 class Session:
     """A live connection. Read with `async for item in session` or `await session.receive(timeout)`;
-    items are `ChatMessage`s, and `Delivered` events when `deliveries=True`.
+    items are `ChatMessage`s, `Delivered` events when `deliveries=True`, and `ReadEvent`s (your own
+    read marks from any of your connections, and the other members' read receipts) when `reads=True`.
+    `unread` is the total unread count the server gave when the current connection opened.
 
     Options: `catch_up` ("server" or "sync"), `max_queue`, `max_held`, `ack_delay` (seconds to gather
     acks into one frame per room), `request_timeout`, `connect_timeout`, `heartbeat` (client pings, to
@@ -75,7 +77,8 @@ class Session:
     def __init__(self, client: PyStackerClient, *, catch_up: str = "server", max_queue: int = 1000,
                  max_held: int = 5000, ack_delay: float = 0.1, request_timeout: float = 10.0,
                  connect_timeout: float = 10.0, heartbeat: float | None = 30.0, backoff: Backoff | None = None,
-                 stable_after: float = 5.0, deliveries: bool = False, positions: dict[int, int] | None = None,
+                 stable_after: float = 5.0, deliveries: bool = False, reads: bool = False,
+                 positions: dict[int, int] | None = None,
                  gap_timeout: float = 30.0, on_state: StateListener | None = None) -> None:
         if catch_up not in ("server", "sync"):
             raise ValueError('catch_up must be "server" or "sync"')
@@ -88,6 +91,8 @@ class Session:
         self.backoff = backoff or Backoff()
         self.stable_after = stable_after
         self.deliveries = deliveries
+        self.reads = reads
+        self.unread = 0
         self.gap_timeout = gap_timeout
         self.on_state = on_state
         self.inbox = InOrderInbox(max_ready=max_queue, max_held=max_held)
@@ -99,6 +104,7 @@ class Session:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._connected = asyncio.Event()  # also set on failure/close, so that waiters wake up
         self._ready = asyncio.Event()
+        self._welcomed = asyncio.Event()  # the current connection's welcome frame arrived
         self._fill_wakeup = asyncio.Event()
         self._ack_wakeup = asyncio.Event()
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -122,6 +128,12 @@ class Session:
         self._tasks = [asyncio.create_task(self._run(ws), name="pystacker-session"),
                        asyncio.create_task(self._fill_loop(), name="pystacker-fill"),
                        asyncio.create_task(self._ack_loop(), name="pystacker-ack")]
+        # The welcome is the gateway's first frame, written once the socket is registered: after it,
+        # what this session sends finds its route (the sender's ack) and `unread` is known.
+        try:
+            await asyncio.wait_for(self._welcomed.wait(), self.connect_timeout)
+        except TimeoutError:
+            log.warning("no welcome frame within %g s", self.connect_timeout)
 
     async def close(self) -> None:
         """Acknowledge what was read, close the socket, stop. Idempotent."""
@@ -229,6 +241,16 @@ class Session:
         return SendResult(int(payload.get("id_str") or payload.get("msgID") or answer.get("id", 0)),
                           int(answer.get("room_id") or room_id), int(payload.get("seq", 0)),
                           payload.get("client_msg_id", client_msg_id), bool(payload.get("duplicate", False)))
+
+    async def read(self, room_id: int, seq: int) -> None:
+        """Tell the server you have read the room up to `seq` (a `read` frame). Your read mark moves
+        forward only; with `reads=True` its new value comes back as a ReadEvent, on every connection
+        of yours. Raises PyStackerError when not connected (read marks are not queued: send the
+        newest again once connected)."""
+        ws = self._ws
+        if ws is None or ws.closed:
+            raise PyStackerError(0, "not connected")
+        await ws.send_str(orjson.dumps({"type": "read", "room_id": room_id, "seq": seq}).decode())
 
     async def sync(self, room_id: int, after_seq: int, limit: int = 50, *, timeout: float | None = None) -> HistoryPage:
         """Read the room's messages after `after_seq` over the socket (at most 200). A plain read: what
@@ -448,7 +470,13 @@ class Session:
         elif kind == "ack":
             if self.deliveries and self.inbox.offer_event(Delivered.from_frame(frame)):
                 self._ready.set()
+        elif kind == "read":
+            if self.reads and self.inbox.offer_event(ReadEvent.from_frame(frame)):
+                self._ready.set()
         elif kind == "system":
+            if isinstance(frame.get("unread"), int):
+                self.unread = frame["unread"]
+            self._welcomed.set()
             log.debug("welcome: %s", payload)
         else:
             log.debug("frame of type %r ignored", kind)

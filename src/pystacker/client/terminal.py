@@ -21,7 +21,7 @@ from pystacker.client.models import ChatMessage, Delivered
 from pystacker.client.session import Session
 
 HELP = """commands:
-  /rooms                    the rooms you are in
+  /rooms                    the rooms you are in, with their unread counts
   /create NAME [ID,...]     create a group room with these user ids, and select it
   /join ROOM                join a group room, and select it
   /room ROOM                select the current room
@@ -148,10 +148,20 @@ class ChatTerminal:
                     self.current_room = item.room_id
                     self.out(f"* current room: {item.room_id}")
                 self.out(format_message(item, await self.name_of(item.sender_id, item.room_id)))
+                if item.room_id == self.current_room:
+                    await self._mark_read(item.room_id, item.seq)
         except SessionClosed:
             return
         except PyStackerError as exc:
             self.out(f"! connection lost: {exc.msg}")
+
+    async def _mark_read(self, room_id: int, seq: int) -> None:
+        """What the current room shows on screen is read (the other rooms' lines stay unread)."""
+        assert self.session is not None
+        try:
+            await self.session.read(room_id, seq)
+        except (PyStackerError, ConnectionError):
+            pass  # not connected: the next message shown marks the room again
 
     def _on_state(self, state: str, detail: str) -> None:
         if state in ("disconnected", "reconnecting", "failed"):
@@ -220,7 +230,8 @@ class ChatTerminal:
             await self.session.send(self.current_room, text)
 
     async def list_rooms(self) -> None:
-        rooms = await self.client.joined_rooms()
+        states = {state.room_id: state for state in await self.client.rooms()}
+        rooms = sorted(states)
         if not rooms:
             self.out("* no rooms yet: /create NAME [ID,...] or /join ID")
             return
@@ -234,7 +245,8 @@ class ChatTerminal:
                     return f"  {room_id}"
             kind = "group" if info.is_group else "private"
             mark = " (current)" if room_id == self.current_room else ""
-            return f"  {room_id}  {info.name}  [{kind}, {info.member_count} members]{mark}"
+            return (f"  {room_id}  {info.name}  [{kind}, {info.member_count} members, "
+                    f"{states[room_id].unread} unread]{mark}")
 
         for text in await asyncio.gather(*(line(r) for r in rooms)):
             self.out(text)
