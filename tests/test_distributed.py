@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pystacker.db.schema import chat_messages, room_cursors, room_members
+from pystacker.engine.redis_keys import RedisKeys
 from pystacker.messaging.frames import CLOSE_SHUTDOWN, decode_entry
 from pystacker.web.middleware import INTERNAL_TOKEN_HEADER
 from tests import databases
@@ -402,6 +403,49 @@ class TestTwoGatewaysTwoSends:
         assert await dep.wait_exit(draining, timeout=20) == 0, dep.log_tail(draining)
         assert dep.gateway_id(draining) not in await dep.live_gateway_ids()
         await close_all(list(again))
+
+    async def test_read_state_survives_a_killed_gateway_and_flusher_and_a_lost_store(self, dep: TestDeployment) -> None:
+        """A read mark lives in Redis and reaches SQL through the flusher: a gateway killed after the
+        reader's `read` frame keeps it, a flusher killed and started again still copies it, and after
+        Redis lost it (its keys deleted: what a restart without persistence does) it comes back from
+        SQL and does not move backwards."""
+        gateway = (await dep.ensure_gateways(2))[0]
+        reader, writer = await dep.users(2, "rd")
+        room_id = await make_room(dep.meta, writer, [reader], is_group=False)
+        await send_many(dep, writer, room_id, 10, "unread")
+        client = await dep.connect_to(gateway, reader, catchup=False)
+        assert client.frames[0]["unread"] == 10
+        await client.send_frame({"type": "read", "room_id": room_id, "seq": 8})
+        await client.recv_until(lambda f: f["type"] == "read" and f["seq"] == 8)
+
+        dep.signal("flusher", signal.SIGKILL)
+        await dep.wait_exit("flusher")
+        dep.signal(gateway, signal.SIGKILL)
+        await wait_gone(client)
+        assert await _read_seqs(dep, writer, room_id) == {reader.id: 8, writer.id: 10}
+        dep.inner.spawn(dep.member("flusher"))
+        await poll(lambda: _read_seq_in_sql(dep.sql, reader.id, room_id, 8), "the read mark in SQL",
+                   timeout=DELIVERY_TIMEOUT)
+
+        mark_key = RedisKeys(dep.prefix).read_marks(reader.id)
+        assert await dep.redis.delete(mark_key) == 1
+        assert await _read_seqs(dep, writer, room_id) == {reader.id: 8, writer.id: 10}  # from SQL
+        answer = await dep.sends[0].post("/api/chat/read", {"room_id": room_id, "seq": 3}, token=reader.token)
+        assert answer.status == 200 and answer.data["seq"] == 8, answer  # not backwards
+        rooms = (await dep.meta.get("/api/joined_rooms", token=reader.token)).data["rooms"]
+        assert [(r["room_id"], r["read_seq"], r["unread"]) for r in rooms] == [(room_id, 8, 2)]
+
+
+async def _read_seqs(dep: TestDeployment, member: User, room_id: int) -> dict[int, int]:
+    answer = await dep.sends[0].get("/api/chat/read_state", params={"room_id": room_id}, token=member.token)
+    assert answer.status == 200, answer
+    return {m["user_id"]: m["read_seq"] for m in answer.data["members"]}
+
+
+async def _read_seq_in_sql(sql: AsyncEngine, user_id: int, room_id: int, seq: int) -> bool:
+    rows = await sql_rows(sql, select(room_cursors.c.read_seq).where(room_cursors.c.user_id == user_id,
+                                                                     room_cursors.c.room_id == room_id))
+    return [int(r.read_seq) for r in rows] == [seq]
 
 
 async def _no_routes(dep: TestDeployment, users: list[User]) -> bool:
