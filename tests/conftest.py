@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -77,20 +78,28 @@ def meta(meta_url: str, http_session: aiohttp.ClientSession) -> Http:
     return Http(meta_url, http_session)
 
 
-@pytest.fixture(scope="session")
-async def system(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """The whole embedded system (`pystacker up`) in-process on free ports, with its own SQLite file."""
+@asynccontextmanager
+async def embedded_system(data_dir: Path, **overrides: object):  # type: ignore[no-untyped-def]
+    """The whole embedded system (`pystacker up`) in-process on free ports, with its own SQLite file
+    in `data_dir`; `overrides` replace config sections (e.g. `limits`, `internal`)."""
     from pystacker.embedded import EmbeddedSystem
 
-    data_dir = tmp_path_factory.mktemp("embedded")
     config = load_config(None, overrides={
         "engine": "memory", "data_dir": str(data_dir), "host": "127.0.0.1",
         "jwt": {"secret": TEST_JWT_SECRET}, "ports": {"send": 0, "meta": 0, "registry": 0, "gateway": 0},
-        "limits": TEST_LIMITS})
+        "limits": TEST_LIMITS, **overrides})
     embedded = EmbeddedSystem(config)
     await embedded.start()
-    yield embedded
-    await embedded.stop()
+    try:
+        yield embedded
+    finally:
+        await embedded.stop()
+
+
+@pytest.fixture(scope="session")
+async def system(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    async with embedded_system(tmp_path_factory.mktemp("embedded")) as embedded:
+        yield embedded
 
 
 @pytest.fixture(scope="session")

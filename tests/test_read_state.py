@@ -12,9 +12,8 @@ from typing import Any
 
 import pytest
 
-from pystacker.config import load_config
 from tests.client import Http, User
-from tests.conftest import TEST_JWT_SECRET, TEST_LIMITS
+from tests.conftest import TEST_LIMITS, embedded_system
 from tests.ws import Api, Client, make_room, open_api, poll, send_http, text
 
 RECEIPT_INTERVAL_MS = 1500
@@ -23,16 +22,9 @@ RECEIPT_INTERVAL_MS = 1500
 @pytest.fixture(scope="module")
 async def paced_system(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """The embedded system with a known receipt interval, long enough that a burst of reads fits in it."""
-    from pystacker.embedded import EmbeddedSystem
-
-    config = load_config(None, overrides={
-        "engine": "memory", "data_dir": str(tmp_path_factory.mktemp("read-state")), "host": "127.0.0.1",
-        "jwt": {"secret": TEST_JWT_SECRET}, "ports": {"send": 0, "meta": 0, "registry": 0, "gateway": 0},
-        "limits": {**TEST_LIMITS, "read_receipt_interval_ms": RECEIPT_INTERVAL_MS}})
-    system = EmbeddedSystem(config)
-    await system.start()
-    yield system
-    await system.stop()
+    async with embedded_system(tmp_path_factory.mktemp("read-state"),
+                               limits={**TEST_LIMITS, "read_receipt_interval_ms": RECEIPT_INTERVAL_MS}) as system:
+        yield system
 
 
 @pytest.fixture

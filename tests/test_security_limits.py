@@ -15,9 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from pystacker.config import load_config
 from tests.internal_routes import assert_internal_routes_need
-from tests.conftest import TEST_JWT_SECRET
+from tests.conftest import embedded_system
 from tests.ws import Api, make_room, open_api, send_http, text
 
 SLOW = 0.001  # tokens per second: no refill within a test
@@ -31,36 +30,23 @@ INTERNAL_TOKEN = "security-test-internal-token-0123456789"
 
 @pytest.fixture(scope="module")
 async def limited_system(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from pystacker.embedded import EmbeddedSystem
-
-    config = load_config(None, overrides={
-        "engine": "memory", "data_dir": str(tmp_path_factory.mktemp("limited")), "host": "127.0.0.1",
-        "jwt": {"secret": TEST_JWT_SECRET}, "ports": {"send": 0, "meta": 0, "registry": 0, "gateway": 0},
-        "internal": {"token": INTERNAL_TOKEN},
-        "limits": {"send_rate": SLOW, "send_burst": SEND_BURST, "login_rate": SLOW, "login_burst": LOGIN_BURST,
-                   "login_address_rate": SLOW, "login_address_burst": LOGIN_ADDRESS_BURST,
-                   # Every user of these tests is registered from 127.0.0.1: the registration limit has
-                   # a system of its own (registration_limited_system).
-                   "register_address_rate": 0,
-                   "room_change_rate": SLOW, "room_change_burst": ROOM_CHANGE_BURST}})
-    system = EmbeddedSystem(config)
-    await system.start()
-    yield system
-    await system.stop()
+    async with embedded_system(
+            tmp_path_factory.mktemp("limited"), internal={"token": INTERNAL_TOKEN},
+            limits={"send_rate": SLOW, "send_burst": SEND_BURST, "login_rate": SLOW, "login_burst": LOGIN_BURST,
+                    "login_address_rate": SLOW, "login_address_burst": LOGIN_ADDRESS_BURST,
+                    # Every user of these tests is registered from 127.0.0.1: the registration limit has
+                    # a system of its own (registration_limited_system).
+                    "register_address_rate": 0,
+                    "room_change_rate": SLOW, "room_change_burst": ROOM_CHANGE_BURST}) as system:
+        yield system
 
 
 @pytest.fixture(scope="module")
 async def registration_limited_system(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from pystacker.embedded import EmbeddedSystem
-
-    config = load_config(None, overrides={
-        "engine": "memory", "data_dir": str(tmp_path_factory.mktemp("register-limited")), "host": "127.0.0.1",
-        "jwt": {"secret": TEST_JWT_SECRET}, "ports": {"send": 0, "meta": 0, "registry": 0, "gateway": 0},
-        "limits": {"register_address_rate": SLOW, "register_address_burst": REGISTER_ADDRESS_BURST}})
-    system = EmbeddedSystem(config)
-    await system.start()
-    yield system
-    await system.stop()
+    async with embedded_system(tmp_path_factory.mktemp("register-limited"),
+                               limits={"register_address_rate": SLOW,
+                                       "register_address_burst": REGISTER_ADDRESS_BURST}) as system:
+        yield system
 
 
 @pytest.fixture
