@@ -11,4 +11,5 @@ async def test_register_login_create_room(meta: Http) -> None:
     members = await meta.get("/api/chat/group/members", params={"room_id": room_id}, token=bob.token)
     assert {(m["user_id"], m["role"]) for m in members.data["members"]} == {(alice.id, 0), (bob.id, 2)}
     joined = await meta.get("/api/joined_rooms", token=bob.token)
-    assert joined.data == {"room_ids": [room_id]}
+    assert joined.data["room_ids"] == [room_id]
+    assert [r["room_id"] for r in joined.data["rooms"]] == [room_id]
