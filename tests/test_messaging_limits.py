@@ -173,8 +173,10 @@ async def test_slow_consumer_is_closed_and_catches_up(api: Api) -> None:
     tail = await send_http(api.send, alice, room_id, "after the close")  # the server keeps serving
     total = len(sent) + 1
 
-    # the slow client reads again: what was already on the wire, then the 4008 close
-    assert await s.wait_closed(timeout=10) == CLOSE_SLOW_CONSUMER
+    # the slow client reads again: what was already on the wire, then the end of the socket: the 4008
+    # close frame, or 1006 when its send buffer was still full and the gateway aborted the socket
+    # (a stuck socket is not kept: zero linger); the gateway's own close code is 4008 either way
+    assert await s.wait_closed(timeout=10) in (CLOSE_SLOW_CONSUMER, 1006)
     got_before_close = len(s.unique(room_id))
     assert got_before_close < total
     await poll(lambda: gateway.connections.get(slow.id) is not conn)
