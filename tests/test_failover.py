@@ -99,17 +99,24 @@ class GoStackerClient:
     arrivals: Arrivals = field(default_factory=Arrivals)
     gateway_id: str | None = None
     failed_connects: int = 0
-    stopping: bool = False
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def pause(self) -> None:
+        """The client's own retry pause, cut short when the test stops it."""
+        try:
+            await asyncio.wait_for(self.stopped.wait(), GOSTACKER_PAUSE)
+        except TimeoutError:
+            pass
 
     async def run(self, room_id: int) -> None:
         url: str | None = self.first_gateway
-        while not self.stopping:
+        while not self.stopped.is_set():
             if url is None:
                 async with self.http.get(f"{self.registry_url}/registry/gateway/available",
                                          headers={"Authorization": f"Bearer {self.user.token}"}) as answer:
                     body = await answer.json(content_type=None)
                 if answer.status != 200:
-                    await asyncio.sleep(GOSTACKER_PAUSE)  # the client's own retry pause
+                    await self.pause()
                     continue
                 url = f"http://{body['data']['address']}:{body['data']['port']}"
             try:
@@ -117,13 +124,12 @@ class GoStackerClient:
             except (aiohttp.ClientError, OSError):
                 self.failed_connects += 1
                 url = None
-                await asyncio.sleep(GOSTACKER_PAUSE)
+                await self.pause()
                 continue
             url = None
             await self._read(ws, room_id)
             await ws.close()
-            if not self.stopping:
-                await asyncio.sleep(GOSTACKER_PAUSE)
+            await self.pause()
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse, room_id: int) -> None:
         async for message in ws:
@@ -146,11 +152,12 @@ class Load:
     room_id: int
     accepted: list[tuple[int, float]] = field(default_factory=list)
     stop_at: float = float("inf")
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
         send = self.dep.sends[0]
         started, count = time.monotonic(), 0
-        while time.monotonic() < self.stop_at:
+        while time.monotonic() < self.stop_at and not self.stopped.is_set():
             answer = await send.post("/api/chat/send_message",
                                      {"room_id": self.room_id, "content": {"type": "text", "text": f"m{count}"}},
                                      token=self.sender.token)
@@ -158,8 +165,11 @@ class Load:
             self.accepted.append((answer.data["seq"], time.monotonic()))
             count += 1
             pause = started + count / RATE - time.monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)  # pacing of the load, not a synchronisation
+            if pause > 0:  # the next send's turn, at RATE (or at once when the test stops the load)
+                try:
+                    await asyncio.wait_for(self.stopped.wait(), pause)
+                except TimeoutError:
+                    pass
 
     def last_before(self, moment: float) -> int:
         return max(seq for seq, at in self.accepted if at < moment)
@@ -211,7 +221,8 @@ async def test_users_of_a_killed_gateway_are_back_and_caught_up_within_seconds(
                        "every client having the last message", timeout=DELIVERY_DEADLINE)
         finally:
             for client in gostackers:
-                client.stopping = True
+                client.stopped.set()
+            load.stopped.set()
             loading.cancel()
             for session in (c.session for c in sdks):
                 await session.close()
