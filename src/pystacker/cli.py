@@ -134,13 +134,16 @@ _add_service_commands()
 @click.option("--config-dir", default="config", show_default=True, type=click.Path(file_okay=False, exists=True),
               help="Folder with config.<service>.yaml files.")
 @click.option("--log-dir", default="logs/cluster", show_default=True, help="Where each process writes its output.")
-def cluster(gateways: int, sends: int, config_dir: str, log_dir: str) -> None:
+@click.option("--port-offset", default=0, show_default=True, type=click.IntRange(0, 50000),
+              help="Add this to every port (GoStacker's 8081-8085, 8091+, metrics 9101/9102): a second cluster beside the first.")
+def cluster(gateways: int, sends: int, config_dir: str, log_dir: str, port_offset: int) -> None:
     """Run a local distributed deployment: every service as its own process (Redis + SQL)."""
     from pathlib import Path
 
     from pystacker.cluster import run_cluster
 
-    code = asyncio.run(run_cluster(Path(config_dir), gateways=gateways, sends=sends, log_dir=Path(log_dir)))
+    code = asyncio.run(run_cluster(Path(config_dir), gateways=gateways, sends=sends, log_dir=Path(log_dir),
+                                   port_offset=port_offset))
     sys.exit(code)
 
 

@@ -2,8 +2,10 @@
 
 Starts registry, meta, N send instances, M gateways, the flusher and msgflusher as separate processes
 from the files in a config folder (config/ by default), each with its own port and machine_id given
-through environment overrides, waits until every HTTP service answers /ready, and on Ctrl-C or
-SIGTERM stops them in reverse order with SIGTERM (gateways drain their sockets) before it exits.
+through environment overrides, and waits until every HTTP service answers /ready. A child that dies
+is started again with a backoff (`pystacker.supervisor`), so the deployment survives the faults it
+exists to show; on Ctrl-C or SIGTERM, or when a child is in a crash loop, it stops them in reverse
+order with SIGTERM (gateways drain their sockets) before it exits.
 
 The distributed test suite starts its deployments with the same `plan` and `Deployment` (free ports,
 its own database, Redis key prefix and short timings given as `env`), so the command and the tests
@@ -24,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+
+from pystacker.supervisor import Supervisor
 
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
@@ -53,6 +57,9 @@ class Member:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+WORKER_METRICS_PORTS = {"flusher": 9101, "msgflusher": 9102}  # as in the example configs
 
 
 def default_port(label: str) -> int:
@@ -189,10 +196,27 @@ class Deployment:
                 member.process.wait()
 
 
-async def run_cluster(config_dir: Path, *, gateways: int, sends: int, log_dir: Path) -> int:
+def shifted_plan(config_dir: Path, *, gateways: int, sends: int, port_offset: int) -> list[Member]:
+    """`plan` on GoStacker's ports plus `port_offset`; the workers' metrics ports move with them, so
+    two clusters can run side by side on one machine."""
+    members = plan(config_dir, gateways=gateways, sends=sends,
+                   port_of=lambda label: default_port(label) + port_offset if default_port(label) else 0)
+    if port_offset:
+        for member in members:
+            if member.label in WORKER_METRICS_PORTS:
+                member.env["PYSTACKER_METRICS_PORT"] = str(WORKER_METRICS_PORTS[member.label] + port_offset)
+    return members
+
+
+def say(line: str) -> None:
+    print(f"pystacker cluster: {line}", flush=True)
+
+
+async def run_cluster(config_dir: Path, *, gateways: int, sends: int, log_dir: Path, port_offset: int = 0) -> int:
     shared = shared_secrets()
     migrate(config_dir, shared)
-    deployment = Deployment(plan(config_dir, gateways=gateways, sends=sends), log_dir=log_dir, env=shared)
+    deployment = Deployment(shifted_plan(config_dir, gateways=gateways, sends=sends, port_offset=port_offset),
+                            log_dir=log_dir, env=shared)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -207,17 +231,13 @@ async def run_cluster(config_dir: Path, *, gateways: int, sends: int, log_dir: P
         for member in deployment.members:
             where = member.url if member.port else "(no HTTP)"
             print(f"  {member.label:<11} {where:<24} pid {member.pid or '-'}")
-        print(f"Logs in {log_dir}. Press Ctrl-C to stop.")
-        while not stopping.is_set():
-            dead = deployment.exited()
-            if dead:
-                print(f"pystacker cluster: {dead[0].label} exited with code {dead[0].process.returncode}; "  # type: ignore[union-attr]
-                      "stopping the others", file=sys.stderr)
-                return 1
-            try:
-                await asyncio.wait_for(stopping.wait(), 1.0)
-            except TimeoutError:
-                pass
+        print(f"Logs in {log_dir}. A process that dies is restarted. Press Ctrl-C to stop.", flush=True)
+        supervisor = Supervisor(deployment, say=say)
+        supervisor.started()
+        problem = await supervisor.watch(stopping)
+        if problem is not None:
+            print(f"pystacker cluster: {problem}", file=sys.stderr, flush=True)
+            return 1
         return 0
     finally:
         await asyncio.to_thread(deployment.stop)
