@@ -313,7 +313,7 @@ async def test_reconnect_catches_up_exactly_once(make_client: Any, system: Any, 
         await b.reconnect()
     else:
         code = CLOSE_SLOW_CONSUMER if "4008" in how else CLOSE_SHUTDOWN
-        gateway(system).connections[bob.user_id].close_soon(code, "test")
+        gateway(system).connection(bob.user_id).close_soon(code, "test")
     await asyncio.wait_for(dropped.wait(), TIMEOUT)
     for i in range(4, 14):  # while bob is away
         await alice.send(room, f"m{i}")
@@ -340,8 +340,8 @@ async def test_reconnects_while_messages_stream(make_client: Any, system: Any) -
         if i == 20:
             await b.reconnect()
         elif i == 40:
-            await eventually(lambda: bob.user_id in gateway(system).connections, what="bob back")
-            gateway(system).connections[bob.user_id].close_soon(CLOSE_SLOW_CONSUMER, "test")
+            await eventually(lambda: bob.user_id in gateway(system).users, what="bob back")
+            gateway(system).connection(bob.user_id).close_soon(CLOSE_SLOW_CONSUMER, "test")
     got = await drain(b, total, timeout=3 * TIMEOUT)
     assert [m.seq for m in got] == list(range(1, total + 1))
     assert b.connects >= 2
@@ -367,7 +367,7 @@ async def test_acks_move_the_server_cursor(make_client: Any, system: Any) -> Non
     b = await bob.connect(ack_delay=0.01)
     # The SDK connects with ?acks=1: only its acks move the cursor (GoStacker's clients never ack,
     # so for them the gateway counts what it writes as delivered).
-    await eventually(lambda: gateway(system).connections[bob.user_id].client_acks, what="acks mode")
+    await eventually(lambda: gateway(system).connection(bob.user_id).client_acks, what="acks mode")
     for i in range(1, 6):
         await alice.send(room, f"m{i}")
     await drain(b, 3)  # read 1..3; 4 and 5 arrived but were not read

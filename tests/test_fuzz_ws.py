@@ -112,8 +112,8 @@ class Fuzzing:
 
     async def assert_forgotten(self) -> None:
         """The gateway dropped the fuzzing user's connection (it had only the one just closed)."""
-        connections = self.api.gateway_service.connections
-        await poll(lambda: self.fuzzer.id not in connections, "the gateway forgets the closed connection",
+        users = self.api.gateway_service.users
+        await poll(lambda: self.fuzzer.id not in users, "the gateway forgets the closed connection",
                    timeout=REPLY_DEADLINE)
 
 

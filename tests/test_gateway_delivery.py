@@ -24,7 +24,7 @@ async def test_entries_out_of_order_and_repeated_reach_the_socket_once_in_seq_or
     for i in range(1, 6):  # bob has no socket yet: nothing is pushed to him
         await send_http(api.send, alice, room_id, f"m{i}")
     bob_ws = await api.connect(bob, catchup=False)
-    conn = api.gateway_service.connections[bob.id]
+    conn = api.gateway_service.connection(bob.id)
     stored = await conn.history.after(room_id, 0, 10)
     assert [m.seq for m in stored] == [1, 2, 3, 4, 5]
     # 3 first: the room is new to the connection and 1-2 are missing, so the writer fills the gap;

@@ -121,7 +121,7 @@ async def test_plain_get_with_valid_token_is_400(api: Api) -> None:
     (user,) = await api.users(1, "plain")
     answer = await api.gateway.get("/api/ws", token=user.token)
     assert answer.status == 400
-    assert user.id not in api.gateway_service.connections
+    assert user.id not in api.gateway_service.users
 
 
 async def test_resend_flushed_message_delivers_nothing_twice(api: Api) -> None:

@@ -43,7 +43,7 @@ async def test_fifty_members_get_every_message_once_in_order(api: Api) -> None:
     members = await api.meta.get("/api/chat/group/members", params={"room_id": room_id}, token=owner.token)
     assert len(members.data["members"]) == MEMBERS
     clients = list(await asyncio.gather(*(api.connect(u) for u in users)))
-    assert all(u.id in api.gateway_service.connections for u in users)
+    assert all(u.id in api.gateway_service.users for u in users)
 
     # three senders at once: one over HTTP, one over WebSocket `send` frames, one alternating
     senders = clients[:SENDERS]

@@ -129,7 +129,7 @@ async def test_oversized_frame_closes_with_1009(api: Api) -> None:
     await a.ws.send_str("x" * (MAX_FRAME_BYTES + 1))
     assert await a.wait_closed() == CLOSE_FRAME_TOO_BIG
     # the server forgot the connection
-    await poll(lambda: alice.id not in api.gateway_service.connections)
+    await poll(lambda: alice.id not in api.gateway_service.users)
     # and the user can connect again
     again = await api.connect(alice)
     await again.close()
@@ -155,7 +155,7 @@ async def test_slow_consumer_is_closed_and_catches_up(api: Api) -> None:
     gateway = api.gateway_service
     s = await api.connect(slow)
     watcher = await api.connect(steady)
-    conn = gateway.connections[slow.id]
+    conn = gateway.connection(slow.id)
     assert 0 < conn.queue_size <= 10_000  # bounded
     peak = 0
 
@@ -179,7 +179,7 @@ async def test_slow_consumer_is_closed_and_catches_up(api: Api) -> None:
     assert await s.wait_closed(timeout=10) in (CLOSE_SLOW_CONSUMER, 1006)
     got_before_close = len(s.unique(room_id))
     assert got_before_close < total
-    await poll(lambda: gateway.connections.get(slow.id) is not conn)
+    await poll(lambda: gateway.connection(slow.id) is not conn)
 
     # the steady member got every message once, in order, while the other one stalled
     await poll(lambda: len(watcher.unique(room_id)) >= total, timeout=15)
@@ -210,7 +210,7 @@ async def test_stalled_client_is_dropped_and_memory_released(api: Api, monkeypat
     # This client acknowledges what it reads (it never will): the frames the dead socket swallowed
     # do not count as delivered, so its reconnect gets them again (spec 13.2 #17).
     await d.send_frame({"type": "ack", "room_id": room_id, "seq": 0})
-    conn = gateway.connections[dead.id]
+    conn = gateway.connection(dead.id)
     await poll(lambda: conn.client_acks)
     inbox = api.system.runtime.engine.inbox
     # what other tests' sockets may hold: this test must not leave more behind
@@ -219,7 +219,7 @@ async def test_stalled_client_is_dropped_and_memory_released(api: Api, monkeypat
     sent = await stream_until(api, alice, room_id, lambda: conn.close_code is not None)
     assert conn.close_code == CLOSE_SLOW_CONSUMER
     # the client still never reads: the gateway must let go of it on its own
-    await poll(lambda: dead.id not in gateway.connections, timeout=5)
+    await poll(lambda: dead.id not in gateway.users, timeout=5)
     assert not conn.queue  # what was queued was handed on, not kept
     # every inbox entry of the stalled connection was settled and acknowledged
     await poll(lambda: gateway.tracker.in_flight <= in_flight_before, timeout=5)

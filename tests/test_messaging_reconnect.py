@@ -134,7 +134,7 @@ async def test_receiver_reconnects_during_a_stream(api: Api, mode: str) -> None:
         cycles += 1
         mid_stream += not stream.done
         if mode == "acks":  # let frames pile up unread on the socket before dropping it
-            conn = api.gateway_service.connections[bob.id]
+            conn = api.gateway_service.connection(bob.id)
             await stream.wait_sent(len(stream.sent) + AWAY)
             posted = len(stream.sent)
             await poll(lambda: conn.sequencer.last(room_id) >= posted)  # the server wrote them all
@@ -167,11 +167,11 @@ async def test_same_gateway_reconnect_keeps_the_new_socket(api: Api) -> None:
     await old.collect(1, room_id=room_id)
     await api.settle(old)
 
-    old_conn = gateway.connections[bob.id]
+    old_conn = gateway.connection(bob.id)
     stream = Stream(api, alice, room_id)
     await stream.wait_sent(20)
     new = await api.connect(bob)  # the old socket is still open
-    new_conn = gateway.connections[bob.id]
+    new_conn = gateway.connection(bob.id)
     assert new_conn is not old_conn
     # the old socket is told it was replaced; it reads what was already on its wire first
     assert await old.wait_closed() == CLOSE_REPLACED
@@ -180,7 +180,7 @@ async def test_same_gateway_reconnect_keeps_the_new_socket(api: Api) -> None:
 
     # GoStacker tore the new connection down when the old one's read loop ended: ours stays
     await poll(lambda: old_conn.ws.closed and old_conn._writer is None)  # the old one is fully gone
-    assert gateway.connections.get(bob.id) is new_conn and not new.ws.closed
+    assert gateway.connection(bob.id) is new_conn and not new.ws.closed
     routes = await api.system.runtime.engine.registry.get_routes([bob.id])
     assert routes[bob.id].status == "connected"
     after = await send_http(api.send, alice, room_id, "after the switch")
@@ -205,12 +205,12 @@ async def test_reconnect_while_the_old_disconnect_is_still_being_recorded(api: A
     original = gateway.registry.disconnect_user
     reconnected, recorded = asyncio.Event(), asyncio.Event()
 
-    async def slow_disconnect(user_id: int, gateway_id: str) -> bool:
+    async def slow_disconnect(user_id: int, gateway_id: str, device_id: str) -> bool:
         if user_id != bob.id:
-            return await original(user_id, gateway_id)
+            return await original(user_id, gateway_id, device_id)
         await asyncio.wait_for(reconnected.wait(), 5)
         try:
-            return await original(user_id, gateway_id)
+            return await original(user_id, gateway_id, device_id)
         finally:
             recorded.set()
 
@@ -223,7 +223,7 @@ async def test_reconnect_while_the_old_disconnect_is_still_being_recorded(api: A
 
     async def route_connected() -> bool:
         route = (await api.system.runtime.engine.registry.get_routes([bob.id])).get(bob.id)
-        return route is not None and route.status == "connected" and bob.id in gateway.connections
+        return route is not None and route.status == "connected" and bob.id in gateway.users
     await poll(route_connected)
     sent = await send_http(api.send, alice, room_id, "live after the lease")
     chat = await new.recv_until(lambda f: f["type"] == "chat" and f["id"] == sent["msgID"], timeout=3)
@@ -241,7 +241,7 @@ async def test_frames_a_gostacker_client_never_confirmed_are_sent_again(api: Api
     sent = [await send_http(api.send, alice, room_id, f"unconfirmed {i}") for i in range(5)]
     assert [c["seq"] for c in await deaf.collect(5, room_id=room_id)] == [1, 2, 3, 4, 5]
     await deaf.close()
-    await poll(lambda: bob.id not in api.gateway_service.connections)
+    await poll(lambda: bob.id not in api.gateway_service.users)
     again = await api.connect(bob)
     got = await again.collect(5, room_id=room_id)
     assert [c["id"] for c in got] == [s["msgID"] for s in sent]
@@ -255,7 +255,7 @@ async def test_frames_confirmed_by_a_pong_are_not_sent_again(api: Api) -> None:
         await send_http(api.send, alice, room_id, f"confirmed {i}")
     await hearing.collect(5, room_id=room_id)
     cursors = api.system.runtime.engine.cursors
-    conn = api.gateway_service.connections[bob.id]
+    conn = api.gateway_service.connection(bob.id)
 
     async def confirmed() -> bool:
         # The client library answers a ping only while it reads, as a real client does all along.
@@ -268,7 +268,7 @@ async def test_frames_confirmed_by_a_pong_are_not_sent_again(api: Api) -> None:
 
     await poll(confirmed)
     await hearing.close()
-    await poll(lambda: bob.id not in api.gateway_service.connections)
+    await poll(lambda: bob.id not in api.gateway_service.users)
     again = await api.connect(bob)
     after = await send_http(api.send, alice, room_id, "after the reconnect")
     first = await again.recv_until(lambda f: f["type"] in ("chat", "batch"))

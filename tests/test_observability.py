@@ -82,7 +82,7 @@ async def test_counters_add_up_after_an_exchange(api: Api) -> None:
 
     async def gauge_is_the_table() -> bool:
         samples = await scrape(api)
-        return value(samples, "pystacker_ws_connections", gateway=gateway) == len(api.gateway_service.connections)
+        return value(samples, "pystacker_ws_connections", gateway=gateway) == api.gateway_service.connection_count
 
     await poll(gauge_is_the_table, "the connections gauge equal to the gateway's connections")
 

@@ -272,7 +272,7 @@ class Api:
         never acks confirms by answering pings, which its library does while it reads; a real
         client reads all along, a test client only when told to, so tests call this before leaving
         when they assert that nothing is sent twice after a reconnect."""
-        conn = self.gateway_service.connections.get(client.user.id)
+        conn = self.gateway_service.connection(client.user.id)
 
         async def confirmed() -> bool:
             try:

@@ -217,6 +217,14 @@ class LimitsConfig(Section):
     rate_limit_max_keys: int = Field(100_000, ge=1, description="buckets kept per limiter (LRU)")
     # A group's read receipts: at most one per reader and room in this many ms (0: every one).
     read_receipt_interval_ms: int = Field(1000, ge=0)
+    # Devices of one user online at once (docs/client.md); one more closes the one connected longest
+    # ago with 4011. 0: no limit.
+    devices_per_user: int = Field(10, ge=0, le=1000)
+    # A named device not seen for this long (seconds) is forgotten with its cursors (30 days).
+    device_ttl: int = Field(30 * 86400, ge=3600)
+    # A device without a cursor in a room (new, or new to the room) starts with at most this many of
+    # its latest messages after the user's read seq.
+    device_backlog: int = Field(50, ge=0, le=10_000)
 
 
 class TracingConfig(Section):

@@ -174,7 +174,8 @@ class Runtime:
         if self._parts is None:
             self._parts = MessagingParts.build(
                 self.engine, MessageStore(self.sql),
-                read_receipt_interval=self.config.limits.read_receipt_interval_ms / 1000)
+                read_receipt_interval=self.config.limits.read_receipt_interval_ms / 1000,
+                device_backlog=self.config.limits.device_backlog)
         return self._parts
 
     def readiness_checks(self) -> dict[str, Callable[[], Awaitable[object]]]:

@@ -7,6 +7,7 @@ Differences on purpose: one `room_members` table instead of a table per room; me
 
 from __future__ import annotations
 
+from sqlalchemy.dialects import mysql
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -27,6 +28,9 @@ from sqlalchemy import (
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; elsewhere ids are 64-bit.
 Id = BigInteger().with_variant(Integer(), "sqlite")
+# Device ids are printable ASCII compared byte for byte ("Phone" is not "phone"): MySQL's default
+# collations would fold case in the unique key.
+DeviceId = String(64).with_variant(mysql.VARCHAR(64, charset="ascii", collation="ascii_bin"), "mysql", "mariadb")
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -121,5 +125,28 @@ room_cursors = Table(
     Column("user_id", Id, primary_key=True),
     Column("delivered_seq", BigInteger, nullable=False, server_default="0"),
     Column("read_seq", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=False), nullable=False, server_default=func.current_timestamp()),
+)
+
+
+# A user's named devices (the `default` device uses room_cursors): the key their cursors are kept
+# under, and when each was last seen (a device unseen for limits.device_ttl is forgotten).
+devices = Table(
+    "devices",
+    metadata,
+    Column("device_key", Id, primary_key=True, autoincrement=True),
+    Column("user_id", Id, nullable=False),
+    Column("device_id", DeviceId, nullable=False),
+    Column("last_seen_at", DateTime(timezone=False), nullable=False, server_default=func.current_timestamp()),
+    UniqueConstraint("user_id", "device_id"),
+    Index(None, "last_seen_at"),
+)
+
+device_cursors = Table(
+    "device_cursors",
+    metadata,
+    Column("device_key", Id, primary_key=True),
+    Column("room_id", Id, primary_key=True),
+    Column("delivered_seq", BigInteger, nullable=False, server_default="0"),
     Column("updated_at", DateTime(timezone=False), nullable=False, server_default=func.current_timestamp()),
 )

@@ -12,6 +12,8 @@ The parts:
   it for the SQL flusher, all in one atomic step. The flusher takes batches and confirms them;
   a batch taken by a flusher that died is handed out again.
 - `Cursors`: per user and room, the highest seq delivered to the user. Catch-up on connect starts there.
+  The same shape serves the read marks (per user and room) and the named devices' delivery cursors
+  (per device key and room; the `default` device of a user uses the user's cursors).
 - `Registry`: gateways and send instances with heartbeat TTLs, and user routes with a reconnect lease.
 - `Bus`: best-effort broadcast between processes (cache invalidation), never used for delivery.
 """
@@ -200,9 +202,10 @@ class Rosters(Protocol):
 
 
 class Cursors(Protocol):
-    """Forward-only watermarks per (user, room), each change reported once to the SQL flusher. Two
-    engines parts have this shape: `cursors` (what was delivered to the user) and `read_marks` (what
-    he has read: his read state)."""
+    """Forward-only watermarks per (owner, room), each change reported once to the SQL flusher. Three
+    engine parts have this shape: `cursors` (what was delivered to the user's `default` device),
+    `read_marks` (what he has read: his read state) and `device_cursors` (what was delivered to a
+    named device; the owner is its device key)."""
 
     async def get(self, user_id: int, room_ids: Sequence[int]) -> dict[int, int]:
         """The seq of each given room that has a cursor (missing rooms are left out)."""
@@ -218,6 +221,9 @@ class Cursors(Protocol):
 
     async def take_dirty(self, max_items: int) -> list[tuple[int, int, int]]:
         """Cursors changed since they were last taken, for the SQL flusher (at-least-once)."""
+
+    async def forget(self, owner_ids: Sequence[int]) -> None:
+        """Drop every cursor of these owners (devices that are forgotten), dirty ones included."""
 
 
 # -- registry ---------------------------------------------------------------------------------------
@@ -252,18 +258,47 @@ class SendInfo:
                 "last_heartbeat": self.last_heartbeat}
 
 
+DEFAULT_DEVICE = "default"  # the device of a connection that names none (every GoStacker client)
+
+
 @dataclass(slots=True)
 class UserRoute:
+    """Where one device of a user is connected (or leased, after a disconnect). A user's route is
+    his most recent device's, with his other devices in `others` (registry/device_routes.py)."""
+
     user_id: int
     gateway_id: str
     address: str  # "host:port" as GoStacker stores it
     connected_at: float
     status: str = "connected"  # or "disconnected": the reconnect lease
     epoch: str = ""  # the gateway's epoch when the route was written
+    device_id: str = DEFAULT_DEVICE
+    # Unix seconds; 0: never. Set by the registry from the TTL the route was written with, and not
+    # part of what a route is (two reads of one route compare equal).
+    expires_at: float = field(default=0.0, compare=False)
+    others: tuple[UserRoute, ...] = ()  # the user's other devices (each with no `others` of its own)
+
+    def devices(self) -> tuple[UserRoute, ...]:
+        return (self, *self.others) if self.others else (self,)
+
+    def device(self, device_id: str) -> UserRoute | None:
+        for route in self.devices():
+            if route.device_id == device_id:
+                return route
+        return None
 
     def to_json(self) -> dict[str, Any]:
-        return {"user_id": self.user_id, "gateway_id": self.gateway_id, "address": self.address,
-                "connected_at": self.connected_at, "status": self.status, "epoch": self.epoch}
+        """GoStacker's route record, plus the device fields where they say something (a user with one
+        `default` device has exactly GoStacker's record)."""
+        record: dict[str, Any] = {"user_id": self.user_id, "gateway_id": self.gateway_id, "address": self.address,
+                                  "connected_at": self.connected_at, "status": self.status, "epoch": self.epoch}
+        if self.device_id != DEFAULT_DEVICE:
+            record["device_id"] = self.device_id
+        if self.expires_at:
+            record["expires_at"] = self.expires_at
+        if self.others:
+            record["others"] = [other.to_json() for other in self.others]
+        return record
 
 
 class Registry(Protocol):
@@ -279,6 +314,8 @@ class Registry(Protocol):
     async def remove_send(self, instance_id: str) -> None: ...
 
     async def set_route(self, route: UserRoute, ttl: int | None) -> None:
+        """Set the route of `route.device_id` for `ttl` seconds (None: no limit), keeping the user's other
+        devices (registry/device_routes.with_device), atomically against concurrent writers."""
         """ttl None: kept until replaced (a connected user's route lives as long as its gateway)."""
     async def get_routes(self, user_ids: Sequence[int]) -> dict[int, UserRoute]: ...
     async def delete_route_if(self, user_id: int, gateway_id: str) -> bool:
@@ -314,6 +351,7 @@ class Engine(Protocol):
     messages: MessageLog
     cursors: Cursors
     read_marks: Cursors
+    device_cursors: Cursors  # owners are device keys (messaging/devices.py)
     rosters: Rosters
     registry: Registry
     bus: Bus

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Generic, TypeVar
 
@@ -45,6 +45,7 @@ from pystacker.engine.base import (
     UserRoute,
 )
 from pystacker.engine.bus_handlers import HandlerTasks
+from pystacker.registry.device_routes import compose, expiry, record_ttl, with_device
 
 # -- inbox ------------------------------------------------------------------------------------------
 
@@ -430,6 +431,12 @@ class MemoryCursors:
             taken.append((user_id, room_id, self._seqs[(user_id, room_id)]))
         return taken
 
+    async def forget(self, owner_ids: Sequence[int]) -> None:
+        for owner in owner_ids:
+            for room_id in self._rooms.pop(owner, ()):
+                self._seqs.pop((owner, room_id), None)
+                self._dirty.pop((owner, room_id), None)
+
 
 # -- rosters ----------------------------------------------------------------------------------------
 
@@ -566,11 +573,16 @@ class MemoryRegistry:
         self._sends.delete(instance_id)
 
     async def set_route(self, route: UserRoute, ttl: int | None) -> None:
-        self._routes.put(route.user_id, route, ttl)
+        now = time.time()
+        record = with_device(self._routes.get(route.user_id), replace(route, expires_at=expiry(ttl, now), others=()), now)
+        self._routes.put(route.user_id, record, record_ttl(record, now))
 
     async def get_routes(self, user_ids: Sequence[int]) -> dict[int, UserRoute]:
+        now = time.time()
         found = {user_id: self._routes.get(user_id) for user_id in user_ids}
-        return {user_id: route for user_id, route in found.items() if route is not None}
+        # A device's lease ends before the record does when another device outlives it.
+        return {user_id: record for user_id, route in found.items()
+                if route is not None and (record := compose(route.devices(), now) if route.others else route) is not None}
 
     async def delete_route_if(self, user_id: int, gateway_id: str) -> bool:
         route = self._routes.get(user_id)
@@ -606,6 +618,7 @@ class MemoryEngine:
     messages: MessageLog
     cursors: Cursors
     read_marks: Cursors
+    device_cursors: Cursors
     rosters: Rosters
     registry: Registry
     bus: Bus
@@ -616,6 +629,7 @@ class MemoryEngine:
         self.messages = MemoryMessageLog(settings, seq_seed)
         self.cursors = MemoryCursors()
         self.read_marks = MemoryCursors()
+        self.device_cursors = MemoryCursors()
         self.rosters = MemoryRosters(settings)
         self.registry = MemoryRegistry()
         self._bus = MemoryBus()  # kept as itself: close() is not part of the Bus interface

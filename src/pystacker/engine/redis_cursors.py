@@ -1,5 +1,6 @@
-"""Delivery cursors and read marks on Redis: one HASH per user (room -> seq) and a dirty ZSET per user
-partition, for each of the two kinds of watermark (RedisCursors.delivery and RedisCursors.reading).
+"""Delivery cursors, read marks and named devices' cursors on Redis: one HASH per owner (room -> seq)
+and a dirty ZSET per owner partition, for each of the three kinds of watermark (RedisCursors.delivery,
+.reading and .devices; an owner is a user, or a device key for the last).
 
 A user's hash and the dirty set of his partition share a hash tag (`{<prefix>pystacker:c<n>}`, n =
 user_id % partitions), so that moving a cursor and marking it dirty is one script: a cursor can never
@@ -63,6 +64,10 @@ class RedisCursors:
     def reading(cls, client: Client, keys: RedisKeys) -> RedisCursors:
         return cls(client, keys, hash_of=keys.read_marks, dirty_of=keys.dirty_read_marks)
 
+    @classmethod
+    def devices(cls, client: Client, keys: RedisKeys) -> RedisCursors:
+        return cls(client, keys, hash_of=keys.device_cursors, dirty_of=keys.dirty_device_cursors)
+
     async def get(self, user_id: int, room_ids: Sequence[int]) -> dict[int, int]:
         if not room_ids:
             return {}
@@ -100,6 +105,12 @@ class RedisCursors:
             calls.append(run(self._advance, keys, args))
         # One script per partition, all at once (partitions live in different slots on a cluster).
         await asyncio.gather(*calls)
+
+    async def forget(self, owner_ids: Sequence[int]) -> None:
+        # Their dirty members stay in the partition's set (finding them would mean a scan per owner):
+        # the flusher writes them to SQL, and its next sweep deletes rows of devices that are gone.
+        for owner in owner_ids:
+            await self._client.delete(self._hash_of(owner))
 
     async def take_dirty(self, max_items: int) -> list[tuple[int, int, int]]:
         if max_items <= 0:

@@ -125,6 +125,7 @@ class RedisEngine:
     messages: MessageLog
     cursors: Cursors
     read_marks: Cursors
+    device_cursors: Cursors
     rosters: Rosters
     registry: Registry
     bus: Bus
@@ -153,6 +154,7 @@ class RedisEngine:
         self._log = self.messages = RedisMessageLog(cache or client, self.keys, settings, seq_seed)
         self.cursors = RedisCursors.delivery(queue or client, self.keys)
         self.read_marks = RedisCursors.reading(queue or client, self.keys)
+        self.device_cursors = RedisCursors.devices(queue or client, self.keys)
         self.rosters = RedisRosters(client, self.keys, settings)
         self._registry = self.registry = RedisRegistry(client, self.keys)
         # The append and the route reads can share a pipeline only on one plain server: a cluster

@@ -128,6 +128,14 @@ class RedisKeys:
         """ZSET: "<user>:<room>:<seq>" of read marks changed since taken, like dirty_cursors."""
         return f"{self._cursor_tag(partition)}:read:dirty"
 
+    def device_cursors(self, device_key: int) -> str:
+        """HASH: room id -> delivered seq, for one named device (partitioned by its device key)."""
+        return f"{self._cursor_tag(self.user_partition(device_key))}:dcur:{device_key}"
+
+    def dirty_device_cursors(self, partition: int) -> str:
+        """ZSET: "<device key>:<room>:<seq>" of device cursors changed since taken, like dirty_cursors."""
+        return f"{self._cursor_tag(partition)}:dcur:dirty"
+
     # -- registry (GoStacker's names) ----------------------------------------------------------------------
 
     def gateway(self, gateway_id: str) -> str:

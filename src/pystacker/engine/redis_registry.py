@@ -3,7 +3,8 @@
 `registry:gateway:<id>` and `registry:send:<id>` hold JSON records with the heartbeat TTL; the
 `...:instances` SETs index them. Only the records expire, so listing skips ids whose record is gone
 and removes them from the index (GoStacker cleaned the send index only, and its gateway index grew
-for ever). `route:user:<uid>` holds the route JSON, with the lease TTL or none.
+for ever). `route:user:<uid>` holds the route JSON of the user's most recent device, with his other
+devices in `others` (registry/device_routes.py), until its last device's route expires.
 
 Records and indexes are in different slots on a cluster, so writes are two commands (record first,
 then index); reads use MGET, split by slot on a cluster (redis_common.get_many).
@@ -12,19 +13,36 @@ then index); reads use MGET, split by slot on a cluster (redis_common.get_many).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import orjson
 
-from pystacker.engine.base import GatewayInfo, SendInfo, UserRoute
+from pystacker.engine.base import DEFAULT_DEVICE, GatewayInfo, SendInfo, UserRoute
 from pystacker.engine.redis_common import MGET_CHUNK, Client, get_many, register, run, text
 from pystacker.engine.redis_keys import RedisKeys
+from pystacker.registry.device_routes import compose, expiry, record_ttl, with_device
 
 log = logging.getLogger("pystacker.engine.redis")
 
 T = TypeVar("T")
+
+# KEYS: route. ARGV: the value read before (empty: none), the new value, its TTL in seconds (0: none)
+# -> 1 if the route still held the value read and was replaced, 0 if another writer came first.
+_REPLACE_ROUTE_IF = """
+local current = redis.call('GET', KEYS[1])
+if (current or '') ~= ARGV[1] then return 0 end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+end
+return 1
+"""
+ROUTE_WRITE_ATTEMPTS = 50  # concurrent connects of one user's devices: each retry sees the other's write
 
 # KEYS: route. ARGV: gateway id -> 1 if the route pointed there and was deleted.
 _DELETE_ROUTE_IF = """
@@ -62,9 +80,18 @@ def _send(fields: dict[str, Any]) -> SendInfo:
 
 
 def _route(fields: dict[str, Any]) -> UserRoute:
-    return UserRoute(user_id=int(fields["user_id"]), gateway_id=str(fields["gateway_id"]),
-                     address=str(fields.get("address", "")), connected_at=_seconds(fields.get("connected_at")),
-                     status=str(fields.get("status", "connected")), epoch=str(fields.get("epoch", "")))
+    route = UserRoute(user_id=int(fields["user_id"]), gateway_id=str(fields["gateway_id"]),
+                      address=str(fields.get("address", "")), connected_at=_seconds(fields.get("connected_at")),
+                      status=str(fields.get("status", "connected")), epoch=str(fields.get("epoch", "")),
+                      device_id=str(fields.get("device_id", DEFAULT_DEVICE)),
+                      expires_at=float(fields.get("expires_at", 0.0)))
+    if "others" not in fields:
+        return route  # one device: the record as it is (its key expires with it)
+    route.others = tuple(_route(other) for other in fields["others"])
+    composed = compose(route.devices())  # a device's lease may have ended before the record
+    if composed is None:
+        raise ValueError("every device's route has expired")
+    return composed
 
 
 def _parse(raw: bytes | None, build: Callable[[dict[str, Any]], T], key: str) -> T | None:
@@ -83,6 +110,7 @@ class RedisRegistry:
         self._client = client
         self._keys = keys
         self._delete_route_if = register(client, _DELETE_ROUTE_IF)
+        self._replace_route_if = register(client, _REPLACE_ROUTE_IF)
 
     async def _get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return await get_many(self._client, keys)
@@ -149,9 +177,17 @@ class RedisRegistry:
     # -- routes ---------------------------------------------------------------------------------------------
 
     async def set_route(self, route: UserRoute, ttl: int | None) -> None:
-        # A plain SET drops an earlier TTL: a reconnected user's route lives until replaced.
-        await self._client.set(self._keys.route(route.user_id), orjson.dumps(route.to_json()),
-                               ex=None if ttl is None else max(int(ttl), 1))
+        # Read, merge the device in, write if nobody wrote meanwhile: the merge is Python's (one
+        # home, device_routes.py), the compare-and-set Redis's. The record's TTL is its last device's.
+        key = self._keys.route(route.user_id)
+        for _ in range(ROUTE_WRITE_ATTEMPTS):
+            now = time.time()
+            raw = await self._client.get(key)
+            record = with_device(_parse(raw, _route, key), replace(route, expires_at=expiry(ttl, now), others=()), now)
+            if await run(self._replace_route_if, [key], [raw or b"", orjson.dumps(record.to_json()),
+                                                         record_ttl(record, now) or 0]):
+                return
+        raise RuntimeError(f"route of user {route.user_id}: {ROUTE_WRITE_ATTEMPTS} concurrent writes in a row")
 
     async def get_routes(self, user_ids: Sequence[int]) -> dict[int, UserRoute]:
         users, keys = self._route_keys(user_ids)

@@ -1,11 +1,13 @@
-"""Write-behind of messages, delivery cursors, read marks and rosters (memberships) to SQL.
+"""Write-behind of messages, delivery cursors (users' and named devices'), read marks and rosters
+(memberships) to SQL; and the forgetting of devices not seen for `limits.device_ttl`.
 
 A batch is taken from the engine, inserted in one statement, then confirmed; a flusher that dies
 between take and confirm leaves the batch to be handed out again (spec 13.2 #23: GoStacker's LPOP
 lost it), and rows SQL already has are skipped, so a retried or duplicate batch never blocks the
 queue. It loops at once while batches come full and waits `idle_interval` when there is nothing.
 Rosters are written every `roster_interval` seconds (GoStacker's group_cache.flush_interval_seconds):
-readers never need SQL's copy of a roster that is cached, so it may lag a little.
+readers never need SQL's copy of a roster that is cached, so it may lag a little. Devices unseen
+for the TTL are looked for every `device_sweep_interval` seconds, first at start.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 
 from pystacker.config import Config
 from pystacker.engine.base import Engine, FlushBatch
+from pystacker.messaging.devices import DeviceStore
 from pystacker.messaging.rosters import RosterFlusher, RosterSQL
 from pystacker.messaging.store import MessageStore
 from pystacker.observability import metrics
@@ -26,10 +29,13 @@ log = logging.getLogger("pystacker.flusher")
 CURSOR_DRAIN_ROUNDS = 20
 
 
+DEVICE_SWEEP_INTERVAL = 3600.0
+
+
 def flusher_settings(config: Config) -> dict[str, float]:
-    """The MessageFlusher arguments the config sets (GoStacker's group_cache block)."""
+    """The MessageFlusher arguments the config sets (GoStacker's group_cache block, limits.device_ttl)."""
     return {"roster_interval": config.group_cache.flush_interval_seconds,
-            "roster_batch_size": config.group_cache.batch_size}
+            "roster_batch_size": config.group_cache.batch_size, "device_ttl": config.limits.device_ttl}
 
 
 class _BatchForgotten(Exception):
@@ -39,7 +45,8 @@ class _BatchForgotten(Exception):
 class MessageFlusher:
     def __init__(self, engine: Engine, store: MessageStore, *, batch_size: int = 500,
                  idle_interval: float = 0.2, error_backoff: float = 1.0, roster_interval: float = 5.0,
-                 roster_batch_size: int = 100) -> None:
+                 roster_batch_size: int = 100, device_ttl: float = 30 * 86400,
+                 device_sweep_interval: float = DEVICE_SWEEP_INTERVAL) -> None:
         self.engine = engine
         self.store = store
         self.batch_size = batch_size
@@ -48,12 +55,17 @@ class MessageFlusher:
         self.rosters = RosterFlusher(engine, RosterSQL(store.engine), batch_size=roster_batch_size)
         self.roster_interval = roster_interval
         self._next_roster_flush = 0.0  # time.monotonic()
+        self.devices = DeviceStore(store.engine)
+        self.device_ttl = device_ttl
+        self.device_sweep_interval = device_sweep_interval
+        self._next_device_sweep = 0.0  # time.monotonic()
         self.flushed = 0
         self.failures = 0
         self._unfinished: FlushBatch | None = None  # taken, not yet confirmed: the next round retries it
         # Taken from the engine, not yet in SQL: delivery cursors and read marks.
         self._unsaved_cursors: list[tuple[int, int, int]] = []
         self._unsaved_read_marks: list[tuple[int, int, int]] = []
+        self._unsaved_device_cursors: list[tuple[int, int, int]] = []
 
     async def flush_messages_once(self) -> int:
         # A batch whose insert or confirm failed (SQL or Redis unreachable) is tried again first.
@@ -100,7 +112,9 @@ class MessageFlusher:
         self._unsaved_cursors = cursors
         read_marks = self._unsaved_read_marks + await self.engine.read_marks.take_dirty(self.batch_size)
         self._unsaved_read_marks = read_marks
-        if not cursors and not read_marks:
+        device_cursors = self._unsaved_device_cursors + await self.engine.device_cursors.take_dirty(self.batch_size)
+        self._unsaved_device_cursors = device_cursors
+        if not cursors and not read_marks and not device_cursors:
             return 0
         for _ in range(CURSOR_DRAIN_ROUNDS):
             if await self.flush_messages_once() < self.batch_size:
@@ -111,9 +125,19 @@ class MessageFlusher:
         self._unsaved_cursors = []
         await self.store.save_read_marks(read_marks)
         self._unsaved_read_marks = []
-        metrics.FLUSHER_CURSORS.inc(len(cursors))
+        await self.devices.save_cursors(device_cursors)
+        self._unsaved_device_cursors = []
+        metrics.FLUSHER_CURSORS.inc(len(cursors) + len(device_cursors))
         metrics.FLUSHER_READ_MARKS.inc(len(read_marks))
-        return len(cursors) + len(read_marks)
+        return len(cursors) + len(read_marks) + len(device_cursors)
+
+    async def forget_unseen_devices(self) -> int:
+        """Devices not seen for device_ttl go, with their cursors in SQL and in the engine."""
+        keys = await self.devices.forget_unseen(int(self.device_ttl))
+        if keys:
+            await self.engine.device_cursors.forget(keys)
+            log.info("forgot devices not seen for %ds", int(self.device_ttl), extra={"devices": len(keys)})
+        return len(keys)
 
     async def flush_rosters_once(self) -> int:
         return await self.rosters.flush_once()
@@ -130,6 +154,9 @@ class MessageFlusher:
             while await self.flush_rosters_once() >= self.rosters.batch_size:
                 pass  # a full batch: more rooms wait
             self._next_roster_flush = time.monotonic() + self.roster_interval
+        if time.monotonic() >= self._next_device_sweep:
+            self._next_device_sweep = time.monotonic() + self.device_sweep_interval
+            await self.forget_unseen_devices()
         return moved
 
     async def run(self) -> None:

@@ -31,7 +31,7 @@ def build_gateway_app(runtime: Runtime, *, port: int) -> web.Application:
                                   lambda request: request.path.startswith("/center/"))])
     install_health(app, "gateway", runtime.readiness_checks())
     presence = GatewayPresence(runtime.engine.registry, gateway_id, config.address, port,
-                               config.dispatcher.max_connections, lambda: len(service.connections),
+                               config.dispatcher.max_connections, lambda: service.connection_count,
                                ttl=config.registry.gateway_heartbeat_timeout,
                                interval=config.registry.gateway_heartbeat_interval)
     settings = GatewaySettings(
@@ -41,12 +41,13 @@ def build_gateway_app(runtime: Runtime, *, port: int) -> web.Application:
         queue_size=config.dispatcher.send_channel_size,
         threshold_pending=config.dispatcher.threshold_pending)
     registry = RegistryService(runtime.engine.registry, user_route_ttl=config.registry.user_route_ttl)
-    service = GatewayService(runtime.engine, settings, parts.cursors, parts.handoff, registry, presence, parts.reading)
+    service = GatewayService(runtime.engine, settings, parts.cursors, parts.handoff, registry, presence, parts.reading,
+                             parts.devices, device_limit=config.limits.devices_per_user)
     presence.on_vanished = service.registry_entry_vanished  # Redis lost its state: every client catches up
     sender = new_send_service(runtime)
     frames = ClientFrames(sender, parts.history, parts.members, runtime.send_limiter)
     ws_settings = WebSocketSettings(config.websocket.ping_interval, config.websocket.pong_deadline)
-    GatewayRoutes(service, runtime.tokens, frames, parts.history, parts.cursors, ws_settings).install(app)
+    GatewayRoutes(service, runtime.tokens, frames, parts.history, parts.devices, ws_settings).install(app)
     app[GATEWAY_SERVICE] = service
 
     async def lifecycle(_: web.Application):  # type: ignore[no-untyped-def]

@@ -135,7 +135,8 @@ class ClientFrames:
     async def _send(self, conn: Connection, frame: SendFrame) -> None:
         if self.send_limiter is not None:
             self.send_limiter.check(conn.user_id, "messages")
-        appended = await self.sender.send(conn.user_id, frame.room_id, frame.content, frame.client_msg_id)
+        appended = await self.sender.send(conn.user_id, frame.room_id, frame.content, frame.client_msg_id,
+                                          conn.device_id)
         self._reply(conn, send_result_frame(appended.message, duplicate=appended.duplicate, ref=frame.ref))
 
     async def _sync(self, conn: Connection, frame: SyncFrame) -> None:

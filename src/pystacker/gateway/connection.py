@@ -1,4 +1,4 @@
-"""One client's WebSocket: a bounded queue, one writer, per-room ordering and the delivery cursor.
+"""One device's WebSocket: a bounded queue, one writer, per-room ordering and the delivery cursor.
 
 Everything bound for the socket goes through the queue and is written by the single writer task, in
 order. Live room messages arrive as prebuilt WebSocket frames (built once per inbox entry for all its
@@ -39,7 +39,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from aiohttp.http_writer import StreamWriter
 
-from pystacker.engine.base import StoredMessage
+from pystacker.engine.base import DEFAULT_DEVICE, Cursors, StoredMessage
 from pystacker.gateway.wsframes import ping_frame, text_frame
 from pystacker.messaging.acks import EntryTracker
 from pystacker.messaging.frames import CLOSE_SLOW_CONSUMER, batch_frame, chat_frame, encode
@@ -119,8 +119,18 @@ def _reset_on_close(transport: asyncio.BaseTransport) -> None:
 
 
 class CursorSource(Protocol):
+    """Where one device stands: the user's cursors for his `default` device (messaging/cursors.py),
+    a named device's own otherwise (messaging/devices.py)."""
+
+    @property
+    def watermarks(self) -> Cursors:
+        """The engine part its positions are saved in."""
+
+    def owner(self, user_id: int) -> int:
+        """Whose positions they are in `watermarks`: the user, or the device's key."""
+
     async def starting_points(self, user_id: int, room_ids: list[int]) -> dict[int, int]:
-        """Where the user stands in each room (delivered seq); every given room gets a value."""
+        """Where the device stands in each room (delivered seq); every given room gets a value."""
 
     async def rooms_of(self, user_id: int) -> list[int]: ...
 
@@ -135,15 +145,16 @@ _NO_ROOMS: frozenset[int] = frozenset()
 
 
 class Connection:
-    __slots__ = ("user_id", "metrics", "ws", "transport", "history", "cursors", "tracker", "sequencer", "queue",
+    __slots__ = ("user_id", "device_id", "metrics", "ws", "transport", "history", "cursors", "tracker", "sequencer", "queue",
                  "queue_size", "_started", "client_acks", "unsaved", "_written", "_probe", "_probe_ids",
                  "_probe_timer", "close_code", "_catching_up", "_behind", "_writer", "_burst", "_burst_bytes",
                  "_flush_scheduled")
 
     def __init__(self, user_id: int, ws: web.WebSocketResponse, *, queue_size: int, history: History,
-                 cursors: CursorSource, tracker: EntryTracker,
+                 cursors: CursorSource, tracker: EntryTracker, device_id: str = DEFAULT_DEVICE,
                  transport: asyncio.BaseTransport | None = None, metrics: GatewayMetrics | None = None) -> None:
         self.user_id = user_id
+        self.device_id = device_id
         self.metrics = metrics or GatewayMetrics("unknown")
         self.ws = ws
         self.transport = transport  # the TCP connection under ws, to abort a peer that stopped reading

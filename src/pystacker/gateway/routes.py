@@ -8,11 +8,13 @@ from aiohttp import WSMsgType, web
 from pystacker.gateway.client_frames import ClientFrames
 from pystacker.gateway.connection import Connection, RawFrame
 from pystacker.gateway.service import GatewayService
-from pystacker.messaging.cursors import CursorBook
+from pystacker.engine.base import DEFAULT_DEVICE
+from pystacker.messaging.devices import Devices
 from pystacker.messaging.frames import PushEntry, decode_entry, encode, error_frame, system_frame
 from pystacker.messaging.history import History
 from pystacker.web.auth import TokenService, bearer_token
 from pystacker.web.envelope import ApiError, ok
+from pystacker.web.requests import request_device
 from pystacker.web.openapi import Auth, Param, Reply, Route, add_routes
 
 log = logging.getLogger("pystacker.gateway.ws")
@@ -39,12 +41,12 @@ class WebSocketSettings:
 
 class GatewayRoutes:
     def __init__(self, service: GatewayService, tokens: TokenService, frames: ClientFrames, history: History,
-                 cursors: CursorBook, ws_settings: WebSocketSettings) -> None:
+                 devices: Devices, ws_settings: WebSocketSettings) -> None:
         self.service = service
         self.tokens = tokens
         self.frames = frames
         self.history = history
-        self.cursors = cursors
+        self.devices = devices
         self.ws_settings = ws_settings
 
     def install(self, app: web.Application) -> None:
@@ -54,7 +56,10 @@ class GatewayRoutes:
                   "Open the WebSocket (frames: docs/compatibility.md). A plain HTTP request gets 400.",
                   auth=Auth.WEBSOCKET, params=[
                       Param("catchup", {"type": "string"}, "`0`: no catch-up on connect (the client syncs itself)"),
-                      Param("acks", {"type": "string"}, "`1`: the client's `ack` frames alone move its cursor")],
+                      Param("acks", {"type": "string"}, "`1`: the client's `ack` frames alone move its cursor"),
+                      Param("device_id", {"type": "string", "pattern": r"^[\x21-\x7e]{1,64}$"},
+                            "This device (also the `X-Device-Id` header); none: `default`. Each device of a "
+                            "user has its own socket and cursors")],
                   reply=Reply(None, status=101, description="Switching Protocols: the WebSocket is open"),
                   errors=(400, 503), error_bodies={503: None},
                   error_text={400: "not a WebSocket upgrade request",
@@ -73,8 +78,10 @@ class GatewayRoutes:
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         user_id = self._authenticate(request)
+        device_id = request_device(request)
         if not self.service.accepting or not self.service.has_capacity():
             return web.Response(status=503)  # GoStacker: 503 with an empty body
+        cursors = await self.devices.cursors_for(user_id, device_id)
         ws = web.WebSocketResponse(heartbeat=self.ws_settings.ping_interval, max_msg_size=MAX_FRAME_BYTES,
                                    compress=False, autoping=False)  # pongs confirm delivery: see Connection
         if not ws.can_prepare(request).ok:
@@ -82,16 +89,18 @@ class GatewayRoutes:
         await ws.prepare(request)
         ws._pong_heartbeat = self.ws_settings.pong_wait  # noqa: SLF001 - see WebSocketSettings
         conn = Connection(user_id, ws, queue_size=self.service.settings.queue_size, history=self.history,
-                          cursors=self.cursors, tracker=self.service.tracker, transport=request.transport,
-                          metrics=self.service.metrics)
+                          cursors=cursors, tracker=self.service.tracker, device_id=device_id,
+                          transport=request.transport, metrics=self.service.metrics)
         # `?acks=1`: the client acknowledges what it read, so its acks alone move its cursor, from the
         # first frame on (a message written into a socket that dies unread is then sent again).
         conn.client_acks = request.query.get("acks") == "1"
         self.service.metrics.connects.inc()
         self.service.metrics.connections.inc()
         try:
-            await self.service.attach(conn, catch_up=request.query.get("catchup") != "0",
-                                      welcome=system_frame(user_id=user_id, gateway_id=self.service.gateway_id))
+            welcome = system_frame(user_id=user_id, gateway_id=self.service.gateway_id)
+            if device_id != DEFAULT_DEVICE:
+                welcome["device_id"] = device_id
+            await self.service.attach(conn, catch_up=request.query.get("catchup") != "0", welcome=welcome)
             async for message in ws:
                 if message.type is WSMsgType.TEXT:
                     await self.frames.handle(conn, message.data)

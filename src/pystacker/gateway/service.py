@@ -17,16 +17,19 @@ from typing import Any
 
 import orjson
 
-from pystacker.engine.base import Engine, InboxEntry
+from pystacker.engine.base import DEFAULT_DEVICE, Engine, InboxEntry, UserRoute
 from pystacker.gateway.connection import CatchUp, Connection, Item, RawFrame, RoomPush
 from pystacker.gateway.wsframes import text_frame
 from pystacker.messaging.acks import EntryTracker
 from pystacker.messaging.cursors import CursorBook
-from pystacker.messaging.frames import (CLOSE_REPLACED, CLOSE_SHUTDOWN, PushEntry, ack_frame, chat_frame, decode_entry,
-                                       encode, read_frame)
+from pystacker.messaging.devices import DeviceCursors, Devices
+from pystacker.messaging.fanout import route_is_live
+from pystacker.messaging.frames import (CLOSE_DEVICE_LIMIT, CLOSE_REPLACED, CLOSE_SHUTDOWN, PushEntry, ack_frame,
+                                       chat_frame, decode_entry, encode, read_frame)
 from pystacker.messaging.handoff import CATCH_UP, Handoff
 from pystacker.messaging.readstate import READ, ReadState
 from pystacker.observability import metrics, tracing
+from pystacker.registry.device_routes import connected_devices
 from pystacker.registry.presence import GatewayPresence
 from pystacker.registry.service import ROUTE_RENEW_SECONDS, RegistryService
 
@@ -36,6 +39,9 @@ READ_COUNT = 100
 READ_BLOCK_MS = 1000
 ACK_INTERVAL = 0.05
 CURSOR_SAVE_INTERVAL = 1.0
+CLOSE_DEVICE = "close_device"  # an inbox entry type: "close this device of the target" (the device limit)
+PER_DEVICE = frozenset({"ack", CLOSE_DEVICE})  # entry types for one device of each target, not all
+DEVICE_LIMIT_REASON = "too many devices online: this one connected longest ago"
 # Close code for the sockets of a gateway that found the shared store had lost its state (a Redis
 # restarted without persistence): "service restart", the client reconnects and catches up.
 CLOSE_STORE_LOST = 1012
@@ -52,7 +58,8 @@ class GatewaySettings:
 
 class GatewayService:
     def __init__(self, engine: Engine, settings: GatewaySettings, cursors: CursorBook, handoff: Handoff,
-                 registry: RegistryService, presence: GatewayPresence, reading: ReadState) -> None:
+                 registry: RegistryService, presence: GatewayPresence, reading: ReadState, devices: Devices, *,
+                 device_limit: int) -> None:
         self.engine = engine
         self.settings = settings
         self.gateway_id = settings.gateway_id
@@ -63,7 +70,11 @@ class GatewayService:
         self.presence = presence
         self.tracker = EntryTracker()
         self.metrics = metrics.GatewayMetrics(self.gateway_id)
-        self.connections: dict[int, Connection] = {}
+        self.device_limit = device_limit
+        self.devices = devices
+        # user -> device -> socket: every device of a user on this gateway gets his messages.
+        self.users: dict[int, dict[str, Connection]] = {}
+        self.connection_count = 0
         self.accepting = False
         self._tasks: list[asyncio.Task[None]] = []
         self._capacity_free = asyncio.Event()
@@ -104,12 +115,19 @@ class GatewayService:
             await self.presence.stop()
         except Exception:  # the store is down: the entry expires by its TTL; close the sockets anyway
             log.exception("leaving the registry failed")
-        for conn in list(self.connections.values()):
+        for conn in self.all_connections():
             conn.close_soon(CLOSE_SHUTDOWN, "gateway shutting down")
             await self.detach(conn)
 
     def has_capacity(self) -> bool:
-        return len(self.connections) < self.settings.max_connections
+        return self.connection_count < self.settings.max_connections
+
+    def connection(self, user_id: int, device_id: str = DEFAULT_DEVICE) -> Connection | None:
+        devices = self.users.get(user_id)
+        return devices.get(device_id) if devices is not None else None
+
+    def all_connections(self) -> list[Connection]:
+        return [conn for devices in self.users.values() for conn in devices.values()]
 
     # -- connections -----------------------------------------------------------------------------
 
@@ -118,16 +136,20 @@ class GatewayService:
         count) first, then the catch-up if asked. The socket is registered before anything else is
         awaited: a client may send as soon as its socket is open, and its `ack` and live messages
         need the route (they wait in the queue until the writer starts)."""
-        old = self.connections.get(conn.user_id)
-        self.connections[conn.user_id] = conn
-        if old is not None:
-            # Same user again on this gateway: the new socket replaces the old one. The old writer
+        devices = self.users.setdefault(conn.user_id, {})
+        old = devices.get(conn.device_id)
+        devices[conn.device_id] = conn
+        if old is None:
+            self.connection_count += 1
+        else:
+            # Same device again on this gateway: the new socket replaces the old one. The old writer
             # stops first and saves its cursor, so the new catch-up starts where the old one ended.
-            old.close_soon(CLOSE_REPLACED, "replaced by a newer connection")
+            old.close_soon(CLOSE_REPLACED, "replaced by a newer connection of this device")
             leftovers = await old.stop()
             await self._save(old)
-            await self._hand_on(conn.user_id, leftovers)
-        await self.registry.connect_user(conn.user_id, self.presence.info)
+            await self._hand_on(old, leftovers)
+        record = await self.registry.connect_user(conn.user_id, self.presence.info, conn.device_id)
+        await self._enforce_device_limit(conn, record)
         rooms = await self.cursors.rooms_of(conn.user_id)
         unread = sum(room.unread for room in (await self.reading.rooms(conn.user_id, rooms)).values())
         conn.greet(RawFrame(encode({**welcome, "unread": unread})))
@@ -137,27 +159,53 @@ class GatewayService:
             conn.offer(CatchUp(until=await self.cursors.last_seqs(rooms)))
         conn.start()
 
+    async def _enforce_device_limit(self, conn: Connection, record: UserRoute) -> None:
+        """More than `device_limit` devices of the user online (on any gateway): his devices that
+        connected longest ago are closed with CLOSE_DEVICE_LIMIT, here or through their gateway's inbox."""
+        if self.device_limit <= 0 or not record.others:
+            return
+        live = await self.handoff.live.get()
+        online = [r for r in connected_devices(record) if route_is_live(r, live)]
+        for route in [r for r in online if r.device_id != conn.device_id][:max(len(online) - self.device_limit, 0)]:
+            self.metrics.device_limit_closes.inc()
+            if route.gateway_id == self.gateway_id:
+                self.close_device(conn.user_id, route.device_id)
+            else:
+                entry = PushEntry(CLOSE_DEVICE, 0, 0, 0, [conn.user_id], None, device_id=route.device_id)
+                await self.engine.inbox.add([(route.gateway_id, entry.encode())])
+
+    def close_device(self, user_id: int, device_id: str) -> None:
+        conn = self.connection(user_id, device_id)
+        if conn is not None:
+            conn.close_soon(CLOSE_DEVICE_LIMIT, DEVICE_LIMIT_REASON)
+
     async def detach(self, conn: Connection) -> None:
         """The socket ended. Only the registered connection is removed (a replaced one is already
         gone: spec 13.2 #16); what it still had queued is handed on, never dropped."""
-        current = self.connections.get(conn.user_id) is conn
+        devices = self.users.get(conn.user_id)
+        current = devices is not None and devices.get(conn.device_id) is conn
         if current:
-            del self.connections[conn.user_id]
+            del devices[conn.device_id]  # type: ignore[union-attr]
+            self.connection_count -= 1
+            if not devices:
+                del self.users[conn.user_id]
         leftovers = await conn.stop()
         await self._save(conn)
         if current:
-            await self.registry.disconnect_user(conn.user_id, self.gateway_id)
-            if conn.user_id in self.connections:
-                # He reconnected here while the lease was being written, and that write may have
-                # landed after his new socket's connect: without this his route stayed
+            await self.registry.disconnect_user(conn.user_id, self.gateway_id, conn.device_id)
+            if self.connection(conn.user_id, conn.device_id) is not None:
+                # The device reconnected here while the lease was being written, and that write may
+                # have landed after its new socket's connect: without this its route stayed
                 # `disconnected` (no live push) until the next renewal, an hour later.
-                await self.registry.connect_user(conn.user_id, self.presence.info)
-        await self._hand_on(conn.user_id, leftovers)
+                await self.registry.connect_user(conn.user_id, self.presence.info, conn.device_id)
+        await self._hand_on(conn, leftovers)
 
-    async def _hand_on(self, user_id: int, items: list[Item]) -> None:
-        """Queued items of a closed connection: to the user's newer socket here, else room messages
-        to his gateway elsewhere (a user without one catches up from his cursor on connect)."""
-        replacement = self.connections.get(user_id)
+    async def _hand_on(self, closed: Connection, items: list[Item]) -> None:
+        """Queued items of a closed connection: to the device's newer socket here, else room messages
+        to the user's gateways elsewhere (a device without one catches up from its cursor on connect;
+        the user's other devices drop what they already have)."""
+        user_id = closed.user_id
+        replacement = self.connection(user_id, closed.device_id)
         for item in items:
             if item.entry_id is not None:
                 self.tracker.settle(item.entry_id)
@@ -181,7 +229,8 @@ class GatewayService:
             self._voided.discard(conn)
             return
         if unsaved:
-            await self.cursors.save([(conn.user_id, room, seq) for room, seq in unsaved.items()])
+            owner = conn.cursors.owner(conn.user_id)
+            await conn.cursors.watermarks.advance([(owner, room, seq) for room, seq in unsaved.items()])
 
     # -- inbox -----------------------------------------------------------------------------------
 
@@ -222,9 +271,26 @@ class GatewayService:
         """Offer one entry to its local targets; hand on the others."""
         local: list[Connection] = []
         away: list[int] = []
-        for user_id in push.target_ids:
-            conn = self.connections.get(user_id)
-            (local if conn is not None else away).append(conn if conn is not None else user_id)  # type: ignore[arg-type]
+        users = self.users
+        if push.type in PER_DEVICE:  # one device of each target: the one that sent, the one to close
+            device_id = push.device_id or DEFAULT_DEVICE
+            for user_id in push.target_ids:
+                conn = self.connection(user_id, device_id)
+                if conn is not None:
+                    local.append(conn)
+        else:
+            for user_id in push.target_ids:
+                devices = users.get(user_id)
+                if devices is None:
+                    away.append(user_id)
+                else:
+                    local.extend(devices.values())
+        if push.type == CLOSE_DEVICE:
+            for conn in local:
+                conn.close_soon(CLOSE_DEVICE_LIMIT, DEVICE_LIMIT_REASON)
+            if entry_id is not None:
+                self.tracker.open(entry_id, 0)
+            return
         if entry_id is not None:
             self.tracker.open(entry_id, len(local))
         if log.isEnabledFor(logging.DEBUG):  # a line per inbox entry: skipped entirely when off
@@ -287,10 +353,16 @@ class GatewayService:
                 raise
             except Exception:
                 log.exception("registry check failed; saving cursors anyway")
-            updates = [(conn.user_id, room, seq) for conn in list(self.connections.values()) if conn not in self._voided
-                       for room, seq in conn.take_unsaved().items()]
+            # One write per kind of cursor: the users' (default devices) and the named devices'.
+            updates: dict[Any, list[tuple[int, int, int]]] = {}
+            for conn in self.all_connections():
+                if conn not in self._voided and (unsaved := conn.take_unsaved()):
+                    owner = conn.cursors.owner(conn.user_id)
+                    updates.setdefault(conn.cursors.watermarks, []).extend(
+                        (owner, room, seq) for room, seq in unsaved.items())
             try:
-                await self.cursors.save(updates)
+                for watermarks, moves in updates.items():
+                    await watermarks.advance(moves)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -309,8 +381,8 @@ class GatewayService:
         if not self.accepting:
             return  # draining: the entry was removed on purpose
         log.warning("registry entry vanished: the store lost its state; closing every socket for a catch-up",
-                    extra={"gateway_id": self.gateway_id, "connections": len(self.connections)})
-        for conn in list(self.connections.values()):
+                    extra={"gateway_id": self.gateway_id, "connections": self.connection_count})
+        for conn in self.all_connections():
             conn.take_unsaved()
             self._voided.add(conn)
             conn.close_soon(CLOSE_STORE_LOST, "store restarted: reconnect and catch up")
@@ -318,11 +390,17 @@ class GatewayService:
     async def _renew_routes_loop(self) -> None:
         while True:
             await asyncio.sleep(ROUTE_RENEW_SECONDS)
-            for user_id in list(self.connections):
+            connections = self.all_connections()
+            for conn in connections:
                 try:
-                    await self.registry.connect_user(user_id, self.presence.info)
+                    await self.registry.connect_user(conn.user_id, self.presence.info, conn.device_id)
                 except Exception:
-                    log.exception("route renewal failed", extra={"user_id": user_id})
+                    log.exception("route renewal failed", extra={"user_id": conn.user_id})
+            try:  # a device online for longer than limits.device_ttl is not forgotten
+                await self.devices.store.touch([conn.cursors.key for conn in connections
+                                                if isinstance(conn.cursors, DeviceCursors)])
+            except Exception:
+                log.exception("marking the devices seen failed")
 
 
 def _entry_item(push: PushEntry, entry_id: str | None, trace: Any = None) -> Item:

@@ -6,16 +6,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from pystacker.engine.base import Engine
+from pystacker.engine.base import Cursors, Engine
 from pystacker.messaging.membership import MembershipCache
 from pystacker.messaging.store import MessageStore
 
 
 class CursorBook:
+    """Also the cursor source of every user's `default` device (gateway/connection.py CursorSource)."""
+
     def __init__(self, engine: Engine, store: MessageStore, members: MembershipCache) -> None:
         self.engine = engine
         self.store = store
         self.members = members
+
+    @property
+    def watermarks(self) -> Cursors:
+        return self.engine.cursors
+
+    def owner(self, user_id: int) -> int:
+        return user_id
 
     async def starting_points(self, user_id: int, room_ids: list[int]) -> dict[int, int]:
         """The delivered seq of each room: the engine's cursor, else SQL's, else the room's last seq.

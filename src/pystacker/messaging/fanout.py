@@ -1,9 +1,10 @@
 """Fan-out planning: which gateway inbox gets which members of a room. Pure logic, no I/O.
 
-One inbox entry per gateway per message, not per user. A user is online only if his route is
+One inbox entry per gateway per message, not per user. A device is online only if its route is
 `connected` and names a live gateway in the same epoch: a route left by a gateway that died or
-restarted is stale (GoStacker used such routes and lost the messages: spec 13.2 #15). Offline users
-need nothing here: the message log and their cursor bring it to them on connect.
+restarted is stale (GoStacker used such routes and lost the messages: spec 13.2 #15). A user is
+online on every gateway that holds one of his online devices. Offline users need nothing here: the
+message log and their cursors bring it to them on connect.
 """
 
 from __future__ import annotations
@@ -30,11 +31,20 @@ def route_is_live(route: UserRoute | None, live: Mapping[str, GatewayInfo]) -> b
 
 
 def plan_fanout(targets: Iterable[int], routes: Mapping[int, UserRoute], live: Mapping[str, GatewayInfo]) -> FanoutPlan:
+    """A user goes to every gateway that holds one of his devices, once per gateway (the gateway
+    delivers to each of his devices there)."""
     plan = FanoutPlan()
+    by_gateway = plan.by_gateway
     for user_id in targets:
         route = routes.get(user_id)
-        if route_is_live(route, live):
-            plan.by_gateway.setdefault(route.gateway_id, []).append(user_id)  # type: ignore[union-attr]
+        if route is not None and route.others:
+            gateways = {r.gateway_id for r in route.devices() if route_is_live(r, live)}
+            for gateway_id in gateways:
+                by_gateway.setdefault(gateway_id, []).append(user_id)
+            if not gateways:
+                plan.offline.append(user_id)
+        elif route_is_live(route, live):
+            by_gateway.setdefault(route.gateway_id, []).append(user_id)  # type: ignore[union-attr]
         else:
             plan.offline.append(user_id)
     return plan

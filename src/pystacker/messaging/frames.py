@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from pystacker.engine.base import StoredMessage
+from pystacker.engine.base import DEFAULT_DEVICE, StoredMessage
 
 WELCOME_TEXT = "Connected to WebSocket server"
 INFO_OFFLINE_FAILED = "You have offline messages but failed to retrieve them."
@@ -26,6 +26,7 @@ CLOSE_SLOW_CONSUMER = 4008  # its queue bound was hit; catch up after reconnecti
 CLOSE_REPLACED = 4009  # the same user connected again; this older socket is closed
 CLOSE_SHUTDOWN = 1001  # going away: the gateway drains for a restart
 CLOSE_PONG_TIMEOUT = 4010
+CLOSE_DEVICE_LIMIT = 4011  # the user has limits.devices_per_user devices online: his longest-connected one goes
 CLOSE_FRAME_TOO_BIG = 1009
 
 
@@ -109,6 +110,9 @@ class PushEntry:
     # W3C `traceparent` of the fan-out span (observability/tracing.py); None, and no key in the entry,
     # while tracing is off, so that entries stay byte for byte what they were.
     trace_parent: str | None = None
+    # For one device of each target only (an `ack` to the device that sent, a device to close);
+    # None, and no key: every device of the targets.
+    device_id: str | None = None
 
     def encode(self) -> bytes:
         fields = {
@@ -118,6 +122,8 @@ class PushEntry:
         }
         if self.trace_parent is not None:
             fields["TraceParent"] = self.trace_parent
+        if self.device_id is not None:
+            fields["DeviceID"] = self.device_id
         return orjson.dumps(fields)
 
     @classmethod
@@ -126,9 +132,11 @@ class PushEntry:
                    message.seq, message.client_msg_id, message.created_at_ms, message.type, trace_parent)
 
     @classmethod
-    def for_ack(cls, message: StoredMessage, trace_parent: str | None = None) -> PushEntry:
+    def for_ack(cls, message: StoredMessage, trace_parent: str | None = None, device_id: str = DEFAULT_DEVICE) -> PushEntry:
+        """The sender's ack, for the device that sent (no key for `default`: GoStacker's entry)."""
         return cls("ack", message.msg_id, message.room_id, message.sender_id, [message.sender_id], None,
-                   message.seq, message.client_msg_id, message.created_at_ms, message.type, trace_parent)
+                   message.seq, message.client_msg_id, message.created_at_ms, message.type, trace_parent,
+                   None if device_id == DEFAULT_DEVICE else device_id)
 
     def stored_message(self) -> StoredMessage:
         payload = self.payload if isinstance(self.payload, dict) else {}
@@ -157,6 +165,7 @@ def decode_entry(raw: bytes | str) -> PushEntry:
     if not isinstance(targets, list) or not all(isinstance(t, int) for t in targets):
         raise ValueError("inbox entry has bad target ids")
     trace_parent = _pick(data, "TraceParent", "trace_parent", None)
+    device_id = _pick(data, "DeviceID", "device_id", None)
     try:
         entry = PushEntry(
             type=str(_pick(data, "Type", "type", "chat")),
@@ -171,6 +180,7 @@ def decode_entry(raw: bytes | str) -> PushEntry:
             content_type=str(_pick(data, "ContentType", "content_type", "text") or "text"),
             # Not a string: ignored (the entry is still delivered, outside any trace).
             trace_parent=trace_parent if isinstance(trace_parent, str) else None,
+            device_id=device_id if isinstance(device_id, str) else None,
         )
     except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int() of an infinite float
         raise ValueError(f"inbox entry has a bad field: {exc}") from None

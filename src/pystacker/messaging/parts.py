@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from pystacker.engine.base import Engine
 from pystacker.messaging.cursors import CursorBook
+from pystacker.messaging.devices import Devices, DeviceStore
 from pystacker.messaging.handoff import Handoff, LiveGateways
 from pystacker.messaging.history import History
 from pystacker.messaging.membership import MembershipCache
@@ -24,14 +25,18 @@ class MessagingParts:
     live: LiveGateways
     handoff: Handoff
     reading: ReadState
+    devices: Devices
 
     @classmethod
-    def build(cls, engine: Engine, store: MessageStore, *, read_receipt_interval: float = 1.0) -> MessagingParts:
+    def build(cls, engine: Engine, store: MessageStore, *, read_receipt_interval: float = 1.0,
+              device_backlog: int = 50) -> MessagingParts:
         live = LiveGateways(engine)
         rosters = RosterBook(engine, RosterSQL(store.engine))
         members = MembershipCache(rosters)
         handoff = Handoff(engine, live)
+        cursors = CursorBook(engine, store, members)
+        reading = ReadState(engine.messages, ReadMarks(engine, store),
+                            ReadNotifier(handoff, interval=read_receipt_interval), RoomKinds(store))
         return cls(store=store, history=History(engine.messages, store), rosters=rosters, members=members,
-                   cursors=CursorBook(engine, store, members), live=live, handoff=handoff,
-                   reading=ReadState(engine.messages, ReadMarks(engine, store),
-                                     ReadNotifier(handoff, interval=read_receipt_interval), RoomKinds(store)))
+                   cursors=cursors, live=live, handoff=handoff, reading=reading,
+                   devices=Devices(cursors, DeviceStore(store.engine), engine, reading, backlog=device_backlog))

@@ -48,6 +48,9 @@ WS_FRAMES_OUT = Counter("pystacker_ws_frames_out_total", "Frames written to clie
                         "system, send_ok, error, pong, ...).", ["gateway", "type"])
 WS_SLOW_CONSUMERS = Counter("pystacker_ws_slow_consumer_disconnects_total",
                             "Connections closed with 4008 because their queue was full.", ["gateway"])
+WS_DEVICE_LIMIT_CLOSES = Counter("pystacker_ws_device_limit_closes_total",
+                                 "Devices closed with 4011 because their user had limits.devices_per_user online.",
+                                 ["gateway"])
 
 # -- messages ---------------------------------------------------------------------------------------
 
@@ -213,6 +216,7 @@ class GatewayMetrics:
         self.connections = WS_CONNECTIONS.labels(gateway_id)
         self.connects = WS_CONNECTS.labels(gateway_id)
         self.slow_consumers = WS_SLOW_CONSUMERS.labels(gateway_id)
+        self.device_limit_closes = WS_DEVICE_LIMIT_CLOSES.labels(gateway_id)
         self.delivered = MESSAGES_DELIVERED.labels(gateway_id)
         self.caught_up = MESSAGES_CAUGHT_UP.labels(gateway_id)
         self.gap_filled = MESSAGES_GAP_FILLED.labels(gateway_id)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Collection
+from dataclasses import replace
 
-from pystacker.engine.base import GatewayInfo, Registry, SendInfo, UserRoute
+from pystacker.engine.base import DEFAULT_DEVICE, GatewayInfo, Registry, SendInfo, UserRoute
 from pystacker.registry.choice import choose_gateway
 from pystacker.registry.liveness import GatewayLiveness
 
@@ -22,9 +23,11 @@ class RegistryService:
         self.user_route_ttl = user_route_ttl
         self.liveness = liveness
 
-    async def available_gateway(self, user_id: int | None, avoid: Collection[str] = ()) -> GatewayInfo | None:
-        """The gateway a connecting user should use. `avoid`: gateways the client could not reach; they
-        are probed (see liveness.py) and chosen only when no other one can take him."""
+    async def available_gateway(self, user_id: int | None, avoid: Collection[str] = (),
+                                device_id: str = DEFAULT_DEVICE) -> GatewayInfo | None:
+        """The gateway a connecting device of a user should use (its reconnect lease, else the least
+        loaded). `avoid`: gateways the client could not reach; they are probed (see liveness.py) and
+        chosen only when no other one can take him."""
         listed = await self.registry.list_gateways()
         live = listed
         if self.liveness is not None:
@@ -33,26 +36,28 @@ class RegistryService:
             live = await self.liveness.answering(listed, avoid) or listed
         lease = None
         if user_id is not None:
-            lease = (await self.registry.get_routes([user_id])).get(user_id)
+            record = (await self.registry.get_routes([user_id])).get(user_id)
+            lease = record.device(device_id) if record is not None else None
         return choose_gateway(live, lease, avoid=avoid)
 
-    async def connect_user(self, user_id: int, gateway: GatewayInfo) -> UserRoute:
-        """The user is on `gateway` now. Whether the route is live is judged by its gateway (alive, same
+    async def connect_user(self, user_id: int, gateway: GatewayInfo, device_id: str = DEFAULT_DEVICE) -> UserRoute:
+        """The user's device is on `gateway` now; returns the user's record (every device). Whether the route is live is judged by its gateway (alive, same
         epoch), not by its TTL, so a connected user never looks offline (spec 13.2 #11); the long TTL
         only clears routes that a dead gateway left behind, and the gateway renews it while connected."""
         route = UserRoute(user_id, gateway.gateway_id, f"{gateway.address}:{gateway.port}", time.time(),
-                          "connected", gateway.epoch)
+                          "connected", gateway.epoch, device_id)
         await self.registry.set_route(route, CONNECTED_ROUTE_TTL)
-        return route
+        record = (await self.registry.get_routes([user_id])).get(user_id)
+        return record if record is not None else route
 
-    async def disconnect_user(self, user_id: int, gateway_id: str) -> bool:
-        """Turn the route into the reconnect lease, if it still names this gateway (a user who moved to
-        another gateway keeps his new route)."""
-        route = (await self.registry.get_routes([user_id])).get(user_id)
+    async def disconnect_user(self, user_id: int, gateway_id: str, device_id: str = DEFAULT_DEVICE) -> bool:
+        """Turn the device's route into the reconnect lease, if it still names this gateway (a device
+        that moved to another gateway keeps its new route)."""
+        record = (await self.registry.get_routes([user_id])).get(user_id)
+        route = record.device(device_id) if record is not None else None
         if route is None or route.gateway_id != gateway_id:
             return False
-        route.status = "disconnected"
-        await self.registry.set_route(route, self.user_route_ttl)
+        await self.registry.set_route(replace(route, status="disconnected", others=()), self.user_route_ttl)
         return True
 
     async def available_send(self) -> SendInfo | None:

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Collection
 from typing import Any
 
-from pystacker.engine.base import Engine, StoredMessage, UserRoute
+from pystacker.engine.base import DEFAULT_DEVICE, Engine, StoredMessage, UserRoute
 from pystacker.messaging.handoff import LiveGateways
 from pystacker.messaging.fanout import plan_fanout
 from pystacker.messaging.frames import PushEntry
@@ -26,15 +26,16 @@ log = logging.getLogger("pystacker.send.fanout")
 
 
 class FanoutJob:
-    __slots__ = ("message", "members", "routes", "ack_sender", "trace")
+    __slots__ = ("message", "members", "routes", "ack_sender", "trace", "ack_device")
 
     def __init__(self, message: StoredMessage, members: Collection[int], routes: dict[int, UserRoute] | None,
-                 ack_sender: bool, trace: Any) -> None:
+                 ack_sender: bool, trace: Any, ack_device: str) -> None:
         self.message = message
         self.members = members
         self.routes = routes  # the members' routes read after the append (None: read them when pushing)
         self.ack_sender = ack_sender
         self.trace = trace  # the send span the fan-out continues (None: tracing off)
+        self.ack_device = ack_device  # the sender's device that sent: it gets the ack
 
 
 class Fanout:
@@ -51,11 +52,12 @@ class Fanout:
         self._tasks = [asyncio.create_task(self._work(q), name=f"fanout-{i}") for i, q in enumerate(self._queues)]
 
     async def submit(self, message: StoredMessage, members: Collection[int], *, ack_sender: bool = True,
-                     routes: dict[int, UserRoute] | None = None, trace: Any = None) -> None:
+                     routes: dict[int, UserRoute] | None = None, trace: Any = None,
+                     ack_device: str = DEFAULT_DEVICE) -> None:
         """Queue the push; waits while the room's worker queue is full. `routes`: the members' routes,
         read after the message was appended (None: read when pushing). `trace`: the span of the send."""
         await self._queues[message.room_id % len(self._queues)].put(
-            FanoutJob(message, members, routes, ack_sender, trace))
+            FanoutJob(message, members, routes, ack_sender, trace, ack_device))
 
     async def drain(self, timeout: float) -> None:
         """Let queued pushes finish (graceful stop)."""
@@ -75,7 +77,7 @@ class Fanout:
             job = await queue.get()
             try:
                 await self.push(job.message, job.members, ack_sender=job.ack_sender, routes=job.routes,
-                                trace=job.trace)
+                                trace=job.trace, ack_device=job.ack_device)
             except Exception:
                 self.failures += 1
                 metrics.FANOUT_FAILURES.inc()
@@ -85,7 +87,8 @@ class Fanout:
                 queue.task_done()
 
     async def push(self, message: StoredMessage, members: Collection[int], *, ack_sender: bool = True,
-                   routes: dict[int, UserRoute] | None = None, trace: Any = None) -> None:
+                   routes: dict[int, UserRoute] | None = None, trace: Any = None,
+                   ack_device: str = DEFAULT_DEVICE) -> None:
         """`trace`: the send's span, continued by a fan-out span whose context goes into the entries
         (None, tracing off: no span, and the entries carry no trace key)."""
         span = None if trace is None else tracing.start_span(
@@ -97,8 +100,12 @@ class Fanout:
             plan = plan_fanout(members, routes, await self.live.get())
             entries = [(gateway_id, PushEntry.for_message(message, targets, trace_parent).encode())
                        for gateway_id, targets in plan.by_gateway.items()]
-            sender_route = routes.get(message.sender_id)
-            if ack_sender and sender_route is not None and message.sender_id not in plan.offline:
+            sender_record = routes.get(message.sender_id)
+            sender_route = None
+            if sender_record is not None:
+                sender_route = sender_record if not sender_record.others else sender_record.device(ack_device)
+            if (ack_sender and sender_route is not None and sender_route.device_id == ack_device
+                    and message.sender_id not in plan.offline):
                 # The ack comes after every copy is in an inbox: "ack" means handed on, as in
                 # GoStacker (section 5). The other gateways' entries are written first; the sender's
                 # gateway's entry and the ack go last, in one call: one stream keeps their order, and
@@ -106,7 +113,7 @@ class Fanout:
                 ack_gateway = sender_route.gateway_id
                 await self._add([e for e in entries if e[0] != ack_gateway])
                 await self._add([e for e in entries if e[0] == ack_gateway], ack=(
-                    ack_gateway, PushEntry.for_ack(message, trace_parent).encode()))
+                    ack_gateway, PushEntry.for_ack(message, trace_parent, ack_device).encode()))
             else:
                 await self._add(entries)
             if self.read_marks is not None:

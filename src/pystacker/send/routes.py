@@ -17,7 +17,7 @@ from pystacker.web.envelope import ok
 from pystacker.web.openapi import (BOOLEAN, ID, INTEGER, STRING, Auth, Reply, Route, add_routes, array, component,
                                    envelope, nullable, obj)
 from pystacker.web.ratelimit import TokenBucketLimiter
-from pystacker.web.requests import RequestModel, parse_json, parse_query
+from pystacker.web.requests import RequestModel, parse_json, parse_query, request_device
 
 PositiveId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
 ClientMsgId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
@@ -133,7 +133,8 @@ class SendRoutes:
         body = await parse_json(request, SendRequest)
         if self.send_limiter is not None:  # after parsing: a malformed request is a 400 and costs nothing
             self.send_limiter.check(identity(request).user_id, "messages")
-        appended = await self.service.send(identity(request).user_id, body.room_id, body.content, body.client_msg_id)
+        appended = await self.service.send(identity(request).user_id, body.room_id, body.content, body.client_msg_id,
+                                           request_device(request))
         return ok("success", send_answer(appended.message, appended.duplicate))
 
     async def resend_message(self, request: web.Request) -> web.Response:

@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from pystacker.engine.base import Appended, Engine, NewMessage, StoredMessage
+from pystacker.engine.base import DEFAULT_DEVICE, Appended, Engine, NewMessage, StoredMessage
 from pystacker.messaging.content import parse_content
 from pystacker.messaging.history import History
 from pystacker.messaging.ids import Snowflake
@@ -48,7 +48,10 @@ class SendService:
         return members
 
     @monitored("send")
-    async def send(self, sender_id: int, room_id: int, content: Any, client_msg_id: str | None) -> Appended:
+    async def send(self, sender_id: int, room_id: int, content: Any, client_msg_id: str | None,
+                   device_id: str = DEFAULT_DEVICE) -> Appended:
+        """Accept a message from `device_id` of the sender (that device gets the `ack`; every device of
+        every member, the sender's included, gets the message)."""
         # The root of the message's trace, which the fan-out continues (observability/tracing.py).
         # Started and ended by hand: with tracing off this costs one flag test, not a context manager.
         span = tracing.start_span("send", attributes={"room_id": room_id, "sender_id": sender_id}) \
@@ -66,7 +69,7 @@ class SendService:
                 span.set_attributes({**tracing.message_attributes(appended.message), "duplicate": appended.duplicate})
             # A duplicate is pushed again too: the first attempt may have died before its push (gateways
             # drop what a client already has, by seq).
-            await self.fanout.submit(appended.message, members, routes=routes, trace=span)
+            await self.fanout.submit(appended.message, members, routes=routes, trace=span, ack_device=device_id)
         except BaseException as exc:
             if span is not None:
                 tracing.end_span(span, exc)

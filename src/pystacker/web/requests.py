@@ -8,6 +8,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from pystacker.messaging.devices import parse_device_id
 from pystacker.web.envelope import ApiError
 
 M = TypeVar("M", bound=BaseModel)
@@ -51,3 +52,12 @@ def parse_query(request: web.Request, model: type[M]) -> M:
         return model.model_validate(dict(request.query), strict=False)
     except ValidationError as exc:
         raise ApiError(400, describe(exc)) from None
+
+
+def request_device(request: web.Request) -> str:
+    """The device a request speaks for: `?device_id=`, else the `X-Device-Id` header, else `default`."""
+    raw = request.query.get("device_id") or request.headers.get("X-Device-Id")
+    try:
+        return parse_device_id(raw)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
