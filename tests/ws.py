@@ -49,6 +49,7 @@ class Client:
     frames: list[dict[str, Any]] = field(default_factory=list)  # every frame received, in order
     chats: list[dict[str, Any]] = field(default_factory=list)  # every chat message, duplicates included
     closed_code: int | None = None
+    device: str = "default"
 
     # -- receiving --------------------------------------------------------------------------------
 
@@ -179,10 +180,13 @@ def dedup(chats: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def connect(session: aiohttp.ClientSession, gateway_base: str, user: User, *, via: str = "header",
-                  catchup: bool = True, welcome: bool = True, autoping: bool = True, **kwargs: Any) -> Client:
-    """Open /api/ws for `user` (token in the Authorization header, or `?token=`), and by default read
-    the welcome `system` frame."""
+                  catchup: bool = True, welcome: bool = True, autoping: bool = True, device: str | None = None,
+                  **kwargs: Any) -> Client:
+    """Open /api/ws for `user` (token in the Authorization header, or `?token=`) as `device` (none:
+    the `default` device), and by default read the welcome `system` frame."""
     params: dict[str, str] = {}
+    if device is not None:
+        params["device_id"] = device
     headers: dict[str, str] = {}
     if via == "header":
         headers["Authorization"] = f"Bearer {user.token}"
@@ -191,7 +195,7 @@ async def connect(session: aiohttp.ClientSession, gateway_base: str, user: User,
     if not catchup:
         params["catchup"] = "0"
     ws = await session.ws_connect(ws_url(gateway_base), headers=headers, params=params, autoping=autoping, **kwargs)
-    client = Client(user, ws)
+    client = Client(user, ws, device=device or "default")
     if welcome:
         frame = await client.recv()
         assert frame["type"] == "system" and frame["payload"] == "Connected to WebSocket server", frame
@@ -272,7 +276,7 @@ class Api:
         never acks confirms by answering pings, which its library does while it reads; a real
         client reads all along, a test client only when told to, so tests call this before leaving
         when they assert that nothing is sent twice after a reconnect."""
-        conn = self.gateway_service.connection(client.user.id)
+        conn = self.gateway_service.connection(client.user.id, client.device)
 
         async def confirmed() -> bool:
             try:
