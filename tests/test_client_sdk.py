@@ -409,6 +409,41 @@ async def test_replaced_session_fails_instead_of_fighting(make_client: Any) -> N
     assert await second.ping() < TIMEOUT
 
 
+async def test_devices_of_one_user_each_get_every_message_and_their_own_acks(make_client: Any, system: Any) -> None:
+    """`device_id`: a phone and a laptop of one user are connected at once; each gets every message
+    (the other device's included) and the `ack` (a Delivered event) of its own sends only."""
+    alice, bob = await make_client("alice"), await make_client("bob")
+    room = await room_of(alice, bob)
+    urls = system.urls
+    phone = PyStackerClient(urls["meta"], urls["send"], urls["registry"], token=alice.token, device_id="phone")
+    laptop = PyStackerClient(urls["meta"], urls["send"], urls["registry"], token=alice.token, device_id="laptop")
+    sessions: list[Session] = []
+    try:
+        on_phone = await phone.connect(deliveries=True, backoff=fast_backoff())
+        sessions.append(on_phone)
+        on_laptop = await laptop.connect(deliveries=True, backoff=fast_backoff())
+        sessions.append(on_laptop)
+        assert sorted(gateway(system).users[alice.user_id]) == ["laptop", "phone"]
+        from_phone = await on_phone.send(room, "sent on the phone")
+        from_laptop = await laptop.send(room, "sent on the laptop over http")
+        await bob.send(room, "from bob")
+        for session, mine in ((on_phone, from_phone.msg_id), (on_laptop, from_laptop.msg_id)):
+            items: list[Any] = []
+            while sum(isinstance(i, ChatMessage) for i in items) < 3 or not any(isinstance(i, Delivered) for i in items):
+                try:
+                    items.append(await session.receive(timeout=TIMEOUT))
+                except TimeoutError:
+                    raise AssertionError(f"{session.client.device_id}: {items}") from None
+            assert [m.text for m in items if isinstance(m, ChatMessage)] == [
+                "sent on the phone", "sent on the laptop over http", "from bob"]
+            assert [d.msg_id for d in items if isinstance(d, Delivered)] == [mine]
+    finally:
+        for session in sessions:
+            await session.close()
+        await phone.close()
+        await laptop.close()
+
+
 async def test_gives_up_after_max_attempts(make_client: Any) -> None:
     bob = await make_client("bob")
     b = await bob.connect(backoff=fast_backoff(initial=0.01, max_delay=0.02, max_attempts=3))

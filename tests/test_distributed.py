@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pystacker.db.schema import chat_messages, room_cursors, room_members
+from pystacker.db.schema import chat_messages, device_cursors, devices, room_cursors, room_members
 from pystacker.engine.redis_keys import RedisKeys
 from pystacker.messaging.frames import CLOSE_SHUTDOWN, decode_entry
 from pystacker.web.middleware import INTERNAL_TOKEN_HEADER
@@ -436,6 +436,78 @@ class TestTwoGatewaysTwoSends:
         assert answer.status == 200 and answer.data["seq"] == 8, answer  # not backwards
         rooms = (await dep.meta.get("/api/joined_rooms", token=reader.token)).data["rooms"]
         assert [(r["room_id"], r["read_seq"], r["unread"]) for r in rooms] == [(room_id, 8, 2)]
+
+
+    async def test_two_devices_on_two_gateways_get_everything_once_in_order(self, dep: TestDeployment) -> None:
+        """Two devices of one user on different gateways both get a 500-message stream once each, in
+        seq order; one goes away for 200 messages and catches up alone, on the other gateway, from its
+        own cursor, while the other device stays live. The registry's GoStacker routes still give
+        one gateway per user: the most recent device's."""
+        first, second = (await dep.ensure_gateways(2))[:2]
+        alice, bob = await dep.users(2, "md")
+        room_id = await make_room(dep.meta, bob, [alice])
+        phone = await dep.connect_to(first, alice, device="phone", acks=True)
+        laptop = await dep.connect_to(second, alice, device="laptop")
+        assert (await live_routes(dep, [alice]))[str(alice.id)]["gateway_id"] == dep.gateway_id(second)
+
+        await send_many(dep, bob, room_id, 150, "a")
+        await phone.collect(150, room_id=room_id, timeout=DELIVERY_TIMEOUT)
+        await phone.send_frame({"type": "ack", "room_id": room_id, "seq": 150})  # its cursor: exactly here
+        await phone.close()
+        await send_many(dep, bob, room_id, 200, "b")
+        await laptop.collect(350, room_id=room_id, timeout=DELIVERY_TIMEOUT)
+        phone_again = await dep.connect_to(second, alice, device="phone")
+        await phone_again.collect(200, room_id=room_id, timeout=DELIVERY_TIMEOUT)
+        await send_many(dep, bob, room_id, 150, "c")
+        await laptop.collect(500, room_id=room_id, timeout=DELIVERY_TIMEOUT)
+        await phone_again.collect(350, room_id=room_id, timeout=DELIVERY_TIMEOUT)
+        assert_once_in_order(laptop, room_id, list(range(1, 501)))
+        assert_once_in_order(phone, room_id, list(range(1, 151)))
+        assert_once_in_order(phone_again, room_id, list(range(151, 501)))
+        await close_all([laptop, phone_again])
+
+    async def test_device_cursors_survive_a_killed_gateway_and_flusher_and_a_lost_store(self, dep: TestDeployment) -> None:
+        """A named device's cursor lives in Redis and reaches SQL through the flusher: after its
+        gateway and the flusher are killed and Redis lost the cursor (its key deleted: what a restart
+        without persistence does), the device catches up on the other gateway from SQL's copy: not
+        from zero, not from the read-state rule of a new device, and nothing is missing."""
+        gateway, other = (await dep.ensure_gateways(2))[:2]
+        reader, writer = await dep.users(2, "mk")
+        room_id = await make_room(dep.meta, writer, [reader])
+        await send_many(dep, writer, room_id, 10, "seen")
+        tablet = await dep.connect_to(gateway, reader, device="tablet", acks=True)
+        await tablet.collect(10, room_id=room_id, timeout=DELIVERY_TIMEOUT)
+        await tablet.send_frame({"type": "ack", "room_id": room_id, "seq": 10})
+        key = await poll(lambda: _device_key(dep.sql, reader.id, "tablet"), "the tablet in SQL")
+        await poll(lambda: _device_cursor_in_sql(dep.sql, key, room_id, 10), "the device cursor in SQL",
+                   timeout=DELIVERY_TIMEOUT)
+        dep.signal("flusher", signal.SIGKILL)
+        await dep.wait_exit("flusher")
+        dep.signal(gateway, signal.SIGKILL)
+        await wait_gone(tablet)
+        dep.inner.spawn(dep.member("flusher"))
+        assert await dep.redis.delete(RedisKeys(dep.prefix).device_cursors(key)) == 1
+
+        await send_many(dep, writer, room_id, 5, "unseen")
+        again = await dep.connect_to(other, reader, device="tablet", acks=True)
+        await again.collect(5, room_id=room_id, timeout=DELIVERY_TIMEOUT)
+        assert_once_in_order(again, room_id, list(range(11, 16)))
+        await again.send_frame({"type": "ack", "room_id": room_id, "seq": 15})
+        await poll(lambda: _device_cursor_in_sql(dep.sql, key, room_id, 15), "the cursor moving on in SQL",
+                   timeout=DELIVERY_TIMEOUT)
+        await again.close()
+
+
+async def _device_key(sql: AsyncEngine, user_id: int, device_id: str) -> int | None:
+    rows = await sql_rows(sql, select(devices.c.device_key).where(devices.c.user_id == user_id,
+                                                                  devices.c.device_id == device_id))
+    return int(rows[0].device_key) if rows else None
+
+
+async def _device_cursor_in_sql(sql: AsyncEngine, key: int, room_id: int, seq: int) -> bool:
+    rows = await sql_rows(sql, select(device_cursors.c.delivered_seq).where(device_cursors.c.device_key == key,
+                                                                            device_cursors.c.room_id == room_id))
+    return [int(r.delivered_seq) for r in rows] == [seq]
 
 
 async def _read_seqs(dep: TestDeployment, member: User, room_id: int) -> dict[int, int]:

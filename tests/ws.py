@@ -181,12 +181,14 @@ def dedup(chats: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 async def connect(session: aiohttp.ClientSession, gateway_base: str, user: User, *, via: str = "header",
                   catchup: bool = True, welcome: bool = True, autoping: bool = True, device: str | None = None,
-                  **kwargs: Any) -> Client:
+                  acks: bool = False, **kwargs: Any) -> Client:
     """Open /api/ws for `user` (token in the Authorization header, or `?token=`) as `device` (none:
     the `default` device), and by default read the welcome `system` frame."""
     params: dict[str, str] = {}
     if device is not None:
         params["device_id"] = device
+    if acks:  # the client's `ack` frames alone move its cursor
+        params["acks"] = "1"
     headers: dict[str, str] = {}
     if via == "header":
         headers["Authorization"] = f"Bearer {user.token}"

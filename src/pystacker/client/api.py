@@ -43,8 +43,13 @@ def user_id_from_token(token: str) -> int | None:
 
 class PyStackerClient:
     def __init__(self, meta_url: str, send_url: str, registry_url: str, *, token: str | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, http: aiohttp.ClientSession | None = None) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, http: aiohttp.ClientSession | None = None,
+                 device_id: str | None = None) -> None:
+        """`device_id`: this device of the user (1-64 printable ASCII characters, no spaces), kept
+        across runs by the application: each device has its own socket and cursors, and gets the
+        acks of what it sends. None: the user's `default` device, as a GoStacker client."""
         self.meta_url = meta_url.rstrip("/")
+        self.device_id = device_id
         self.send_url = send_url.rstrip("/")
         self.registry_url = registry_url.rstrip("/")
         self.timeout = timeout
@@ -77,7 +82,10 @@ class PyStackerClient:
     def auth_headers(self) -> dict[str, str]:
         if not self.token:
             raise PyStackerError(401, "not logged in")
-        return {"Authorization": f"Bearer {self.token}"}
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if self.device_id is not None:
+            headers["X-Device-Id"] = self.device_id  # the WebSocket, and the acks of HTTP sends
+        return headers
 
     async def _call(self, method: str, url: str, *, json: Any = None, params: dict[str, Any] | None = None,
                     auth: bool = True) -> Any:
@@ -215,6 +223,8 @@ class PyStackerClient:
         `avoid`: gateways this client could not reach; the registry checks them and names another one
         if it can."""
         params: dict[str, Any] = {"user_id": self.user_id} if self.user_id else {}
+        if self.device_id is not None:
+            params["device_id"] = self.device_id  # this device's own reconnect lease
         if avoid:
             params["exclude"] = ",".join(avoid)
         data = await self._call("GET", f"{self.registry_url}/registry/gateway/available", params=params or None,

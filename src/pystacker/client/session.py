@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pystacker.client")
 
 # The gateway's close codes (pystacker/messaging/frames.py); every other code is a plain reconnect.
-CLOSE_REPLACED = 4009  # another connection of the same user took over: reconnecting would fight it
+CLOSE_REPLACED = 4009  # another connection of the same device took over: reconnecting would fight it
+CLOSE_DEVICE_LIMIT = 4011  # the user has too many devices online and this one connected longest ago
 # The gateway itself went away: 1001 it is shutting down, 1006 the socket ended without a close frame
 # (the process died, or the network between us). The next connection should go elsewhere.
 GATEWAY_GONE = (1001, 1006, None)
@@ -375,7 +376,9 @@ class Session:
                     return
                 self._set_state("disconnected", f"close code {code}")
                 if code == CLOSE_REPLACED:
-                    raise SessionFailed(code, "replaced by another connection of the same user")
+                    raise SessionFailed(code, "replaced by another connection of the same device")
+                if code == CLOSE_DEVICE_LIMIT:
+                    raise SessionFailed(code, "too many devices of this user online: this one was closed")
                 if time.monotonic() - opened >= self.stable_after:
                     self.backoff.reset()
                 gone = self.gateway.gateway_id if self.gateway is not None and code in GATEWAY_GONE else None

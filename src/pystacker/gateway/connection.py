@@ -132,6 +132,9 @@ class CursorSource(Protocol):
     async def starting_points(self, user_id: int, room_ids: list[int]) -> dict[int, int]:
         """Where the device stands in each room (delivered seq); every given room gets a value."""
 
+    async def ensure_positions(self, user_id: int, room_ids: list[int]) -> None:
+        """Make the starting point of each room fixed from now on (the device is connecting)."""
+
     async def rooms_of(self, user_id: int) -> list[int]: ...
 
     async def last_seqs(self, room_ids: list[int]) -> dict[int, int]: ...

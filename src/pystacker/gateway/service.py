@@ -151,6 +151,7 @@ class GatewayService:
         record = await self.registry.connect_user(conn.user_id, self.presence.info, conn.device_id)
         await self._enforce_device_limit(conn, record)
         rooms = await self.cursors.rooms_of(conn.user_id)
+        await conn.cursors.ensure_positions(conn.user_id, rooms)
         unread = sum(room.unread for room in (await self.reading.rooms(conn.user_id, rooms)).values())
         conn.greet(RawFrame(encode({**welcome, "unread": unread})))
         if catch_up:

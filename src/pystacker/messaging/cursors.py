@@ -26,6 +26,9 @@ class CursorBook:
     def owner(self, user_id: int) -> int:
         return user_id
 
+    async def ensure_positions(self, user_id: int, room_ids: list[int]) -> None:
+        """Nothing to do: the user's cursor in a room is set when he joins it."""
+
     async def starting_points(self, user_id: int, room_ids: list[int]) -> dict[int, int]:
         """The delivered seq of each room: the engine's cursor, else SQL's, else the room's last seq.
         The last rule means no replay of history for a room the user never had a cursor in: meta

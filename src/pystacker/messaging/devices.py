@@ -68,6 +68,14 @@ class DeviceStore:
             devices.c.user_id == user_id, devices.c.device_id == device_id)))).first()
         return None if row is None else int(row[0])
 
+    async def keys_of(self, user_ids: Sequence[int]) -> list[int]:
+        """The device keys of these users' named devices."""
+        if not user_ids:
+            return []
+        async with self.engine.connect() as conn:
+            return [int(row[0]) for row in await conn.execute(
+                select(devices.c.device_key).where(devices.c.user_id.in_(list(user_ids))))]
+
     async def touch(self, keys: Sequence[int]) -> None:
         """These devices are connected now (a device online for longer than the TTL is not forgotten)."""
         if keys:
@@ -147,6 +155,17 @@ class DeviceCursors:
                 points[room_id] = max(state.read_seq, state.last_seq - self.backlog)
         return points
 
+    async def ensure_positions(self, user_id: int, room_ids: list[int]) -> None:
+        """Store a position in every room that has none, as the device connects: the read-state rule
+        is applied once, now. Applied later (at the first live message of a room) it would read a
+        read mark that moved meanwhile (a message the user sent from another device moves it) and
+        skip that message."""
+        stored = await self.engine.device_cursors.get(self.key, room_ids)
+        missing = [room for room in room_ids if room not in stored]
+        if missing:
+            points = await self.starting_points(user_id, missing)
+            await self.engine.device_cursors.advance([(self.key, room, seq) for room, seq in points.items()])
+
     async def rooms_of(self, user_id: int) -> list[int]:
         return await self.book.rooms_of(user_id)
 
@@ -164,6 +183,14 @@ class Devices:
         self.engine = engine
         self.reading = reading
         self.backlog = backlog
+
+    async def joined(self, room_id: int, user_ids: Sequence[int]) -> None:
+        """New members' named devices start at the room's current end, as their users do
+        (CursorBook.joined): what is sent from now on, to every device."""
+        keys = await self.store.keys_of(user_ids)
+        if keys:
+            last = (await self.engine.messages.last_seqs([room_id])).get(room_id, 0)
+            await self.engine.device_cursors.advance([(key, room_id, last) for key in keys])
 
     async def cursors_for(self, user_id: int, device_id: str) -> CursorBook | DeviceCursors:
         if device_id == DEFAULT_DEVICE:

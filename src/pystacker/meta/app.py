@@ -37,6 +37,7 @@ def build_meta_app(runtime: Runtime) -> web.Application:
         await announce_membership_change(runtime.engine.bus, room_id)
         if joined:
             await parts.cursors.joined(room_id, joined)
+            await parts.devices.joined(room_id, joined)
             await parts.reading.joined(room_id, joined)
 
     service.on_membership_change(membership_changed)

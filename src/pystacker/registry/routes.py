@@ -15,14 +15,14 @@ import orjson
 from aiohttp import web
 from pydantic import Field, StrictFloat, StrictInt, StringConstraints
 
-from pystacker.engine.base import Engine, GatewayInfo, SendInfo
+from pystacker.engine.base import DEFAULT_DEVICE, Engine, GatewayInfo, SendInfo
 from pystacker.messaging.fanout import route_is_live
 from pystacker.registry.service import RegistryService
 from pystacker.web.auth import TokenService
 from pystacker.web.envelope import ApiError, ok
 from pystacker.web.openapi import (ID, INTEGER, NUMBER, STRING, TIMESTAMP, Auth, Param, Reply, Route, add_routes,
                                    array, component, envelope, nullable, obj)
-from pystacker.web.requests import RequestModel, parse_json
+from pystacker.web.requests import RequestModel, parse_json, request_device
 
 InstanceId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Port = Annotated[StrictInt, Field(ge=1, le=65535)]
@@ -66,6 +66,7 @@ class SendHeartbeat(RequestModel):
 class UserConnection(RequestModel):
     user_id: UserId
     gateway_id: InstanceId
+    device_id: Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,64}$")] = DEFAULT_DEVICE  # PyStacker: one device
 
 
 class RouteBatch(RequestModel):
@@ -150,7 +151,10 @@ class RegistryRoutes:
                   params=[Param("user_id", ID, "The user, for the reconnect lease (else the bearer token's user)"),
                           Param("exclude", {"type": "string", "maxLength": MAX_EXCLUDE_LENGTH},
                                 "Comma-separated ids of gateways the client could not reach: each is checked, "
-                                f"and chosen only when no other gateway can take the user (at most {MAX_EXCLUDED})")],
+                                f"and chosen only when no other gateway can take the user (at most {MAX_EXCLUDED})"),
+                          Param("device_id", {"type": "string", "pattern": r"^[\x21-\x7e]{1,64}$"},
+                                "The connecting device, for its own reconnect lease (also `X-Device-Id`; none: "
+                                "`default`)")],
                   reply=Reply(envelope(AVAILABLE_GATEWAY)), errors=(400, 503),
                   error_text={503: "No available gateway"}, tags=gateways),
             Route("POST", "/registry/send/register", self.send_register, "Register a send instance", auth=internal,
@@ -222,7 +226,7 @@ class RegistryRoutes:
 
     async def gateway_available(self, request: web.Request) -> web.Response:
         user_id = self._user_for_lease(request)
-        gateway = await self.service.available_gateway(user_id, _excluded(request))
+        gateway = await self.service.available_gateway(user_id, _excluded(request), request_device(request))
         if gateway is None:
             raise ApiError(503, "No available gateway")
         return ok("available", {"gateway_id": gateway.gateway_id, "address": gateway.address, "port": gateway.port})
@@ -286,12 +290,12 @@ class RegistryRoutes:
         gateway = await self.registry.get_gateway(body.gateway_id)
         if gateway is None:
             raise ApiError(404, "Failed to record user connection: gateway not found")
-        await self.service.connect_user(body.user_id, gateway)
+        await self.service.connect_user(body.user_id, gateway, body.device_id)
         return ok("User connection recorded successfully")
 
     async def user_disconnect(self, request: web.Request) -> web.Response:
         body = await parse_json(request, UserConnection)
-        await self.service.disconnect_user(body.user_id, body.gateway_id)
+        await self.service.disconnect_user(body.user_id, body.gateway_id, body.device_id)
         return ok("User disconnection recorded successfully")
 
     async def user_routes(self, request: web.Request) -> web.Response:
