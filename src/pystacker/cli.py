@@ -195,8 +195,11 @@ def db_upgrade(config_path: str | None) -> None:
 @click.option("--register", is_flag=True, help="Create the account first (an existing one is just logged in).")
 @click.option("--nickname", default="", help="Nickname for --register.")
 @click.option("--room", type=click.IntRange(min=1), default=None, help="Room to select at start.")
+@click.option("--device", "device_id", default=None, envvar="PYSTACKER_DEVICE_ID",
+              help="This device's id (1-64 printable characters): several terminals of one user stay online "
+                   "together, each with its own place in every room. None: the user's default device.")
 def chat(meta_url: str, send_url: str, registry_url: str, username: str, password: str, register: bool,
-         nickname: str, room: int | None) -> None:
+         nickname: str, room: int | None, device_id: str | None) -> None:
     """Chat in the terminal: /help lists the commands, any other line goes to the current room."""
     from pystacker.client.terminal import run_chat
 
@@ -205,7 +208,7 @@ def chat(meta_url: str, send_url: str, registry_url: str, username: str, passwor
     async def main_task() -> None:
         nonlocal exit_code
         exit_code = await run_chat({"meta": meta_url, "send": send_url, "registry": registry_url}, username,
-                                   password, register=register, nickname=nickname, room=room)
+                                   password, register=register, nickname=nickname, room=room, device_id=device_id)
 
     _run(main_task)
     sys.exit(exit_code)

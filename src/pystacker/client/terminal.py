@@ -291,10 +291,10 @@ def stdout_writer(stream: TextIO = sys.stdout) -> Callable[[str], None]:
 
 
 async def run_chat(urls: dict[str, str], username: str, password: str, *, register: bool = False,
-                   nickname: str = "", room: int | None = None) -> int:
+                   nickname: str = "", room: int | None = None, device_id: str | None = None) -> int:
     """The whole `pystacker chat`: log in (registering first if asked), then chat until /quit."""
     out = stdout_writer()
-    client = PyStackerClient(urls["meta"], urls["send"], urls["registry"])
+    client = PyStackerClient(urls["meta"], urls["send"], urls["registry"], device_id=device_id)
     try:
         if register:
             try:
