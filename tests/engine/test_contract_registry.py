@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from pystacker.engine.base import Engine, GatewayInfo, SendInfo, UserRoute
 from tests.engine.support import unique_int, unique_name, until
 
@@ -115,3 +117,53 @@ async def test_delete_route_if_only_deletes_a_route_to_that_gateway(engine: Engi
     assert await engine.registry.get_routes([user]) == {}
     assert not await engine.registry.delete_route_if(user, "gw-new")
     assert not await engine.registry.delete_route_if(nobody, "gw-new")
+
+
+# -- several devices of one user ---------------------------------------------------------------------------
+
+
+def _device(user_id: int, device_id: str, gateway_id: str, connected_at: float, status: str = "connected") -> UserRoute:
+    return UserRoute(user_id=user_id, gateway_id=gateway_id, address="10.0.0.4:8084", connected_at=connected_at,
+                     status=status, epoch="e1", device_id=device_id)
+
+
+async def test_each_device_keeps_its_own_route_and_the_newest_connected_one_leads(engine: Engine) -> None:
+    user = unique_int()
+    await engine.registry.set_route(_device(user, "phone", "gw-a", 10.0), 3600)
+    await engine.registry.set_route(_device(user, "laptop", "gw-b", 20.0), 3600)
+    record = (await engine.registry.get_routes([user]))[user]
+    assert (record.device_id, record.gateway_id) == ("laptop", "gw-b")  # GoStacker's one route: the newest
+    assert {(r.device_id, r.gateway_id) for r in record.devices()} == {("phone", "gw-a"), ("laptop", "gw-b")}
+
+    # The laptop's lease: the phone, still connected, leads; the laptop's route (its lease) stays.
+    await engine.registry.set_route(_device(user, "laptop", "gw-b", 20.0, "disconnected"), 60)
+    record = (await engine.registry.get_routes([user]))[user]
+    assert (record.device_id, record.status) == ("phone", "connected")
+    assert record.device("laptop") is not None and record.device("laptop").status == "disconnected"  # type: ignore[union-attr]
+
+    # The phone moves to another gateway: its route is replaced, not added.
+    await engine.registry.set_route(_device(user, "phone", "gw-c", 30.0), 3600)
+    record = (await engine.registry.get_routes([user]))[user]
+    assert sorted((r.device_id, r.gateway_id) for r in record.devices()) == [("laptop", "gw-b"), ("phone", "gw-c")]
+
+
+async def test_a_device_lease_ends_on_its_own_while_the_other_devices_stay(engine: Engine) -> None:
+    user = unique_int()
+    await engine.registry.set_route(_device(user, "phone", "gw-a", 10.0), 3600)
+    await engine.registry.set_route(_device(user, "tablet", "gw-b", 5.0, "disconnected"), 1)
+
+    async def tablet_gone() -> bool:
+        record = (await engine.registry.get_routes([user]))[user]
+        return record.device("tablet") is None and record.device("phone") is not None
+
+    await until(tablet_gone, timeout=5)
+
+
+async def test_concurrent_connects_of_one_users_devices_keep_them_all(engine: Engine) -> None:
+    user = unique_int()
+    names = [f"d{i}" for i in range(12)]
+    await asyncio.gather(*(engine.registry.set_route(_device(user, name, "gw-a", float(i)), 3600)
+                           for i, name in enumerate(names)))
+    record = (await engine.registry.get_routes([user]))[user]
+    assert sorted(r.device_id for r in record.devices()) == sorted(names)
+    assert record.device_id == "d11"

@@ -1,4 +1,5 @@
 import random
+from dataclasses import replace
 
 from pystacker.engine.base import GatewayInfo, UserRoute
 from pystacker.messaging.fanout import plan_fanout, route_is_live
@@ -52,3 +53,15 @@ def test_an_avoided_gateway_is_chosen_only_when_no_other_can_take_the_user() -> 
     # nothing else with room: the avoided one rather than none (a single gateway that restarted)
     assert choose_gateway([gateway("a"), gateway("b", users=100)], avoid={"a"}).gateway_id == "a"
     assert choose_gateway([gateway("a")], route(1, "a"), avoid={"a", "b"}).gateway_id == "a"
+
+
+def test_a_user_is_a_target_on_every_gateway_of_his_live_devices_once() -> None:
+    live = {"g1": gateway("g1"), "g2": gateway("g2")}
+    phone, laptop, tablet = (replace(route(1, gid), device_id=name)
+                             for gid, name in (("g1", "phone"), ("g2", "laptop"), ("g1", "tablet")))
+    dead = replace(route(1, "gone"), device_id="old")
+    routes = {1: replace(phone, others=(laptop, tablet, dead)),
+              2: replace(route(2, "gone"), others=(replace(route(2, "g2", status="disconnected"), device_id="x"),))}
+    plan = plan_fanout([1, 2], routes, live)
+    assert plan.by_gateway == {"g1": [1], "g2": [1]}
+    assert plan.offline == [2]
