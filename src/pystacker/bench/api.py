@@ -142,11 +142,16 @@ class PublicApi:
             raise ApiError(response.status, str(envelope.get("msg", "")))
         return envelope["data"]
 
-    async def gateway_url(self, user_id: int) -> str:
-        """Where this user should connect, as GoStacker's clients learn it: ask the registry."""
-        data = await self._call("GET", self.targets.registry + "/registry/gateway/available",
-                                params={"user_id": str(user_id)})
+    async def gateway_url(self, user_id: int, device_id: str | None = None) -> str:
+        """Where this user (this device of his, if named) should connect, as GoStacker's clients learn
+        it: ask the registry."""
+        params = {"user_id": str(user_id)}
+        if device_id is not None:
+            params["device_id"] = device_id
+        data = await self._call("GET", self.targets.registry + "/registry/gateway/available", params=params)
         url = f"ws://{data['address']}:{data['port']}/api/ws"
+        if device_id is not None:
+            url += f"?device_id={device_id}"
         # The registry could name a gateway elsewhere: it is a target like the others.
         check_target(url, allow_remote=self.allow_remote, what="gateway")
         return url

@@ -185,11 +185,14 @@ def pairs(count: int, via: str, **kw: Any) -> None:
 
 @bench.command()
 @click.option("--connections", default=2000, show_default=True, type=click.IntRange(1),
-              help="Idle WebSocket connections (one user each).")
+              help="Idle WebSocket connections.")
+@click.option("--devices-per-user", "devices", default=1, show_default=True, type=click.IntRange(1, 10),
+              help="Sockets per user, each a named device of his (1: one user per connection, the default device).")
 @common_options(duration=10.0)
-def idle(connections: int, **kw: Any) -> None:
+def idle(connections: int, devices: int, **kw: Any) -> None:
     """Idle connections: server memory per connection (needs --server-pid or --embedded)."""
-    _execute("idle", {"connections": connections, "users": connections}, kw)
+    users = -(-connections // devices)
+    _execute("idle", {"connections": connections, "users": users, "devices": devices}, kw)
 
 
 @bench.command()

@@ -40,9 +40,11 @@ class SendResult:
 
 class Receiver:
     def __init__(self, index: int, user_id: int, token: str, api: PublicApi, session: aiohttp.ClientSession,
-                 checker: IntegrityChecker, on_new: OnNew | None, *, connect_timeout: float) -> None:
+                 checker: IntegrityChecker, on_new: OnNew | None, *, connect_timeout: float,
+                 device_id: str | None = None) -> None:
         self.index = index
         self.user_id = user_id
+        self.device_id = device_id  # None: the user's default device (a GoStacker client)
         self.token = token
         self.api = api
         self.session = session
@@ -68,7 +70,7 @@ class Receiver:
     async def connect(self) -> float:
         """Connect and wait for the welcome frame; return the seconds it took."""
         started = time.monotonic()
-        url = await self.api.gateway_url(self.user_id)
+        url = await self.api.gateway_url(self.user_id, self.device_id)
         ws = await self.session.ws_connect(url, headers={"Authorization": f"Bearer {self.token}"},
                                            max_msg_size=MAX_FRAME_BYTES, autoping=True,
                                            timeout=aiohttp.ClientWSTimeout(ws_close=5.0),

@@ -100,14 +100,16 @@ class Run:
                                        progress=o.progress, started=self.started, users_file=o.users_file)
 
     async def start_fleet(self, population: Population, owner: Callable[[int], int],
-                          senders: list[SenderPlan]) -> Fleet:
-        """One client process per --client-procs; `owner(user index)` says which one holds a user."""
+                          senders: list[SenderPlan], *, devices: int = 1) -> Fleet:
+        """One client process per --client-procs; `owner(user index)` says which one holds a user
+        (with all his `devices` sockets)."""
         o = self.options
         count = max(1, min(o.client_procs, len(population.users) or 1))
         rooms = {room.room_id: room.members for room in population.rooms}
         plans = [WorkerPlan(run=self.run_id, targets=o.targets, allow_remote=o.allow_remote, users=[], rooms=rooms,
                             via=o.via, text_bytes=o.text_bytes, connect_concurrency=max(1, o.connect_concurrency // count),
-                            connect_timeout=o.connect_timeout, max_in_flight=max(1, o.max_in_flight // count))
+                            connect_timeout=o.connect_timeout, max_in_flight=max(1, o.max_in_flight // count),
+                            devices=devices)
                  for _ in range(count)]
         for user in population.users:
             plans[owner(user.index) % count].users.append((user.index, user.user_id, user.token))

@@ -57,6 +57,7 @@ class WorkerPlan:
     connect_concurrency: int = 100
     connect_timeout: float = 30.0
     max_in_flight: int = 1000
+    devices: int = 1  # sockets per user, each its own named device when more than one
 
 
 async def recv_message(conn: Connection, timeout: float | None) -> Any:
@@ -165,10 +166,15 @@ class Worker:
         errors: Counter[str] = Counter()
         started = time.monotonic()
 
+        devices = self.plan.devices
+
         async def one(index: int, user_id: int, token: str) -> None:
             async with limit:
+                # One user, several devices: receiver keys index*devices + d (the user's index itself
+                # when he has one device, as every workload but idle has).
                 receiver = Receiver(index, user_id, token, self.api, self.ws_session, self.checker, self.on_new,
-                                    connect_timeout=self.plan.connect_timeout)
+                                    connect_timeout=self.plan.connect_timeout,
+                                    device_id=None if devices == 1 else f"bench-{index % devices}")
                 try:
                     times.add(await asyncio.wait_for(receiver.connect(), self.plan.connect_timeout))
                 except Exception as exc:
@@ -177,7 +183,8 @@ class Worker:
                 self.receivers[index] = receiver
                 self.local[CONNECTED] += 1
 
-        await asyncio.gather(*(one(i, uid, tok) for i, (uid, tok) in self.users.items() if i not in self.receivers))
+        slots = [(i * devices + d, uid, tok) for i, (uid, tok) in self.users.items() for d in range(devices)]
+        await asyncio.gather(*(one(key, uid, tok) for key, uid, tok in slots if key not in self.receivers))
         return {"connected": len(self.receivers), "failed": sum(errors.values()), "errors": dict(errors),
                 "connect_times": times.to_json(), "elapsed_s": time.monotonic() - started}
 

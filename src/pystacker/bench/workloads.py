@@ -119,9 +119,11 @@ async def pairs(run: Run, p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def idle(run: Run, p: dict[str, Any]) -> dict[str, Any]:
-    count = p["connections"]
-    population = await run.populate(count, [], [])
-    fleet = await run.start_fleet(population, lambda u: u, [])
+    devices = p.get("devices", 1)
+    users = -(-p["connections"] // devices)
+    count = users * devices  # every user with all his devices
+    population = await run.populate(users, [], [])
+    fleet = await run.start_fleet(population, lambda u: u, [], devices=devices)
     before = run.sample()
     run.phase(f"connecting {count:,} WebSockets")
     connections = await run.connect_all()
@@ -135,7 +137,8 @@ async def idle(run: Run, p: dict[str, Any]) -> dict[str, Any]:
     connections.update(_memory(before, after, connections["connected"]))
     connections["open_after_hold"] = still_open
     times = Histogram.from_json(connections.pop("connect_histogram"))
-    step = {"step": 0, "label": f"{count:,} idle", "mode": "idle", "offered_rate": None,
+    label = f"{count:,} idle" + (f" ({users:,} users x {devices} devices)" if devices > 1 else "")
+    step = {"step": 0, "label": label, "mode": "idle", "offered_rate": None,
             "sends": {"attempted": 0, "accepted": 0, "failed": 0, "errors": {}, "late": 0, "stalls": 0},
             "sends_per_s": None, "server_cpu_s": procfs.cpu_delta(before, after),
             "connections_per_s": round(connections["connected"] / max(connections["elapsed_s"], 1e-9), 1),

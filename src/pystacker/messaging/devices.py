@@ -15,6 +15,8 @@ cursors; if it comes back it is new again.
 from __future__ import annotations
 
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -173,8 +175,14 @@ class DeviceCursors:
         return await self.book.last_seqs(room_ids)
 
 
+KEY_CACHE_SECONDS = 3600.0  # a device forgotten meanwhile is seen as such at most this late
+KEY_CACHE_SIZE = 100_000
+
+
 class Devices:
-    """The gateway's view of devices: the cursor source of each connection."""
+    """The gateway's view of devices: the cursor source of each connection. Device keys are kept in
+    memory for an hour (bounded), so that a reconnect storm of known devices costs SQL nothing; the
+    gateways mark connected devices seen every hour anyway."""
 
     def __init__(self, book: CursorBook, store: DeviceStore, engine: Engine, reading: ReadState, *,
                  backlog: int) -> None:
@@ -183,6 +191,19 @@ class Devices:
         self.engine = engine
         self.reading = reading
         self.backlog = backlog
+        self._keys: OrderedDict[tuple[int, str], tuple[int, float]] = OrderedDict()  # -> (key, until)
+
+    async def key_of(self, user_id: int, device_id: str) -> int:
+        cached = self._keys.get((user_id, device_id))
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        key, _new = await self.store.attach(user_id, device_id)
+        self._keys[(user_id, device_id)] = (key, now + KEY_CACHE_SECONDS)
+        self._keys.move_to_end((user_id, device_id))
+        while len(self._keys) > KEY_CACHE_SIZE:
+            self._keys.popitem(last=False)
+        return key
 
     async def joined(self, room_id: int, user_ids: Sequence[int]) -> None:
         """New members' named devices start at the room's current end, as their users do
@@ -195,6 +216,5 @@ class Devices:
     async def cursors_for(self, user_id: int, device_id: str) -> CursorBook | DeviceCursors:
         if device_id == DEFAULT_DEVICE:
             return self.book
-        key, _new = await self.store.attach(user_id, device_id)
-        return DeviceCursors(self.book, key, engine=self.engine, store=self.store, reading=self.reading,
+        return DeviceCursors(self.book, await self.key_of(user_id, device_id), engine=self.engine, store=self.store, reading=self.reading,
                              backlog=self.backlog)
