@@ -55,6 +55,7 @@ async def test_cancel_during_an_insert_leaves_sqlite_usable(tmp_path) -> None:  
     messages = [StoredMessage(i, 1, i, 7, "text", {"text": f"m{i}"}, now) for i in range(1, TOTAL + 1)]
     log = QueueLog(messages)
     flusher = MessageFlusher(SimpleNamespace(messages=log, cursors=NoCursors(), read_marks=NoCursors(),
+                                             device_cursors=NoCursors(),
                                              rosters=MemoryRosters(EngineSettings())), MessageStore(sql),  # type: ignore[arg-type]
                              batch_size=BATCH)
 

@@ -313,9 +313,10 @@ class Registry(Protocol):
     async def list_send(self) -> list[SendInfo]: ...
     async def remove_send(self, instance_id: str) -> None: ...
 
-    async def set_route(self, route: UserRoute, ttl: int | None) -> None:
+    async def set_route(self, route: UserRoute, ttl: int | None) -> UserRoute:
         """Set the route of `route.device_id` for `ttl` seconds (None: no limit), keeping the user's other
-        devices (registry/device_routes.with_device), atomically against concurrent writers."""
+        devices (registry/device_routes.with_device), atomically against concurrent writers; returns
+        the user's record as written (every device)."""
         """ttl None: kept until replaced (a connected user's route lives as long as its gateway)."""
     async def get_routes(self, user_ids: Sequence[int]) -> dict[int, UserRoute]: ...
     async def delete_route_if(self, user_id: int, gateway_id: str) -> bool:

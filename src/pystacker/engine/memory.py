@@ -572,10 +572,11 @@ class MemoryRegistry:
     async def remove_send(self, instance_id: str) -> None:
         self._sends.delete(instance_id)
 
-    async def set_route(self, route: UserRoute, ttl: int | None) -> None:
+    async def set_route(self, route: UserRoute, ttl: int | None) -> UserRoute:
         now = time.time()
         record = with_device(self._routes.get(route.user_id), replace(route, expires_at=expiry(ttl, now), others=()), now)
         self._routes.put(route.user_id, record, record_ttl(record, now))
+        return record
 
     async def get_routes(self, user_ids: Sequence[int]) -> dict[int, UserRoute]:
         now = time.time()

@@ -176,7 +176,7 @@ class RedisRegistry:
 
     # -- routes ---------------------------------------------------------------------------------------------
 
-    async def set_route(self, route: UserRoute, ttl: int | None) -> None:
+    async def set_route(self, route: UserRoute, ttl: int | None) -> UserRoute:
         # Read, merge the device in, write if nobody wrote meanwhile: the merge is Python's (one
         # home, device_routes.py), the compare-and-set Redis's. The record's TTL is its last device's.
         key = self._keys.route(route.user_id)
@@ -186,7 +186,7 @@ class RedisRegistry:
             record = with_device(_parse(raw, _route, key), replace(route, expires_at=expiry(ttl, now), others=()), now)
             if await run(self._replace_route_if, [key], [raw or b"", orjson.dumps(record.to_json()),
                                                          record_ttl(record, now) or 0]):
-                return
+                return record
         raise RuntimeError(f"route of user {route.user_id}: {ROUTE_WRITE_ATTEMPTS} concurrent writes in a row")
 
     async def get_routes(self, user_ids: Sequence[int]) -> dict[int, UserRoute]:

@@ -304,8 +304,11 @@ class RegistryRoutes:
             raise ApiError(400, "user_ids cannot be empty")
         routes = await self.registry.get_routes(body.user_ids)
         live = {g.gateway_id: g for g in await self.registry.list_gateways()}
+        # One gateway per user, as GoStacker answers: his most recent device that is live.
+        found = {uid: next((r for r in record.devices() if route_is_live(r, live)), None)
+                 for uid, record in routes.items()}
         return ok("success", {str(uid): {"gateway_id": r.gateway_id, "address": r.address}
-                              for uid, r in routes.items() if route_is_live(r, live)})
+                              for uid, r in found.items() if r is not None})
 
 
 _INTERNAL_PREFIXES = ("/registry/gateway/register", "/registry/gateway/heartbeat", "/registry/send/register",

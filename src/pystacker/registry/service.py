@@ -46,9 +46,7 @@ class RegistryService:
         only clears routes that a dead gateway left behind, and the gateway renews it while connected."""
         route = UserRoute(user_id, gateway.gateway_id, f"{gateway.address}:{gateway.port}", time.time(),
                           "connected", gateway.epoch, device_id)
-        await self.registry.set_route(route, CONNECTED_ROUTE_TTL)
-        record = (await self.registry.get_routes([user_id])).get(user_id)
-        return record if record is not None else route
+        return await self.registry.set_route(route, CONNECTED_ROUTE_TTL)
 
     async def disconnect_user(self, user_id: int, gateway_id: str, device_id: str = DEFAULT_DEVICE) -> bool:
         """Turn the device's route into the reconnect lease, if it still names this gateway (a device
