@@ -264,7 +264,10 @@ DEFAULT_DEVICE = "default"  # the device of a connection that names none (every 
 @dataclass(slots=True)
 class UserRoute:
     """Where one device of a user is connected (or leased, after a disconnect). A user's route is
-    his most recent device's, with his other devices in `others` (registry/device_routes.py)."""
+    his most recent device's, with his other devices in `others` (registry/device_routes.py).
+    Treated as immutable: changed with dataclasses.replace, never in place, so the memory engine
+    hands out its stored records without copying them. (Not frozen: a frozen dataclass's __init__
+    costs about twice as much, and the Redis engine builds one per member per message.)"""
 
     user_id: int
     gateway_id: str

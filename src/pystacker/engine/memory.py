@@ -506,18 +506,24 @@ _K = TypeVar("_K")
 _V = TypeVar("_V")
 
 
+def _same(value: _V) -> _V:
+    return value
+
+
 class _ExpiringMap(Generic[_K, _V]):
     """Keys with an optional TTL, like Redis SET with or without EX; expired keys vanish when looked at.
 
-    Values are copied in and out: registry records are mutable dataclasses, and a caller changing
-    one it got must not change the stored record (in Redis it is a serialized copy too).
+    Values are copied in and out (`copies`): a caller changing a gateway record it got must not change
+    the stored one (in Redis it is a serialized copy too). Routes are never changed in place
+    (engine/base.py UserRoute) and are not copied: the fan-out reads one per member per message.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, copies: bool = True) -> None:
         self._items: dict[_K, tuple[_V, float | None]] = {}  # value, expiry (time.monotonic()) or None
+        self._copy = copy.copy if copies else _same
 
     def put(self, key: _K, value: _V, ttl: float | None) -> None:
-        self._items[key] = (copy.copy(value), None if ttl is None else time.monotonic() + ttl)
+        self._items[key] = (self._copy(value), None if ttl is None else time.monotonic() + ttl)
 
     def get(self, key: _K) -> _V | None:
         item = self._items.get(key)
@@ -527,7 +533,7 @@ class _ExpiringMap(Generic[_K, _V]):
         if expires_at is not None and expires_at <= time.monotonic():
             del self._items[key]
             return None
-        return copy.copy(value)
+        return self._copy(value)
 
     def delete(self, key: _K) -> bool:
         """True if the key was there and had not expired."""
@@ -546,7 +552,7 @@ class MemoryRegistry:
     def __init__(self) -> None:
         self._gateways: _ExpiringMap[str, GatewayInfo] = _ExpiringMap()
         self._sends: _ExpiringMap[str, SendInfo] = _ExpiringMap()
-        self._routes: _ExpiringMap[int, UserRoute] = _ExpiringMap()
+        self._routes: _ExpiringMap[int, UserRoute] = _ExpiringMap(copies=False)  # never changed in place
 
     async def put_gateway(self, info: GatewayInfo, ttl: int) -> None:
         self._gateways.put(info.gateway_id, info, ttl)

@@ -80,15 +80,17 @@ def _send(fields: dict[str, Any]) -> SendInfo:
 
 
 def _route(fields: dict[str, Any]) -> UserRoute:
-    route = UserRoute(user_id=int(fields["user_id"]), gateway_id=str(fields["gateway_id"]),
-                      address=str(fields.get("address", "")), connected_at=_seconds(fields.get("connected_at")),
-                      status=str(fields.get("status", "connected")), epoch=str(fields.get("epoch", "")),
-                      device_id=str(fields.get("device_id", DEFAULT_DEVICE)),
-                      expires_at=float(fields.get("expires_at", 0.0)))
+    route = UserRoute(int(fields["user_id"]), str(fields["gateway_id"]), str(fields.get("address", "")),
+                      _seconds(fields.get("connected_at")), str(fields.get("status", "connected")),
+                      str(fields.get("epoch", "")))
+    if "device_id" in fields:  # a named device (GoStacker's record and the default device have none)
+        route.device_id = str(fields["device_id"])
+    if "expires_at" in fields:
+        route.expires_at = float(fields["expires_at"])
     if "others" not in fields:
         return route  # one device: the record as it is (its key expires with it)
-    route.others = tuple(_route(other) for other in fields["others"])
-    composed = compose(route.devices())  # a device's lease may have ended before the record
+    # A device's lease may have ended before the record.
+    composed = compose([route, *(_route(other) for other in fields["others"])])
     if composed is None:
         raise ValueError("every device's route has expired")
     return composed
