@@ -183,3 +183,13 @@ class Screenshots:
 
 def unique_name(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+async def evaluate_within(page: Any, function: str, arg: Any = None, *, timeout_ms: int = 15_000) -> Any:
+    """`page.evaluate(function, arg)` that fails after `timeout_ms` (Playwright's evaluate has no
+    deadline of its own: a promise that never settles would hang the test)."""
+    return await page.evaluate(
+        """([source, arg, timeout]) => Promise.race([
+             (0, eval)(`(${source})`)(arg),
+             new Promise((_, reject) => setTimeout(() => reject(new Error(`not settled within ${timeout} ms`)), timeout)),
+           ])""", [function, arg, timeout_ms])
