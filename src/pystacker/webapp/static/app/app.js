@@ -246,6 +246,13 @@ class ChatApp {
     $('#messages').querySelector(selector)?.replaceWith(this.messageNode(room, message));
   }
 
+  async refreshReadMarks() {
+    const room = this.current;
+    if (!room || !room.loaded) return;
+    const marks = await this.client.readState(room.roomId);
+    for (const [userId, seq] of marks.members) this.onRead({ roomId: room.roomId, userId, seq });
+  }
+
   othersRead(room) {
     let highest = 0;
     for (const [userId, seq] of room.readMarks) if (userId !== this.client.userId) highest = Math.max(highest, seq);
@@ -360,10 +367,11 @@ class ChatApp {
     if (state === State.Connected) {
       banner.hidden = true;
       this.loadRooms().catch((err) => console.warn('rooms:', err)); // rooms we were added to meanwhile
+      this.refreshReadMarks().catch((err) => console.warn('read state:', err)); // receipts missed while away
       return;
     }
     if (state === State.Connecting) {
-      banner.replaceChildren(`Reconnecting… ${ctx?.reason ? `(${ctx.reason})` : ''}`);
+      banner.replaceChildren('Reconnecting… ', element('small', {}, ctx?.reason ? `(${ctx.reason})` : ''));
     } else if (ctx?.replaced) {
       const here = element('button', { type: 'button' }, 'Use here');
       here.addEventListener('click', () => this.client.connect());
