@@ -251,6 +251,47 @@ async def test_history_pages_upward_and_room_list_screenshot(up: UpProcess, brow
     await expect_texts(bob, texts)
 
 
+async def test_private_chat_join_requests_and_added_members(up: UpProcess, browser: Any, shots: Screenshots) -> None:
+    ann = await sign_up(await new_page(browser, shots), up, "ann")
+    bob = await sign_up(await new_page(browser, shots), up, "bob")
+    carl = await sign_up(await new_page(browser, shots), up, "carl")
+
+    # A private chat is named after the other member.
+    await ann.page.locator("#new-room summary").click()
+    await ann.page.get_by_label("Private chat").check()
+    await ann.page.get_by_label("Members (user ids, comma-separated)").fill(str(bob.user_id))
+    await ann.page.get_by_role("button", name="Create", exact=True).click()
+    await expect(ann.page.locator("#room-title")).to_have_text(bob.name)
+    await ann.send("just us")
+    await expect(bob.room_button(ann.name).locator(".badge")).to_have_text("1")
+
+    # Carl asks to join Ann's group; Ann approves under Members; Carl then gets the room's messages.
+    group = unique_name("club-")
+    await create_group(ann, group, [])
+    room_id = await ann.page.locator("#conversation").get_attribute("data-room-id")
+    await carl.page.locator("#new-room summary").click()
+    await carl.page.get_by_label("Room id").fill(str(room_id))
+    await carl.page.get_by_role("button", name="Ask to join").click()
+    await expect(carl.page.locator("#join-form .error")).to_contain_text(f"Asked to join room {room_id}")
+    await ann.open_room(bob.name)  # reopening the group lists the request that came meanwhile
+    await ann.open_room(group)
+    await ann.page.get_by_role("button", name="Members").click()
+    request = ann.page.locator("#requests li", has_text=f"User {carl.user_id}")
+    await request.get_by_role("button", name="Approve").click()
+    await expect(ann.page.locator("#members")).to_contain_text(carl.name)
+    await expect(ann.page.locator("#requests-box")).to_be_hidden()
+
+    # Ann adds Bob by id; both new members see the room by its next message.
+    await ann.page.get_by_label("Add members (user ids)").fill(str(bob.user_id))
+    await ann.page.get_by_role("button", name="Add", exact=True).click()
+    await expect(ann.page.locator("#members")).to_contain_text(bob.name)
+    await ann.send("welcome both")
+    for member in (bob, carl):
+        await expect(member.room_button(group).locator(".badge")).to_have_text("1")
+        await member.open_room(group)
+        await expect_texts(member, ["welcome both"])
+
+
 async def test_phone_sized_screen_shows_one_column(up: UpProcess, browser: Any, shots: Screenshots) -> None:
     context = await browser.new_context(viewport={"width": 390, "height": 760})
     page = await new_page(browser, shots, context=context)
