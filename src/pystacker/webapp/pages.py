@@ -52,11 +52,9 @@ def swagger_ui_folder() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "static"
 
 
-def service_summary(service: str, *, app_link: bool = False) -> dict[str, object]:
+def service_summary(service: str) -> dict[str, object]:
     """The root page as JSON."""
     links = {"docs": DOCS_PATH, "openapi": OPENAPI_PATH, "health": "/health", "ready": "/ready"}
-    if app_link:
-        links["app"] = "/"
     return {"service": service, "job": SERVICE_JOBS.get(service, "a PyStacker service."),
             "version": __version__, "links": links}
 
@@ -68,15 +66,14 @@ def wants_json(request: web.Request) -> bool:
     return json_at >= 0 and (html_at < 0 or json_at < html_at)
 
 
-def service_page(service: str, *, app_link: bool = False) -> str:
+def service_page(service: str) -> str:
     """The root page: the service, its job, and where its API is described."""
     name = html.escape(service)
     job = html.escape(SERVICE_JOBS.get(service, "a PyStacker service."))
-    app = '<li><a href="/">The chat app</a></li>' if app_link else ""
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
             f"<title>PyStacker {name}</title><style>{_STYLE}</style></head><body>"
-            f"<h1>PyStacker {name}</h1><p>The {name} service {job}</p><ul>{app}"
+            f"<h1>PyStacker {name}</h1><p>The {name} service {job}</p><ul>"
             f'<li><a href="{DOCS_PATH}">API documentation</a> (<a href="{OPENAPI_PATH}">OpenAPI document</a>)</li>'
             f'<li><a href="/health">/health</a>, <a href="/ready">/ready</a>, <a href="/metrics">/metrics</a></li>'
             f"</ul><p>PyStacker {html.escape(__version__)}</p></body></html>")
@@ -102,9 +99,9 @@ def _html(text: str) -> web.Response:
 def install_browser_pages(app: web.Application, service: str, web_config: WebConfig, *, root: bool = True) -> None:
     """Every service: `/docs` and its files, the root page (unless the app takes `/`: meta), and CORS."""
     folder = AssetFolder(swagger_ui_folder(), SWAGGER_FILES)
-    service_html, docs_html = service_page(service, app_link=not root), docs_page(service)
+    service_html, docs_html = service_page(service), docs_page(service)
 
-    summary = service_summary(service, app_link=not root)
+    summary = service_summary(service)
 
     async def root_page(request: web.Request) -> web.Response:
         return ok("ok", summary) if wants_json(request) else _html(service_html)
