@@ -13,11 +13,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from playwright.async_api import expect
 
 from tests.browser import ARTIFACTS, ROOT, Screenshots, UpProcess, launch_chromium, running_up, unique_name
-
-pytest.importorskip("playwright")
-from playwright.async_api import expect  # noqa: E402
 
 PASSWORD = "browser-secret-1"
 WAIT_MS = 15_000  # one expectation; a reconnect after a restart fits well within it

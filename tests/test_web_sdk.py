@@ -16,8 +16,6 @@ from aiohttp import web
 
 from tests.browser import ROOT, Screenshots, UpProcess, evaluate_within, launch_chromium, running_up
 
-pytest.importorskip("playwright")
-
 SDK_FOLDER = ROOT / "sdk" / "js"
 SCENARIO_MS = 30_000
 
