@@ -157,24 +157,27 @@ async def test_gateway_accepts_a_device_id_and_unknown_parameters(web_system: An
 # -- /docs in Chromium ---------------------------------------------------------------------------------
 
 
+@pytest.fixture
+async def shots(request: pytest.FixtureRequest) -> AsyncIterator[Screenshots]:
+    screenshots = Screenshots(request)
+    yield screenshots
+    await screenshots.save_if_failed()  # after the call phase: a failure is counted by then
+
+
 async def test_docs_render_every_operation_in_chromium(web_system: Any, http: aiohttp.ClientSession,
-                                                       request: pytest.FixtureRequest) -> None:
-    shots = Screenshots(request)
+                                                       shots: Screenshots) -> None:
     async with launch_chromium() as browser:
         page = shots.watch(await browser.new_page())
-        try:
-            for service in SERVICES:
-                base = web_system.urls[service]
-                async with http.get(base + "/openapi.json") as answer:
-                    document = await answer.json()
-                operations = sum(len(methods) for methods in document["paths"].values())
-                await page.goto(base + "/docs")
-                blocks = page.locator(".opblock")
-                await blocks.first.wait_for(timeout=15_000)
-                assert await blocks.count() == operations, service
-                paths = set(await page.locator(".opblock-summary-path").evaluate_all(
-                    "nodes => nodes.map(n => n.getAttribute('data-path') || n.textContent)"))
-                assert {p.replace("\u200b", "") for p in paths} == set(document["paths"]), service
-                assert await page.locator(".info .title").first.text_content() or "", service
-        finally:
-            await shots.save_if_failed()
+        for service in SERVICES:
+            base = web_system.urls[service]
+            async with http.get(base + "/openapi.json") as answer:
+                document = await answer.json()
+            operations = sum(len(methods) for methods in document["paths"].values())
+            await page.goto(base + "/docs")
+            blocks = page.locator(".opblock")
+            await blocks.first.wait_for(timeout=15_000)
+            assert await blocks.count() == operations, service
+            paths = set(await page.locator(".opblock-summary-path").evaluate_all(
+                "nodes => nodes.map(n => n.getAttribute('data-path') || n.textContent)"))
+            assert {p.replace("\u200b", "") for p in paths} == set(document["paths"]), service
+            assert f"PyStacker {service}" in (await page.locator(".info .title").first.text_content() or ""), service
