@@ -177,7 +177,7 @@ class ChatApp {
       const [page, marks] = await Promise.all([this.client.history(roomId, { limit: PAGE_SIZE }),
         this.client.readState(roomId).catch(() => null)]);
       if (this.current !== room) return;
-      for (const message of page.messages) room.messages.set(message.seq, { ...message, state: 'accepted' });
+      for (const message of page.messages) if (!room.messages.has(message.seq)) room.messages.set(message.seq, { ...message, state: 'accepted' });
       room.hasMore = page.hasMore;
       room.oldestSeq = page.messages[0]?.seq ?? null;
       room.lastSeq = Math.max(room.lastSeq, page.lastSeq);
@@ -321,7 +321,8 @@ class ChatApp {
     const mine = message.senderId === this.client.userId;
     const pending = message.clientMsgId ? room.pending.get(message.clientMsgId) : null;
     const shown = { ...message, state: pending && pending.state === 'delivered' ? 'delivered' : 'accepted' };
-    if (room.loaded) room.messages.set(message.seq, shown);
+    // Kept while the room's first page loads too: the page may have been read before this message.
+    if (room.loaded || room === this.current) room.messages.set(message.seq, shown);
     room.last = message;
     room.lastSeq = Math.max(room.lastSeq, message.seq);
     if (pending) room.pending.delete(message.clientMsgId);
