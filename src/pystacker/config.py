@@ -10,7 +10,7 @@ values given on the command line (`load_config(..., overrides=...)`) override bo
 
 PyStacker's own keys (not in GoStacker): `host`, `database.url`, `engine`, `internal.token`,
 `ports.*` (embedded mode), `metrics_port`, `data_dir`, `limits.*`, `redis.cluster` (and in each `send_redis` block),
-`tracing.*`.
+`tracing.*`, `web.*`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote_plus
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 ENV_PREFIX = "PYSTACKER_"
@@ -227,6 +227,20 @@ class LimitsConfig(Section):
     device_backlog: int = Field(50, ge=0, le=10_000)
 
 
+class WebConfig(Section):
+    """PyStacker extension: what browsers get (docs/web.md). The meta service serves the chat app at `/`
+    and the JavaScript SDK at `/sdk/pystacker.js` while `enabled`; every service serves `/docs`."""
+
+    enabled: bool = True
+    # Where the app's browsers reach send and registry; empty: the page's own host with `ports.send`
+    # and `ports.registry` (what `pystacker up` serves).
+    send_url: str = Field("", pattern=r"^(https?://[^\s/]+(/\S*)?)?$")
+    registry_url: str = Field("", pattern=r"^(https?://[^\s/]+(/\S*)?)?$")
+    # Origins (`scheme://host[:port]`) whose pages may call the HTTP routes besides those on the
+    # service's own host; `*` allows every origin (tokens travel in headers, never in cookies).
+    cors_origins: list[Annotated[str, StringConstraints(pattern=r"^(\*|https?://[^\s/]+)$")]] = Field(default_factory=list)
+
+
 class TracingConfig(Section):
     """PyStacker extension: OpenTelemetry traces of each message, from send to the socket writes
     (docs/observability.md). Off by default; on, it needs the `tracing` extra installed."""
@@ -282,6 +296,7 @@ class Config(BaseSettings):
     limits: LimitsConfig = LimitsConfig()
     websocket: WebSocketConfig = WebSocketConfig()
     tracing: TracingConfig = TracingConfig()
+    web: WebConfig = WebConfig()
 
     @classmethod
     def settings_customise_sources(

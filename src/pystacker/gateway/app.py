@@ -14,6 +14,7 @@ from pystacker.send.app import new_send_service
 from pystacker.web.middleware import internal_token_middleware
 from pystacker.web.health import install_health
 from pystacker.web.server import new_app
+from pystacker.webapp.pages import install_browser_pages
 
 GATEWAY_SERVICE = web.AppKey("gateway_service", GatewayService)
 
@@ -30,6 +31,7 @@ def build_gateway_app(runtime: Runtime, *, port: int) -> web.Application:
         internal_token_middleware(config.internal.token.get_secret_value(),
                                   lambda request: request.path.startswith("/center/"))])
     install_health(app, "gateway", runtime.readiness_checks())
+    install_browser_pages(app, "gateway", config.web)
     presence = GatewayPresence(runtime.engine.registry, gateway_id, config.address, port,
                                config.dispatcher.max_connections, lambda: service.connection_count,
                                ttl=config.registry.gateway_heartbeat_timeout,

@@ -14,6 +14,8 @@ from pystacker.runtime import Runtime
 from pystacker.web.middleware import auth_middleware
 from pystacker.web.health import install_health
 from pystacker.web.server import new_app
+from pystacker.webapp.chat import install_chat_app
+from pystacker.webapp.pages import install_browser_pages
 
 META_SERVICE = web.AppKey("meta_service", MetaService)
 
@@ -22,6 +24,9 @@ def build_meta_app(runtime: Runtime) -> web.Application:
     limits = runtime.config.limits
     app = new_app("meta", max_body_bytes=limits.max_body_bytes, middlewares=[auth_middleware(runtime.tokens)])
     install_health(app, "meta", runtime.readiness_checks())
+    install_browser_pages(app, "meta", runtime.config.web, root=not runtime.config.web.enabled)
+    if runtime.config.web.enabled:  # the chat app takes `/`
+        install_chat_app(app, runtime.config)
     parts = runtime.parts  # memberships live in the engine's roster cache: meta needs the engine
     service = MetaService(MetaStore(runtime.sql), runtime.tokens, parts.rosters, parts.cursors)
     MetaRoutes(service, max_members_per_request=limits.max_members_per_request,

@@ -12,6 +12,7 @@ from pystacker.runtime import Runtime
 from pystacker.web.middleware import internal_token_middleware
 from pystacker.web.health import install_health
 from pystacker.web.server import new_app
+from pystacker.webapp.pages import install_browser_pages
 
 
 def build_registry_app(runtime: Runtime) -> web.Application:
@@ -19,6 +20,7 @@ def build_registry_app(runtime: Runtime) -> web.Application:
     app = new_app("registry", max_body_bytes=config.limits.max_body_bytes, middlewares=[
         internal_token_middleware(config.internal.token.get_secret_value(), is_registry_write)])
     install_health(app, "registry", runtime.readiness_checks(), liveness=False)
+    install_browser_pages(app, "registry", config.web)
     liveness = GatewayLiveness(config.registry.gateway_heartbeat_interval)
     service = RegistryService(runtime.engine.registry, user_route_ttl=config.registry.user_route_ttl,
                               liveness=liveness)

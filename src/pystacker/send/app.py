@@ -12,6 +12,7 @@ from pystacker.send.service import SendService
 from pystacker.web.middleware import auth_middleware, internal_token_middleware
 from pystacker.web.health import install_health
 from pystacker.web.server import new_app
+from pystacker.webapp.pages import install_browser_pages
 
 SEND_SERVICE = web.AppKey("send_service", SendService)
 
@@ -36,6 +37,7 @@ def build_send_app(runtime: Runtime, *, port: int) -> web.Application:
                                   lambda request: request.path.startswith("/internal/")),
         auth_middleware(runtime.tokens)])
     install_health(app, "send", runtime.readiness_checks())
+    install_browser_pages(app, "send", config.web)
     service = new_send_service(runtime)
     SendRoutes(service, runtime.parts.handoff, runtime.send_limiter).install(app)
     presence = SendPresence(runtime.engine.registry, send_instance_id(runtime), config.address, port,
