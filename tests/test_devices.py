@@ -56,8 +56,8 @@ async def test_two_devices_get_everything_once_in_order_and_one_catches_up_alone
     alice, bob = await api.users(2, "dv")
     room_id = await make_room(api.meta, bob, [alice])
     phone = await api.connect(alice, device="phone")
-    laptop = await api.connect(alice, device="laptop")
-    assert phone.frames[0]["device_id"] == "phone" and laptop.frames[0]["device_id"] == "laptop"
+    laptop = await api.connect(alice, device="Laptop (Firefox)")
+    assert phone.frames[0]["device_id"] == "phone" and laptop.frames[0]["device_id"] == "Laptop (Firefox)"
 
     await send_range(api, bob, room_id, 150)
     await phone.collect(150, room_id=room_id)
@@ -191,8 +191,13 @@ async def test_a_device_unseen_for_the_ttl_is_forgotten_and_starts_again_as_new(
     await again.close()
 
 
-@pytest.mark.parametrize("where", ["query", "header"])
-@pytest.mark.parametrize("device", ["has space", "x" * 65, "a\tb", "é"])
+# A control character or a space at either end cannot travel in a header (the client refuses the
+# one, HTTP drops the other): those go in the query only.
+BAD_DEVICE_IDS = [(where, device) for where in ("query", "header") for device in ("x" * 65, "a\tb", "é")] + [
+    ("query", "a\x7fb"), ("query", " lead"), ("query", "trail ")]
+
+
+@pytest.mark.parametrize(("where", "device"), BAD_DEVICE_IDS)
 async def test_a_bad_device_id_is_refused_before_the_upgrade(api: Api, where: str, device: str) -> None:
     (alice,) = await api.users(1, "dv")
     headers = {"Authorization": f"Bearer {alice.token}"}

@@ -200,8 +200,6 @@ async def test_both_reconnect_after_a_server_restart_and_nothing_is_lost(up: UpP
     await expect_texts(ann, expected)
 
 
-@pytest.mark.xfail(reason="the gateway keeps one socket per user until multi-device lands (device_id): "
-                          "a second tab replaces the first (close 4009)", strict=False)
 async def test_two_tabs_of_one_user_both_show_every_message(up: UpProcess, browser: Any, shots: Screenshots) -> None:
     ann = await sign_up(await new_page(browser, shots), up, "ann")
     bob_first = await sign_up(await new_page(browser, shots), up, "bob")

@@ -134,7 +134,9 @@ export interface ClientOptions {
 export interface StateContext { oldState: ConnectionState; newState: ConnectionState }
 export interface ConnectingContext { code: number; reason: string; delay?: number }
 export interface ConnectedContext { userId: number; gatewayId: string; deviceId: string }
-export interface DisconnectedContext { code: number; reason: string; replaced?: boolean }
+/** `replaced`: closed with 4009 (another socket of this device); `deviceLimit`: closed with 4011 (the
+ *  user has too many devices online). Neither reconnects by itself. */
+export interface DisconnectedContext { code: number; reason: string; replaced?: boolean; deviceLimit?: boolean }
 export interface WelcomeContext { userId: number; gatewayId: string; unread: number }
 export interface SendingContext { clientMsgId: string; roomId: number; content: Content }
 export interface DeliveredContext { id: string; roomId: number; seq: number; clientMsgId: string | null }

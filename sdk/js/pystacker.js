@@ -17,6 +17,7 @@ export const State = Object.freeze({
 
 // The gateway's close codes (src/pystacker/messaging/frames.py).
 const CLOSE_REPLACED = 4009; // another connection of the same device took over: reconnecting would fight it
+const CLOSE_DEVICE_LIMIT = 4011; // the user has too many devices online and this one connected longest ago
 const GATEWAY_GONE = new Set([1001, 1006]); // the gateway went away: ask the registry for another one
 const CLIENT_DROPPED = 4000; // our own code when we give up on a socket (no pong, offline, reconnect())
 const MAX_SYNC_PAGE = 200; // the gateway's limit for one `sync` frame
@@ -748,7 +749,13 @@ export class PyStackerClient extends Emitter {
     if (code === CLOSE_REPLACED) {
       // Another connection of this device replaced ours; reconnecting would throw it out in turn.
       this._wanted = false;
-      this._setState(State.Disconnected, { code, reason: 'replaced by another connection of this user', replaced: true });
+      this._setState(State.Disconnected, { code, reason: 'replaced by another connection of this device', replaced: true });
+      return;
+    }
+    if (code === CLOSE_DEVICE_LIMIT) {
+      // Reconnecting would close another of the user's devices in turn.
+      this._wanted = false;
+      this._setState(State.Disconnected, { code, reason: 'too many devices of this user online', deviceLimit: true });
       return;
     }
     if (lived >= this.stableAfter) this.backoff.reset();

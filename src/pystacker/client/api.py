@@ -45,7 +45,7 @@ class PyStackerClient:
     def __init__(self, meta_url: str, send_url: str, registry_url: str, *, token: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT, http: aiohttp.ClientSession | None = None,
                  device_id: str | None = None) -> None:
-        """`device_id`: this device of the user (1-64 printable ASCII characters, no spaces), kept
+        """`device_id`: this device of the user (1-64 printable ASCII characters, no space at either end), kept
         across runs by the application: each device has its own socket and cursors, and gets the
         acks of what it sends. None: the user's `default` device, as a GoStacker client."""
         self.meta_url = meta_url.rstrip("/")

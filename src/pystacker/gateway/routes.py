@@ -9,7 +9,7 @@ from pystacker.gateway.client_frames import ClientFrames
 from pystacker.gateway.connection import Connection, RawFrame
 from pystacker.gateway.service import GatewayService
 from pystacker.engine.base import DEFAULT_DEVICE
-from pystacker.messaging.devices import Devices
+from pystacker.messaging.devices import DEVICE_ID_PATTERN, Devices
 from pystacker.messaging.frames import PushEntry, decode_entry, encode, error_frame, system_frame
 from pystacker.messaging.history import History
 from pystacker.web.auth import TokenService, bearer_token
@@ -57,7 +57,7 @@ class GatewayRoutes:
                   auth=Auth.WEBSOCKET, params=[
                       Param("catchup", {"type": "string"}, "`0`: no catch-up on connect (the client syncs itself)"),
                       Param("acks", {"type": "string"}, "`1`: the client's `ack` frames alone move its cursor"),
-                      Param("device_id", {"type": "string", "pattern": r"^[\x21-\x7e]{1,64}$"},
+                      Param("device_id", {"type": "string", "pattern": DEVICE_ID_PATTERN},
                             "This device (also the `X-Device-Id` header); none: `default`. Each device of a "
                             "user has its own socket and cursors")],
                   reply=Reply(None, status=101, description="Switching Protocols: the WebSocket is open"),

@@ -29,8 +29,10 @@ from pystacker.engine.base import DEFAULT_DEVICE, Cursors, Engine
 from pystacker.messaging.cursors import CursorBook
 from pystacker.messaging.readstate import ReadState
 
-_DEVICE_ID = re.compile(r"[\x21-\x7e]{1,64}")
-DEVICE_ID_RULE = "1 to 64 printable ASCII characters, no spaces"
+# Printable ASCII; spaces inside only (HTTP drops them at the ends of a header).
+_DEVICE_ID = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,62}[\x21-\x7e])?")
+DEVICE_ID_PATTERN = r"^[\x21-\x7e](?:[\x20-\x7e]{0,62}[\x21-\x7e])?$"
+DEVICE_ID_RULE = "1 to 64 printable ASCII characters, not starting or ending with a space"
 
 
 def parse_device_id(raw: str | None) -> str:

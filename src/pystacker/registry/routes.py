@@ -16,6 +16,7 @@ from aiohttp import web
 from pydantic import Field, StrictFloat, StrictInt, StringConstraints
 
 from pystacker.engine.base import DEFAULT_DEVICE, Engine, GatewayInfo, SendInfo
+from pystacker.messaging.devices import DEVICE_ID_PATTERN
 from pystacker.messaging.fanout import route_is_live
 from pystacker.registry.service import RegistryService
 from pystacker.web.auth import TokenService
@@ -66,7 +67,7 @@ class SendHeartbeat(RequestModel):
 class UserConnection(RequestModel):
     user_id: UserId
     gateway_id: InstanceId
-    device_id: Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,64}$")] = DEFAULT_DEVICE  # PyStacker: one device
+    device_id: Annotated[str, Field(max_length=64, pattern=DEVICE_ID_PATTERN)] = DEFAULT_DEVICE  # PyStacker: one device
 
 
 class RouteBatch(RequestModel):
@@ -152,7 +153,7 @@ class RegistryRoutes:
                           Param("exclude", {"type": "string", "maxLength": MAX_EXCLUDE_LENGTH},
                                 "Comma-separated ids of gateways the client could not reach: each is checked, "
                                 f"and chosen only when no other gateway can take the user (at most {MAX_EXCLUDED})"),
-                          Param("device_id", {"type": "string", "pattern": r"^[\x21-\x7e]{1,64}$"},
+                          Param("device_id", {"type": "string", "pattern": DEVICE_ID_PATTERN},
                                 "The connecting device, for its own reconnect lease (also `X-Device-Id`; none: "
                                 "`default`)")],
                   reply=Reply(envelope(AVAILABLE_GATEWAY)), errors=(400, 503),
