@@ -3,8 +3,9 @@
 # files named by PYSTACKER_*_FILE variables (docs/deployment.md).
 #
 # The base is an argument so that a machine without a registry can build from a local image, e.g. a
-# Debian root filesystem made with debootstrap (scripts/container-e2e does). Any Debian-based image
-# with python3 (3.11+), its venv module and useradd works.
+# Debian root filesystem made with debootstrap (docs/deployment.md, "What is tested"). Any
+# Debian-based image with python3 (3.11+), its venv module and useradd works. With podman, build
+# with `--format docker`: the OCI format has no HEALTHCHECK.
 ARG BASE_IMAGE=python:3.12-slim-bookworm
 
 # -- build: a virtual environment with PyStacker and its dependencies, from wheels --------------------
