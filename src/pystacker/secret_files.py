@@ -33,7 +33,7 @@ def values_from_files(environ: Mapping[str, str], prefix: str) -> dict[str, str]
             continue
         target = upper[: -len(FILE_SUFFIX)]
         if target == prefix.upper().rstrip("_") or target == prefix.upper():
-            continue  # `PYSTACKER__FILE` names no key
+            continue  # `PYSTACKER_FILE` and `PYSTACKER__FILE` name no key
         if target in present:
             raise SecretFileError(f"{target} and {upper} are both set: set only one of them")
         try:
