@@ -5,7 +5,8 @@ case-insensitive as in Viper. Unknown keys are refused, so a typo stops the proc
 silently ignored; the keys GoStacker ships but never reads are accepted (and ignored) so that its
 files still load.
 
-Environment variables override the file: `PYSTACKER_<SECTION>__<KEY>`, e.g. `PYSTACKER_MYSQL__HOST`;
+Environment variables override the file: `PYSTACKER_<SECTION>__<KEY>`, e.g. `PYSTACKER_MYSQL__HOST`, or
+`PYSTACKER_<SECTION>__<KEY>_FILE` naming a file that holds the value (secret_files.py);
 values given on the command line (`load_config(..., overrides=...)`) override both.
 
 PyStacker's own keys (not in GoStacker): `host`, `database.url`, `engine`, `internal.token`,
@@ -24,6 +25,8 @@ from urllib.parse import quote_plus
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+
+from pystacker.secret_files import EnvironmentWithSecretFiles, SecretFileError
 
 ENV_PREFIX = "PYSTACKER_"
 # GoStacker ships `jwt.secret: "secret"` in every file; such a secret makes every token forgeable.
@@ -307,8 +310,9 @@ class Config(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Highest first: command-line overrides (init kwargs), then the environment, then the file.
-        return (init_settings, env_settings, _YAMLFileSource(settings_cls))
+        # Highest first: command-line overrides (init kwargs), then the environment (a variable or the
+        # file its `_FILE` twin names: never both), then the YAML file.
+        return (init_settings, EnvironmentWithSecretFiles(settings_cls), _YAMLFileSource(settings_cls))
 
     # -- derived values -------------------------------------------------------------------------
 
@@ -344,8 +348,9 @@ def _env_name_for(loc: tuple[Any, ...]) -> str | None:
     present = {name.upper() for name in os.environ}
     for depth in range(len(loc), 0, -1):
         name = ENV_PREFIX + "__".join(str(part) for part in loc[:depth]).upper()
-        if name in present:
-            return name
+        for candidate in (name, name + "_FILE"):
+            if candidate in present:
+                return candidate
     return None
 
 
@@ -403,6 +408,8 @@ def load_config(path: str | os.PathLike[str] | None, *, overrides: dict[str, Any
         raise ConfigError(_format_validation_error(source, exc)) from None
     except SettingsError as exc:  # an environment variable pydantic-settings could not parse
         raise ConfigError(f"{source}: environment: {str(exc).splitlines()[0]}") from None
+    except SecretFileError as exc:
+        raise ConfigError(f"{source}: environment: {exc}") from None
     finally:
         _FILE_VALUES.reset(token)
 
