@@ -18,7 +18,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -30,6 +30,7 @@ from pystacker.messaging.cursors import CursorBook
 from pystacker.messaging.readstate import ReadState
 
 # Printable ASCII; spaces inside only (HTTP drops them at the ends of a header).
+SEEN_RESOLUTION = timedelta(hours=1)  # how exactly `devices.last_seen_at` follows the connects
 _DEVICE_ID = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,62}[\x21-\x7e])?")
 DEVICE_ID_PATTERN = r"^[\x21-\x7e](?:[\x20-\x7e]{0,62}[\x21-\x7e])?$"
 DEVICE_ID_RULE = "1 to 64 printable ASCII characters, not starting or ending with a space"
@@ -55,22 +56,24 @@ class DeviceStore:
         """The device's key, and whether the device is new (never seen, or forgotten since)."""
         now = utcnow()
         async with self.engine.begin() as conn:
-            key = await self._key(conn, user_id, device_id)
-            if key is not None:
-                await conn.execute(update(devices).where(devices.c.device_key == key).values(last_seen_at=now))
+            known = await self._key(conn, user_id, device_id)
+            if known is not None:
+                key, seen = known
+                if seen < now - SEEN_RESOLUTION:  # a write per hour at most: not one per reconnect
+                    await conn.execute(update(devices).where(devices.c.device_key == key).values(last_seen_at=now))
                 return key, False
             # Two first connects of one device at once: one insert wins, both read its key.
             inserted = await conn.execute(insert_ignoring_duplicates(devices, self.dialect),
                                           [{"user_id": user_id, "device_id": device_id, "last_seen_at": now}])
-            key = await self._key(conn, user_id, device_id)
-            assert key is not None
-            return key, bool(inserted.rowcount)
+            known = await self._key(conn, user_id, device_id)
+            assert known is not None
+            return known[0], bool(inserted.rowcount)
 
     @staticmethod
-    async def _key(conn, user_id: int, device_id: str) -> int | None:  # type: ignore[no-untyped-def]
-        row = (await conn.execute(select(devices.c.device_key).where(and_(
+    async def _key(conn, user_id: int, device_id: str) -> tuple[int, datetime] | None:  # type: ignore[no-untyped-def]
+        row = (await conn.execute(select(devices.c.device_key, devices.c.last_seen_at).where(and_(
             devices.c.user_id == user_id, devices.c.device_id == device_id)))).first()
-        return None if row is None else int(row[0])
+        return None if row is None else (int(row[0]), row[1])
 
     async def keys_of(self, user_ids: Sequence[int]) -> list[int]:
         """The device keys of these users' named devices."""
