@@ -25,7 +25,7 @@ from pystacker.web.envelope import error_response
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ALLOWED_METHODS = "GET, POST"
-ALLOWED_HEADERS = "Authorization, Content-Type"
+ALLOWED_HEADERS = "Authorization, Content-Type, X-Device-Id"  # X-Device-Id: which device gets the ack
 EXPOSED_HEADERS = "Retry-After"
 PREFLIGHT_MAX_AGE = "600"
 
