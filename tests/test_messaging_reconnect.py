@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
-from pystacker.messaging.frames import CLOSE_REPLACED
+from pystacker.messaging.frames import CLOSE_REPLACED, CLOSE_SHUTDOWN
+from tests.conftest import embedded_system
 from tests.ws import Api, Client, Closed, dedup, make_room, open_api, poll, send_http
 
 STREAM = 200
@@ -277,3 +279,27 @@ async def test_frames_confirmed_by_a_pong_are_not_sent_again(api: Api) -> None:
 
 async def _saved(cursors, user_id: int, room_id: int, seq: int) -> bool:  # type: ignore[no-untyped-def]
     return (await cursors.get(user_id, [room_id])).get(room_id) == seq
+
+
+async def test_a_socket_upgraded_while_the_gateway_drains_is_closed_with_1001(tmp_path: Path) -> None:
+    """The drain (close_connections) sweeps the registered sockets; one whose upgrade was still
+    under way is registered after the sweep and must be closed too, at once: left open, it held the
+    server's shutdown until aiohttp's timeout, and its client saw 1006 instead of 1001."""
+    async with embedded_system(tmp_path) as system, open_api(system) as api:
+        (alice,) = await api.users(1, "dr")
+        gateway = api.gateway_service
+        entered, release = asyncio.Event(), asyncio.Event()
+        original = gateway.devices.cursors_for
+
+        async def held(user_id: int, device_id: str):  # type: ignore[no-untyped-def]
+            entered.set()
+            await release.wait()
+            return await original(user_id, device_id)
+
+        gateway.devices.cursors_for = held
+        connecting = asyncio.create_task(api.connect(alice, welcome=False))
+        await asyncio.wait_for(entered.wait(), 5)
+        await gateway.close_connections()  # the sweep: nothing registered yet
+        release.set()
+        client = await asyncio.wait_for(connecting, 5)
+        assert await client.wait_closed(timeout=5) == CLOSE_SHUTDOWN

@@ -139,6 +139,10 @@ class GatewayService:
         devices = self.users.setdefault(conn.user_id, {})
         old = devices.get(conn.device_id)
         devices[conn.device_id] = conn
+        if not self.accepting:
+            # The drain began while this socket was being upgraded: close_connections' sweep did not
+            # see it, and left open it would hold the server's shutdown until its timeout.
+            conn.close_soon(CLOSE_SHUTDOWN, "gateway shutting down")
         if old is None:
             self.connection_count += 1
         else:
