@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pystacker.client import (Backoff, ChatMessage, Delivered, InOrderInbox, Offer, PyStackerClient, PyStackerError,
-                              ReadEvent, Session, SessionClosed, SessionFailed, user_id_from_token)
+                              ReadEvent, Session, SessionClosed, SessionFailed, TypingEvent, user_id_from_token)
 from pystacker.gateway.app import GATEWAY_SERVICE
 from pystacker.messaging.frames import CLOSE_SHUTDOWN, CLOSE_SLOW_CONSUMER
 from tests.ws import poll
@@ -219,6 +219,16 @@ async def test_read_state_unread_counts_and_read_events(make_client: Any) -> Non
     assert await alice.read(room, 99) == 3  # clamped to the room's end
     assert [r.unread for r in await alice.rooms() if r.room_id == room] == [0]
     assert (await bob.read_state(room))[alice.user_id] == 3
+
+
+async def test_typing_signals_reach_the_other_member(make_client: Any) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    room = await room_of(alice, bob)
+    a = await alice.connect()
+    b = await bob.connect(typing=True)
+    await a.typing(room)
+    item = await b.receive(timeout=TIMEOUT)
+    assert item == TypingEvent(room, alice.user_id)
 
 
 async def test_ws_send_twice_with_client_msg_id_is_one_message(make_client: Any) -> None:

@@ -131,8 +131,13 @@ async def test_two_users_chat_both_ways_with_unread_badges_and_states(up: UpProc
     # Bob's read mark reaches Ann as a read receipt.
     await expect(ann.message("are you there?").locator(".state")).to_have_text("Read")
 
+    # Bob types: Ann, who has the room open, sees it until his message comes.
+    await bob.page.locator("#composer-text").press_sequentially("yes")
+    await expect(ann.page.locator("#typing")).to_have_text(f"{bob.name} is typing…")
+    await bob.page.locator("#composer-text").fill("")
     await bob.send("yes, here")
     await expect_texts(ann, ["hello bob", "are you there?", "yes, here"])
+    await expect(ann.page.locator("#typing")).to_have_text("")
     await expect(ann.message("yes, here").locator(".sender")).to_have_text(bob.name)
     await expect(bob.message("yes, here").locator(".state")).to_have_text(re.compile("Sent|Delivered|Read"))
     await expect(ann.room_button(room).locator(".badge")).to_have_text("")  # Ann has the room open

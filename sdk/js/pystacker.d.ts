@@ -142,6 +142,7 @@ export interface SendingContext { clientMsgId: string; roomId: number; content: 
 export interface DeliveredContext { id: string; roomId: number; seq: number; clientMsgId: string | null }
 export interface SendFailedContext { clientMsgId: string; roomId: number; error: PyStackerError }
 export interface ReadContext { roomId: number; userId: number; seq: number }
+export interface TypingContext { roomId: number; userId: number }
 export interface TokenContext { token: string; userId: number }
 export interface ErrorContext { error: PyStackerError }
 
@@ -161,6 +162,8 @@ export interface ClientEvents {
   'send-failed': SendFailedContext;
   /** A read mark moved: yours (from any device) or another member's (a read receipt). */
   read: ReadContext;
+  /** Another member is typing (repeated every few seconds while he types: show it ~5 s after the last). */
+  typing: TypingContext;
   token: TokenContext;
   /** A frame of a type this SDK does not know, as it came. */
   frame: Record<string, unknown> & { type: string };
@@ -201,6 +204,9 @@ export declare class PyStackerClient {
   history(roomId: number, options?: { beforeSeq?: number | null; afterSeq?: number | null; limit?: number }): Promise<HistoryPage>;
   readState(roomId: number): Promise<ReadState>;
   markRead(roomId: number, seq: number): Promise<number>;
+  /** Tell the room's other members you are typing (dropped when not connected; the server forwards
+   *  one per 3 s, so calling it on every keystroke is fine). */
+  typing(roomId: number): void;
 
   track(roomId: number, lastSeq: number): void;
   position(roomId: number): number | null;

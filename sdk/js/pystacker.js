@@ -529,6 +529,12 @@ export class PyStackerClient extends Emitter {
     return Number(data?.seq) || seq;
   }
 
+  /** Tell the room's other members you are typing: a `typing` frame when connected, else nothing (a
+   *  late typing signal is worth nothing). The server forwards one per user and room per 3 s. */
+  typing(roomId) {
+    if (this._connected()) this._ws.send(JSON.stringify({ type: 'typing', room_id: roomId }));
+  }
+
   // -- the live connection ---------------------------------------------------------------------------
 
   get deviceId() {
@@ -832,8 +838,11 @@ export class PyStackerClient extends Emitter {
       case 'read':
         this.emit('read', { roomId: Number(frame.room_id), userId: Number(frame.user_id ?? frame.sender_id), seq: Number(frame.seq) || 0 });
         break;
+      case 'typing':
+        this.emit('typing', { roomId: Number(frame.room_id), userId: Number(frame.user_id ?? frame.sender_id) });
+        break;
       default:
-        // Frame types this SDK does not know (typing, presence, edits, ...): handed on as they are.
+        // Frame types this SDK does not know (presence, edits, ...): handed on as they are.
         this.emit('frame', frame);
     }
   }

@@ -150,6 +150,10 @@ test('connection states, device id, chat both ways, delivery and read state', as
   const marks = await ann.readState(roomId);
   equal(marks.members.get(bob.userId), 2, 'read_state has bob\'s mark');
 
+  const typing = nextEvent(ann, 'typing', (t) => t.roomId === roomId && t.userId === bob.userId);
+  bob.typing(roomId);
+  equal((await typing).userId, bob.userId, 'ann sees bob typing');
+
   const again = await ann.send(roomId, 'once', { clientMsgId: 'fixed-id-1' });
   const repeat = await ann.send(roomId, 'once', { clientMsgId: 'fixed-id-1' });
   equal([repeat.seq, repeat.duplicate], [again.seq, true], 'a repeated client_msg_id gets the first answer');

@@ -89,6 +89,19 @@ class ReadEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class TypingEvent:
+    """`user_id`, another member, is typing in `room_id` (a `typing` frame; they come again every few
+    seconds while he types: show it for about 5 s after the last one)."""
+
+    room_id: int
+    user_id: int
+
+    @classmethod
+    def from_frame(cls, frame: dict[str, Any]) -> TypingEvent:
+        return cls(_int(frame.get("room_id")), _int(frame.get("user_id")))
+
+
+@dataclass(frozen=True, slots=True)
 class RoomState:
     """One of your rooms as a room list shows it (`GET /api/joined_rooms`, `data.rooms`)."""
 

@@ -35,7 +35,8 @@ import orjson
 from pystacker.client.backoff import Backoff
 from pystacker.client.errors import GatewayUnreachable, PyStackerError, SessionClosed, SessionFailed
 from pystacker.client.inbox import InOrderInbox, Item, Offer
-from pystacker.client.models import ChatMessage, Delivered, Gateway, HistoryPage, ReadEvent, SendResult, as_content
+from pystacker.client.models import (ChatMessage, Delivered, Gateway, HistoryPage, ReadEvent, SendResult, TypingEvent,
+                                     as_content)
 
 if TYPE_CHECKING:
     from pystacker.client.api import PyStackerClient
@@ -64,7 +65,8 @@ class _Disconnected(Exception):
 class Session:
     """A live connection. Read with `async for item in session` or `await session.receive(timeout)`;
     items are `ChatMessage`s, `Delivered` events when `deliveries=True`, and `ReadEvent`s (your own
-    read marks from any of your connections, and the other members' read receipts) when `reads=True`.
+    read marks from any of your connections, and the other members' read receipts) when `reads=True`,
+    and `TypingEvent`s (another member is typing) when `typing=True`.
     `unread` is the total unread count the server gave when the current connection opened.
 
     Options: `catch_up` ("server" or "sync"), `max_queue`, `max_held`, `ack_delay` (seconds to gather
@@ -78,7 +80,7 @@ class Session:
     def __init__(self, client: PyStackerClient, *, catch_up: str = "server", max_queue: int = 1000,
                  max_held: int = 5000, ack_delay: float = 0.1, request_timeout: float = 10.0,
                  connect_timeout: float = 10.0, heartbeat: float | None = 30.0, backoff: Backoff | None = None,
-                 stable_after: float = 5.0, deliveries: bool = False, reads: bool = False,
+                 stable_after: float = 5.0, deliveries: bool = False, reads: bool = False, typing: bool = False,
                  positions: dict[int, int] | None = None,
                  gap_timeout: float = 30.0, on_state: StateListener | None = None) -> None:
         if catch_up not in ("server", "sync"):
@@ -93,6 +95,7 @@ class Session:
         self.stable_after = stable_after
         self.deliveries = deliveries
         self.reads = reads
+        self.typing_events = typing
         self.unread = 0
         self.gap_timeout = gap_timeout
         self.on_state = on_state
@@ -252,6 +255,14 @@ class Session:
         if ws is None or ws.closed:
             raise PyStackerError(0, "not connected")
         await ws.send_str(orjson.dumps({"type": "read", "room_id": room_id, "seq": seq}).decode())
+
+    async def typing(self, room_id: int) -> None:
+        """Tell the room's other members you are typing (a `typing` frame; the server forwards one per
+        3 s, so call it on every keystroke if you like). Dropped when not connected: a late typing
+        signal is worth nothing."""
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            await ws.send_str(orjson.dumps({"type": "typing", "room_id": room_id}).decode())
 
     async def sync(self, room_id: int, after_seq: int, limit: int = 50, *, timeout: float | None = None) -> HistoryPage:
         """Read the room's messages after `after_seq` over the socket (at most 200). A plain read: what
@@ -475,6 +486,9 @@ class Session:
                 self._ready.set()
         elif kind == "read":
             if self.reads and self.inbox.offer_event(ReadEvent.from_frame(frame)):
+                self._ready.set()
+        elif kind == "typing":
+            if self.typing_events and self.inbox.offer_event(TypingEvent.from_frame(frame)):
                 self._ready.set()
         elif kind == "system":
             if isinstance(frame.get("unread"), int):

@@ -8,6 +8,8 @@
   by a `batch` frame with `sync_room_id` and `has_more`.
 - `{"type":"read","room_id","seq"}`: the user has read the room up to seq (POST /api/chat/read's
   effect); every socket of his, this one included, and the other members get a `read` frame.
+- `{"type":"typing","room_id"}`: the user is typing; the room's other members get a `typing` frame
+  (messaging/typing_signals.py: at most one per user and room per 3 s; no answer).
 - `{"type":"ping"}`: answered by `pong`.
 Anything else gets an `error` frame; the connection stays open. A `send` over the user's rate limit
 gets `error` with code 429 and `retry_after` (seconds) in its payload. `ref` (echoed in the answer) must
@@ -25,6 +27,7 @@ from pystacker.gateway.connection import Connection, RawFrame
 from pystacker.messaging.frames import batch_frame, chat_frame, encode, error_frame, send_result_frame
 from pystacker.messaging.history import History
 from pystacker.messaging.membership import MembershipCache
+from pystacker.messaging.typing_signals import TypingSignals
 from pystacker.send.service import SendService
 from pystacker.web.envelope import ApiError
 from pystacker.web.ratelimit import RateLimited, TokenBucketLimiter
@@ -32,7 +35,7 @@ from pystacker.web.requests import RequestModel, describe
 
 PositiveId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
 MAX_SYNC_LIMIT = 200
-KNOWN_FRAME_TYPES = frozenset({"send", "ack", "sync", "read", "ping"})  # the frame-in metric's `type` values
+KNOWN_FRAME_TYPES = frozenset({"send", "ack", "sync", "read", "typing", "ping"})  # the frame-in metric's `type` values
 MAX_REF_CHARS = 128
 MAX_SHOWN_TYPE_CHARS = 32
 REF_RULE = f"ref must be a string of at most {MAX_REF_CHARS} characters, a number, a boolean or null"
@@ -69,6 +72,10 @@ class ReadFrame(RequestModel):
     seq: Seq
 
 
+class TypingFrame(RequestModel):
+    room_id: PositiveId
+
+
 class SyncFrame(RequestModel):
     room_id: PositiveId
     after_seq: Seq = 0
@@ -77,11 +84,12 @@ class SyncFrame(RequestModel):
 
 
 class ClientFrames:
-    def __init__(self, sender: SendService, history: History, members: MembershipCache,
+    def __init__(self, sender: SendService, history: History, members: MembershipCache, typing: TypingSignals,
                  send_limiter: TokenBucketLimiter | None = None) -> None:
         self.sender = sender
         self.history = history
         self.members = members
+        self.typing = typing
         self.send_limiter = send_limiter  # the same bucket as POST /api/chat/send_message (runtime's)
 
     async def handle(self, conn: Connection, text: str) -> None:
@@ -115,13 +123,15 @@ class ClientFrames:
             elif kind == "read":
                 frame = ReadFrame.model_validate(data)
                 await self.sender.mark_read(conn.user_id, frame.room_id, frame.seq)
+            elif kind == "typing":
+                await self._typing(conn, TypingFrame.model_validate(data))
             elif kind == "ping":
                 self._reply(conn, {"id": -1, "type": "pong", "room_id": 0, "sender_id": 0, "payload": ref})
             elif isinstance(kind, str):  # shown cut short: the answer must not grow with the input
                 self._reply(conn, error_frame(400, f"unknown frame type: {kind[:MAX_SHOWN_TYPE_CHARS]!r}", ref=ref))
             else:  # repr() of a deep list hit Python's recursion limit: name the rule instead
-                self._reply(conn, error_frame(400, "a frame needs a string `type`: send, ack, sync, read or ping",
-                                              ref=ref))
+                self._reply(conn, error_frame(400, "a frame needs a string `type`: send, ack, sync, read, typing "
+                                              "or ping", ref=ref))
         except ValidationError as exc:
             self._reply(conn, error_frame(400, describe(exc), ref=ref))
         except RateLimited as exc:
@@ -131,6 +141,10 @@ class ClientFrames:
             self._reply(conn, frame)
         except ApiError as exc:
             self._reply(conn, error_frame(exc.status, exc.msg, ref=ref))
+
+    async def _typing(self, conn: Connection, frame: TypingFrame) -> None:
+        members = await self.sender.require_member(conn.user_id, frame.room_id)
+        await self.typing.typing(conn.user_id, frame.room_id, members)
 
     async def _send(self, conn: Connection, frame: SendFrame) -> None:
         if self.send_limiter is not None:

@@ -89,6 +89,7 @@ class RawFrame:
 
     text: str
     entry_id: str | None = None
+    sheddable: bool = False  # dropped when the queue is more than half full (a typing signal)
 
 
 @dataclass(slots=True)
@@ -193,6 +194,10 @@ class Connection:
             return False
         if type(item) is RoomPush and self._write_now(item):
             return True
+        if type(item) is RawFrame and item.sheddable and len(self.queue) * 2 > self.queue_size:
+            self.metrics.typing_shed.inc()
+            self._settle(item)
+            return True  # dropped on purpose: nothing to hand on
         if len(self.queue) < self.queue_size:
             if self.queue is _NO_ITEMS:
                 self.queue = deque()

@@ -25,9 +25,10 @@ from pystacker.messaging.cursors import CursorBook
 from pystacker.messaging.devices import DeviceCursors, Devices
 from pystacker.messaging.fanout import route_is_live
 from pystacker.messaging.frames import (CLOSE_DEVICE_LIMIT, CLOSE_REPLACED, CLOSE_SHUTDOWN, PushEntry, ack_frame,
-                                       chat_frame, decode_entry, encode, read_frame)
+                                       chat_frame, decode_entry, encode, read_frame, typing_frame)
 from pystacker.messaging.handoff import CATCH_UP, Handoff
 from pystacker.messaging.readstate import READ, ReadState
+from pystacker.messaging.typing_signals import TYPING
 from pystacker.observability import metrics, tracing
 from pystacker.registry.device_routes import connected_devices
 from pystacker.registry.presence import GatewayPresence
@@ -421,6 +422,8 @@ def _entry_item(push: PushEntry, entry_id: str | None, trace: Any = None) -> Ite
         return CatchUp(entry_id)
     if push.type == READ:  # ephemeral: no seq of the room, never in a catch-up
         return RawFrame(encode(read_frame(push.room_id, push.sender_id, push.seq)), entry_id)
+    if push.type == TYPING:  # ephemeral, and the first thing shed under load
+        return RawFrame(encode(typing_frame(push.room_id, push.sender_id)), entry_id, sheddable=True)
     # A frame from GoStacker components (no seq): deliver as it is.
     return RawFrame(encode({"id": push.msg_id, "type": push.type, "room_id": push.room_id,
                             "sender_id": push.sender_id, "payload": push.payload}), entry_id)

@@ -66,6 +66,11 @@ def read_frame(room_id: int, user_id: int, seq: int) -> dict[str, Any]:
             "user_id": user_id, "seq": seq}
 
 
+def typing_frame(room_id: int, user_id: int) -> dict[str, Any]:
+    """`user_id` is typing in `room_id` (never stored: messaging/typing_signals.py); GoStacker's keys too."""
+    return {"id": -1, "type": "typing", "room_id": room_id, "sender_id": user_id, "payload": None, "user_id": user_id}
+
+
 def batch_frame(chats: list[dict[str, Any]], *, room_id: int | None = None, has_more: bool | None = None) -> dict[str, Any]:
     frame: dict[str, Any] = {"id": -1, "type": "batch", "room_id": 0, "sender_id": 0, "payload": chats}
     if room_id is not None:  # an answer to a `sync` request says which room and whether more follow

@@ -92,6 +92,10 @@ READ_MARKS_MOVED = Counter("pystacker_read_marks_moved_total",
 READ_RECEIPTS = Counter("pystacker_read_receipts_total", "Read receipts of groups for the other members, by "
                         "outcome: sent, coalesced (held to the end of the interval), shed (dropped under load).",
                         ["outcome"])
+TYPING_SIGNALS = Counter("pystacker_typing_signals_total", "Typing signals from clients, by outcome: forwarded "
+                         "(to the room's other members), dropped (another within 3 s, or nobody to tell).", ["outcome"])
+TYPING_SHED = Counter("pystacker_typing_shed_total", "Typing frames a gateway dropped for a connection whose queue "
+                      "was more than half full.", ["gateway"])
 
 # -- flusher ----------------------------------------------------------------------------------------
 
@@ -217,6 +221,7 @@ class GatewayMetrics:
         self.connects = WS_CONNECTS.labels(gateway_id)
         self.slow_consumers = WS_SLOW_CONSUMERS.labels(gateway_id)
         self.device_limit_closes = WS_DEVICE_LIMIT_CLOSES.labels(gateway_id)
+        self.typing_shed = TYPING_SHED.labels(gateway_id)
         self.delivered = MESSAGES_DELIVERED.labels(gateway_id)
         self.caught_up = MESSAGES_CAUGHT_UP.labels(gateway_id)
         self.gap_filled = MESSAGES_GAP_FILLED.labels(gateway_id)

@@ -39,7 +39,8 @@ class SendService:
         self.reading = reading
         self.history = History(engine.messages, store)
 
-    async def _require_member(self, user_id: int, room_id: int) -> frozenset[int]:
+    async def require_member(self, user_id: int, room_id: int) -> frozenset[int]:
+        """The room's members, if `user_id` is one of them (404: no such room, 403: not a member)."""
         members = await self.members.members(room_id)
         if user_id not in members:
             if not members:
@@ -58,7 +59,7 @@ class SendService:
             if tracing.enabled else None
         try:
             kind, payload = parse_content(content)
-            members = await self._require_member(sender_id, room_id)
+            members = await self.require_member(sender_id, room_id)
             # The members' routes come with the append, read after it (one round trip where the
             # engine can): the fan-out needs them, and a later reader would cost a round trip more.
             appended, routes = await self.engine.append_and_route(NewMessage(
@@ -92,25 +93,25 @@ class SendService:
             raise not_found("message not found")
         if message.sender_id != caller:
             raise ApiError(401, "Unauthorized")
-        members = await self._require_member(caller, message.room_id)
+        members = await self.require_member(caller, message.room_id)
         await self.fanout.submit(message, members)
         return message
 
     async def mark_read(self, reader: int, room_id: int, seq: int) -> int:
         """The reader (a member) has read the room up to `seq`: his read mark now (see readstate.py)."""
-        members = await self._require_member(reader, room_id)
+        members = await self.require_member(reader, room_id)
         return await self.reading.mark(reader, room_id, seq, members)
 
     async def read_state(self, caller: int, room_id: int) -> tuple[int, dict[int, int]]:
         """The room's last seq and every member's read seq, for a member."""
-        members = await self._require_member(caller, room_id)
+        members = await self.require_member(caller, room_id)
         return await self.reading.of_members(room_id, members)
 
     async def room_history(self, caller: int, room_id: int, *, after_seq: int | None, before_seq: int | None,
                            limit: int) -> tuple[list[StoredMessage], int]:
         """A page of a room's messages and the room's last seq. With after_seq: ascending from there;
         else the newest before before_seq (or the newest of all)."""
-        await self._require_member(caller, room_id)
+        await self.require_member(caller, room_id)
         last_seq = (await self.engine.messages.last_seqs([room_id])).get(room_id, 0)
         limit = max(1, min(limit, MAX_HISTORY_PAGE))
         if after_seq is not None:

@@ -8,6 +8,8 @@ import { dayKey, dayLabel, ownState, parseUserIds, previewOf, STATE_LABELS, time
 
 const SESSION_KEY = 'pystacker.session';
 const PAGE_SIZE = 50;
+const TYPING_EVERY_MS = 2000; // a typing signal at most this often while the user types
+const TYPING_SHOWN_MS = 5000; // "… is typing" stays this long after the last signal
 const ROLE_ADMIN = 1; // owner 0 and admin 1 may add members and answer join requests
 
 const $ = (selector) => document.querySelector(selector);
@@ -185,9 +187,43 @@ class ChatApp {
       room.loaded = true;
     }
     this.renderMessages({ toBottom: true });
+    this.renderTyping();
     this.markRead(room);
     this.renderRooms();
     $('#composer-text').focus();
+  }
+
+  // -- typing -------------------------------------------------------------------------------------
+
+  /** The user typed in the composer: tell the room, at most every TYPING_EVERY_MS (the server
+   *  forwards one per 3 s anyway; this only saves frames). */
+  typed() {
+    const now = Date.now();
+    if (!this.current || now - (this.lastTypingSent || 0) < TYPING_EVERY_MS) return;
+    this.lastTypingSent = now;
+    this.client.typing(this.current.roomId);
+  }
+
+  /** Another member is typing: shown under the open room's messages until TYPING_SHOWN_MS after his
+   *  last signal (or his message arrives). */
+  onTyping({ roomId, userId }) {
+    const room = this.rooms.get(roomId);
+    if (!room || userId === this.client.userId) return;
+    room.typing = room.typing || new Map();
+    room.typing.set(userId, Date.now() + TYPING_SHOWN_MS);
+    this.renderTyping();
+    setTimeout(() => this.renderTyping(), TYPING_SHOWN_MS + 50);
+  }
+
+  renderTyping() {
+    const room = this.current;
+    const now = Date.now();
+    const names = [];
+    for (const [userId, until] of room?.typing || []) {
+      if (until > now) names.push(this.senderName(room, userId));
+      else room.typing.delete(userId);
+    }
+    $('#typing').textContent = names.length === 0 ? '' : `${names.join(', ')} ${names.length === 1 ? 'is' : 'are'} typing…`;
   }
 
   /** Everything the open room shows, rebuilt: on opening it and when older messages come in. */
@@ -319,6 +355,7 @@ class ChatApp {
     if (!room.members.has(message.senderId)) await this.loadMembers(room).catch(() => {});
     if (room.messages.has(message.seq)) return; // shown already (history and the live push can overlap)
     const mine = message.senderId === this.client.userId;
+    if (room.typing?.delete(message.senderId) && room === this.current) this.renderTyping(); // he sent it
     const pending = message.clientMsgId ? room.pending.get(message.clientMsgId) : null;
     const shown = { ...message, state: pending && pending.state === 'delivered' ? 'delivered' : 'accepted' };
     // Kept while the room's first page loads too: the page may have been read before this message.
@@ -409,6 +446,7 @@ class ChatApp {
       handled = handled.then(() => this.onMessage(message)).catch((err) => console.error(err));
     });
     client.on('read', (event) => this.onRead(event));
+    client.on('typing', (event) => this.onTyping(event));
     client.on('delivered', ({ clientMsgId, roomId }) => clientMsgId && this.onSendState(clientMsgId, roomId, { state: 'delivered' }));
     client.on('state', ({ newState }) => document.body.setAttribute('data-connection', newState));
     for (const state of Object.values(State)) client.on(state, (ctx) => this.onConnection(state, ctx));
@@ -487,6 +525,7 @@ class ChatApp {
       box.value = '';
       box.focus();
     });
+    $('#composer-text').addEventListener('input', () => this.typed());
     $('#composer-text').addEventListener('keydown', (event) => {
       if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
