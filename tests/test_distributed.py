@@ -466,6 +466,19 @@ class TestTwoGatewaysTwoSends:
         assert_once_in_order(phone_again, room_id, list(range(151, 501)))
         await close_all([laptop, phone_again])
 
+    async def test_typing_crosses_gateways_to_every_device_of_the_others(self, dep: TestDeployment) -> None:
+        first, second = (await dep.ensure_gateways(2))[:2]
+        alice, bob = await dep.users(2, "tg")
+        room_id = await make_room(dep.meta, alice, [bob])
+        typist = await dep.connect_to(first, alice)
+        phone = await dep.connect_to(first, bob, device="phone")
+        laptop = await dep.connect_to(second, bob, device="laptop")
+        await typist.send_frame({"type": "typing", "room_id": room_id})
+        for client in (phone, laptop):
+            frame = await client.recv_until(lambda f: f["type"] == "typing", timeout=DELIVERY_TIMEOUT)
+            assert (frame["room_id"], frame["user_id"]) == (room_id, alice.id)
+        await close_all([typist, phone, laptop])
+
     async def test_device_cursors_survive_a_killed_gateway_and_flusher_and_a_lost_store(self, dep: TestDeployment) -> None:
         """A named device's cursor lives in Redis and reaches SQL through the flusher: after its
         gateway and the flusher are killed and Redis lost the cursor (its key deleted: what a restart
