@@ -11,7 +11,7 @@ values given on the command line (`load_config(..., overrides=...)`) override bo
 
 PyStacker's own keys (not in GoStacker): `host`, `database.url`, `engine`, `internal.token`,
 `ports.*` (embedded mode), `metrics_port`, `data_dir`, `limits.*`, `redis.cluster` (and in each `send_redis` block),
-`tracing.*`, `web.*`.
+`tracing.*`, `notify.*`, `web.*`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote_plus
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError, field_validator,
+                      model_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from pystacker.secret_files import EnvironmentWithSecretFiles, SecretFileError
@@ -244,6 +245,24 @@ class WebConfig(Section):
     cors_origins: list[Annotated[str, StringConstraints(pattern=r"^(\*|https?://[^\s/]+)$")]] = Field(default_factory=list)
 
 
+class NotifyConfig(Section):
+    """PyStacker extension: the offline notification webhook (messaging/offline_notify.py). Off while
+    `webhook_url` is empty; with it, `secret` signs every batch (X-PyStacker-Signature) and is required."""
+
+    webhook_url: str = Field("", pattern=r"^(https?://[^\s/]+(/\S*)?)?$")
+    secret: SecretStr = SecretStr("")
+    batch_ms: int = Field(1000, ge=10, le=60_000)
+    queue_size: int = Field(10_000, ge=1, le=1_000_000)
+    timeout_s: float = Field(5.0, gt=0, le=60)
+    retry_for_s: float = Field(300.0, ge=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _secret_with_url(self) -> NotifyConfig:
+        if self.webhook_url and not self.secret.get_secret_value():
+            raise ValueError("notify.secret is required with notify.webhook_url (it signs every batch)")
+        return self
+
+
 class TracingConfig(Section):
     """PyStacker extension: OpenTelemetry traces of each message, from send to the socket writes
     (docs/observability.md). Off by default; on, it needs the `tracing` extra installed."""
@@ -299,6 +318,7 @@ class Config(BaseSettings):
     limits: LimitsConfig = LimitsConfig()
     websocket: WebSocketConfig = WebSocketConfig()
     tracing: TracingConfig = TracingConfig()
+    notify: NotifyConfig = NotifyConfig()
     web: WebConfig = WebConfig()
 
     @classmethod

@@ -92,6 +92,11 @@ READ_MARKS_MOVED = Counter("pystacker_read_marks_moved_total",
 READ_RECEIPTS = Counter("pystacker_read_receipts_total", "Read receipts of groups for the other members, by "
                         "outcome: sent, coalesced (held to the end of the interval), shed (dropped under load).",
                         ["outcome"])
+OFFLINE_NOTIFICATIONS = Counter("pystacker_offline_notifications_total", "Messages for members with no device "
+                                "online, by outcome at the webhook: sent, given_up (retries ran out), dropped "
+                                "(the buffer was full).", ["outcome"])
+OFFLINE_NOTIFICATIONS_RETRIES = Counter("pystacker_offline_notification_retries_total",
+                                        "Webhook batches sent again after a failure.")
 TYPING_SIGNALS = Counter("pystacker_typing_signals_total", "Typing signals from clients, by outcome: forwarded "
                          "(to the room's other members), dropped (another within 3 s, or nobody to tell).", ["outcome"])
 TYPING_SHED = Counter("pystacker_typing_shed_total", "Typing frames a gateway dropped for a connection whose queue "

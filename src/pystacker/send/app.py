@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from pystacker.messaging.offline_notify import OfflineNotifier
 from pystacker.registry.presence import SendPresence
 from pystacker.runtime import Runtime
 from pystacker.send.fanout import Fanout
@@ -25,8 +26,13 @@ def new_send_service(runtime: Runtime) -> SendService:
     """A SendService with its own fan-out workers (the gateway makes one for `send` frames)."""
     config = runtime.config
     parts = runtime.parts
+    notify = config.notify
+    notifier = None if not notify.webhook_url else OfflineNotifier(
+        notify.webhook_url, notify.secret.get_secret_value().encode(), parts.reading, batch_ms=notify.batch_ms,
+        queue_size=notify.queue_size, timeout_s=notify.timeout_s, retry_for_s=notify.retry_for_s)
     fanout = Fanout(runtime.engine, parts.live, workers=config.send_dispatcher.gateway_worker_count,
-                    queue_size=config.send_dispatcher.gateway_queue_size, read_marks=parts.reading.marks)
+                    queue_size=config.send_dispatcher.gateway_queue_size, read_marks=parts.reading.marks,
+                    notifier=notifier)
     return SendService(runtime.engine, parts.store, parts.members, fanout, runtime.ids, reading=parts.reading)
 
 

@@ -19,6 +19,7 @@ from pystacker.engine.base import DEFAULT_DEVICE, Engine, StoredMessage, UserRou
 from pystacker.messaging.handoff import LiveGateways
 from pystacker.messaging.fanout import plan_fanout
 from pystacker.messaging.frames import PushEntry
+from pystacker.messaging.offline_notify import OfflineNotifier
 from pystacker.messaging.readstate import ReadMarks
 from pystacker.observability import metrics, tracing
 
@@ -26,38 +27,42 @@ log = logging.getLogger("pystacker.send.fanout")
 
 
 class FanoutJob:
-    __slots__ = ("message", "members", "routes", "ack_sender", "trace", "ack_device")
+    __slots__ = ("message", "members", "routes", "ack_sender", "trace", "ack_device", "new")
 
     def __init__(self, message: StoredMessage, members: Collection[int], routes: dict[int, UserRoute] | None,
-                 ack_sender: bool, trace: Any, ack_device: str) -> None:
+                 ack_sender: bool, trace: Any, ack_device: str, new: bool) -> None:
         self.message = message
         self.members = members
         self.routes = routes  # the members' routes read after the append (None: read them when pushing)
         self.ack_sender = ack_sender
         self.trace = trace  # the send span the fan-out continues (None: tracing off)
         self.ack_device = ack_device  # the sender's device that sent: it gets the ack
+        self.new = new  # first push of the message (not a duplicate or a resend): offline members are notified
 
 
 class Fanout:
     def __init__(self, engine: Engine, live: LiveGateways, *, workers: int, queue_size: int,
-                 read_marks: ReadMarks | None = None) -> None:
+                 read_marks: ReadMarks | None = None, notifier: OfflineNotifier | None = None) -> None:
         self.engine = engine
         self.live = live
         self.read_marks = read_marks  # the sender's mark moves to his message once it is handed on
+        self.notifier = notifier  # told of new messages' members with no device online (None: off)
         self._queues = [asyncio.Queue[FanoutJob](maxsize=max(queue_size, 1)) for _ in range(max(workers, 1))]
         self._tasks: list[asyncio.Task[None]] = []
         self.failures = 0
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work(q), name=f"fanout-{i}") for i, q in enumerate(self._queues)]
+        if self.notifier is not None:
+            self.notifier.start()
 
     async def submit(self, message: StoredMessage, members: Collection[int], *, ack_sender: bool = True,
                      routes: dict[int, UserRoute] | None = None, trace: Any = None,
-                     ack_device: str = DEFAULT_DEVICE) -> None:
+                     ack_device: str = DEFAULT_DEVICE, new: bool = False) -> None:
         """Queue the push; waits while the room's worker queue is full. `routes`: the members' routes,
         read after the message was appended (None: read when pushing). `trace`: the span of the send."""
         await self._queues[message.room_id % len(self._queues)].put(
-            FanoutJob(message, members, routes, ack_sender, trace, ack_device))
+            FanoutJob(message, members, routes, ack_sender, trace, ack_device, new))
 
     async def drain(self, timeout: float) -> None:
         """Let queued pushes finish (graceful stop)."""
@@ -67,6 +72,8 @@ class Fanout:
             log.warning("fan-out queues not drained in %.0fs; their messages reach users by catch-up", timeout)
 
     async def stop(self) -> None:
+        if self.notifier is not None:
+            await self.notifier.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -77,7 +84,7 @@ class Fanout:
             job = await queue.get()
             try:
                 await self.push(job.message, job.members, ack_sender=job.ack_sender, routes=job.routes,
-                                trace=job.trace, ack_device=job.ack_device)
+                                trace=job.trace, ack_device=job.ack_device, new=job.new)
             except Exception:
                 self.failures += 1
                 metrics.FANOUT_FAILURES.inc()
@@ -88,7 +95,7 @@ class Fanout:
 
     async def push(self, message: StoredMessage, members: Collection[int], *, ack_sender: bool = True,
                    routes: dict[int, UserRoute] | None = None, trace: Any = None,
-                   ack_device: str = DEFAULT_DEVICE) -> None:
+                   ack_device: str = DEFAULT_DEVICE, new: bool = False) -> None:
         """`trace`: the send's span, continued by a fan-out span whose context goes into the entries
         (None, tracing off: no span, and the entries carry no trace key)."""
         span = None if trace is None else tracing.start_span(
@@ -116,6 +123,8 @@ class Fanout:
                     ack_gateway, PushEntry.for_ack(message, trace_parent, ack_device).encode()))
             else:
                 await self._add(entries)
+            if new and self.notifier is not None and plan.offline:
+                self.notifier.offer(message, plan.offline)
             if self.read_marks is not None:
                 # After the copies, so the delivery waits for nothing; the sender's own message is
                 # then never unread (a mark only moves forward: a resent old message changes nothing).

@@ -70,7 +70,8 @@ class SendService:
                 span.set_attributes({**tracing.message_attributes(appended.message), "duplicate": appended.duplicate})
             # A duplicate is pushed again too: the first attempt may have died before its push (gateways
             # drop what a client already has, by seq).
-            await self.fanout.submit(appended.message, members, routes=routes, trace=span, ack_device=device_id)
+            await self.fanout.submit(appended.message, members, routes=routes, trace=span, ack_device=device_id,
+                                     new=not appended.duplicate)
         except BaseException as exc:
             if span is not None:
                 tracing.end_span(span, exc)
