@@ -49,6 +49,7 @@ GATEWAY_NAME = "gostacker-gateway"  # `name` in config.gateway.yaml: gateway ids
 GATEWAY_TTL = 6
 SEND_TTL = 6
 USER_ROUTE_TTL = 30  # the reconnect lease
+PRESENCE_TTL = GATEWAY_TTL  # a killed gateway's users show offline within this (watchers re-check every half)
 
 
 @dataclass
@@ -267,7 +268,8 @@ async def start_deployment(log_dir: Path, database_url: str, *, redis: RedisTarg
     shared = deployment_env(database_url=database_url, key_prefix=prefix, jwt_secret=jwt_secret,
                             internal_token=internal_token, redis=redis.env(), gateway_ttl=GATEWAY_TTL,
                             send_ttl=SEND_TTL, user_route_ttl=USER_ROUTE_TTL,
-                            extra={**LOAD_GENERATOR_LIMITS, **(env or {})})
+                            extra={**LOAD_GENERATOR_LIMITS, "PYSTACKER_REGISTRY__PRESENCE_TTL": str(PRESENCE_TTL),
+                                   **(env or {})})
     await asyncio.to_thread(cluster.migrate, CONFIG_DIR, shared)
     # every port free (the flusher's and msgflusher's metrics ports too: the example configs fix them)
     members = plan_on_free_ports(CONFIG_DIR, gateways=gateways, sends=sends)

@@ -28,7 +28,7 @@ from pystacker.messaging.frames import CLOSE_SHUTDOWN, decode_entry
 from pystacker.web.middleware import INTERNAL_TOKEN_HEADER
 from tests import databases
 from tests.client import User
-from tests.deployment import GATEWAY_TTL, RedisTarget, TestDeployment, start_deployment, with_deadline
+from tests.deployment import GATEWAY_TTL, PRESENCE_TTL, RedisTarget, TestDeployment, start_deployment, with_deadline
 from tests.engine.redis_servers import LocalCluster
 from tests.ws import Client, Closed, make_room, poll
 
@@ -479,6 +479,38 @@ class TestTwoGatewaysTwoSends:
             assert (frame["room_id"], frame["user_id"]) == (room_id, alice.id)
         await close_all([typist, phone, laptop])
 
+    async def test_presence_across_gateways_and_a_killed_gateway(self, dep: TestDeployment) -> None:
+        """Online while a device is connected on either gateway; offline with last_seen when the last
+        leaves; and when a gateway is killed, its users show offline within the presence TTL, to a
+        watcher on the other gateway too."""
+        first, second = (await dep.ensure_gateways(2))[:2]
+        watcher, ann = await dep.users(2, "pg")
+        watching = await dep.connect_to(first, watcher)
+        await watching.send_frame({"type": "presence_subscribe", "user_ids": [ann.id]})
+        await watching.recv_until(lambda f: f["type"] == "presence" and f["online"] is False)
+        phone = await dep.connect_to(second, ann, device="phone")
+        await watching.recv_until(lambda f: f["type"] == "presence" and f["online"] is True, timeout=DELIVERY_TIMEOUT)
+        laptop = await dep.connect_to(first, ann, device="laptop")
+        await phone.close()
+        state = await _presence(dep, watcher, ann)
+        assert state["online"] is True  # the laptop
+
+        dep.signal(first, signal.SIGKILL)  # the laptop's gateway (and the watcher's)
+        await wait_gone(laptop)
+        started = time.monotonic()
+
+        async def offline() -> dict[str, Any] | None:
+            state = await _presence(dep, watcher, ann)
+            return state if not state["online"] else None
+
+        state = await poll(offline, "ann offline after her gateway died", timeout=PRESENCE_TTL + 10)
+        print(f"offline {time.monotonic() - started:.1f}s after the kill (presence TTL {PRESENCE_TTL}s)")
+        watching = await dep.connect_to(second, watcher)
+        await watching.send_frame({"type": "presence_subscribe", "user_ids": [ann.id]})
+        frame = await watching.recv_until(lambda f: f["type"] == "presence", timeout=DELIVERY_TIMEOUT)
+        assert frame["online"] is False
+        await watching.close()
+
     async def test_device_cursors_survive_a_killed_gateway_and_flusher_and_a_lost_store(self, dep: TestDeployment) -> None:
         """A named device's cursor lives in Redis and reaches SQL through the flusher: after its
         gateway and the flusher are killed and Redis lost the cursor (its key deleted: what a restart
@@ -509,6 +541,12 @@ class TestTwoGatewaysTwoSends:
         await poll(lambda: _device_cursor_in_sql(dep.sql, key, room_id, 15), "the cursor moving on in SQL",
                    timeout=DELIVERY_TIMEOUT)
         await again.close()
+
+
+async def _presence(dep: TestDeployment, caller: User, user: User) -> dict[str, Any]:
+    answer = await dep.sends[0].get("/api/presence", params={"user_ids": str(user.id)}, token=caller.token)
+    assert answer.status == 200, answer
+    return answer.data["users"][0]
 
 
 async def _device_key(sql: AsyncEngine, user_id: int, device_id: str) -> int | None:

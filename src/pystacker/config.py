@@ -167,6 +167,9 @@ class RegistryConfig(Section):
     gateway_heartbeat_interval: float = Field(1.0, gt=0)
     send_heartbeat_timeout: int = Field(30, ge=1)
     user_route_ttl: int = Field(120, ge=1)
+    # PyStacker extension: a user whose gateway died shows offline within this many seconds (the
+    # gateways re-check the users their clients watch every half of it; docs/architecture.md).
+    presence_ttl: int = Field(60, ge=2)
     cleanup_interval: int = 10  # unused by GoStacker too
 
 

@@ -167,3 +167,11 @@ async def test_concurrent_connects_of_one_users_devices_keep_them_all(engine: En
     record = (await engine.registry.get_routes([user]))[user]
     assert sorted(r.device_id for r in record.devices()) == sorted(names)
     assert record.device_id == "d11"
+
+
+async def test_last_seen_is_kept_per_user_and_expires(engine: Engine) -> None:
+    seen, gone, never = unique_int(), unique_int(), unique_int()
+    await engine.registry.set_last_seen(seen, 1_700_000_123.5, 3600)
+    await engine.registry.set_last_seen(gone, 1_700_000_000.0, 1)
+    assert (await engine.registry.last_seen([seen, never]))  == {seen: 1_700_000_123.5}
+    await until(lambda: engine.registry.last_seen([gone]), lambda found: found == {}, timeout=5)

@@ -322,6 +322,12 @@ class Registry(Protocol):
         the user's record as written (every device)."""
         """ttl None: kept until replaced (a connected user's route lives as long as its gateway)."""
     async def get_routes(self, user_ids: Sequence[int]) -> dict[int, UserRoute]: ...
+    async def set_last_seen(self, user_id: int, seen_at: float, ttl: int) -> None:
+        """When the user's last device left (unix seconds), kept `ttl` seconds (presence)."""
+
+    async def last_seen(self, user_ids: Sequence[int]) -> dict[int, float]:
+        """The users' last_seen times where known."""
+
     async def delete_route_if(self, user_id: int, gateway_id: str) -> bool:
         """Delete the route only if it still points at that gateway."""
 

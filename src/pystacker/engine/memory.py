@@ -553,6 +553,7 @@ class MemoryRegistry:
         self._gateways: _ExpiringMap[str, GatewayInfo] = _ExpiringMap()
         self._sends: _ExpiringMap[str, SendInfo] = _ExpiringMap()
         self._routes: _ExpiringMap[int, UserRoute] = _ExpiringMap(copies=False)  # never changed in place
+        self._seen: _ExpiringMap[int, float] = _ExpiringMap(copies=False)
 
     async def put_gateway(self, info: GatewayInfo, ttl: int) -> None:
         self._gateways.put(info.gateway_id, info, ttl)
@@ -590,6 +591,13 @@ class MemoryRegistry:
         # A device's lease ends before the record does when another device outlives it.
         return {user_id: record for user_id, route in found.items()
                 if route is not None and (record := compose(route.devices(), now) if route.others else route) is not None}
+
+    async def set_last_seen(self, user_id: int, seen_at: float, ttl: int) -> None:
+        self._seen.put(user_id, seen_at, ttl)
+
+    async def last_seen(self, user_ids: Sequence[int]) -> dict[int, float]:
+        found = {user_id: self._seen.get(user_id) for user_id in user_ids}
+        return {user_id: seen for user_id, seen in found.items() if seen is not None}
 
     async def delete_route_if(self, user_id: int, gateway_id: str) -> bool:
         route = self._routes.get(user_id)

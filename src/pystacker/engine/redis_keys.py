@@ -155,6 +155,10 @@ class RedisKeys:
     def route(self, user_id: int) -> str:
         return f"{self.prefix}route:user:{user_id}"
 
+    def last_seen(self, user_id: int) -> str:
+        """STRING: unix seconds when the user's last device left (presence), with a TTL."""
+        return f"{self.prefix}presence:seen:{user_id}"
+
     # -- bus ----------------------------------------------------------------------------------------------
 
     def channel(self, name: str) -> str:

@@ -220,5 +220,13 @@ class RedisRegistry:
                 routes[user_id] = route
         return routes
 
+    async def set_last_seen(self, user_id: int, seen_at: float, ttl: int) -> None:
+        await self._client.set(self._keys.last_seen(user_id), repr(seen_at), ex=max(int(ttl), 1))
+
+    async def last_seen(self, user_ids: Sequence[int]) -> dict[int, float]:
+        users = list(dict.fromkeys(user_ids))
+        raws = await self._get_many([self._keys.last_seen(user_id) for user_id in users])
+        return {user: float(raw) for user, raw in zip(users, raws, strict=True) if raw is not None}
+
     async def delete_route_if(self, user_id: int, gateway_id: str) -> bool:
         return bool(await run(self._delete_route_if, [self._keys.route(user_id)], [gateway_id]))

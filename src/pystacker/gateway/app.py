@@ -7,6 +7,7 @@ from aiohttp import web
 from pystacker.gateway.client_frames import ClientFrames
 from pystacker.gateway.routes import GatewayRoutes, WebSocketSettings
 from pystacker.gateway.service import GatewayService, GatewaySettings
+from pystacker.gateway.presence_watch import PresenceWatch
 from pystacker.messaging.typing_signals import TypingSignals
 from pystacker.registry.presence import GatewayPresence
 from pystacker.registry.service import RegistryService
@@ -44,11 +45,14 @@ def build_gateway_app(runtime: Runtime, *, port: int) -> web.Application:
         queue_size=config.dispatcher.send_channel_size,
         threshold_pending=config.dispatcher.threshold_pending)
     registry = RegistryService(runtime.engine.registry, user_route_ttl=config.registry.user_route_ttl)
+    watch = PresenceWatch(parts.presence, recheck=config.registry.presence_ttl / 2)
     service = GatewayService(runtime.engine, settings, parts.cursors, parts.handoff, registry, presence, parts.reading,
-                             parts.devices, device_limit=config.limits.devices_per_user)
+                             parts.devices, device_limit=config.limits.devices_per_user,
+                             user_presence=parts.presence, watch=watch)
     presence.on_vanished = service.registry_entry_vanished  # Redis lost its state: every client catches up
     sender = new_send_service(runtime)
-    frames = ClientFrames(sender, parts.history, parts.members, TypingSignals(parts.handoff), runtime.send_limiter)
+    frames = ClientFrames(sender, parts.history, parts.members, TypingSignals(parts.handoff), watch,
+                          runtime.send_limiter)
     ws_settings = WebSocketSettings(config.websocket.ping_interval, config.websocket.pong_deadline)
     GatewayRoutes(service, runtime.tokens, frames, parts.history, parts.devices, ws_settings).install(app)
     app[GATEWAY_SERVICE] = service

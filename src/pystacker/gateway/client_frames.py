@@ -10,6 +10,8 @@
   effect); every socket of his, this one included, and the other members get a `read` frame.
 - `{"type":"typing","room_id"}`: the user is typing; the room's other members get a `typing` frame
   (messaging/typing_signals.py: at most one per user and room per 3 s; no answer).
+- `{"type":"presence_subscribe","user_ids":[...]}` (at most 200; replaces the previous list): a
+  `presence` frame for each now, and again when one changes (gateway/presence_watch.py).
 - `{"type":"ping"}`: answered by `pong`.
 Anything else gets an `error` frame; the connection stays open. A `send` over the user's rate limit
 gets `error` with code 429 and `retry_after` (seconds) in its payload. `ref` (echoed in the answer) must
@@ -24,10 +26,12 @@ import orjson
 from pydantic import Field, StrictInt, StringConstraints, ValidationError
 
 from pystacker.gateway.connection import Connection, RawFrame
+from pystacker.gateway.presence_watch import PresenceWatch
 from pystacker.messaging.frames import batch_frame, chat_frame, encode, error_frame, send_result_frame
 from pystacker.messaging.history import History
 from pystacker.messaging.membership import MembershipCache
 from pystacker.messaging.typing_signals import TypingSignals
+from pystacker.messaging.user_presence import MAX_WATCHED
 from pystacker.send.service import SendService
 from pystacker.web.envelope import ApiError
 from pystacker.web.ratelimit import RateLimited, TokenBucketLimiter
@@ -35,7 +39,7 @@ from pystacker.web.requests import RequestModel, describe
 
 PositiveId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
 MAX_SYNC_LIMIT = 200
-KNOWN_FRAME_TYPES = frozenset({"send", "ack", "sync", "read", "typing", "ping"})  # the frame-in metric's `type` values
+KNOWN_FRAME_TYPES = frozenset({"send", "ack", "sync", "read", "typing", "presence_subscribe", "ping"})  # the frame-in metric's `type` values
 MAX_REF_CHARS = 128
 MAX_SHOWN_TYPE_CHARS = 32
 REF_RULE = f"ref must be a string of at most {MAX_REF_CHARS} characters, a number, a boolean or null"
@@ -76,6 +80,10 @@ class TypingFrame(RequestModel):
     room_id: PositiveId
 
 
+class PresenceSubscribeFrame(RequestModel):
+    user_ids: Annotated[list[PositiveId], Field(max_length=MAX_WATCHED)]
+
+
 class SyncFrame(RequestModel):
     room_id: PositiveId
     after_seq: Seq = 0
@@ -85,7 +93,8 @@ class SyncFrame(RequestModel):
 
 class ClientFrames:
     def __init__(self, sender: SendService, history: History, members: MembershipCache, typing: TypingSignals,
-                 send_limiter: TokenBucketLimiter | None = None) -> None:
+                 watch: PresenceWatch, send_limiter: TokenBucketLimiter | None = None) -> None:
+        self.watch = watch
         self.sender = sender
         self.history = history
         self.members = members
@@ -125,13 +134,15 @@ class ClientFrames:
                 await self.sender.mark_read(conn.user_id, frame.room_id, frame.seq)
             elif kind == "typing":
                 await self._typing(conn, TypingFrame.model_validate(data))
+            elif kind == "presence_subscribe":
+                await self.watch.subscribe(conn, PresenceSubscribeFrame.model_validate(data).user_ids)
             elif kind == "ping":
                 self._reply(conn, {"id": -1, "type": "pong", "room_id": 0, "sender_id": 0, "payload": ref})
             elif isinstance(kind, str):  # shown cut short: the answer must not grow with the input
                 self._reply(conn, error_frame(400, f"unknown frame type: {kind[:MAX_SHOWN_TYPE_CHARS]!r}", ref=ref))
             else:  # repr() of a deep list hit Python's recursion limit: name the rule instead
-                self._reply(conn, error_frame(400, "a frame needs a string `type`: send, ack, sync, read, typing "
-                                              "or ping", ref=ref))
+                self._reply(conn, error_frame(400, "a frame needs a string `type`: send, ack, sync, read, typing, "
+                                              "presence_subscribe or ping", ref=ref))
         except ValidationError as exc:
             self._reply(conn, error_frame(400, describe(exc), ref=ref))
         except RateLimited as exc:

@@ -30,6 +30,8 @@ from pystacker.messaging.handoff import CATCH_UP, Handoff
 from pystacker.messaging.readstate import READ, ReadState
 from pystacker.messaging.typing_signals import TYPING
 from pystacker.observability import metrics, tracing
+from pystacker.gateway.presence_watch import PresenceWatch
+from pystacker.messaging.user_presence import Presence
 from pystacker.registry.device_routes import connected_devices
 from pystacker.registry.presence import GatewayPresence
 from pystacker.registry.service import ROUTE_RENEW_SECONDS, RegistryService
@@ -60,7 +62,7 @@ class GatewaySettings:
 class GatewayService:
     def __init__(self, engine: Engine, settings: GatewaySettings, cursors: CursorBook, handoff: Handoff,
                  registry: RegistryService, presence: GatewayPresence, reading: ReadState, devices: Devices, *,
-                 device_limit: int) -> None:
+                 device_limit: int, user_presence: Presence, watch: PresenceWatch) -> None:
         self.engine = engine
         self.settings = settings
         self.gateway_id = settings.gateway_id
@@ -73,6 +75,8 @@ class GatewayService:
         self.metrics = metrics.GatewayMetrics(self.gateway_id)
         self.device_limit = device_limit
         self.devices = devices
+        self.user_presence = user_presence  # online while any device is connected (messaging/user_presence.py)
+        self.watch = watch
         # user -> device -> socket: every device of a user on this gateway gets his messages.
         self.users: dict[int, dict[str, Connection]] = {}
         self.connection_count = 0
@@ -88,6 +92,8 @@ class GatewayService:
     async def start(self) -> None:
         await self.engine.inbox.ensure_group(self.gateway_id)
         await self.presence.start()
+        await self.watch.listen(self.engine.bus)
+        self.watch.start()
         self.accepting = True
         self._tasks = [asyncio.create_task(coro, name=name) for name, coro in (
             ("inbox-consumer", self._consume()), ("inbox-acker", self._ack_loop()),
@@ -98,6 +104,7 @@ class GatewayService:
         """Drain: refuse new sockets, close the open ones (clients reconnect elsewhere and catch up),
         save cursors, acknowledge what was finished, leave the registry."""
         await self.close_connections()
+        await self.watch.stop()
         await self.presence.stop()
         for task in self._tasks:
             task.cancel()
@@ -155,6 +162,7 @@ class GatewayService:
             await self._hand_on(old, leftovers)
         record = await self.registry.connect_user(conn.user_id, self.presence.info, conn.device_id)
         await self._enforce_device_limit(conn, record)
+        await self.user_presence.connected(conn.user_id, conn.device_id, record)
         rooms = await self.cursors.rooms_of(conn.user_id)
         await conn.cursors.ensure_positions(conn.user_id, rooms)
         unread = sum(room.unread for room in (await self.reading.rooms(conn.user_id, rooms)).values())
@@ -195,10 +203,12 @@ class GatewayService:
             self.connection_count -= 1
             if not devices:
                 del self.users[conn.user_id]
+        self.watch.forget(conn)
         leftovers = await conn.stop()
         await self._save(conn)
         if current:
             await self.registry.disconnect_user(conn.user_id, self.gateway_id, conn.device_id)
+            await self.user_presence.left(conn.user_id)
             if self.connection(conn.user_id, conn.device_id) is not None:
                 # The device reconnected here while the lease was being written, and that write may
                 # have landed after its new socket's connect: without this its route stayed

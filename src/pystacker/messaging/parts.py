@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pystacker.engine.base import Engine
 from pystacker.messaging.cursors import CursorBook
 from pystacker.messaging.devices import Devices, DeviceStore
+from pystacker.messaging.user_presence import Presence
 from pystacker.messaging.handoff import Handoff, LiveGateways
 from pystacker.messaging.history import History
 from pystacker.messaging.membership import MembershipCache
@@ -26,6 +27,7 @@ class MessagingParts:
     handoff: Handoff
     reading: ReadState
     devices: Devices
+    presence: Presence
 
     @classmethod
     def build(cls, engine: Engine, store: MessageStore, *, read_receipt_interval: float = 1.0,
@@ -39,4 +41,5 @@ class MessagingParts:
                             ReadNotifier(handoff, interval=read_receipt_interval), RoomKinds(store))
         return cls(store=store, history=History(engine.messages, store), rosters=rosters, members=members,
                    cursors=cursors, live=live, handoff=handoff, reading=reading,
-                   devices=Devices(cursors, DeviceStore(store.engine), engine, reading, backlog=device_backlog))
+                   devices=Devices(cursors, DeviceStore(store.engine), engine, reading, backlog=device_backlog),
+                   presence=Presence(engine, live))

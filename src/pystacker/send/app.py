@@ -45,7 +45,7 @@ def build_send_app(runtime: Runtime, *, port: int) -> web.Application:
     install_health(app, "send", runtime.readiness_checks())
     install_browser_pages(app, "send", config.web)
     service = new_send_service(runtime)
-    SendRoutes(service, runtime.parts.handoff, runtime.send_limiter).install(app)
+    SendRoutes(service, runtime.parts.handoff, runtime.parts.presence, runtime.send_limiter).install(app)
     presence = SendPresence(runtime.engine.registry, send_instance_id(runtime), config.address, port,
                             ttl=config.registry.send_heartbeat_timeout)
     app[SEND_SERVICE] = service

@@ -12,8 +12,9 @@ from pystacker.engine.base import StoredMessage
 from pystacker.messaging.content import content_json_schema
 from pystacker.messaging.frames import chat_frame
 from pystacker.send.service import SendService
+from pystacker.messaging.user_presence import MAX_WATCHED, Presence
 from pystacker.web.auth import identity
-from pystacker.web.envelope import ok
+from pystacker.web.envelope import ApiError, ok
 from pystacker.web.openapi import (BOOLEAN, ID, INTEGER, STRING, Auth, Reply, Route, add_routes, array, component,
                                    envelope, nullable, obj)
 from pystacker.web.ratelimit import TokenBucketLimiter
@@ -58,6 +59,16 @@ class ReadStateQuery(RequestModel):
     room_id: Annotated[int, Field(gt=0, le=2**63 - 1)]
 
 
+class PresenceQuery(RequestModel):
+    user_ids: Annotated[str, Field(pattern=r"^[1-9][0-9]{0,18}(,[1-9][0-9]{0,18})*$", max_length=MAX_WATCHED * 20)]
+
+    def ids(self) -> list[int]:
+        ids = list(dict.fromkeys(int(part) for part in self.user_ids.split(",")))
+        if len(ids) > MAX_WATCHED or max(ids) > 2**63 - 1:
+            raise ApiError(400, f"user_ids: at most {MAX_WATCHED} ids of users")
+        return ids
+
+
 class PushbackRequest(RequestModel):
     target_id: PositiveId
     forward_req: Any = Field(...)
@@ -83,6 +94,9 @@ READ_MARK = component("ReadMark", obj({"room_id": ID, "user_id": ID, "seq": {"ty
 READ_STATE = component("RoomReadState", obj({
     "room_id": ID, "last_seq": {"type": "integer", "minimum": 0},
     "members": array(obj({"user_id": ID, "read_seq": {"type": "integer", "minimum": 0}}))}))
+PRESENCE = component("Presence", obj({"users": array(obj({
+    "user_id": ID, "online": BOOLEAN,
+    "last_seen": {"type": ["integer", "null"], "description": "ms since the epoch when the last device left"}}))}))
 TAGS_MESSAGES, TAGS_INTERNAL, TAGS_READ = ("messages",), ("internal",), ("read state",)
 
 
@@ -92,9 +106,11 @@ def send_answer(message: StoredMessage, duplicate: bool) -> dict[str, Any]:
 
 
 class SendRoutes:
-    def __init__(self, service: SendService, handoff, send_limiter: TokenBucketLimiter | None = None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, service: SendService, handoff, presence: Presence,  # type: ignore[no-untyped-def]
+                 send_limiter: TokenBucketLimiter | None = None) -> None:
         self.service = service
         self.handoff = handoff
+        self.presence = presence
         self.send_limiter = send_limiter
 
     def install(self, app: web.Application) -> None:
@@ -121,6 +137,10 @@ class SendRoutes:
             Route("GET", "/api/chat/read_state", self.read_state, "Every member's read seq of a room (members only)",
                   auth=Auth.BEARER, params=ReadStateQuery, reply=Reply(envelope(READ_STATE)), errors=(403, 404),
                   error_text={403: "not a member of this room", 404: "room not found"}, tags=TAGS_READ),
+            Route("GET", "/api/presence", self.presence_of,
+                  f"Whether each user is online (any device, any gateway) and his last_seen (at most {MAX_WATCHED} "
+                  "ids, comma-separated; any signed-in user)", auth=Auth.BEARER, params=PresenceQuery,
+                  reply=Reply(envelope(PRESENCE)), tags=("presence",)),
             Route("POST", "/internal/pushback", self.pushback,
                   "GoStacker's pushback: hand a frame that missed its user to his current gateway",
                   auth=Auth.INTERNAL, body=PushbackRequest, tags=TAGS_INTERNAL),
@@ -164,6 +184,11 @@ class SendRoutes:
         last_seq, marks = await self.service.read_state(identity(request).user_id, query.room_id)
         return ok("ok", {"room_id": query.room_id, "last_seq": last_seq,
                          "members": [{"user_id": user, "read_seq": seq} for user, seq in sorted(marks.items())]})
+
+    async def presence_of(self, request: web.Request) -> web.Response:
+        ids = parse_query(request, PresenceQuery).ids()
+        states = await self.presence.states(ids)
+        return ok("ok", {"users": [states[user].to_json(user) for user in ids]})
 
     async def pushback(self, request: web.Request) -> web.Response:
         body = await parse_json(request, PushbackRequest)
