@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from pystacker.client import (Backoff, ChatMessage, Delivered, InOrderInbox, Offer, PyStackerClient, PyStackerError,
-                              ReadEvent, Session, SessionClosed, SessionFailed, TypingEvent, user_id_from_token)
+                              PresenceEvent, ReadEvent, Session, SessionClosed, SessionFailed, TypingEvent,
+                              user_id_from_token)
 from pystacker.gateway.app import GATEWAY_SERVICE
 from pystacker.messaging.frames import CLOSE_SHUTDOWN, CLOSE_SLOW_CONSUMER
 from tests.ws import poll
@@ -229,6 +230,20 @@ async def test_typing_signals_reach_the_other_member(make_client: Any) -> None:
     await a.typing(room)
     item = await b.receive(timeout=TIMEOUT)
     assert item == TypingEvent(room, alice.user_id)
+
+
+async def test_presence_of_users_and_their_changes(make_client: Any) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    assert (await alice.presence([bob.user_id]))[bob.user_id] == PresenceEvent(bob.user_id, False, None)
+    a = await alice.connect(presence=True)
+    await a.watch_presence([bob.user_id])
+    assert await a.receive(timeout=TIMEOUT) == PresenceEvent(bob.user_id, False, None)  # the state now
+    b = await bob.connect()
+    assert await a.receive(timeout=TIMEOUT) == PresenceEvent(bob.user_id, True, None)
+    assert (await alice.presence([bob.user_id]))[bob.user_id].online
+    await b.close()
+    gone = await a.receive(timeout=TIMEOUT + 5)  # inside the 5 s window of the last change: at its end
+    assert isinstance(gone, PresenceEvent) and not gone.online and gone.last_seen is not None
 
 
 async def test_ws_send_twice_with_client_msg_id_is_one_message(make_client: Any) -> None:

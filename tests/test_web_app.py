@@ -281,6 +281,8 @@ async def test_private_chat_join_requests_and_added_members(up: UpProcess, brows
     await request.get_by_role("button", name="Approve").click()
     await expect(ann.page.locator("#members")).to_contain_text(carl.name)
     await expect(ann.page.locator("#requests-box")).to_be_hidden()
+    # Carl's page is open: his dot in Ann's member list says online.
+    await expect(ann.page.locator(f'#members li[data-user-id="{carl.user_id}"] .dot.online')).to_have_count(1)
 
     # Ann adds Bob by id; both new members see the room by its next message.
     await ann.page.get_by_label("Add members (user ids)").fill(str(bob.user_id))

@@ -143,6 +143,8 @@ export interface DeliveredContext { id: string; roomId: number; seq: number; cli
 export interface SendFailedContext { clientMsgId: string; roomId: number; error: PyStackerError }
 export interface ReadContext { roomId: number; userId: number; seq: number }
 export interface TypingContext { roomId: number; userId: number }
+/** `online` while any device of the user is connected; else `lastSeen` (ms since the epoch; null: unknown). */
+export interface PresenceContext { userId: number; online: boolean; lastSeen: number | null }
 export interface TokenContext { token: string; userId: number }
 export interface ErrorContext { error: PyStackerError }
 
@@ -164,6 +166,8 @@ export interface ClientEvents {
   read: ReadContext;
   /** Another member is typing (repeated every few seconds while he types: show it ~5 s after the last). */
   typing: TypingContext;
+  /** A watched user's presence: his state when watching starts, then each change. */
+  presence: PresenceContext;
   token: TokenContext;
   /** A frame of a type this SDK does not know, as it came. */
   frame: Record<string, unknown> & { type: string };
@@ -207,6 +211,9 @@ export declare class PyStackerClient {
   /** Tell the room's other members you are typing (dropped when not connected; the server forwards
    *  one per 3 s, so calling it on every keystroke is fine). */
   typing(roomId: number): void;
+  presence(userIds: number[]): Promise<Map<number, PresenceContext>>;
+  /** Watch these users' presence (at most 200; replaces the list; [] stops); kept across reconnects. */
+  watchPresence(userIds: number[]): void;
 
   track(roomId: number, lastSeq: number): void;
   position(roomId: number): number | null;

@@ -231,6 +231,12 @@ export class RoomOrder {
   }
 }
 
+/** A presence frame or answer as the SDK gives it. */
+function presenceOf(raw) {
+  return { userId: Number(raw.user_id), online: Boolean(raw.online),
+    lastSeen: typeof raw.last_seen === 'number' ? raw.last_seen : null };
+}
+
 /** This tab's device id. The ids live in localStorage; each tab holds a Web Lock on the one it uses for
  *  as long as it lives, so a reload gets the same id back and two tabs never share one (each is a
  *  device, with its own delivery on the server). Without Web Locks (an insecure context), the id is
@@ -302,6 +308,7 @@ export class PyStackerClient extends Emitter {
     this._fetch = fetchImpl;
     this._watchNetwork = watchNetwork && typeof globalThis.addEventListener === 'function';
     this._deviceId = deviceId;
+    this._watched = []; // users whose presence this client watches (sent again on every connect)
     this._credentials = null;
     this._relogin = null;
     this._wanted = false;
@@ -529,6 +536,20 @@ export class PyStackerClient extends Emitter {
     return Number(data?.seq) || seq;
   }
 
+  /** Whether each user (at most 200) is online, and his last_seen (ms, or null):
+   *  `Map(userId -> {userId, online, lastSeen})`. */
+  async presence(userIds) {
+    const data = await this._call('GET', this.sendUrl, '/api/presence', { query: { user_ids: userIds.join(',') } });
+    return new Map((data.users || []).map((u) => [Number(u.user_id), presenceOf(u)]));
+  }
+
+  /** Watch these users' presence (at most 200; replaces the previous list; [] stops): `presence`
+   *  events with their states now and each change (at most one per user per 5 s). Kept across reconnects. */
+  watchPresence(userIds) {
+    this._watched = [...userIds];
+    if (this._connected()) this._ws.send(JSON.stringify({ type: 'presence_subscribe', user_ids: this._watched }));
+  }
+
   /** Tell the room's other members you are typing: a `typing` frame when connected, else nothing (a
    *  late typing signal is worth nothing). The server forwards one per user and room per 3 s. */
   typing(roomId) {
@@ -725,6 +746,7 @@ export class PyStackerClient extends Emitter {
     this.emit('welcome', { userId: this.userId, gatewayId: frame.gateway_id ?? this.gatewayId,
       unread: Number(frame.unread) || 0 });
     for (const entry of this._outbox.values()) this._transmit(entry);
+    if (this._watched.length) this._ws.send(JSON.stringify({ type: 'presence_subscribe', user_ids: this._watched }));
     this._catchUp();
     this._scheduleAcks(0);
     this._schedulePing();
@@ -837,6 +859,9 @@ export class PyStackerClient extends Emitter {
         break;
       case 'read':
         this.emit('read', { roomId: Number(frame.room_id), userId: Number(frame.user_id ?? frame.sender_id), seq: Number(frame.seq) || 0 });
+        break;
+      case 'presence':
+        this.emit('presence', presenceOf(frame));
         break;
       case 'typing':
         this.emit('typing', { roomId: Number(frame.room_id), userId: Number(frame.user_id ?? frame.sender_id) });

@@ -154,6 +154,11 @@ test('connection states, device id, chat both ways, delivery and read state', as
   bob.typing(roomId);
   equal((await typing).userId, bob.userId, 'ann sees bob typing');
 
+  equal((await ann.presence([bob.userId])).get(bob.userId).online, true, 'bob is online');
+  const watched = nextEvent(ann, 'presence', (p) => p.userId === bob.userId);
+  ann.watchPresence([bob.userId]);
+  equal((await watched).online, true, 'watching starts with bob\'s state');
+
   const again = await ann.send(roomId, 'once', { clientMsgId: 'fixed-id-1' });
   const repeat = await ann.send(roomId, 'once', { clientMsgId: 'fixed-id-1' });
   equal([repeat.seq, repeat.duplicate], [again.seq, true], 'a repeated client_msg_id gets the first answer');

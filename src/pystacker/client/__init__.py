@@ -16,7 +16,7 @@ from pystacker.client.backoff import Backoff
 from pystacker.client.errors import PyStackerError, SessionClosed, SessionFailed
 from pystacker.client.inbox import InOrderInbox, Offer
 from pystacker.client.models import (ChatMessage, Delivered, Gateway, HistoryPage, Member, ReadEvent, RoomInfo,
-                                     RoomState, SendResult, TypingEvent, text_content)
+                                     PresenceEvent, RoomState, SendResult, TypingEvent, text_content)
 from pystacker.client.session import Session
 
 Connection = Session  # the name some callers expect
@@ -25,5 +25,5 @@ __all__ = [
     "Backoff", "ChatMessage", "Connection", "Delivered", "Gateway", "HistoryPage", "InOrderInbox", "Member",
     "Offer", "PyStackerClient", "PyStackerError", "ReadEvent", "RoomInfo", "RoomState", "SendResult", "Session",
     "SessionClosed",
-    "SessionFailed", "TypingEvent", "new_client_msg_id", "text_content", "user_id_from_token",
+    "SessionFailed", "TypingEvent", "PresenceEvent", "new_client_msg_id", "text_content", "user_id_from_token",
 ]

@@ -17,8 +17,8 @@ import aiohttp
 import orjson
 
 from pystacker.client.errors import PyStackerError
-from pystacker.client.models import (ChatMessage, Gateway, HistoryPage, Member, RoomInfo, RoomState, SendResult,
-                                     as_content)
+from pystacker.client.models import (ChatMessage, Gateway, HistoryPage, Member, PresenceEvent, RoomInfo, RoomState,
+                                     SendResult, as_content)
 
 if TYPE_CHECKING:
     from pystacker.client.session import Session
@@ -201,6 +201,12 @@ class PyStackerClient:
         """Every member's read seq of a room (user id -> seq)."""
         data = await self._call("GET", f"{self.send_url}/api/chat/read_state", params={"room_id": room_id})
         return {int(m["user_id"]): int(m["read_seq"]) for m in (data or {}).get("members") or []}
+
+    async def presence(self, user_ids: Sequence[int]) -> dict[int, PresenceEvent]:
+        """Whether each user (at most 200) is online, and his last_seen."""
+        data = await self._call("GET", f"{self.send_url}/api/presence",
+                                params={"user_ids": ",".join(str(u) for u in user_ids)})
+        return {event.user_id: event for event in (PresenceEvent.from_frame(u) for u in (data or {}).get("users") or [])}
 
     async def history(self, room_id: int, after_seq: int | None = None, before_seq: int | None = None,
                       limit: int = 50) -> HistoryPage:

@@ -21,9 +21,9 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-from pystacker.client.models import ChatMessage, Delivered, ReadEvent, TypingEvent
+from pystacker.client.models import ChatMessage, Delivered, PresenceEvent, ReadEvent, TypingEvent
 
-Item = ChatMessage | Delivered | ReadEvent | TypingEvent
+Item = ChatMessage | Delivered | ReadEvent | TypingEvent | PresenceEvent
 
 
 class Offer(Enum):
@@ -120,7 +120,7 @@ class InOrderInbox:
         self._release(message.room_id, room)
         return Offer.READY if message.seq < room.next_seq else Offer.HELD
 
-    def offer_event(self, event: Delivered | ReadEvent | TypingEvent) -> bool:
+    def offer_event(self, event: Delivered | ReadEvent | TypingEvent | PresenceEvent) -> bool:
         """A non-room event; dropped (False) when the ready queue is full: it is informational."""
         if len(self._ready) >= self.max_ready * 2:
             return False

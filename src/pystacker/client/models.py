@@ -102,6 +102,22 @@ class TypingEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class PresenceEvent:
+    """A user's presence: `online` while any of his devices is connected; else `last_seen` (ms since
+    the epoch when his last device left; None when unknown). From `client.presence()`, or as a change
+    of a user the session watches (`session.watch_presence()`, with `presence=True`)."""
+
+    user_id: int
+    online: bool
+    last_seen: int | None
+
+    @classmethod
+    def from_frame(cls, frame: dict[str, Any]) -> PresenceEvent:
+        seen = frame.get("last_seen")
+        return cls(_int(frame.get("user_id")), bool(frame.get("online")), seen if isinstance(seen, int) else None)
+
+
+@dataclass(frozen=True, slots=True)
 class RoomState:
     """One of your rooms as a room list shows it (`GET /api/joined_rooms`, `data.rooms`)."""
 

@@ -35,8 +35,8 @@ import orjson
 from pystacker.client.backoff import Backoff
 from pystacker.client.errors import GatewayUnreachable, PyStackerError, SessionClosed, SessionFailed
 from pystacker.client.inbox import InOrderInbox, Item, Offer
-from pystacker.client.models import (ChatMessage, Delivered, Gateway, HistoryPage, ReadEvent, SendResult, TypingEvent,
-                                     as_content)
+from pystacker.client.models import (ChatMessage, Delivered, Gateway, HistoryPage, PresenceEvent, ReadEvent,
+                                     SendResult, TypingEvent, as_content)
 
 if TYPE_CHECKING:
     from pystacker.client.api import PyStackerClient
@@ -66,7 +66,8 @@ class Session:
     """A live connection. Read with `async for item in session` or `await session.receive(timeout)`;
     items are `ChatMessage`s, `Delivered` events when `deliveries=True`, and `ReadEvent`s (your own
     read marks from any of your connections, and the other members' read receipts) when `reads=True`,
-    and `TypingEvent`s (another member is typing) when `typing=True`.
+    `TypingEvent`s (another member is typing) when `typing=True`, and `PresenceEvent`s of the users
+    `watch_presence()` names when `presence=True`.
     `unread` is the total unread count the server gave when the current connection opened.
 
     Options: `catch_up` ("server" or "sync"), `max_queue`, `max_held`, `ack_delay` (seconds to gather
@@ -81,6 +82,7 @@ class Session:
                  max_held: int = 5000, ack_delay: float = 0.1, request_timeout: float = 10.0,
                  connect_timeout: float = 10.0, heartbeat: float | None = 30.0, backoff: Backoff | None = None,
                  stable_after: float = 5.0, deliveries: bool = False, reads: bool = False, typing: bool = False,
+                 presence: bool = False,
                  positions: dict[int, int] | None = None,
                  gap_timeout: float = 30.0, on_state: StateListener | None = None) -> None:
         if catch_up not in ("server", "sync"):
@@ -96,6 +98,8 @@ class Session:
         self.deliveries = deliveries
         self.reads = reads
         self.typing_events = typing
+        self.presence_events = presence
+        self._watched: list[int] = []  # sent again after every reconnect
         self.unread = 0
         self.gap_timeout = gap_timeout
         self.on_state = on_state
@@ -264,6 +268,18 @@ class Session:
         if ws is not None and not ws.closed:
             await ws.send_str(orjson.dumps({"type": "typing", "room_id": room_id}).decode())
 
+    async def watch_presence(self, user_ids: list[int]) -> None:
+        """Watch these users' presence (at most 200; replaces the previous list; [] stops): their
+        states come at once, then each change (at most one per user per 5 s), as PresenceEvents with
+        `presence=True`. Kept across reconnects."""
+        self._watched = list(user_ids)
+        await self._send_watch()
+
+    async def _send_watch(self) -> None:
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            await ws.send_str(orjson.dumps({"type": "presence_subscribe", "user_ids": self._watched}).decode())
+
     async def sync(self, room_id: int, after_seq: int, limit: int = 50, *, timeout: float | None = None) -> HistoryPage:
         """Read the room's messages after `after_seq` over the socket (at most 200). A plain read: what
         the session yields does not change (it syncs by itself when it misses something)."""
@@ -395,6 +411,8 @@ class Session:
                 gone = self.gateway.gateway_id if self.gateway is not None and code in GATEWAY_GONE else None
                 ws = await self._reconnect([gone] if gone else [])
                 self._attach(ws)
+                if self._watched:
+                    await self._send_watch()  # a new gateway knows nothing of what we watched
         except asyncio.CancelledError:
             raise
         except PyStackerError as exc:
@@ -489,6 +507,9 @@ class Session:
                 self._ready.set()
         elif kind == "typing":
             if self.typing_events and self.inbox.offer_event(TypingEvent.from_frame(frame)):
+                self._ready.set()
+        elif kind == "presence":
+            if self.presence_events and self.inbox.offer_event(PresenceEvent.from_frame(frame)):
                 self._ready.set()
         elif kind == "system":
             if isinstance(frame.get("unread"), int):

@@ -53,6 +53,7 @@ class ChatApp {
     this.client = new PyStackerClient(serviceUrls());
     this.rooms = new Map();
     this.current = null;
+    this.online = new Map(); // userId -> online, from `presence` events of the watched members
     this.wire();
   }
 
@@ -326,8 +327,14 @@ class ChatApp {
     const room = this.current;
     const canManage = room.myRole <= ROLE_ADMIN;
     $('#add-form').hidden = !canManage || !room.isGroup;
-    $('#members').replaceChildren(...[...room.members.values()].map((m) => element('li', {},
-      `${m.nickname || m.username} (id ${m.userId})${m.role === 0 ? ', owner' : m.role === 1 ? ', admin' : ''}`)));
+    // The open room's members are watched: their online dots follow `presence` events.
+    this.client.watchPresence([...room.members.keys()].filter((id) => id !== this.client.userId).slice(0, 200));
+    $('#members').replaceChildren(...[...room.members.values()].map((m) => {
+      const online = m.userId === this.client.userId || this.online.get(m.userId) === true;
+      return element('li', { 'data-user-id': String(m.userId) },
+        element('span', { class: online ? 'dot online' : 'dot', role: 'img', 'aria-label': online ? 'online' : 'offline' }),
+        `${m.nickname || m.username} (id ${m.userId})${m.role === 0 ? ', owner' : m.role === 1 ? ', admin' : ''}`);
+    }));
     $('#requests-box').hidden = true;
     if (!canManage || !room.isGroup) return;
     const requests = await this.client.joinRequests(room.roomId).catch(() => []);
@@ -447,6 +454,14 @@ class ChatApp {
     });
     client.on('read', (event) => this.onRead(event));
     client.on('typing', (event) => this.onTyping(event));
+    client.on('presence', ({ userId, online }) => {
+      this.online.set(userId, online);
+      const dot = document.querySelector(`#members li[data-user-id="${userId}"] .dot`);
+      if (dot) {
+        dot.className = online ? 'dot online' : 'dot';
+        dot.setAttribute('aria-label', online ? 'online' : 'offline');
+      }
+    });
     client.on('delivered', ({ clientMsgId, roomId }) => clientMsgId && this.onSendState(clientMsgId, roomId, { state: 'delivered' }));
     client.on('state', ({ newState }) => document.body.setAttribute('data-connection', newState));
     for (const state of Object.values(State)) client.on(state, (ctx) => this.onConnection(state, ctx));
