@@ -15,6 +15,8 @@ RUN python3 -m venv /opt/pystacker
 # The dependency list first: a source change then rebuilds only the last layer.
 COPY pyproject.toml README.md /src/
 COPY src /src/src
+# The JavaScript SDK the web app serves (src/pystacker/webapp/static/sdk is a link to ../sdk/js).
+COPY sdk/js /src/sdk/js
 RUN /opt/pystacker/bin/pip install --only-binary=:all: /src \
  && /opt/pystacker/bin/pip uninstall --yes pip \
  && find /opt/pystacker -name '__pycache__' -prune -exec rm -rf {} +
