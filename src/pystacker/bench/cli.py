@@ -166,10 +166,16 @@ def bench() -> None:
               help="Paced open loop at N sends/s in total (several: one step each); default: closed loop.")
 @click.option("--via", type=click.Choice(["http", "ws"]), default="http", show_default=True,
               help="Send with POST /api/chat/send_message or the WebSocket `send` frame.")
+@click.option("--typing-share", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of the senders that send a `typing` frame before each message (over their socket).")
+@click.option("--watch", default=0, show_default=True, type=click.IntRange(0, 200),
+              help="Users whose presence each client watches (presence_subscribe, others of its process).")
 @common_options(duration=20.0)
-def fanout(users: int, groups: int, members: int, senders: int, rate: str | None, via: str, **kw: Any) -> None:
+def fanout(users: int, groups: int, members: int, senders: int, rate: str | None, via: str, typing_share: float,
+           watch: int, **kw: Any) -> None:
     """Group messages: U users connected, G groups of M members, S senders."""
     _execute("fanout", {"users": users, "groups": groups, "members": members, "senders": senders,
+                        "typing_share": typing_share, "watch": watch,
                         "rates": _rates(rate)}, kw, via)
 
 

@@ -62,6 +62,7 @@ class Receiver:
         self.reconnects = 0
         self.bad_frames = 0
         self.acks = 0
+        self.signals: Counter[str] = Counter()  # typing and presence frames received
 
     @property
     def is_open(self) -> bool:
@@ -153,6 +154,8 @@ class Receiver:
                     self._chat(chat, now)
         elif kind == "ack":
             self.acks += 1
+        elif kind in ("typing", "presence"):
+            self.signals[kind] += 1
         elif kind in ("send_ok", "error"):
             payload = frame.get("payload")
             ref = payload.get("ref") if isinstance(payload, dict) else None

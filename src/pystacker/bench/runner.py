@@ -100,7 +100,8 @@ class Run:
                                        progress=o.progress, started=self.started, users_file=o.users_file)
 
     async def start_fleet(self, population: Population, owner: Callable[[int], int],
-                          senders: list[SenderPlan], *, devices: int = 1) -> Fleet:
+                          senders: list[SenderPlan], *, devices: int = 1, typing_share: float = 0.0,
+                          watch: int = 0) -> Fleet:
         """One client process per --client-procs; `owner(user index)` says which one holds a user
         (with all his `devices` sockets)."""
         o = self.options
@@ -109,7 +110,7 @@ class Run:
         plans = [WorkerPlan(run=self.run_id, targets=o.targets, allow_remote=o.allow_remote, users=[], rooms=rooms,
                             via=o.via, text_bytes=o.text_bytes, connect_concurrency=max(1, o.connect_concurrency // count),
                             connect_timeout=o.connect_timeout, max_in_flight=max(1, o.max_in_flight // count),
-                            devices=devices)
+                            devices=devices, typing_share=typing_share, watch=watch)
                  for _ in range(count)]
         for user in population.users:
             plans[owner(user.index) % count].users.append((user.index, user.user_id, user.token))
@@ -196,7 +197,7 @@ class Run:
         answers = await self.fleet.call("report", {"accepted": self.accepted}, timeout=300)
         merged: dict[int, StepCounts] = {}
         status: dict[str, Any] = {"open": 0, "receivers": 0, "server_closes": {}, "reconnects": 0, "bad_frames": 0,
-                                  "acks": 0}
+                                  "acks": 0, "signals": {}}
         for answer in answers:
             for step, data in answer["steps"].items():
                 merged.setdefault(int(step), StepCounts()).merge(StepCounts.from_json(data))
@@ -204,6 +205,8 @@ class Run:
                 status[key] += answer["status"][key]
             for code, n in answer["status"]["server_closes"].items():
                 status["server_closes"][code] = status["server_closes"].get(code, 0) + n
+            for kind, n in answer["status"].get("signals", {}).items():  # typing and presence frames
+                status["signals"][kind] = status["signals"].get(kind, 0) + n
         for record in steps:
             fill_integrity(record, merged.get(record["step"], StepCounts()))
         status["foreign_messages"] = sum(a["foreign"] for a in answers)

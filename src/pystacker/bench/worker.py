@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import aiohttp
+import orjson
 
 from pystacker.bench.api import PublicApi, Targets
 from pystacker.bench.checker import IntegrityChecker
@@ -58,6 +59,8 @@ class WorkerPlan:
     connect_timeout: float = 30.0
     max_in_flight: int = 1000
     devices: int = 1  # sockets per user, each its own named device when more than one
+    typing_share: float = 0.0  # share of the senders that send `typing` before each message
+    watch: int = 0  # users whose presence each client watches
 
 
 async def recv_message(conn: Connection, timeout: float | None) -> Any:
@@ -185,8 +188,23 @@ class Worker:
 
         slots = [(i * devices + d, uid, tok) for i, (uid, tok) in self.users.items() for d in range(devices)]
         await asyncio.gather(*(one(key, uid, tok) for key, uid, tok in slots if key not in self.receivers))
+        if self.plan.watch:
+            await self._watch_presence()
         return {"connected": len(self.receivers), "failed": sum(errors.values()), "errors": dict(errors),
                 "connect_times": times.to_json(), "elapsed_s": time.monotonic() - started}
+
+    async def _watch_presence(self) -> None:
+        """Each client watches the next `watch` users of this process (wrapping around)."""
+        ids = [user_id for user_id, _ in self.users.values()]
+        for k, receiver in enumerate(self.receivers.values()):
+            watched = [ids[(k + 1 + j) % len(ids)] for j in range(min(self.plan.watch, len(ids) - 1))]
+            if receiver.ws is not None and not receiver.ws.closed:
+                await receiver.ws.send_str(orjson.dumps({"type": "presence_subscribe", "user_ids": watched}).decode())
+
+    def _types(self, plan: SenderPlan) -> bool:
+        """This sender sends `typing` before each message (the first typing_share of positions)."""
+        share = self.plan.typing_share
+        return share > 0 and (plan.position * share) % 1 + share >= 1 - 1e-9
 
     async def cmd_disconnect(self, _: dict[str, Any]) -> dict[str, Any]:
         closed = await self._close_all()
@@ -217,7 +235,8 @@ class Worker:
                 "server_closes": dict(codes),
                 "reconnects": self.reconnects + sum(r.reconnects for r in self.receivers.values()),
                 "bad_frames": self.bad_frames + sum(r.bad_frames for r in self.receivers.values()),
-                "acks": self.acks + sum(r.acks for r in self.receivers.values())}
+                "acks": self.acks + sum(r.acks for r in self.receivers.values()),
+                "signals": dict(sum((r.signals for r in self.receivers.values()), Counter()))}
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -259,6 +278,10 @@ class Worker:
         tag = Tag(self.plan.run, state.step, plan.user, n, sent_ns)
         content = {"type": "text", "text": make_text(tag, self.plan.text_bytes)}
         self.local[STARTED] += 1
+        if self._types(plan):
+            receiver = self.receivers.get(plan.user)
+            if receiver is not None and receiver.ws is not None and not receiver.ws.closed:
+                await receiver.ws.send_str(orjson.dumps({"type": "typing", "room_id": plan.room_id}).decode())
         result = await sender.send(plan.room_id, content, f"b{self.plan.run}-{plan.user}-{n}")
         if result.ok:
             self.local[SENT_OK] += 1

@@ -85,7 +85,8 @@ async def fanout(run: Run, p: dict[str, Any]) -> dict[str, Any]:
     # Sender j sends into group j mod G as that group's member j div G: distinct users, groups evenly.
     plans = [SenderPlan(user=layout[j % groups][j // groups], room_id=rooms[j % groups], position=j)
              for j in range(senders)]
-    await run.start_fleet(population, lambda u: u, plans)
+    await run.start_fleet(population, lambda u: u, plans, typing_share=p.get("typing_share", 0.0),
+                          watch=p.get("watch", 0))
     connections = await _connections(run, users)
     steps = []
     rates = p.get("rates") or [None]
