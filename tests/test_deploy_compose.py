@@ -39,7 +39,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The stack as podman-compose resolves it with the committed .env.example: anchors merged,
     variables substituted (a missing required one would fail here)."""
     if shutil.which("podman") is None:
-        pytest.skip("podman-compose needs the podman binary (apt-get install podman; .ci/run installs it)")
+        pytest.fail("podman-compose needs the podman binary (apt-get install podman; .ci/run installs it)")
     env_file = tmp_path_factory.mktemp("compose") / ".env"
     shutil.copy(ENV_EXAMPLE, env_file)
     environ = {k: v for k, v in os.environ.items() if not k.upper().startswith(("PYSTACKER_", "MARIADB_"))}
@@ -74,7 +74,7 @@ def test_the_file_and_its_rendering_follow_the_compose_specification(rendered: d
 
 def test_a_required_secret_missing_from_env_stops_compose(tmp_path: Path) -> None:
     if shutil.which("podman") is None:
-        pytest.skip("podman-compose needs the podman binary (apt-get install podman; .ci/run installs it)")
+        pytest.fail("podman-compose needs the podman binary (apt-get install podman; .ci/run installs it)")
     env_file = tmp_path / ".env"
     env_file.write_text("\n".join(line for line in ENV_EXAMPLE.read_text().splitlines()
                                   if not line.startswith("PYSTACKER_JWT_SECRET=")) + "\n")

@@ -30,7 +30,7 @@ CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 
 def render(overlay: str) -> list[dict[str, Any]]:
     if not Path(KUBECTL).exists():
-        pytest.skip(f"kubectl not found at {KUBECTL}: the manifests cannot be rendered here")
+        pytest.fail(f"kubectl not found at {KUBECTL}: the manifests cannot be rendered (install kubectl)")
     result = subprocess.run([KUBECTL, "kustomize", str(K8S / "overlays" / overlay)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -31,6 +31,7 @@ class Receiver:
 
     fail_first: int = 0
     hang: asyncio.Event = field(default_factory=asyncio.Event)
+    never: asyncio.Event = field(default_factory=asyncio.Event)  # never set: what a hanging receiver waits for
     requests: list[tuple[bytes, str]] = field(default_factory=list)  # body, signature
     accepted: list[dict[str, Any]] = field(default_factory=list)
 
@@ -38,7 +39,7 @@ class Receiver:
         body = await request.read()
         self.requests.append((body, request.headers.get(SIGNATURE_HEADER, "")))
         if self.hang.is_set():
-            await asyncio.sleep(3600)  # a receiver that never answers (cancelled at shutdown)
+            await self.never.wait()  # a receiver that never answers (cancelled at shutdown)
         if len(self.requests) <= self.fail_first:
             return web.Response(status=500)
         self.accepted.append(orjson.loads(body))

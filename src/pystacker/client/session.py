@@ -264,9 +264,7 @@ class Session:
         """Tell the room's other members you are typing (a `typing` frame; the server forwards one per
         3 s, so call it on every keystroke if you like). Dropped when not connected: a late typing
         signal is worth nothing."""
-        ws = self._ws
-        if ws is not None and not ws.closed:
-            await ws.send_str(orjson.dumps({"type": "typing", "room_id": room_id}).decode())
+        await self._send_if_connected({"type": "typing", "room_id": room_id})
 
     async def watch_presence(self, user_ids: list[int]) -> None:
         """Watch these users' presence (at most 200; replaces the previous list; [] stops): their
@@ -276,9 +274,13 @@ class Session:
         await self._send_watch()
 
     async def _send_watch(self) -> None:
+        await self._send_if_connected({"type": "presence_subscribe", "user_ids": self._watched})
+
+    async def _send_if_connected(self, frame: dict[str, Any]) -> None:
+        """A frame worth nothing late (typing, the watch list a reconnect sends again): dropped offline."""
         ws = self._ws
         if ws is not None and not ws.closed:
-            await ws.send_str(orjson.dumps({"type": "presence_subscribe", "user_ids": self._watched}).decode())
+            await ws.send_str(orjson.dumps(frame).decode())
 
     async def sync(self, room_id: int, after_seq: int, limit: int = 50, *, timeout: float | None = None) -> HistoryPage:
         """Read the room's messages after `after_seq` over the socket (at most 200). A plain read: what

@@ -207,8 +207,8 @@ class GatewayService:
         leftovers = await conn.stop()
         await self._save(conn)
         if current:
-            await self.registry.disconnect_user(conn.user_id, self.gateway_id, conn.device_id)
-            await self.user_presence.left(conn.user_id)
+            record = await self.registry.disconnect_user(conn.user_id, self.gateway_id, conn.device_id)
+            await self.user_presence.left(conn.user_id, record)
             if self.connection(conn.user_id, conn.device_id) is not None:
                 # The device reconnected here while the lease was being written, and that write may
                 # have landed after its new socket's connect: without this its route stayed

@@ -73,9 +73,9 @@ class Presence:
         if not online_in(record, await self.live.get(), besides=device_id):
             await self._announce(user_id, PresenceState(True, None))
 
-    async def left(self, user_id: int) -> None:
-        """A device of the user left: if none is online now, he is offline from now."""
-        record = (await self.engine.registry.get_routes([user_id])).get(user_id)
+    async def left(self, user_id: int, record: UserRoute | None) -> None:
+        """A device of the user left (`record`: his routes after it): if none is online now, he is
+        offline from now."""
         if online_in(record, await self.live.get()):
             return
         now = time.time()

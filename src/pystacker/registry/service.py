@@ -48,15 +48,15 @@ class RegistryService:
                           "connected", gateway.epoch, device_id)
         return await self.registry.set_route(route, CONNECTED_ROUTE_TTL)
 
-    async def disconnect_user(self, user_id: int, gateway_id: str, device_id: str = DEFAULT_DEVICE) -> bool:
+    async def disconnect_user(self, user_id: int, gateway_id: str, device_id: str = DEFAULT_DEVICE) -> UserRoute | None:
         """Turn the device's route into the reconnect lease, if it still names this gateway (a device
-        that moved to another gateway keeps its new route)."""
+        that moved to another gateway keeps its new route); returns the user's record now (None: no
+        route at all), which says whether another device of his is still online."""
         record = (await self.registry.get_routes([user_id])).get(user_id)
         route = record.device(device_id) if record is not None else None
         if route is None or route.gateway_id != gateway_id:
-            return False
-        await self.registry.set_route(replace(route, status="disconnected", others=()), self.user_route_ttl)
-        return True
+            return record
+        return await self.registry.set_route(replace(route, status="disconnected", others=()), self.user_route_ttl)
 
     async def available_send(self) -> SendInfo | None:
         instances = await self.registry.list_send()
