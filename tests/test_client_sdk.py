@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from pystacker.client import (Backoff, ChatMessage, Delivered, InOrderInbox, Offer, PyStackerClient, PyStackerError,
-                              PresenceEvent, ReadEvent, Session, SessionClosed, SessionFailed, TypingEvent,
-                              user_id_from_token)
+from pystacker.client import (Backoff, ChatMessage, Delivered, EditEvent, InOrderInbox, Offer, PresenceEvent,
+                              PyStackerClient, PyStackerError, Quote, Reaction, ReactionEvent, ReadEvent, RecallEvent,
+                              Session, SessionClosed, SessionFailed, TypingEvent, user_id_from_token)
+from pystacker.client.models import room_entry_from_frame
 from pystacker.gateway.app import GATEWAY_SERVICE
 from pystacker.messaging.frames import CLOSE_SHUTDOWN, CLOSE_SLOW_CONSUMER
 from tests.ws import poll
@@ -580,6 +581,59 @@ def test_inbox_skip_and_unordered_frames() -> None:
     assert inbox.offer(legacy) is Offer.DUPLICATE
     assert inbox.offer_event(Delivered(5, 1, 6, None))
     assert inbox.pop() == legacy and inbox.pop() == Delivered(5, 1, 6, None) and inbox.pop() is None
+
+
+def test_inbox_orders_room_events_with_the_messages() -> None:
+    """Edits, recalls and reactions hold seqs of the room's sequence: ordered, deduplicated and
+    gap-checked exactly like chat messages."""
+    inbox = InOrderInbox()
+    inbox.set_position(1, 0)
+    edit = EditEvent(id=501, room_id=1, seq=3, sender_id=1, message_id=1001, content_type="text",
+                     payload={"text": "1/1 again"}, edited_at=5)
+    react = ReactionEvent(id=502, room_id=1, seq=4, sender_id=2, message_id=1002, user_id=2, emoji="+1", on=True,
+                          count=1)
+    recall = RecallEvent(id=503, room_id=1, seq=6, sender_id=1, message_id=1001, by=1, recalled_at=7)
+    for entry in (recall, chat(1, 5), react, chat(1, 2), edit, react, chat(1, 1), recall):
+        inbox.offer(entry)
+    got = []
+    while (item := inbox.pop()) is not None:
+        got.append(item)
+    assert got == [chat(1, 1), chat(1, 2), edit, react, chat(1, 5), recall]
+    assert inbox.positions() == {1: 6} and inbox.behind() == {}
+    assert inbox.offer(ReactionEvent(504, 1, 8, 2, 1002, 2, "+1", False, 0)) is Offer.HELD
+    assert inbox.behind() == {1: 6}  # seq 7 (whatever it is) must be fetched first
+
+
+def test_room_event_frames_parse_as_the_contract_writes_them() -> None:
+    big = 2**62 + 12345  # beyond JavaScript's 2^53: the string twins are read first
+    edit = room_entry_from_frame({
+        "type": "edit", "id": 77, "id_str": "77", "room_id": 3, "sender_id": 9, "message_id": big,
+        "message_id_str": str(big), "seq": 12, "content": {"type": "text", "text": "fixed"}, "edited_at": 1700,
+        "payload": None})
+    assert edit == EditEvent(77, 3, 12, 9, big, "text", {"text": "fixed"}, 1700) and edit.text == "fixed"
+    assert edit.content == {"type": "text", "text": "fixed"}
+    recall = room_entry_from_frame({
+        "type": "recall", "id": 78, "id_str": "78", "room_id": 3, "sender_id": 4, "message_id": 5,
+        "message_id_str": "5", "seq": 13, "by": 4, "recalled_at": 1800, "payload": None})
+    assert recall == RecallEvent(78, 3, 13, 4, 5, 4, 1800)
+    reaction = room_entry_from_frame({
+        "type": "reaction", "id": 79, "id_str": "79", "room_id": 3, "sender_id": 6, "message_id": 5,
+        "message_id_str": "5", "seq": 14, "user_id": 6, "emoji": "\U0001f44d", "on": False, "count": 0,
+        "payload": None})
+    assert reaction == ReactionEvent(79, 3, 14, 6, 5, 6, "\U0001f44d", False, 0)
+    message = room_entry_from_frame({
+        "type": "chat", "id": 80, "id_str": "80", "room_id": 3, "sender_id": 6, "seq": 15, "ts": 1,
+        "content_type": "text", "payload": {"text": "yes"}, "edited_at": 1900,
+        "reply_to": {"message_id": big, "message_id_str": str(big), "sender_id": 9, "preview": "fixed",
+                     "recalled": False},
+        "reactions": [{"emoji": "+1", "count": 2, "me": True}]})
+    assert isinstance(message, ChatMessage) and message.text == "yes" and message.edited_at == 1900
+    assert message.reply_to == Quote(big, 9, "fixed", False) and message.reactions == (Reaction("+1", 2, True),)
+    assert not message.recalled
+    tombstone = ChatMessage.from_frame({"type": "chat", "id": 81, "room_id": 3, "sender_id": 6, "seq": 16,
+                                        "payload": {}, "recalled": True, "recalled_by": 1, "recalled_at": 2})
+    assert (tombstone.recalled, tombstone.recalled_by, tombstone.recalled_at, tombstone.text) == (True, 1, 2, None)
+    assert room_entry_from_frame({"type": "typing", "room_id": 3}) is None
 
 
 def test_backoff_is_jittered_exponential_capped_and_bounded() -> None:
