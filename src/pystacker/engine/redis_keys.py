@@ -75,6 +75,10 @@ class RedisKeys:
         """STRING with a TTL: the first message sent under this key (JSON)."""
         return f"{self._log_tag(self.room_partition(room_id))}:idem:{room_id}:{sender_id}:{client_msg_id}"
 
+    def revision(self, room_id: int, msg_id: int) -> str:
+        """STRING: the revision record of a message that room events changed (base.TargetChange)."""
+        return f"{self._log_tag(self.room_partition(room_id))}:rev:{room_id}:{msg_id}"
+
     def unflushed_ids(self, partition: int) -> str:
         """HASH: msg id -> "<room>:<seq>" of the partition's messages SQL does not have yet, so that a
         message can be found by id alone before the flusher wrote it."""

@@ -26,6 +26,7 @@ from enum import Enum
 from pystacker.engine.base import Engine, MessageLog, StoredMessage
 from pystacker.messaging.frames import PushEntry
 from pystacker.messaging.handoff import Handoff
+from pystacker.messaging.content import preview
 from pystacker.messaging.history import History
 from pystacker.messaging.store import MessageStore
 from pystacker.observability import metrics
@@ -250,17 +251,6 @@ class ReadState:
         """New members have read all that came before they joined: only what comes next is unread."""
         last = (await self.log.last_seqs([room_id])).get(room_id, 0)
         await self.marks.advance_many([(user_id, room_id, last) for user_id in user_ids])
-
-
-PREVIEW_CHARS = 80
-
-
-def preview(message: StoredMessage) -> str:
-    """A short text for room lists: the start of a text, else the kind of content in brackets."""
-    text = message.content.get("text") if isinstance(message.content, dict) else None
-    if isinstance(text, str) and text:
-        return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS - 1] + "\u2026"
-    return f"[{message.type}]"
 
 
 async def room_summaries(reading: ReadState, history: History, user_id: int,
