@@ -215,15 +215,12 @@ async def test_reply_edit_react_recall_hide_typing_and_presence(open_terminal: A
     for terminal in (alice, bob):
         await terminal.expect(reply)
     await alice.say("/edit 1 hello bob, edited")
-    await alice.say("/react 2 \U0001f44d")
-    await bob.say("/react 2 \u2764")
+    await alice.say("/react 1 \U0001f44d")
     for terminal in (alice, bob):
         await terminal.expect(rf"^\[room {room} #3\] {alice_name}\({alice_id}\) edited #1: hello bob, edited$")
-        await terminal.expect(rf"^\[room {room} #4\] {alice_name}\({alice_id}\) reacted \U0001f44d to #2 \(1\)$")
-        await terminal.expect(rf"^\[room {room} #5\] {bob_name}\({bob_id}\) reacted \u2764 to #2 \(1\)$")
-    mark = len(bob.lines)
-    await bob.say("/react 2 \u2764")  # again: nothing changes, and no event comes
-    await bob.expect(r"^\* #2 already has your \u2764 \(1\)$", start=mark)
+        await terminal.expect(rf"^\[room {room} #4\] {alice_name}\({alice_id}\) reacted \U0001f44d to #1 \(1\)$")
+    await bob.say("/react 2 \u2764")
+    await alice.expect(rf"^\[room {room} #5\] {bob_name}\({bob_id}\) reacted \u2764 to #2 \(1\)$")
     await bob.say("/unreact 2 \u2764")
     await alice.expect(rf"^\[room {room} #6\] {bob_name}\({bob_id}\) took back \u2764 from #2 \(0\)$")
     await alice.say("/recall 2")  # alice owns the room: she may recall bob's message
@@ -244,7 +241,8 @@ async def test_reply_edit_react_recall_hide_typing_and_presence(open_terminal: A
 
     mark = len(bob.lines)
     await bob.say("/history")
-    await bob.expect(rf"^\[room {room} #1\] {alice_name}\({alice_id}\): hello bob, edited \(edited\)$", start=mark)
+    await bob.expect(rf"^\[room {room} #1\] {alice_name}\({alice_id}\): hello bob, edited \(edited\)  "
+                     rf"\[\U0001f44d 1\]$", start=mark)
     await bob.expect(rf"^\[room {room} #2\] {bob_name}\({bob_id}\) \(reply to #1 {alice_name}: .*\): "
                      rf"\[message recalled\]", start=mark)
     await bob.say("/hide 1")
@@ -269,6 +267,9 @@ async def test_reply_edit_react_recall_hide_typing_and_presence(open_terminal: A
     assert await bob.finish() == 0
     await alice.expect(rf"^\* {bob_name}\({bob_id}\) is offline \(last seen \d{{4}}-\d\d-\d\d [\d:]+\)$",
                        start=mark)
+    mark = len(alice.lines)
+    await alice.say("/react 1 \U0001f44d")  # again: nothing changes, and no event comes
+    await alice.expect(r"^\* #1 already has your \U0001f44d \(1\)$", start=mark)
     await alice.say("/quit")
     assert await alice.finish() == 0
     # Each change printed once per terminal.

@@ -562,11 +562,11 @@ async def test_http_reply_edit_react_recall_hide_and_history(make_client: Any) -
     assert (by_bob.emoji, by_bob.on, by_bob.count, by_bob.seq, by_bob.duplicate) == (THUMBS, True, 1, 4, False)
     by_alice = await alice.react(hello.msg_id, THUMBS)
     assert (by_alice.count, by_alice.seq) == (2, 5)
-    unchanged = await bob.react(hello.msg_id, THUMBS)  # he had put it already: nothing changes
-    assert (unchanged.count, unchanged.seq) == (2, None)
     heart = await bob.react(hello.msg_id, "\u2764")
     taken_back = await bob.react(hello.msg_id, "\u2764", on=False)
     assert (heart.count, heart.seq, taken_back.count, taken_back.on, taken_back.seq) == (1, 6, 0, False, 7)
+    retry = await bob.react(hello.msg_id, "\u2764", on=False, client_msg_id=taken_back.client_msg_id)
+    assert (retry.seq, retry.count, retry.duplicate) == (7, 0, True)  # the first answer
 
     recalled = await bob.recall(answer.msg_id, client_msg_id="recall-1")
     assert (recalled.message_id, recalled.seq, recalled.duplicate) == (answer.msg_id, 8, False)
@@ -619,6 +619,22 @@ async def test_http_reply_edit_react_recall_hide_and_history(make_client: Any) -
     assert [m.seq for m in (await alice.history(room)).messages] == [1, 2]
 
 
+async def test_a_reaction_that_changes_nothing_is_no_event(make_client: Any) -> None:
+    """The contract: `seq` is null when nothing changed (the emoji was there already, or there was
+    none to take back), and then the room gets no event. The SDK sends a client_msg_id with every
+    reaction (generated when none is given), so that a retry gets the first answer."""
+    alice, bob = await make_client("alice"), await make_client("bob")
+    room = await room_of(alice, bob)
+    hello = await alice.send(room, "hello")
+    first = await bob.react(hello.msg_id, THUMBS)
+    assert (first.count, first.seq) == (1, 2)
+    again = await bob.react(hello.msg_id, THUMBS)  # another request (another client_msg_id): already so
+    assert (again.count, again.seq, again.duplicate) == (1, None, False)
+    none_to_take_back = await alice.react(hello.msg_id, "\u2764", on=False)
+    assert (none_to_take_back.count, none_to_take_back.seq) == (0, None)
+    assert [e.seq for e in (await alice.history(room, events=True)).events] == [1, 2]
+
+
 async def test_room_owner_recalls_a_members_message(make_client: Any) -> None:
     alice, bob = await make_client("alice"), await make_client("bob")
     room = await room_of(alice, bob)  # alice created it: its owner
@@ -642,16 +658,16 @@ async def test_session_yields_room_events_in_seq_order_with_the_messages(make_cl
     reacted = await b.react(hello.msg_id, THUMBS)
     assert (reacted.message_id, reacted.count, reacted.seq, reacted.on) == (hello.msg_id, 1, 3, True)
     reply = await b.send(room, "nice", reply_to=hello.msg_id)
-    recalled = await a.recall(hello.msg_id)
-    assert (recalled.seq, recalled.duplicate) == (5, False)
     unreacted = await b.react(hello.msg_id, THUMBS, on=False)
-    assert unreacted.count == 0
+    assert (unreacted.count, unreacted.seq) == (0, 5)
+    recalled = await a.recall(hello.msg_id)
+    assert (recalled.seq, recalled.duplicate) == (6, False)
 
     got = await next_entries(b, 6)
     assert [(type(e).__name__, e.seq) for e in got] == [
-        ("ChatMessage", 1), ("EditEvent", 2), ("ReactionEvent", 3), ("ChatMessage", 4), ("RecallEvent", 5),
-        ("ReactionEvent", 6)]
-    first, edit, reaction, answer, recall, unreaction = got
+        ("ChatMessage", 1), ("EditEvent", 2), ("ReactionEvent", 3), ("ChatMessage", 4), ("ReactionEvent", 5),
+        ("RecallEvent", 6)]
+    first, edit, reaction, answer, unreaction, recall = got
     assert edit == EditEvent(edit.id, room, 2, alice.user_id, hello.msg_id, "text", {}, edited.edited_at)
     assert edit.text == "hello!"
     assert reaction == ReactionEvent(reaction.id, room, 3, bob.user_id, hello.msg_id, bob.user_id, THUMBS, True, 1)
