@@ -332,3 +332,33 @@ async def test_lifecycle_frames_over_the_socket(api: Api) -> None:
     assert (await socket.recv_type("recall_ok"))["payload"]["seq"] == 5
     await socket.close()
     await bob_socket.close()
+
+
+async def test_room_events_are_never_unread_and_the_room_list_shows_the_last_message(api: Api) -> None:
+    alice, bob = await api.users(2, "unr")
+    room_id = await make_room(api.meta, alice, [bob])
+    first = await send_http(api.send, alice, room_id, "one")
+    await send_http(api.send, alice, room_id, "two")
+
+    async def bob_room() -> dict[str, Any]:
+        answer = await api.meta.get("/api/joined_rooms", token=bob.token)
+        return next(r for r in answer.data["rooms"] if r["room_id"] == room_id)
+
+    assert (await bob_room())["unread"] == 2
+    assert (await post(api, "/api/chat/read", bob, {"room_id": room_id, "seq": 1})).status == 200
+    assert (await bob_room())["unread"] == 1
+    # Edits and reactions after his mark, by either of them, add nothing to his badge.
+    assert (await edit(api, alice, first["msgID"], "one, edited")).status == 200
+    for user in (alice, bob):
+        assert (await post(api, "/api/chat/react", user, {"message_id": first["msgID"], "emoji": "👀"})).status == 200
+    room = await bob_room()
+    assert (room["unread"], room["last_seq"]) == (1, 5)
+    assert room["last_message"]["preview"] == "two"  # the last message, not the last event
+    third = await send_http(api.send, alice, room_id, "three")
+    assert (await bob_room())["unread"] == 2
+    bob_socket = await api.connect(bob, device="badge")
+    welcome = next(f for f in bob_socket.frames if f["type"] == "system")
+    assert welcome["unread"] >= 2
+    assert (await post(api, "/api/chat/read", bob, {"room_id": room_id, "seq": third["seq"]})).status == 200
+    assert (await bob_room())["unread"] == 0
+    await bob_socket.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from pystacker.engine.base import Engine, EngineSettings, FlushBatch, MessageLog, NewMessage, StoredMessage, TargetChange
+from pystacker.engine.base import (Engine, EngineSettings, FlushBatch, LogEnd, MessageLog, NewMessage, StoredMessage,
+                                   TargetChange)
 from tests.engine.support import OpenEngine, drain_flush_queue, new_message, unique_int, until
 
 
@@ -36,7 +37,7 @@ async def test_a_new_room_counts_from_1_and_keeps_the_message(engine: Engine) ->
     assert not appended.duplicate
     assert appended.message == StoredMessage(
         msg_id=sent.msg_id, room_id=room_id, seq=1, sender_id=42, type="text", content={"text": "hello"},
-        created_at_ms=sent.created_at_ms, client_msg_id="c-1")
+        created_at_ms=sent.created_at_ms, client_msg_id="c-1", msg_no=1)
     assert _seqs(await _append(engine.messages, room_id, 2)) == [2, 3]
     assert await engine.messages.last_seqs([room_id, unused_room]) == {room_id: 3, unused_room: 0}
 
@@ -44,9 +45,9 @@ async def test_a_new_room_counts_from_1_and_keeps_the_message(engine: Engine) ->
 async def test_seqs_continue_from_the_seed(open_engine: OpenEngine) -> None:
     room_id = unique_int()
 
-    async def seed(asked_room: int) -> int:
+    async def seed(asked_room: int) -> LogEnd:
         assert asked_room == room_id
-        return 41
+        return LogEnd(41, 41)
 
     engine = await open_engine(seq_seed=seed)
     assert _seqs(await _append(engine.messages, room_id, 2)) == [42, 43]
@@ -57,11 +58,11 @@ async def test_concurrent_first_appends_seed_the_room_once(open_engine: OpenEngi
     room_id = unique_int()
     seeded: list[int] = []
 
-    async def slow_seed(asked_room: int) -> int:
+    async def slow_seed(asked_room: int) -> LogEnd:
         seeded.append(asked_room)
         for _ in range(5):  # an SQL round trip: other appends run meanwhile
             await asyncio.sleep(0)
-        return 41
+        return LogEnd(41, 41)
 
     engine = await open_engine(seq_seed=slow_seed)
     appended = await asyncio.gather(*(engine.messages.append(new_message(room_id)) for _ in range(20)))
@@ -147,8 +148,8 @@ async def test_read_returns_messages_after_a_seq_in_order(engine: Engine) -> Non
 
 
 async def test_window_start_of_rooms_without_messages(open_engine: OpenEngine) -> None:
-    async def seed(room_id: int) -> int:
-        return 41
+    async def seed(room_id: int) -> LogEnd:
+        return LogEnd(41, 41)
 
     engine = await open_engine(seq_seed=seed)
     room_id = unique_int()
@@ -347,3 +348,18 @@ async def test_a_patch_of_an_entry_the_window_no_longer_holds_changes_nothing(op
         target.msg_id, None, "E:$seq", patches=(replace(target, content={"text": "edited"}),)))
     assert appended is not None
     assert [m.seq for m in await engine.messages.read(room_id, 0, 10)] == [4, 5]
+
+
+async def test_a_message_counts_in_msg_no_and_an_event_does_not(open_engine: OpenEngine) -> None:
+    async def seed(room_id: int) -> LogEnd:
+        return LogEnd(10, 7)  # SQL's copy ends at seq 10, its 7th message
+
+    engine = await open_engine(seq_seed=seed)
+    room_id = unique_int()
+    message = (await engine.messages.append(new_message(room_id))).message
+    assert (message.seq, message.msg_no) == (11, 8)
+    event = await engine.messages.append_event(_event(room_id, message), TargetChange(message.msg_id, None, "E:$seq"))
+    assert event is not None and (event.message.seq, event.message.msg_no) == (12, 8)
+    assert (await engine.messages.append(new_message(room_id))).message.msg_no == 9
+    assert await engine.messages.ends([room_id]) == {room_id: LogEnd(13, 9)}
+    assert [m.msg_no for m in await engine.messages.read(room_id, 0, 10)] == [8, 8, 9]

@@ -32,6 +32,7 @@ from pystacker.engine.base import (
     Inbox,
     InboxEntry,
     InboxStats,
+    LogEnd,
     MessageLog,
     NewMessage,
     Registry,
@@ -273,6 +274,7 @@ class MemoryMessageLog:
         self._settings = settings
         self._seq_seed = seq_seed
         self._last_seq: dict[int, int] = {}  # the seq counters; a room missing here gets seeded
+        self._last_no: dict[int, int] = {}  # the msg_no counters, seeded with them
         self._rooms: dict[int, _Room] = {}
         # (sender_id, client_msg_id) -> (first message, expiry). Every key lives idempotency_ttl, so
         # insertion order is expiry order and expired keys are purged from the front.
@@ -296,13 +298,14 @@ class MemoryMessageLog:
             return
         async with self._room(room_id).seed_lock:
             if room_id not in self._last_seq:  # seeded by the holder we waited for
-                self._last_seq[room_id] = await self._seq_seed(room_id)
+                end = await self._seq_seed(room_id)
+                self._last_seq[room_id], self._last_no[room_id] = end.seq, end.msg_no
 
     async def append(self, message: NewMessage) -> Appended:
         await self._ensure_counter(message.room_id)
         # No await from here on: the key check, the seq allocation and the three stores are one step.
         first = self._duplicate_of(message)
-        return first if first is not None else self._store(message)
+        return first if first is not None else self._store(message, counts=True)
 
     async def append_event(self, event: NewMessage, change: TargetChange) -> Appended | None:
         await self._ensure_counter(event.room_id)
@@ -312,7 +315,7 @@ class MemoryMessageLog:
             return first
         if self._revision_of(change.target_id) != change.expected:
             return None
-        appended = self._store(event)
+        appended = self._store(event, counts=False)
         record = change.revision.replace("$seq", str(appended.message.seq))
         self._revisions[change.target_id] = (record, time.monotonic() + self._settings.idempotency_ttl)
         self._revisions.move_to_end(change.target_id)
@@ -355,13 +358,15 @@ class MemoryMessageLog:
         first = self._remembered((message.sender_id, message.client_msg_id))
         return Appended(first, duplicate=True) if first is not None else None
 
-    def _store(self, message: NewMessage) -> Appended:
+    def _store(self, message: NewMessage, *, counts: bool) -> Appended:
         seq = self._last_seq[message.room_id] + 1
         self._last_seq[message.room_id] = seq
+        msg_no = self._last_no[message.room_id] + counts
+        self._last_no[message.room_id] = msg_no
         stored = StoredMessage(msg_id=message.msg_id, room_id=message.room_id, seq=seq,
                                sender_id=message.sender_id, type=message.type, content=message.content,
                                created_at_ms=message.created_at_ms, client_msg_id=message.client_msg_id,
-                               reply_to=message.reply_to)
+                               reply_to=message.reply_to, msg_no=msg_no)
         room = self._room(message.room_id)
         room.window.append(stored)
         room.unflushed.add(seq)
@@ -412,6 +417,11 @@ class MemoryMessageLog:
         for room_id in room_ids:
             await self._ensure_counter(room_id)
         return {room_id: self._last_seq[room_id] for room_id in room_ids}
+
+    async def ends(self, room_ids: Sequence[int]) -> dict[int, LogEnd]:
+        for room_id in room_ids:
+            await self._ensure_counter(room_id)
+        return {room_id: LogEnd(self._last_seq[room_id], self._last_no[room_id]) for room_id in room_ids}
 
     async def take_batch(self, max_messages: int) -> FlushBatch | None:
         self._requeue_expired_batches()
