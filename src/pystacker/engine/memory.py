@@ -263,6 +263,23 @@ class _Room:
     seed_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _unexpired(entries: OrderedDict[_K, tuple[_V, float]], key: _K) -> _V | None:
+    """The value of `key` unless expired, in a map of (value, expiry) kept in expiry order: the
+    expired ones are dropped from its front first."""
+    now = time.monotonic()
+    while entries:
+        oldest, (_, expires_at) = next(iter(entries.items()))
+        if expires_at > now:
+            break
+        del entries[oldest]
+    found = entries.get(key)
+    return found[0] if found is not None else None
+
+
 @dataclass(slots=True)
 class _Batch:
     messages: list[StoredMessage]
@@ -327,14 +344,8 @@ class MemoryMessageLog:
         return self._revision_of(msg_id)
 
     def _revision_of(self, msg_id: int) -> str | None:
-        now = time.monotonic()
-        while self._revisions:  # every record lives idempotency_ttl from its last change: oldest first
-            oldest, (_, expires_at) = next(iter(self._revisions.items()))
-            if expires_at > now:
-                break
-            del self._revisions[oldest]
-        found = self._revisions.get(msg_id)
-        return found[0] if found is not None else None
+        # Every record lives idempotency_ttl from its last change: the map is in expiry order.
+        return _unexpired(self._revisions, msg_id)
 
     def _patch(self, entry: StoredMessage) -> None:
         """Replace the window's copy of the entry (and the idempotency key's, and the unflushed
@@ -379,14 +390,7 @@ class MemoryMessageLog:
         return Appended(stored, duplicate=False)
 
     def _remembered(self, key: tuple[int, str]) -> StoredMessage | None:
-        now = time.monotonic()
-        while self._first_of_key:
-            oldest_key, (_, expires_at) = next(iter(self._first_of_key.items()))
-            if expires_at > now:
-                break
-            del self._first_of_key[oldest_key]
-        found = self._first_of_key.get(key)
-        return found[0] if found is not None else None
+        return _unexpired(self._first_of_key, key)
 
     def _trim_window(self, room: _Room) -> None:
         while len(room.window) > self._settings.window_size and room.window[0].seq not in room.unflushed:
@@ -567,8 +571,6 @@ class MemoryRosters:
 
 # -- registry ---------------------------------------------------------------------------------------
 
-_K = TypeVar("_K")
-_V = TypeVar("_V")
 
 
 def _same(value: _V) -> _V:

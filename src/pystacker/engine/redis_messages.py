@@ -359,12 +359,6 @@ class RedisMessageLog:
         pipe.set(keys[1], int(end.msg_no), nx=True)
         await pipe.execute()
 
-    async def _counters(self, room_ids: Sequence[int]) -> list[bytes | None]:
-        pipe = pipeline(self._client)
-        for room_id in room_ids:
-            pipe.get(self._keys.seq(room_id))
-        return list(await pipe.execute())
-
     # -- MessageLog -------------------------------------------------------------------------------------
 
     async def append(self, message: NewMessage) -> Appended:
@@ -468,17 +462,7 @@ class RedisMessageLog:
         raise RuntimeError(f"the seq counter of room {room_id} keeps vanishing after seeding")
 
     async def last_seqs(self, room_ids: Sequence[int]) -> dict[int, int]:
-        rooms = list(dict.fromkeys(room_ids))
-        found: dict[int, int] = {}
-        for _ in range(SEED_ATTEMPTS + 1):
-            missing = [room for room in rooms if room not in found]
-            if not missing:
-                return found
-            values = await self._counters(missing)
-            found.update({room: int(value) for room, value in zip(missing, values, strict=True) if value is not None})
-            # Seeded like append: 0 for a lost counter would hide SQL's messages from the catch-up.
-            await asyncio.gather(*(self._seed(room) for room in missing if room not in found))
-        raise RuntimeError(f"seq counters keep vanishing after seeding: rooms {missing}")
+        return {room: end.seq for room, end in (await self.ends(room_ids)).items()}
 
     async def ends(self, room_ids: Sequence[int]) -> dict[int, LogEnd]:
         rooms = list(dict.fromkeys(room_ids))
@@ -496,6 +480,7 @@ class RedisMessageLog:
                 seq, msg_no = values[2 * index], values[2 * index + 1]
                 if seq is not None and msg_no is not None:
                     found[room] = LogEnd(int(seq), int(msg_no))
+            # Seeded like append: 0 for a lost counter would hide SQL's messages from the catch-up.
             await asyncio.gather(*(self._seed(room) for room in missing if room not in found))
         raise RuntimeError(f"log counters keep vanishing after seeding: rooms {missing}")
 
