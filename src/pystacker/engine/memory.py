@@ -293,9 +293,9 @@ class MemoryMessageLog:
         self._last_seq: dict[int, int] = {}  # the seq counters; a room missing here gets seeded
         self._last_no: dict[int, int] = {}  # the msg_no counters, seeded with them
         self._rooms: dict[int, _Room] = {}
-        # (sender_id, client_msg_id) -> (first message, expiry). Every key lives idempotency_ttl, so
+        # (room_id, sender_id, client_msg_id) -> (first message, expiry). Every key lives idempotency_ttl, so
         # insertion order is expiry order and expired keys are purged from the front.
-        self._first_of_key: OrderedDict[tuple[int, str], tuple[StoredMessage, float]] = OrderedDict()
+        self._first_of_key: OrderedDict[tuple[int, int, str], tuple[StoredMessage, float]] = OrderedDict()
         self._flush_queue: deque[StoredMessage] = deque()  # not yet taken by a flusher, oldest first
         self._unflushed_by_id: dict[int, StoredMessage] = {}  # every message SQL may not have yet
         # msg id -> (revision record, expiry), in expiry order (TargetChange).
@@ -358,7 +358,7 @@ class MemoryMessageLog:
         if entry.msg_id in self._unflushed_by_id:
             self._unflushed_by_id[entry.msg_id] = entry
         if entry.client_msg_id is not None:
-            key = (entry.sender_id, entry.client_msg_id)
+            key = (entry.room_id, entry.sender_id, entry.client_msg_id)
             kept = self._first_of_key.get(key)
             if kept is not None and kept[0].msg_id == entry.msg_id:
                 self._first_of_key[key] = (entry, kept[1])
@@ -366,7 +366,7 @@ class MemoryMessageLog:
     def _duplicate_of(self, message: NewMessage) -> Appended | None:
         if message.client_msg_id is None:
             return None
-        first = self._remembered((message.sender_id, message.client_msg_id))
+        first = self._remembered((message.room_id, message.sender_id, message.client_msg_id))
         return Appended(first, duplicate=True) if first is not None else None
 
     def _store(self, message: NewMessage, *, counts: bool) -> Appended:
@@ -384,12 +384,12 @@ class MemoryMessageLog:
         self._flush_queue.append(stored)
         self._unflushed_by_id[stored.msg_id] = stored
         if message.client_msg_id is not None:
-            self._first_of_key[(message.sender_id, message.client_msg_id)] = (
+            self._first_of_key[(message.room_id, message.sender_id, message.client_msg_id)] = (
                 stored, time.monotonic() + self._settings.idempotency_ttl)
         self._trim_window(room)
         return Appended(stored, duplicate=False)
 
-    def _remembered(self, key: tuple[int, str]) -> StoredMessage | None:
+    def _remembered(self, key: tuple[int, int, str]) -> StoredMessage | None:
         return _unexpired(self._first_of_key, key)
 
     def _trim_window(self, room: _Room) -> None:

@@ -8,9 +8,8 @@ Keys (redis_keys.py), all of one room in its partition's hash tag `{<prefix>pyst
 - `unfl:ids`: one HASH per partition, msg id -> "<room>:<seq>" of its unconfirmed messages, so that a
   message is found by id (resend) before SQL has it;
 - `idem:<room>:<sender>:<client_msg_id>`: the first message sent under that key, for idempotency_ttl.
-  The key includes the room, so idempotency is per (room, sender, client_msg_id): a client reusing one
-  client_msg_id in two rooms gets two messages (the memory engine would answer the first). Rooms must
-  be in the key: on a cluster, a script may only touch the slot of its room;
+  Idempotency is per (room, sender, client_msg_id), on both engines and in SQL's unique key: the room
+  must be in the key, since on a cluster a script may only touch the slot of its room;
 - `flush`: one stream per partition, read through the consumer group `flushers`. Its entry ids are
   server time in microseconds (kept strictly increasing), so take_batch can merge the partitions
   oldest first. A batch is the partitions' entries it took; confirming it XACKs and XDELs them.
