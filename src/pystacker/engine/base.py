@@ -105,6 +105,9 @@ class StoredMessage:
     edited_at_ms: int | None = None
     recalled_by: int | None = None  # a tombstone: its content is gone
     recalled_at_ms: int | None = None
+    # How many messages the room's log holds up to this entry (a room event adds none): unread
+    # counts are differences of it, so that edits and reactions never count as unread.
+    msg_no: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,18 +141,27 @@ class TargetChange:
     patches: tuple[StoredMessage, ...] = ()
 
 
-# Loads the highest seq SQL holds for a room; used when the engine has no counter for it (first use,
-# or the counter was lost with a Redis restart), so seqs continue instead of restarting at 1.
-SeqSeed = Callable[[int], Awaitable[int]]
+@dataclass(frozen=True, slots=True)
+class LogEnd:
+    """Where a room's log ends: its last seq, and how many messages it holds up to there."""
+
+    seq: int
+    msg_no: int
+
+
+# Loads where SQL's copy of a room's log ends; used when the engine has no counters for it (first
+# use, or the counters were lost with a Redis restart), so seqs continue instead of restarting at 1.
+SeqSeed = Callable[[int], Awaitable[LogEnd]]
 
 
 class MessageLog(Protocol):
     async def append(self, message: NewMessage) -> Appended:
-        """Allocate the room's next seq and store the message, atomically; idempotent on
-        (sender_id, client_msg_id) for `idempotency_ttl` seconds."""
+        """Allocate the room's next seq (and msg_no) and store the message, atomically; idempotent on
+        (room_id, sender_id, client_msg_id) for `idempotency_ttl` seconds (SQL's unique key too)."""
 
     async def append_event(self, event: NewMessage, change: TargetChange) -> Appended | None:
-        """Append a room event as `append` does (idempotent on its client_msg_id too: a duplicate is
+        """Append a room event as `append` does, except that it adds no msg_no (idempotent on its
+        client_msg_id too: a duplicate is
         answered whatever the revision), applying `change` atomically with it; None, and nothing
         appended, when the target's revision record is no longer `change.expected`."""
 
@@ -171,6 +183,10 @@ class MessageLog(Protocol):
     async def last_seqs(self, room_ids: Sequence[int]) -> dict[int, int]:
         """The highest allocated seq of each room (0 for a room without messages). A room without a
         counter is seeded first, as in append, so a lost counter never hides SQL's messages."""
+
+    async def ends(self, room_ids: Sequence[int]) -> dict[int, LogEnd]:
+        """Where each room's log ends: last seq and msg_no (both 0 for an empty room), seeded as in
+        last_seqs."""
 
     async def take_batch(self, max_messages: int) -> FlushBatch | None:
         """Up to max_messages not yet in SQL, oldest first; they stay owned by this batch until confirmed.

@@ -8,9 +8,8 @@ Keys (redis_keys.py), all of one room in its partition's hash tag `{<prefix>pyst
 - `unfl:ids`: one HASH per partition, msg id -> "<room>:<seq>" of its unconfirmed messages, so that a
   message is found by id (resend) before SQL has it;
 - `idem:<room>:<sender>:<client_msg_id>`: the first message sent under that key, for idempotency_ttl.
-  The key includes the room, so idempotency is per (room, sender, client_msg_id): a client reusing one
-  client_msg_id in two rooms gets two messages (the memory engine would answer the first). Rooms must
-  be in the key: on a cluster, a script may only touch the slot of its room;
+  Idempotency is per (room, sender, client_msg_id), on both engines and in SQL's unique key: the room
+  must be in the key, since on a cluster a script may only touch the slot of its room;
 - `flush`: one stream per partition, read through the consumer group `flushers`. Its entry ids are
   server time in microseconds (kept strictly increasing), so take_batch can merge the partitions
   oldest first. A batch is the partitions' entries it took; confirming it XACKs and XDELs them.
@@ -26,12 +25,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
-from pystacker.engine.base import (Appended, EngineSettings, FlushBatch, NewMessage, SeqSeed, StoredMessage,
-                                   TargetChange)
+from pystacker.engine.base import (Appended, EngineSettings, FlushBatch, LogEnd, NewMessage, SeqSeed,
+                                   StoredMessage, TargetChange)
 from pystacker.engine.redis_common import LUA_ID_LESS, Client, id_order, pipeline, register, run, text
 from pystacker.engine.redis_keys import RedisKeys
 
@@ -57,12 +57,13 @@ end
 """
 
 _LUA_APPEND = _LUA_WINDOW + """
--- Append one entry: K = {seq, window, unflushed, flush, flush clock, unflushed ids}, idem = the
--- idempotency key or nil, A = {entry JSON without its seq, window_size, idempotency_ttl, msg id, room id}.
--- -> {'ok', seq} | {'seed'} (no counter: nothing was written; seed it and call again)
-local function append_entry(K, idem, A)
-  local seq_key, win, unfl, flush, clock, ids = K[1], K[2], K[3], K[4], K[5], K[6]
-  if redis.call('EXISTS', seq_key) == 0 then return {'seed'} end
+-- Append one entry: K = {seq, window, unflushed, flush, flush clock, unflushed ids, msg_no}, idem =
+-- the idempotency key or nil, A = {entry JSON without its seq, window_size, idempotency_ttl, msg id,
+-- room id}; `counts`: a message (its msg_no is one more), not a room event.
+-- -> {'ok', seq, msg_no} | {'seed'} (no counters: nothing was written; seed them and call again)
+local function append_entry(K, idem, A, counts)
+  local seq_key, win, unfl, flush, clock, ids, mno = K[1], K[2], K[3], K[4], K[5], K[6], K[7]
+  if redis.call('EXISTS', seq_key) == 0 or redis.call('EXISTS', mno) == 0 then return {'seed'} end
 
   -- Reads first: a script is not rolled back when a command fails, so nothing may fail after a write.
   -- The flush entry id: microseconds of server time, above every id the stream has had.
@@ -84,7 +85,9 @@ local function append_entry(K, idem, A)
   local flush_id = string.format('%.0f', flush_us)
 
   local seq = string.format('%d', redis.call('INCR', seq_key))
-  local stored = '{"seq":' .. seq .. ',' .. string.sub(A[1], 2)
+  local no
+  if counts then no = string.format('%d', redis.call('INCR', mno)) else no = redis.call('GET', mno) end
+  local stored = '{"seq":' .. seq .. ',"msg_no":' .. no .. ',' .. string.sub(A[1], 2)
   redis.call('ZADD', win, seq, stored)
   redis.call('ZADD', unfl, seq, seq)
   redis.call('HSET', ids, A[4], A[5] .. ':' .. seq)
@@ -92,23 +95,23 @@ local function append_entry(K, idem, A)
   redis.call('XADD', flush, flush_id .. '-0', 'm', stored)
   if idem then redis.call('SET', idem, stored, 'EX', A[3]) end
   trim_window(win, unfl, tonumber(seq), tonumber(A[2]))
-  return {'ok', seq}
+  return {'ok', seq, no}
 end
 """
 
-# KEYS: seq, window, unflushed, flush, flush clock, unflushed ids[, idempotency key]
+# KEYS: seq, window, unflushed, flush, flush clock, unflushed ids, msg_no[, idempotency key]
 # ARGV: the message JSON without its seq, window_size, idempotency_ttl, msg id, room id
-# -> {'ok', seq} | {'dup', first message JSON} | {'seed'} (no counter: seed it and call again)
+# -> {'ok', seq, msg_no} | {'dup', first message JSON} | {'seed'} (no counters: seed them and call again)
 _APPEND = _LUA_APPEND + """
-local idem = KEYS[7]
+local idem = KEYS[8]
 if idem then
   local first = redis.call('GET', idem)
   if first then return {'dup', first} end
 end
-return append_entry(KEYS, idem, ARGV)
+return append_entry(KEYS, idem, ARGV, true)
 """
 
-# KEYS: the six room keys as for _APPEND, the target's revision record, the event's idempotency key
+# KEYS: the seven room keys as for _APPEND, the target's revision record, the event's idempotency key
 # (or any key of the room when it has none), then the patches' idempotency keys.
 # ARGV: the five of _APPEND, has idempotency key (0/1), has expected record (0/1), expected record,
 # new record, patch count, then per patch: seq, msg id, entry JSON, index in KEYS of its idempotency
@@ -116,20 +119,20 @@ return append_entry(KEYS, idem, ARGV)
 # -> as _APPEND, or {'changed'}: the revision record is not the expected one (nothing written).
 _APPEND_EVENT = _LUA_APPEND + """
 local idem = nil
-if ARGV[6] == '1' then idem = KEYS[8] end
+if ARGV[6] == '1' then idem = KEYS[9] end
 if idem then
   local first = redis.call('GET', idem)
   if first then return {'dup', first} end
 end
-local current = redis.call('GET', KEYS[7])
+local current = redis.call('GET', KEYS[8])
 if ARGV[7] == '1' then
   if current ~= ARGV[8] then return {'changed'} end
 elseif current then
   return {'changed'}
 end
-local reply = append_entry(KEYS, idem, ARGV)
+local reply = append_entry(KEYS, idem, ARGV, false)
 if reply[1] ~= 'ok' then return reply end
-redis.call('SET', KEYS[7], (string.gsub(ARGV[9], '%$seq', reply[2])), 'EX', ARGV[3])
+redis.call('SET', KEYS[8], (string.gsub(ARGV[9], '%$seq', reply[2])), 'EX', ARGV[3])
 local win = KEYS[2]
 local at = 11
 for _ = 1, tonumber(ARGV[10]) do
@@ -264,7 +267,8 @@ _STATE_FIELDS = ("reply_to", "edited_at_ms", "recalled_by", "recalled_at_ms")
 def encode_stored(message: StoredMessage) -> bytes:
     """The whole entry, seq first (as the append script writes it, which the patches rely on:
     `"msg_id":<id>,` follows the seq)."""
-    fields: dict[str, Any] = {"seq": message.seq, "msg_id": message.msg_id, "room_id": message.room_id,
+    fields: dict[str, Any] = {"seq": message.seq, "msg_no": message.msg_no, "msg_id": message.msg_id,
+                              "room_id": message.room_id,
                               "sender_id": message.sender_id, "type": message.type, "content": message.content,
                               "created_at_ms": message.created_at_ms, "client_msg_id": message.client_msg_id}
     for name in _STATE_FIELDS:
@@ -280,7 +284,8 @@ def decode_stored(raw: bytes | str) -> StoredMessage:
                          sender_id=int(fields["sender_id"]), type=str(fields["type"]), content=fields["content"],
                          created_at_ms=int(fields["created_at_ms"]), client_msg_id=fields.get("client_msg_id"),
                          reply_to=fields.get("reply_to"), edited_at_ms=fields.get("edited_at_ms"),
-                         recalled_by=fields.get("recalled_by"), recalled_at_ms=fields.get("recalled_at_ms"))
+                         recalled_by=fields.get("recalled_by"), recalled_at_ms=fields.get("recalled_at_ms"),
+                         msg_no=int(fields.get("msg_no", 0)))
 
 
 def _plan_batch(peeks: Sequence[tuple[list[str], list[str]]], limit: int) -> dict[int, tuple[list[str], int]]:
@@ -343,18 +348,15 @@ class RedisMessageLog:
         await asyncio.shield(flight)
 
     async def _seed_once(self, room_id: int) -> None:
-        key = self._keys.seq(room_id)
-        # A seeding that finished while our script ran has set it: SQL need not be asked again.
-        if await self._client.exists(key):
+        keys = [self._keys.seq(room_id), self._keys.msg_no(room_id)]
+        # A seeding that finished while our script ran has set them: SQL need not be asked again.
+        if await self._client.exists(*keys) == len(keys):
             return
-        seed = int(await self._seq_seed(room_id))
-        await self._client.set(key, seed, nx=True)
-
-    async def _counters(self, room_ids: Sequence[int]) -> list[bytes | None]:
+        end = await self._seq_seed(room_id)
         pipe = pipeline(self._client)
-        for room_id in room_ids:
-            pipe.get(self._keys.seq(room_id))
-        return list(await pipe.execute())
+        pipe.set(keys[0], int(end.seq), nx=True)
+        pipe.set(keys[1], int(end.msg_no), nx=True)
+        await pipe.execute()
 
     # -- MessageLog -------------------------------------------------------------------------------------
 
@@ -412,7 +414,7 @@ class RedisMessageLog:
                                    sender_id=message.sender_id, type=message.type, content=message.content,
                                    created_at_ms=message.created_at_ms, client_msg_id=message.client_msg_id,
                                    reply_to=message.reply_to)
-            return Appended(stored, duplicate=False)
+            return Appended(replace(stored, msg_no=int(reply[2])), duplicate=False)
         if outcome == "dup":
             return Appended(decode_stored(reply[1]), duplicate=True)
         return None
@@ -459,17 +461,27 @@ class RedisMessageLog:
         raise RuntimeError(f"the seq counter of room {room_id} keeps vanishing after seeding")
 
     async def last_seqs(self, room_ids: Sequence[int]) -> dict[int, int]:
+        return {room: end.seq for room, end in (await self.ends(room_ids)).items()}
+
+    async def ends(self, room_ids: Sequence[int]) -> dict[int, LogEnd]:
         rooms = list(dict.fromkeys(room_ids))
-        found: dict[int, int] = {}
+        found: dict[int, LogEnd] = {}
         for _ in range(SEED_ATTEMPTS + 1):
             missing = [room for room in rooms if room not in found]
             if not missing:
                 return found
-            values = await self._counters(missing)
-            found.update({room: int(value) for room, value in zip(missing, values, strict=True) if value is not None})
+            pipe = pipeline(self._client)
+            for room in missing:
+                pipe.get(self._keys.seq(room))
+                pipe.get(self._keys.msg_no(room))
+            values = await pipe.execute()
+            for index, room in enumerate(missing):
+                seq, msg_no = values[2 * index], values[2 * index + 1]
+                if seq is not None and msg_no is not None:
+                    found[room] = LogEnd(int(seq), int(msg_no))
             # Seeded like append: 0 for a lost counter would hide SQL's messages from the catch-up.
             await asyncio.gather(*(self._seed(room) for room in missing if room not in found))
-        raise RuntimeError(f"seq counters keep vanishing after seeding: rooms {missing}")
+        raise RuntimeError(f"log counters keep vanishing after seeding: rooms {missing}")
 
     # -- the flush queue --------------------------------------------------------------------------------
 

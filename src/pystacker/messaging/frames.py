@@ -85,7 +85,7 @@ def gostacker_event_frame(event: StoredMessage) -> dict[str, Any] | None:
     recall is a `chat` frame whose payload says which message it changed; a reaction is not sent."""
     target = int(event.content["message_id"])
     if event.type == EDIT:
-        new = dict(event.content.get("content") or {})
+        new = dict(event.content.get("content") or {"type": "text", "text": RECALLED_TEXT})  # None: recalled since
         kind = str(new.pop("type", "text"))
         payload: dict[str, Any] = {**new, "edit_of": target}
     elif event.type == RECALL:
@@ -102,7 +102,10 @@ def entry_frame(entry: StoredMessage, *, events: bool, quotes: dict[int, dict[st
     """The frame of one log entry for a socket that knows events or not (None: nothing to send)."""
     if entry.type in EVENT_TYPES:
         return event_frame(entry) if events else gostacker_event_frame(entry)
-    return chat_frame(entry, None if entry.reply_to is None or quotes is None else quotes.get(entry.reply_to))
+    frame = chat_frame(entry, None if entry.reply_to is None or quotes is None else quotes.get(entry.reply_to))
+    if not events and entry.recalled_by is not None:  # a tombstone, as GoStacker's clients can show one
+        frame.update(payload={"text": RECALLED_TEXT}, content_type="text")
+    return frame
 
 
 def system_frame(text: str = WELCOME_TEXT, **extra: Any) -> dict[str, Any]:

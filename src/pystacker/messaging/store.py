@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pystacker.db.schema import (chat_messages, chat_rooms, hidden_messages, message_reactions, room_cursors,
                                  room_members)
 from pystacker.db.sqlutil import insert_ignoring_duplicates, utcnow
-from pystacker.engine.base import StoredMessage
+from pystacker.engine.base import LogEnd, StoredMessage
 from pystacker.messaging.events import EDIT, EVENT_TYPES, RECALL, blank_edit, event_target
 
 # Answers whether a message is still on its way to SQL (the engine's unflushed index).
@@ -40,7 +40,7 @@ def _to_ms(value: datetime) -> int:
 _COLUMNS = (chat_messages.c.id, chat_messages.c.room_id, chat_messages.c.seq, chat_messages.c.sender_id,
             chat_messages.c.type, chat_messages.c.content, chat_messages.c.created_at, chat_messages.c.client_msg_id,
             chat_messages.c.reply_to, chat_messages.c.edited_at, chat_messages.c.recalled_by,
-            chat_messages.c.recalled_at)
+            chat_messages.c.recalled_at, chat_messages.c.msg_no)
 
 
 def _optional_int(value: Any) -> int | None:
@@ -58,13 +58,14 @@ def _row_to_message(row) -> StoredMessage:  # type: ignore[no-untyped-def]
         content = {"text": row[5]}  # a row written by something else than PyStacker
     return StoredMessage(int(row[0]), int(row[1]), int(row[2]), int(row[3]), row[4], content,
                          _to_ms(row[6]), row[7], reply_to=_optional_int(row[8]), edited_at_ms=_optional_ms(row[9]),
-                         recalled_by=_optional_int(row[10]), recalled_at_ms=_optional_ms(row[11]))
+                         recalled_by=_optional_int(row[10]), recalled_at_ms=_optional_ms(row[11]),
+                         msg_no=int(row[12]))
 
 
 def _row(m: StoredMessage) -> dict[str, Any]:
     return {"id": m.msg_id, "room_id": m.room_id, "seq": m.seq, "sender_id": m.sender_id, "type": m.type,
             "content": orjson.dumps(m.content).decode(), "client_msg_id": m.client_msg_id,
-            "created_at": _to_datetime(m.created_at_ms), "reply_to": m.reply_to,
+            "created_at": _to_datetime(m.created_at_ms), "reply_to": m.reply_to, "msg_no": m.msg_no,
             "target_id": event_target(m) if m.type in EVENT_TYPES else None}
 
 
@@ -201,11 +202,13 @@ class MessageStore:
                 hidden_messages.c.user_id == user_id, hidden_messages.c.message_id.in_(list(message_ids)))))
             return {int(row[0]) for row in rows}
 
-    async def max_seq(self, room_id: int) -> int:
+    async def log_end(self, room_id: int) -> LogEnd:
+        """Where SQL's copy of the room's log ends (the engine's counters are seeded from it)."""
         async with self.engine.connect() as conn:
-            value = (await conn.execute(select(func.max(chat_messages.c.seq))
-                                        .where(chat_messages.c.room_id == room_id))).scalar()
-        return int(value or 0)
+            row = (await conn.execute(select(chat_messages.c.seq, chat_messages.c.msg_no)
+                                      .where(chat_messages.c.room_id == room_id)
+                                      .order_by(chat_messages.c.seq.desc()).limit(1))).first()
+        return LogEnd(0, 0) if row is None else LogEnd(int(row[0]), int(row[1]))
 
     # -- cursors ---------------------------------------------------------------------------------
 

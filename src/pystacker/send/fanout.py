@@ -16,6 +16,7 @@ from collections.abc import Collection
 from typing import Any
 
 from pystacker.engine.base import DEFAULT_DEVICE, Engine, StoredMessage, UserRoute
+from pystacker.messaging.events import is_event
 from pystacker.messaging.handoff import LiveGateways
 from pystacker.messaging.fanout import plan_fanout
 from pystacker.messaging.frames import PushEntry
@@ -126,9 +127,10 @@ class Fanout:
                 await self._add(entries)
             if new and self.notifier is not None and plan.offline:
                 self.notifier.offer(message, plan.offline)
-            if self.read_marks is not None:
+            if self.read_marks is not None and not is_event(message):
                 # After the copies, so the delivery waits for nothing; the sender's own message is
                 # then never unread (a mark only moves forward: a resent old message changes nothing).
+                # A room event is never unread: it moves nobody's mark, its author's included.
                 await self.read_marks.advance_many([(message.sender_id, message.room_id, message.seq)])
         except BaseException as exc:
             if span is not None:

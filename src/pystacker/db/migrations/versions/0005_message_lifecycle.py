@@ -1,4 +1,4 @@
-"""message lifecycle: replies, room events' targets and the state they leave, reactions, hidden messages
+"""message lifecycle: replies, room events' targets and the state they leave, message numbers, reactions, hidden messages
 
 Revision ID: 0005
 Revises: 0004
@@ -25,6 +25,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("recalled_by", sa.BigInteger))
         batch.add_column(sa.Column("recalled_at", sa.DateTime))
         batch.add_column(sa.Column("rev_seq", sa.BigInteger, nullable=False, server_default="0"))
+        batch.add_column(sa.Column("msg_no", sa.BigInteger, nullable=False, server_default="0"))
+    # Every row so far is a message: the n-th of its room is its n-th message.
+    op.execute("UPDATE chat_messages SET msg_no = seq")
     op.create_index("ix_chat_messages_target_id", "chat_messages", ["target_id"])
     op.create_table(
         "message_reactions",
@@ -50,5 +53,5 @@ def downgrade() -> None:
     op.drop_table("message_reactions")
     op.drop_index("ix_chat_messages_target_id", "chat_messages")
     with op.batch_alter_table("chat_messages") as batch:
-        for column in ("rev_seq", "recalled_at", "recalled_by", "edited_at", "target_id", "reply_to"):
+        for column in ("msg_no", "rev_seq", "recalled_at", "recalled_by", "edited_at", "target_id", "reply_to"):
             batch.drop_column(column)
