@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import orjson
 import pytest
 
 from pystacker.client import (Backoff, ChatMessage, Delivered, EditEvent, InOrderInbox, Offer, PresenceEvent,
@@ -700,12 +701,25 @@ async def test_room_events_not_asked_for_are_read_past_without_a_hole(make_clien
 
 
 @pytest.mark.parametrize("catch_up", ["server", "sync"])
-async def test_catch_up_brings_room_events_in_seq_order(make_client: Any, catch_up: str) -> None:
+async def test_catch_up_brings_room_events_in_seq_order(make_client: Any, catch_up: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     alice, bob = await make_client("alice"), await make_client("bob")
     room = await room_of(alice, bob)
     dropped = asyncio.Event()
-    b = await bob.connect(**every_event(catch_up=catch_up, backoff=fast_backoff(initial=0.3, max_delay=0.5),
+    # The reconnect waits at least 0.5 s: the sends below are done by then (checked), so they come
+    # by the catch-up (the server's batches, or the session's syncs), not live.
+    b = await bob.connect(**every_event(catch_up=catch_up, backoff=fast_backoff(initial=1.0, max_delay=1.0),
                                         on_state=lambda state, _: dropped.set() if state == "disconnected" else None))
+    handle = b._handle  # noqa: SLF001 - the seam between the socket and the session
+    batched: list[tuple[str, int]] = []  # the entries of every batch frame (catch-up batches, sync answers)
+
+    def recording(text: str) -> None:
+        frame = orjson.loads(text)
+        if frame.get("type") == "batch":
+            batched.extend((entry.get("type"), entry.get("seq")) for entry in frame["payload"])
+        handle(text)
+
+    monkeypatch.setattr(b, "_handle", recording)
     one = await alice.send(room, "one")
     assert [e.seq for e in await next_entries(b, 1)] == [1]
     await b.reconnect()
@@ -715,12 +729,17 @@ async def test_catch_up_brings_room_events_in_seq_order(make_client: Any, catch_
     await alice.react(two.msg_id, THUMBS)
     await alice.recall(one.msg_id)
     await alice.send(room, "three")
+    assert b.connects == 1, "reconnected before the sends were done: the test did not test the catch-up"
     got = await next_entries(b, 5)
     assert [(type(e).__name__, e.seq) for e in got] == [
         ("ChatMessage", 2), ("EditEvent", 3), ("ReactionEvent", 4), ("RecallEvent", 5), ("ChatMessage", 6)]
     assert got[0].reply_to is not None and got[0].reply_to.message_id == one.msg_id
     assert [e.message_id for e in got[1:4]] == [one.msg_id, two.msg_id, one.msg_id]
     assert b.connects == 2
+    # They came in batches that mix messages and events, in seq order (seq 1 may come again: read,
+    # but its ack may not have reached the server before the drop; the session drops the duplicate).
+    assert [entry for entry in batched if entry[1] > 1] == [
+        ("chat", 2), ("edit", 3), ("reaction", 4), ("recall", 5), ("chat", 6)]
     await assert_no_entry_pending(b, room, alice)
 
 
