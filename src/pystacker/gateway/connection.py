@@ -19,7 +19,7 @@ written by a callback scheduled with call_soon, after the gateway dispatched the
 connection gets one transport write (one syscall) per read instead of one per message.
 
 Bounds: the queue holds `queue_size` items. When it is full in live mode the client is not reading:
-it is closed with CLOSE_SLOW_CONSUMER and catches up after reconnecting; nothing is lost because the
+it is closed with CloseCode.SLOW_CONSUMER and catches up after reconnecting; nothing is lost because the
 cursor only covers what was written. While the writer is busy catching up, overflowing room messages
 are dropped instead and the room is marked behind: the writer fills it from the log afterwards.
 """
@@ -42,7 +42,7 @@ from aiohttp.http_writer import StreamWriter
 from pystacker.engine.base import DEFAULT_DEVICE, Cursors, StoredMessage
 from pystacker.gateway.wsframes import ping_frame, text_frame
 from pystacker.messaging.acks import EntryTracker
-from pystacker.messaging.frames import CLOSE_SLOW_CONSUMER, batch_frame, encode, entry_frame, gostacker_event_frame
+from pystacker.messaging.frames import CloseCode, batch_frame, encode, entry_frame, gostacker_event_frame
 from pystacker.messaging.history import History
 from pystacker.messaging.ordering import RoomSequencer, Verdict
 from pystacker.observability import tracing
@@ -223,7 +223,7 @@ class Connection:
             return True
         log.warning("slow consumer: queue full, closing", extra={"user_id": self.user_id})
         self.metrics.slow_consumers.inc()
-        self.close_soon(CLOSE_SLOW_CONSUMER, "slow consumer: catch up after reconnecting")
+        self.close_soon(CloseCode.SLOW_CONSUMER, "slow consumer: catch up after reconnecting")
         return False
 
     def greet(self, welcome: RawFrame) -> None:
@@ -339,7 +339,7 @@ class Connection:
 
     def _writer_failed(self) -> None:
         if self.close_code is None and not self.ws.closed:
-            self.close_soon(1011, "internal error")
+            self.close_soon(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _write_room_push(self, item: RoomPush) -> None:
         decision = self.sequencer.decide(item.room_id, item.seq)
