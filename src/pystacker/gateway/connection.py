@@ -42,7 +42,7 @@ from aiohttp.http_writer import StreamWriter
 from pystacker.engine.base import DEFAULT_DEVICE, Cursors, StoredMessage
 from pystacker.gateway.wsframes import ping_frame, text_frame
 from pystacker.messaging.acks import EntryTracker
-from pystacker.messaging.frames import CloseCode, batch_frame, encode, entry_frame, gostacker_event_frame
+from pystacker.messaging.frames import CloseCode, PushEntry, batch_frame, encode, entry_frame, gostacker_event_frame
 from pystacker.messaging.history import History
 from pystacker.messaging.ordering import RoomSequencer, Verdict
 from pystacker.observability import tracing
@@ -81,9 +81,10 @@ class RoomPush:
     msg_id: int = 0  # only for the log line of the write (0: unknown)
     trace: Any = None  # the gateway's dispatch span: the write's span is its child (None: tracing off)
     frame: bytes = b""  # `text` as a complete WebSocket frame, shared by every target (built if empty)
-    # A room event: the entry (the frame differs for sockets that do not know events). None: a message,
-    # whose frame every socket gets.
+    # A room event (its frame differs for sockets that do not know events). None: a message, whose
+    # frame every socket gets.
     event: StoredMessage | None = None
+    source: PushEntry | None = None  # the inbox entry it came from: what is handed on if it is not written
 
 
 @dataclass(slots=True)

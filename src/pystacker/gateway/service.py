@@ -15,8 +15,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from pystacker.engine.base import DEFAULT_DEVICE, Engine, InboxEntry, UserRoute
 from pystacker.gateway.connection import CatchUp, Connection, Item, RawFrame, RoomPush
 from pystacker.gateway.wsframes import text_frame
@@ -227,14 +225,12 @@ class GatewayService:
                 continue
             if replacement is not None:
                 replacement.offer(RoomPush(item.room_id, item.seq, item.text, msg_id=item.msg_id, frame=item.frame,
-                                           event=item.event)
+                                           event=item.event, source=item.source)
                                   if isinstance(item, RoomPush)
                                   else RawFrame(item.text, events_only=item.events_only))
-            elif isinstance(item, RoomPush):
-                entry = (PushEntry.for_message(item.event, [user_id]) if item.event is not None
-                         else entry_from_chat_frame(item.text, user_id))
+            elif isinstance(item, RoomPush) and item.source is not None:
                 try:
-                    reached = await self.handoff.to_users([user_id], entry, not_to=self.gateway_id)
+                    reached = await self.handoff.to_users([user_id], item.source, not_to=self.gateway_id)
                     metrics.HANDED_ON.labels("gateway").inc(len(reached))
                 except Exception:
                     log.exception("hand-on failed; the user gets it by catch-up", extra={"user_id": user_id})
@@ -426,10 +422,11 @@ def _entry_item(push: PushEntry, entry_id: str | None, trace: Any = None) -> Ite
         entry = push.stored_message()
         if is_event(entry):
             text = encode(event_frame(entry))
-            return RoomPush(push.room_id, push.seq, text, entry_id, push.ts, push.msg_id, trace, text_frame(text), entry)
+            return RoomPush(push.room_id, push.seq, text, entry_id, push.ts, push.msg_id, trace, text_frame(text),
+                            event=entry, source=push)
         text = encode(chat_frame(entry, push.quote))
         frame = text_frame(text)  # the same bytes for every target's socket
-        return RoomPush(push.room_id, push.seq, text, entry_id, push.ts, push.msg_id, trace, frame)
+        return RoomPush(push.room_id, push.seq, text, entry_id, push.ts, push.msg_id, trace, frame, source=push)
     if push.type == "ack":
         return RawFrame(encode(ack_frame(push.msg_id, push.room_id, push.seq, push.client_msg_id)), entry_id)
     if push.type == CATCH_UP:
@@ -442,11 +439,3 @@ def _entry_item(push: PushEntry, entry_id: str | None, trace: Any = None) -> Ite
     # A frame from GoStacker components (no seq): deliver as it is.
     return RawFrame(encode({"id": push.msg_id, "type": push.type, "room_id": push.room_id,
                             "sender_id": push.sender_id, "payload": push.payload}), entry_id)
-
-
-def entry_from_chat_frame(text: str, user_id: int) -> PushEntry:
-    """Rebuild an inbox entry from a chat frame we encoded (to hand a queued frame on)."""
-    frame = orjson.loads(text)
-    return PushEntry("chat", frame["id"], frame["room_id"], frame["sender_id"], [user_id], frame["payload"],
-                     frame.get("seq", 0), frame.get("client_msg_id"), frame.get("ts", 0),
-                     frame.get("content_type", "text"), quote=frame.get("reply_to"))
