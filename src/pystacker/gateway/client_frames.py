@@ -38,7 +38,8 @@ from pystacker.messaging.typing_signals import TypingSignals
 from pystacker.messaging.user_presence import MAX_WATCHED
 from pystacker.send.routes import EditRequest, ReactRequest, RecallRequest, SendRequest, change_answer, reaction_answer
 from pystacker.send.service import SendService
-from pystacker.web.envelope import ApiError
+from pystacker.messaging.errors import Refused
+from pystacker.web.envelope import ApiError, refusal_status
 from pystacker.web.ratelimit import RateLimited, TokenBucketLimiter
 from pystacker.web.requests import RequestModel, describe
 
@@ -182,6 +183,8 @@ class ClientFrames:
             self._reply(conn, frame)
         except ApiError as exc:
             self._reply(conn, error_frame(exc.status, exc.msg, ref=ref))
+        except Refused as exc:
+            self._reply(conn, error_frame(refusal_status(exc), exc.msg, ref=ref))
 
     async def _typing(self, conn: Connection, frame: TypingFrame) -> None:
         members = await self.sender.require_member(conn.user_id, frame.room_id)

@@ -23,11 +23,10 @@ from pystacker.messaging.cursors import CursorBook
 from pystacker.messaging.devices import DeviceCursors, Devices
 from pystacker.messaging.fanout import route_is_live
 from pystacker.messaging.events import is_event
-from pystacker.messaging.frames import (CloseCode, PushEntry, ack_frame, chat_frame, decode_entry, encode, event_frame,
-                                       read_frame, typing_frame)
-from pystacker.messaging.handoff import CATCH_UP, Handoff
-from pystacker.messaging.readstate import READ, ReadState
-from pystacker.messaging.typing_signals import TYPING
+from pystacker.messaging.frames import (CloseCode, EntryType, PushEntry, ack_frame, chat_frame, decode_entry, encode,
+                                       event_frame, read_frame, typing_frame)
+from pystacker.messaging.handoff import Handoff
+from pystacker.messaging.readstate import ReadState
 from pystacker.observability import metrics, tracing
 from pystacker.gateway.presence_watch import PresenceWatch
 from pystacker.messaging.user_presence import Presence
@@ -41,8 +40,8 @@ READ_COUNT = 100
 READ_BLOCK_MS = 1000
 ACK_INTERVAL = 0.05
 CURSOR_SAVE_INTERVAL = 1.0
-CLOSE_DEVICE = "close_device"  # an inbox entry type: "close this device of the target" (the device limit)
-PER_DEVICE = frozenset({"ack", CLOSE_DEVICE})  # entry types for one device of each target, not all
+# Entry types for one device of each target (the one that sent, the one to close), not all.
+PER_DEVICE = frozenset({EntryType.ACK, EntryType.CLOSE_DEVICE})
 DEVICE_LIMIT_REASON = "too many devices online: this one connected longest ago"
 
 
@@ -181,7 +180,7 @@ class GatewayService:
             if route.gateway_id == self.gateway_id:
                 self.close_device(conn.user_id, route.device_id)
             else:
-                entry = PushEntry(CLOSE_DEVICE, 0, 0, 0, [conn.user_id], None, device_id=route.device_id)
+                entry = PushEntry(EntryType.CLOSE_DEVICE, 0, 0, 0, [conn.user_id], None, device_id=route.device_id)
                 await self.engine.inbox.add([(route.gateway_id, entry.encode())])
 
     def close_device(self, user_id: int, device_id: str) -> None:
@@ -297,7 +296,7 @@ class GatewayService:
                     away.append(user_id)
                 else:
                     local.extend(devices.values())
-        if push.type == CLOSE_DEVICE:
+        if push.type == EntryType.CLOSE_DEVICE:
             for conn in local:
                 conn.close_soon(CloseCode.DEVICE_LIMIT, DEVICE_LIMIT_REASON)
             if entry_id is not None:
@@ -318,7 +317,7 @@ class GatewayService:
             for conn in local:
                 if not conn.offer(item) and entry_id is not None:
                     self.tracker.settle(entry_id)  # closing: its cursor stays behind, catch-up serves it
-            if away and push.type in ("chat", CATCH_UP):
+            if away and push.type in (EntryType.CHAT, EntryType.CATCH_UP):
                 try:
                     reached = await self.handoff.to_users(away, push, not_to=self.gateway_id)  # type: ignore[arg-type]
                     metrics.HANDED_ON.labels("gateway").inc(len(reached))
@@ -418,7 +417,7 @@ class GatewayService:
 def _entry_item(push: PushEntry, entry_id: str | None, trace: Any = None) -> Item:
     """The entry's item, encoded once and offered to every target (connections only read items).
     `trace`: the dispatch span, parent of each member's socket write (None: tracing off)."""
-    if push.type == "chat" and push.seq > 0:
+    if push.type == EntryType.CHAT and push.seq > 0:
         entry = push.stored_message()
         if is_event(entry):
             text = encode(event_frame(entry))
@@ -427,13 +426,13 @@ def _entry_item(push: PushEntry, entry_id: str | None, trace: Any = None) -> Ite
         text = encode(chat_frame(entry, push.quote))
         frame = text_frame(text)  # the same bytes for every target's socket
         return RoomPush(push.room_id, push.seq, text, entry_id, push.ts, push.msg_id, trace, frame, source=push)
-    if push.type == "ack":
+    if push.type == EntryType.ACK:
         return RawFrame(encode(ack_frame(push.msg_id, push.room_id, push.seq, push.client_msg_id)), entry_id)
-    if push.type == CATCH_UP:
+    if push.type == EntryType.CATCH_UP:
         return CatchUp(entry_id)
-    if push.type == READ:  # ephemeral: no seq of the room, never in a catch-up
+    if push.type == EntryType.READ:  # ephemeral: no seq of the room, never in a catch-up
         return RawFrame(encode(read_frame(push.room_id, push.sender_id, push.seq)), entry_id, events_only=True)
-    if push.type == TYPING:  # ephemeral, and the first thing shed under load
+    if push.type == EntryType.TYPING:  # ephemeral, and the first thing shed under load
         return RawFrame(encode(typing_frame(push.room_id, push.sender_id)), entry_id, sheddable=True,
                         events_only=True)
     # A frame from GoStacker components (no seq): deliver as it is.

@@ -12,7 +12,7 @@ trace) only while tracing is on; the decoder accepts snake_case too (spec 4.1).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 import orjson
@@ -162,11 +162,23 @@ def send_result_frame(message: StoredMessage, *, duplicate: bool, ref: Any = Non
 # -- inbox entries ---------------------------------------------------------------------------------
 
 
+class EntryType(StrEnum):
+    """What an inbox entry asks of the gateway. GoStacker's are `chat` and `ack`; a gateway delivers an
+    entry of a type it does not know as a frame of that type (GoStacker components' frames)."""
+
+    CHAT = "chat"  # an entry of a room's log (a message or a room event) for every device of the targets
+    ACK = "ack"  # the sender's ack, for the device that sent
+    CATCH_UP = "catchup"  # run the targets' catch-up now
+    READ = "read"  # a read mark moved (messaging/readstate.py): a `read` frame
+    TYPING = "typing"  # someone types (messaging/typing_signals.py): a `typing` frame, shed first
+    CLOSE_DEVICE = "close_device"  # close this device of the target (the device limit)
+
+
 @dataclass(frozen=True, slots=True)
 class PushEntry:
     """One inbox entry: a message (or an ack) for some users of one gateway."""
 
-    type: str  # "chat" or "ack"
+    type: str  # an EntryType, or a type from GoStacker's components
     msg_id: int
     room_id: int
     sender_id: int
@@ -203,14 +215,14 @@ class PushEntry:
     def for_message(cls, message: StoredMessage, target_ids: list[int], trace_parent: str | None = None,
                     quote: dict[str, Any] | None = None) -> PushEntry:
         """A log entry (a message, or a room event) for those targets; `quote`: what a reply answers."""
-        return cls("chat", message.msg_id, message.room_id, message.sender_id, target_ids, message.content,
+        return cls(EntryType.CHAT, message.msg_id, message.room_id, message.sender_id, target_ids, message.content,
                    message.seq, message.client_msg_id, message.created_at_ms, message.type, trace_parent,
                    quote=quote)
 
     @classmethod
     def for_ack(cls, message: StoredMessage, trace_parent: str | None = None, device_id: str = DEFAULT_DEVICE) -> PushEntry:
         """The sender's ack, for the device that sent (no key for `default`: GoStacker's entry)."""
-        return cls("ack", message.msg_id, message.room_id, message.sender_id, [message.sender_id], None,
+        return cls(EntryType.ACK, message.msg_id, message.room_id, message.sender_id, [message.sender_id], None,
                    message.seq, message.client_msg_id, message.created_at_ms, message.type, trace_parent,
                    None if device_id == DEFAULT_DEVICE else device_id)
 

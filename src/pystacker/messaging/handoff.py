@@ -14,7 +14,7 @@ from typing import Any
 
 from pystacker.engine.base import Engine, GatewayInfo, UserRoute
 from pystacker.messaging.fanout import FanoutPlan, inbox_entries, plan_fanout
-from pystacker.messaging.frames import INT64_MAX, INT64_MIN, PushEntry
+from pystacker.messaging.frames import INT64_MAX, INT64_MIN, EntryType, PushEntry
 
 
 class LiveGateways:
@@ -44,7 +44,6 @@ class LiveGateways:
         self._expires = 0.0
 
 
-CATCH_UP = "catchup"  # an inbox entry type: "run the catch-up for these users now"
 
 
 class Handoff:
@@ -85,7 +84,7 @@ class Handoff:
         return bool(await self.to_users([user_id], entry))
 
     async def catch_up(self, user_id: int) -> bool:
-        return bool(await self.to_users([user_id], PushEntry(CATCH_UP, 0, 0, 0, [user_id], None)))
+        return bool(await self.to_users([user_id], PushEntry(EntryType.CATCH_UP, 0, 0, 0, [user_id], None)))
 
 
 def _int(value: Any) -> int:
