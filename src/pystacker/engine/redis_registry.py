@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from pystacker.engine.base import DEFAULT_DEVICE, GatewayInfo, SendInfo, UserRoute
+from pystacker.engine.base import GatewayInfo, SendInfo, UserRoute
 from pystacker.engine.redis_common import MGET_CHUNK, Client, get_many, register, run, text
 from pystacker.engine.redis_keys import RedisKeys
 from pystacker.registry.device_routes import compose, expiry, record_ttl, with_device
