@@ -408,7 +408,6 @@ class EngineSettings:
     flush_claim_timeout: float = 30.0
     roster_ttl: int = 86400  # a clean roster expires this long after its last read (group_cache.cache_ttl_seconds)
     roster_flushed_ttl: int = 5  # ... and this long after a flush, unless read (group_cache.post_flush_ttl_seconds)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Engine(Protocol):

@@ -22,7 +22,6 @@ from pystacker.messaging.events import EDIT, EVENT_TYPES, RECALL
 from pystacker.messaging.fields import in_int64
 
 WELCOME_TEXT = "Connected to WebSocket server"
-INFO_OFFLINE_FAILED = "You have offline messages but failed to retrieve them."
 
 class CloseCode(IntEnum):
     """Every close code a gateway sends (4000-4999 are the application's; docs/architecture.md says
@@ -142,10 +141,6 @@ def batch_frame(chats: list[dict[str, Any]], *, room_id: int | None = None, has_
         frame["sync_room_id"] = room_id
         frame["has_more"] = bool(has_more)
     return frame
-
-
-def info_frame(text: str) -> dict[str, Any]:
-    return {"id": -1, "type": "info", "room_id": 0, "sender_id": 0, "payload": text}
 
 
 def error_frame(code: int, msg: str, *, ref: Any = None) -> dict[str, Any]:
