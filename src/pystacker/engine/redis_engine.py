@@ -175,9 +175,8 @@ class RedisEngine:
         roles = {role: make_client(block) for role, block in (
             ("stream", config.send_redis.stream), ("queue", config.send_redis.queue),
             ("cache", config.send_redis.cache)) if block is not None}
-        partitions = int(settings.extra.get("redis_partitions", DEFAULT_PARTITIONS))
         return cls(settings, seq_seed, client=client, subscriber=make_subscriber(config.redis, client),
-                   prefix=prefix, partitions=partitions, owns_clients=True, **roles)
+                   prefix=prefix, owns_clients=True, **roles)
 
     async def append_and_route(self, message: NewMessage,
                                user_ids: Sequence[int]) -> tuple[Appended, dict[int, UserRoute]]:

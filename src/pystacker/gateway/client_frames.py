@@ -27,10 +27,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import orjson
-from pydantic import Field, StrictInt, StringConstraints, ValidationError
+from pydantic import Field, StrictInt, ValidationError
 
 from pystacker.gateway.connection import Connection, RawFrame
 from pystacker.gateway.presence_watch import PresenceWatch
+from pystacker.messaging.fields import INT64_MIN, PositiveId, Seq
 from pystacker.messaging.frames import batch_frame, encode, entry_frame, error_frame, send_result_frame
 from pystacker.messaging.history import History
 from pystacker.messaging.membership import MembershipCache
@@ -43,7 +44,6 @@ from pystacker.web.envelope import ApiError, refusal_status
 from pystacker.web.ratelimit import RateLimited, TokenBucketLimiter
 from pystacker.web.requests import RequestModel, describe
 
-PositiveId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
 MAX_SYNC_LIMIT = 200
 KNOWN_FRAME_TYPES = frozenset({"send", "ack", "sync", "read", "typing", "presence_subscribe", "ping", "edit", "recall",
                                "react"})  # the frame-in metric's `type` values
@@ -57,7 +57,7 @@ def echoable_ref(ref: Any) -> bool:
     if isinstance(ref, str):
         return len(ref) <= MAX_REF_CHARS
     if isinstance(ref, int) and not isinstance(ref, bool):
-        return -(2**63) <= ref < 2**64  # what orjson encodes (it reads wider numbers as floats)
+        return INT64_MIN <= ref < 2**64  # what orjson encodes (it reads wider numbers as floats)
     return ref is None or isinstance(ref, (bool, float))
 
 
@@ -75,11 +75,6 @@ class RecallFrame(RecallRequest):
 
 class ReactFrame(ReactRequest):
     ref: Any = None
-
-
-# Seqs are SQL's signed 64 bits, like ids: a larger after_seq made the history read fail (islice
-# bounds) and took the connection down instead of getting an error frame.
-Seq = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 
 
 class AckFrame(RequestModel):

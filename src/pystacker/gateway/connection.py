@@ -157,7 +157,7 @@ _NO_ROOMS: frozenset[int] = frozenset()
 
 class Connection:
     __slots__ = ("user_id", "device_id", "metrics", "ws", "transport", "history", "cursors", "tracker", "sequencer", "queue",
-                 "queue_size", "_started", "client_acks", "events", "unsaved", "_written", "_probe", "_probe_ids",
+                 "queue_size", "_started", "client_acks", "events", "route_since", "unsaved", "_written", "_probe", "_probe_ids",
                  "_probe_timer", "close_code", "_catching_up", "_behind", "_writer", "_burst", "_burst_bytes",
                  "_flush_scheduled")
 
@@ -178,6 +178,7 @@ class Connection:
         self._started = False  # the writer may run (set by start, cleared by stop)
         self.client_acks = False  # the client acknowledges by seq: its acks, not our writes, move the cursor
         self.events = False  # the client knows PyStacker's frames (`?events=1`), not only GoStacker's
+        self.route_since: float | None = None  # when its route was written: its lease replaces only that one
         self.unsaved: dict[int, int] = {}  # room -> delivered seq not yet saved as the cursor
         # A client that never acks (GoStacker's) confirms by answering a ping sent after the frames:
         # a pong means its WebSocket library read everything before it. Written-but-unconfirmed

@@ -156,6 +156,8 @@ class GatewayService:
             await self._save(old)
             await self._hand_on(old, leftovers)
         record = await self.registry.connect_user(conn.user_id, self.presence.info, conn.device_id)
+        written = record.device(conn.device_id)
+        conn.route_since = written.connected_at if written is not None else None
         await self._enforce_device_limit(conn, record)
         await self.user_presence.connected(conn.user_id, conn.device_id, record)
         rooms = await self.cursors.rooms_of(conn.user_id)
@@ -202,13 +204,11 @@ class GatewayService:
         leftovers = await conn.stop()
         await self._save(conn)
         if current:
-            record = await self.registry.disconnect_user(conn.user_id, self.gateway_id, conn.device_id)
+            # The lease replaces this connection's own route only (a compare-and-set on when it was
+            # written): a socket of the device that connected meanwhile keeps its route.
+            record = await self.registry.disconnect_user(conn.user_id, self.gateway_id, conn.device_id,
+                                                         connected_at=conn.route_since)
             await self.user_presence.left(conn.user_id, record)
-            if self.connection(conn.user_id, conn.device_id) is not None:
-                # The device reconnected here while the lease was being written, and that write may
-                # have landed after its new socket's connect: without this its route stayed
-                # `disconnected` (no live push) until the next renewal, an hour later.
-                await self.registry.connect_user(conn.user_id, self.presence.info, conn.device_id)
         await self._hand_on(conn, leftovers)
 
     async def _hand_on(self, closed: Connection, items: list[Item]) -> None:
@@ -404,7 +404,8 @@ class GatewayService:
             connections = self.all_connections()
             for conn in connections:
                 try:
-                    await self.registry.connect_user(conn.user_id, self.presence.info, conn.device_id)
+                    await self.registry.connect_user(conn.user_id, self.presence.info, conn.device_id,
+                                                     since=conn.route_since)
                 except Exception:
                     log.exception("route renewal failed", extra={"user_id": conn.user_id})
             try:  # a device online for longer than limits.device_ttl is not forgotten

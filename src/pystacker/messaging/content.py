@@ -12,6 +12,7 @@ import orjson
 
 from pystacker.engine.base import StoredMessage
 from pystacker.messaging.errors import Invalid, TooLarge
+from pystacker.messaging.fields import INT64_MAX
 
 MAX_CONTENT_BYTES = 16 * 1024  # the encoded payload; larger content is a file to upload, not a message
 MAX_TEXT_CHARS = 8000
@@ -37,7 +38,7 @@ def content_json_schema() -> dict[str, Any]:
         properties: dict[str, Any] = {"type": {"const": kind}}
         for name, (expected, _default) in fields.items():
             if expected is int:
-                properties[name] = {"type": ["integer", "null"], "minimum": 0, "maximum": 2**63 - 1}
+                properties[name] = {"type": ["integer", "null"], "minimum": 0, "maximum": INT64_MAX}
             else:
                 properties[name] = {"type": ["string", "null"], "maxLength": _STRING_LIMITS[name]}
         required = ["type"]
@@ -63,7 +64,7 @@ def parse_content(content: Any) -> tuple[str, dict[str, Any]]:
             value = default
         if expected is int and (not isinstance(value, int) or isinstance(value, bool)):
             raise Invalid(f"Invalid content: {name} must be an integer")
-        if expected is int and not 0 <= value < 2**63:
+        if expected is int and not 0 <= value <= INT64_MAX:
             raise Invalid(f"Invalid content: {name} must be between 0 and 2^63-1")
         if expected is str and not isinstance(value, str):
             raise Invalid(f"Invalid content: {name} must be a string")

@@ -19,9 +19,9 @@ import orjson
 
 from pystacker.engine.base import DEFAULT_DEVICE, StoredMessage
 from pystacker.messaging.events import EDIT, EVENT_TYPES, RECALL
+from pystacker.messaging.fields import in_int64
 
 WELCOME_TEXT = "Connected to WebSocket server"
-INFO_OFFLINE_FAILED = "You have offline messages but failed to retrieve them."
 
 class CloseCode(IntEnum):
     """Every close code a gateway sends (4000-4999 are the application's; docs/architecture.md says
@@ -143,10 +143,6 @@ def batch_frame(chats: list[dict[str, Any]], *, room_id: int | None = None, has_
     return frame
 
 
-def info_frame(text: str) -> dict[str, Any]:
-    return {"id": -1, "type": "info", "room_id": 0, "sender_id": 0, "payload": text}
-
-
 def error_frame(code: int, msg: str, *, ref: Any = None) -> dict[str, Any]:
     """An answer to a client frame that could not be served; `ref` echoes the client's request id."""
     return {"id": -1, "type": "error", "room_id": 0, "sender_id": 0, "payload": {"code": code, "msg": msg, "ref": ref}}
@@ -233,9 +229,6 @@ class PushEntry:
                              self.ts, self.client_msg_id, reply_to=reply_to if isinstance(reply_to, int) else None)
 
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-
 def _pick(data: dict[str, Any], camel: str, snake: str, default: Any) -> Any:
     if camel in data:
         return data[camel]
@@ -277,7 +270,7 @@ def decode_entry(raw: bytes | str) -> PushEntry:
         raise ValueError(f"inbox entry has a bad field: {exc}") from None
     # Go's int64 (and SQL's BIGINT): a wider number cannot be a real entry, and it failed later, when the
     # entry was encoded again for a socket (a 500 on /center/forward; orjson reads such numbers as floats).
-    if not all(INT64_MIN <= value <= INT64_MAX for value in
+    if not all(in_int64(value) for value in
                (entry.msg_id, entry.room_id, entry.sender_id, entry.seq, entry.ts, *entry.target_ids)):
         raise ValueError("inbox entry has an integer outside 64 bits")
     return entry

@@ -14,7 +14,8 @@ from typing import Any
 
 from pystacker.engine.base import Engine, GatewayInfo, UserRoute
 from pystacker.messaging.fanout import FanoutPlan, inbox_entries, plan_fanout
-from pystacker.messaging.frames import INT64_MAX, INT64_MIN, EntryType, PushEntry
+from pystacker.messaging.fields import in_int64
+from pystacker.messaging.frames import EntryType, PushEntry
 
 
 class LiveGateways:
@@ -90,6 +91,6 @@ class Handoff:
 def _int(value: Any) -> int:
     # Outside 64 bits counts as absent, like a non-number: such a value could not be encoded for the
     # gateway's inbox (orjson refuses it), which was a 500 when the user was online.
-    if isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX:
+    if isinstance(value, int) and not isinstance(value, bool) and in_int64(value):
         return value
     return 0

@@ -23,7 +23,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from pystacker.engine.base import Engine, LogEnd, MessageLog, StoredMessage
+from pystacker.engine.base import Engine, LogEnd, MessageLog
 from pystacker.messaging.frames import EntryType, PushEntry
 from pystacker.messaging.handoff import Handoff
 from pystacker.messaging.content import preview
