@@ -922,6 +922,11 @@ def test_room_event_frames_parse_as_the_contract_writes_them() -> None:
     tombstone = ChatMessage.from_frame({"type": "chat", "id": 81, "room_id": 3, "sender_id": 6, "seq": 16,
                                         "payload": {}, "recalled": True, "recalled_by": 1, "recalled_at": 2})
     assert (tombstone.recalled, tombstone.recalled_by, tombstone.recalled_at, tombstone.text) == (True, 1, 2, None)
+    blanked = room_entry_from_frame({  # an edit of a message recalled since: its content is gone
+        "type": "edit", "id": 82, "room_id": 3, "sender_id": 9, "message_id": 5, "seq": 17, "content": None,
+        "edited_at": 1700, "payload": None})
+    assert isinstance(blanked, EditEvent) and blanked.blanked and blanked.text is None
+    assert not edit.blanked
     assert room_entry_from_frame({"type": "typing", "room_id": 3}) is None
 
 

@@ -125,6 +125,9 @@ class EditEvent:
     content_type: str
     payload: dict[str, Any] = field(compare=False)  # the new content without its `type` key
     edited_at: int = 0  # ms since the epoch
+    # The message was recalled since: what the edit said is gone with it (the frame's `content` is
+    # null; a catch-up or sync can bring such an edit). Nothing to apply: the recall event follows.
+    blanked: bool = False
 
     @property
     def text(self) -> str | None:
@@ -137,11 +140,12 @@ class EditEvent:
 
     @classmethod
     def from_frame(cls, frame: dict[str, Any]) -> EditEvent:
-        content = frame.get("content")
-        content = content if isinstance(content, dict) else {}
+        raw = frame.get("content")
+        content = raw if isinstance(raw, dict) else {}
         payload = {k: v for k, v in content.items() if k != "type"}
         return cls(_id(frame, "id"), _int(frame.get("room_id")), _int(frame.get("seq")), _int(frame.get("sender_id")),
-                   _id(frame, "message_id"), str(content.get("type") or "text"), payload, _int(frame.get("edited_at")))
+                   _id(frame, "message_id"), str(content.get("type") or "text"), payload, _int(frame.get("edited_at")),
+                   blanked=not isinstance(raw, dict))
 
 
 @dataclass(frozen=True, slots=True)

@@ -205,7 +205,7 @@ class ChatTerminal:
             await self._watch_newcomer(item)
             self.out(format_message(item, name, await self._quote(item)))
         elif isinstance(item, EditEvent):
-            text = one_line(describe(item.content_type, item.payload))
+            text = "[gone: recalled since]" if item.blanked else one_line(describe(item.content_type, item.payload))
             self.out(f"{self._head(item, name)} edited {self._ref(item.message_id)}: {text}")
         elif isinstance(item, RecallEvent):
             who = name if item.by == item.sender_id else await self.name_of(item.by, item.room_id)
