@@ -274,11 +274,11 @@ class ChatApp {
     message.replyTo && !recalled ? this.quoteNode(room, message.replyTo) : null,
     element('span', { class: 'text' }, text),
     recalled ? null : this.reactionsNode(message),
-    element('span', { class: 'meta' },
+    element('div', { class: 'meta' },
+      message.seq && message.id ? this.actionsNode(room, message) : null,
       message.editedAt && !recalled ? element('span', { class: 'edited' }, 'edited') : null,
       element('time', { datetime: new Date(ts).toISOString() }, timeLabel(ts)),
-      state ? element('span', { class: 'state' }, STATE_LABELS[state]) : null),
-    message.seq && message.id ? this.actionsNode(room, message) : null);
+      state ? element('span', { class: 'state' }, STATE_LABELS[state]) : null));
   }
 
   /** The quote of the message a reply answers; a click shows the original when it is loaded. */
