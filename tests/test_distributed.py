@@ -479,6 +479,48 @@ class TestTwoGatewaysTwoSends:
             assert (frame["room_id"], frame["user_id"]) == (room_id, alice.id)
         await close_all([typist, phone, laptop])
 
+    async def test_lifecycle_events_cross_gateways_and_reach_mariadb(self, dep: TestDeployment) -> None:
+        """Edit, reaction and recall through both send instances reach every device on both gateways
+        in seq order; a device that was away gets them in its catch-up; and once flushed, MariaDB holds
+        the tombstone and blanked edit rows, never the recalled words."""
+        first, second = (await dep.ensure_gateways(2))[:2]
+        alice, bob = await dep.users(2, "lcd")
+        room_id = await make_room(dep.meta, alice, [bob])
+        phone = await dep.connect_to(first, bob, device="phone")
+        laptop = await dep.connect_to(second, bob, device="laptop")
+        secret = f"secret-{room_id}"
+        sent = await send_through(dep, 0, alice, room_id, secret)
+        sends = dep.sends
+        changes = [
+            ("/api/chat/edit_message", {"message_id": sent["id_str"], "content": {"type": "text", "text": secret + "!"}}),
+            ("/api/chat/react", {"message_id": sent["msgID"], "emoji": "👍"}),
+            ("/api/chat/recall_message", {"message_id": sent["msgID"]}),
+        ]
+        for index, (path, body) in enumerate(changes):
+            answer = await sends[(index + 1) % len(sends)].post(path, body, token=alice.token)
+            assert answer.status == 200 and answer.data["seq"] == index + 2, answer
+        for client in (phone, laptop):
+            await client.recv_until(lambda f: f["type"] == "recall", timeout=DELIVERY_TIMEOUT)
+            kinds = [(f["type"], f["seq"]) for f in client.frames if f.get("room_id") == room_id and "seq" in f]
+            assert kinds == [("chat", 1), ("edit", 2), ("reaction", 3), ("recall", 4)]
+        away = await dep.connect_to(first, bob, device="tablet")
+        batch = await away.recv_until(lambda f: f["type"] == "batch", timeout=DELIVERY_TIMEOUT)
+        assert [f["type"] for f in batch["payload"]] == ["chat", "edit", "reaction", "recall"]
+        assert secret not in repr(batch)
+
+        async def flushed() -> list[Any] | None:
+            async with dep.sql.connect() as conn:
+                rows = list(await conn.execute(select(chat_messages.c.type, chat_messages.c.content,
+                                                      chat_messages.c.recalled)
+                                               .where(chat_messages.c.room_id == room_id)
+                                               .order_by(chat_messages.c.seq)))
+            return rows if len(rows) == 4 and rows[0][2] else None
+
+        rows = await poll(flushed, "the flusher wrote the events", timeout=DELIVERY_TIMEOUT)
+        assert [r[0] for r in rows] == ["text", "edit", "reaction", "recall"]
+        assert secret not in repr(rows)
+        await close_all([phone, laptop, away])
+
     async def test_presence_across_gateways_and_a_killed_gateway(self, dep: TestDeployment) -> None:
         """Online while a device is connected on either gateway; offline with last_seen when the last
         leaves; and when a gateway is killed, its users show offline within the presence TTL, to a

@@ -181,10 +181,13 @@ def dedup(chats: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 async def connect(session: aiohttp.ClientSession, gateway_base: str, user: User, *, via: str = "header",
                   catchup: bool = True, welcome: bool = True, autoping: bool = True, device: str | None = None,
-                  acks: bool = False, **kwargs: Any) -> Client:
+                  acks: bool = False, events: bool = True, **kwargs: Any) -> Client:
     """Open /api/ws for `user` (token in the Authorization header, or `?token=`) as `device` (none:
-    the `default` device), and by default read the welcome `system` frame."""
+    the `default` device), and by default read the welcome `system` frame. `events=False`: a
+    GoStacker client (only GoStacker's frame types are sent to it)."""
     params: dict[str, str] = {}
+    if events:
+        params["events"] = "1"
     if device is not None:
         params["device_id"] = device
     if acks:  # the client's `ack` frames alone move its cursor

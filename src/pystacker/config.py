@@ -232,6 +232,10 @@ class LimitsConfig(Section):
     # A device without a cursor in a room (new, or new to the room) starts with at most this many of
     # its latest messages after the user's read seq.
     device_backlog: int = Field(50, ge=0, le=10_000)
+    # How long after sending its sender may edit a message, and recall it (owners and admins of the
+    # room may recall at any time). 0: no limit.
+    edit_window_s: int = Field(172_800, ge=0)
+    recall_window_s: int = Field(120, ge=0)
 
 
 class WebConfig(Section):

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pystacker.config import Config, ConfigError, check_jwt_secret
 from pystacker.db import migrate
 from pystacker.db.engine import create_engine
-from pystacker.engine.base import Engine, EngineSettings
+from pystacker.engine.base import Engine, EngineSettings, LogEnd
 from pystacker.messaging.ids import Snowflake
 from pystacker.messaging.parts import MessagingParts
 from pystacker.messaging.store import MessageStore
@@ -143,8 +143,8 @@ class Runtime:
         settings = EngineSettings(roster_ttl=group_cache.cache_ttl_seconds,
                                   roster_flushed_ttl=group_cache.post_flush_ttl_seconds)
 
-        async def seq_seed(room_id: int) -> int:
-            return await MessageStore(self.sql).max_seq(room_id)
+        async def seq_seed(room_id: int) -> LogEnd:
+            return await MessageStore(self.sql).log_end(room_id)
 
         engine: Engine
         if self.config.engine == "memory":

@@ -8,14 +8,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
-from pystacker.engine.base import Engine, EngineSettings, MessageLog, NewMessage, SeqSeed
+from pystacker.engine.base import Engine, EngineSettings, LogEnd, MessageLog, NewMessage, SeqSeed
 
 T = TypeVar("T")
 
 
-async def zero_seed(room_id: int) -> int:
+async def zero_seed(room_id: int) -> LogEnd:
     """SQL holds nothing yet: seqs start at 1."""
-    return 0
+    return LogEnd(0, 0)
 
 
 class OpenEngine(Protocol):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pystacker.engine.base import Engine, UserRoute
+from pystacker.engine.base import Engine, LogEnd, UserRoute
 from tests.engine.support import OpenEngine, new_message, unique_int
 
 
@@ -32,8 +32,8 @@ async def test_append_and_route_appends_once_and_reads_the_routes(engine: Engine
 async def test_append_and_route_seeds_a_room_without_a_counter_and_keeps_idempotency(open_engine: OpenEngine) -> None:
     room_id, sender = unique_int(), unique_int()
 
-    async def seed(asked_room: int) -> int:
-        return 41
+    async def seed(asked_room: int) -> LogEnd:
+        return LogEnd(41, 41)
 
     engine = await open_engine(seq_seed=seed)
     message = new_message(room_id, sender_id=sender, client_msg_id="retry-1")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
-from pystacker.engine.base import Engine, EngineSettings, FlushBatch, MessageLog, StoredMessage
+from pystacker.engine.base import (Engine, EngineSettings, FlushBatch, LogEnd, MessageLog, NewMessage, StoredMessage,
+                                   TargetChange)
 from tests.engine.support import OpenEngine, drain_flush_queue, new_message, unique_int, until
 
 
@@ -35,7 +37,7 @@ async def test_a_new_room_counts_from_1_and_keeps_the_message(engine: Engine) ->
     assert not appended.duplicate
     assert appended.message == StoredMessage(
         msg_id=sent.msg_id, room_id=room_id, seq=1, sender_id=42, type="text", content={"text": "hello"},
-        created_at_ms=sent.created_at_ms, client_msg_id="c-1")
+        created_at_ms=sent.created_at_ms, client_msg_id="c-1", msg_no=1)
     assert _seqs(await _append(engine.messages, room_id, 2)) == [2, 3]
     assert await engine.messages.last_seqs([room_id, unused_room]) == {room_id: 3, unused_room: 0}
 
@@ -43,9 +45,9 @@ async def test_a_new_room_counts_from_1_and_keeps_the_message(engine: Engine) ->
 async def test_seqs_continue_from_the_seed(open_engine: OpenEngine) -> None:
     room_id = unique_int()
 
-    async def seed(asked_room: int) -> int:
+    async def seed(asked_room: int) -> LogEnd:
         assert asked_room == room_id
-        return 41
+        return LogEnd(41, 41)
 
     engine = await open_engine(seq_seed=seed)
     assert _seqs(await _append(engine.messages, room_id, 2)) == [42, 43]
@@ -56,11 +58,11 @@ async def test_concurrent_first_appends_seed_the_room_once(open_engine: OpenEngi
     room_id = unique_int()
     seeded: list[int] = []
 
-    async def slow_seed(asked_room: int) -> int:
+    async def slow_seed(asked_room: int) -> LogEnd:
         seeded.append(asked_room)
         for _ in range(5):  # an SQL round trip: other appends run meanwhile
             await asyncio.sleep(0)
-        return 41
+        return LogEnd(41, 41)
 
     engine = await open_engine(seq_seed=slow_seed)
     appended = await asyncio.gather(*(engine.messages.append(new_message(room_id)) for _ in range(20)))
@@ -146,8 +148,8 @@ async def test_read_returns_messages_after_a_seq_in_order(engine: Engine) -> Non
 
 
 async def test_window_start_of_rooms_without_messages(open_engine: OpenEngine) -> None:
-    async def seed(room_id: int) -> int:
-        return 41
+    async def seed(room_id: int) -> LogEnd:
+        return LogEnd(41, 41)
 
     engine = await open_engine(seq_seed=seed)
     room_id = unique_int()
@@ -274,3 +276,90 @@ async def test_a_message_is_found_by_id_until_its_batch_is_confirmed(engine: Eng
     await engine.messages.confirm_batch(batch.token)
     for message in (first, second, retry.message):
         assert await engine.messages.unflushed_by_id(message.msg_id) is None
+
+
+# -- room events that change a message ---------------------------------------------------------------
+
+
+def _event(room_id: int, target: StoredMessage, *, sender_id: int = 7, client_msg_id: str | None = None) -> NewMessage:
+    return NewMessage(msg_id=unique_int(), room_id=room_id, sender_id=sender_id, type="edit",
+                      content={"message_id": target.msg_id, "target_seq": target.seq,
+                               "content": {"type": "text", "text": "edited"}},
+                      created_at_ms=1_700_000_000_500, client_msg_id=client_msg_id)
+
+
+async def test_an_event_is_appended_with_its_seq_and_patches_its_message_in_the_window(engine: Engine) -> None:
+    room_id = unique_int()
+    target = (await engine.messages.append(new_message(room_id, client_msg_id=f"k-{room_id}"))).message
+    assert await engine.messages.revision(room_id, target.msg_id) is None
+    edited = replace(target, content={"text": "edited"}, edited_at_ms=1_700_000_000_500, reply_to=None)
+    appended = await engine.messages.append_event(_event(room_id, target), TargetChange(
+        target.msg_id, None, "E:$seq", patches=(edited,)))
+    assert appended is not None and not appended.duplicate and appended.message.seq == 2
+    # The record names the event's own seq; the window, the id index and the key's copy hold the edit.
+    assert await engine.messages.revision(room_id, target.msg_id) == "E:2"
+    assert [m.content for m in await engine.messages.read(room_id, 0, 10)] == [
+        {"text": "edited"}, appended.message.content]
+    assert (await engine.messages.read(room_id, 0, 1))[0].edited_at_ms == 1_700_000_000_500
+    assert await engine.messages.unflushed_by_id(target.msg_id) == edited
+    again = await engine.messages.append(new_message(room_id, client_msg_id=f"k-{room_id}"))
+    assert again.duplicate and again.message == edited
+
+
+async def test_an_event_is_refused_when_the_record_changed_since_it_was_read(engine: Engine) -> None:
+    room_id = unique_int()
+    target = (await engine.messages.append(new_message(room_id))).message
+    first = await engine.messages.append_event(_event(room_id, target), TargetChange(target.msg_id, None, "E:$seq"))
+    assert first is not None
+    # A second change that read the record before the first one: nothing appended, nothing patched.
+    stale = await engine.messages.append_event(_event(room_id, target), TargetChange(
+        target.msg_id, None, "R:$seq", patches=(replace(target, content={}),)))
+    assert stale is None
+    assert await engine.messages.last_seqs([room_id]) == {room_id: 2}
+    assert (await engine.messages.read(room_id, 0, 1))[0].content == {"text": "hi"}
+    current = await engine.messages.revision(room_id, target.msg_id)
+    assert current == "E:2"
+    fresh = await engine.messages.append_event(_event(room_id, target), TargetChange(target.msg_id, current, "R:2"))
+    assert fresh is not None and fresh.message.seq == 3
+    assert await engine.messages.revision(room_id, target.msg_id) == "R:2"
+
+
+async def test_a_retried_event_gets_its_first_answer_whatever_the_record(engine: Engine) -> None:
+    room_id = unique_int()
+    target = (await engine.messages.append(new_message(room_id))).message
+    key = f"ev-{room_id}"
+    first = await engine.messages.append_event(_event(room_id, target, client_msg_id=key),
+                                               TargetChange(target.msg_id, None, "E:$seq"))
+    retry = await engine.messages.append_event(_event(room_id, target, client_msg_id=key),
+                                               TargetChange(target.msg_id, "-", "-"))
+    assert first is not None and retry is not None
+    assert retry.duplicate and retry.message == first.message
+    assert await engine.messages.last_seqs([room_id]) == {room_id: 2}
+
+
+async def test_a_patch_of_an_entry_the_window_no_longer_holds_changes_nothing(open_engine: OpenEngine) -> None:
+    engine = await open_engine(settings=EngineSettings(window_size=2))
+    room_id = unique_int()
+    target = (await engine.messages.append(new_message(room_id))).message
+    await _append(engine.messages, room_id, 3)
+    await drain_flush_queue(engine.messages)
+    assert [m.seq for m in await engine.messages.read(room_id, 0, 10)] == [3, 4]
+    appended = await engine.messages.append_event(_event(room_id, target), TargetChange(
+        target.msg_id, None, "E:$seq", patches=(replace(target, content={"text": "edited"}),)))
+    assert appended is not None
+    assert [m.seq for m in await engine.messages.read(room_id, 0, 10)] == [4, 5]
+
+
+async def test_a_message_counts_in_msg_no_and_an_event_does_not(open_engine: OpenEngine) -> None:
+    async def seed(room_id: int) -> LogEnd:
+        return LogEnd(10, 7)  # SQL's copy ends at seq 10, its 7th message
+
+    engine = await open_engine(seq_seed=seed)
+    room_id = unique_int()
+    message = (await engine.messages.append(new_message(room_id))).message
+    assert (message.seq, message.msg_no) == (11, 8)
+    event = await engine.messages.append_event(_event(room_id, message), TargetChange(message.msg_id, None, "E:$seq"))
+    assert event is not None and (event.message.seq, event.message.msg_no) == (12, 8)
+    assert (await engine.messages.append(new_message(room_id))).message.msg_no == 9
+    assert await engine.messages.ends([room_id]) == {room_id: LogEnd(13, 9)}
+    assert [m.msg_no for m in await engine.messages.read(room_id, 0, 10)] == [8, 8, 9]

@@ -16,7 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from pystacker.config import Config, RedisConfig, SendRedisConfig
-from pystacker.engine.base import EngineSettings, GatewayInfo, UserRoute
+from pystacker.engine.base import EngineSettings, GatewayInfo, LogEnd, UserRoute
 from pystacker.engine.redis_engine import RedisEngine, make_client
 from pystacker.runtime import Runtime, StartupError
 from tests.engine.conftest import delete_prefixed_keys
@@ -43,8 +43,8 @@ def _twin(engine: RedisEngine, seq_seed: Any = zero_seed, settings: EngineSettin
 async def test_a_lost_seq_counter_continues_from_the_seed(open_redis_engine: OpenEngine) -> None:
     sql_max = {"seq": 0}
 
-    async def seed(room_id: int) -> int:
-        return sql_max["seq"]
+    async def seed(room_id: int) -> LogEnd:
+        return LogEnd(sql_max["seq"], sql_max["seq"])
 
     engine = await _redis_engine(open_redis_engine, seq_seed=seed)
     room_id = unique_int()
@@ -57,8 +57,8 @@ async def test_a_lost_seq_counter_continues_from_the_seed(open_redis_engine: Ope
 async def test_a_restarted_redis_continues_from_sql(open_redis_engine: OpenEngine) -> None:
     sql_max = {"seq": 0}
 
-    async def seed(room_id: int) -> int:
-        return sql_max["seq"]
+    async def seed(room_id: int) -> LogEnd:
+        return LogEnd(sql_max["seq"], sql_max["seq"])
 
     engine = await _redis_engine(open_redis_engine, seq_seed=seed)
     room_id, other_room = unique_int(), unique_int()
@@ -77,9 +77,9 @@ async def test_a_restarted_redis_continues_from_sql(open_redis_engine: OpenEngin
 
 
 async def test_two_processes_seeding_one_room_agree(open_redis_engine: OpenEngine) -> None:
-    async def seed(room_id: int) -> int:
+    async def seed(room_id: int) -> LogEnd:
         await asyncio.sleep(0)  # an SQL round trip
-        return 41
+        return LogEnd(41, 41)
 
     first = await _redis_engine(open_redis_engine, seq_seed=seed)
     second = _twin(first, seq_seed=seed)

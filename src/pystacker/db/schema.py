@@ -99,9 +99,47 @@ chat_messages = Table(
     Column("created_at", DateTime(timezone=False), nullable=False),
     Column("is_deleted", Boolean, nullable=False, server_default=false()),
     Column("recalled", Boolean, nullable=False, server_default=false()),
+    # The message this one answers (a message of the same room).
+    Column("reply_to", BigInteger),
+    # A room event's message (edit, recall, reaction: messaging/lifecycle.py); its edit rows are found
+    # by it when the message is recalled.
+    Column("target_id", BigInteger),
+    # A message's state after room events, applied by the flusher; `rev_seq` is the seq of the last
+    # event applied, so that an event applied twice or late changes nothing.
+    Column("edited_at", DateTime(timezone=False)),
+    Column("recalled_by", BigInteger),
+    Column("recalled_at", DateTime(timezone=False)),
+    Column("rev_seq", BigInteger, nullable=False, server_default="0"),
+    # How many messages the room holds up to this row (a room event adds none): unread counts.
+    Column("msg_no", BigInteger, nullable=False, server_default="0"),
     UniqueConstraint("room_id", "seq"),
     # A retried send carries the same client_msg_id; at most one message per sender and key.
     UniqueConstraint("sender_id", "client_msg_id"),
+    Index(None, "target_id"),
+)
+
+# Emoji are compared byte for byte (MySQL's default collations would fold some of them together).
+Emoji = String(32).with_variant(mysql.VARCHAR(32, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb")
+
+# Who reacted to which message with which emoji (written when the reaction is made).
+message_reactions = Table(
+    "message_reactions",
+    metadata,
+    Column("message_id", BigInteger, primary_key=True),
+    Column("user_id", Id, primary_key=True),
+    Column("emoji", Emoji, primary_key=True),
+    Column("room_id", Id, nullable=False),
+    Column("created_at", DateTime(timezone=False), nullable=False, server_default=func.current_timestamp()),
+)
+
+# Messages a user deleted for himself: left out of his history on every device.
+hidden_messages = Table(
+    "hidden_messages",
+    metadata,
+    Column("user_id", Id, primary_key=True),
+    Column("message_id", BigInteger, primary_key=True),
+    Column("room_id", Id, nullable=False),
+    Column("hidden_at", DateTime(timezone=False), nullable=False, server_default=func.current_timestamp()),
 )
 
 join_requests = Table(

@@ -84,10 +84,15 @@ class NewMessage:
     content: dict[str, Any]  # the payload without its "type" key, as GoStacker stores and sends it
     created_at_ms: int
     client_msg_id: str | None = None
+    reply_to: int | None = None  # the message of the same room this one answers
 
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
+    """One entry of a room's log: a message, or a room event about one (its `type` is then an event
+    type and `content` says what it did: messaging/lifecycle.py). A message's last four fields are its
+    state after the room's events: set by the edits and the recall that changed it."""
+
     msg_id: int
     room_id: int
     seq: int
@@ -96,6 +101,13 @@ class StoredMessage:
     content: dict[str, Any]
     created_at_ms: int
     client_msg_id: str | None = None
+    reply_to: int | None = None
+    edited_at_ms: int | None = None
+    recalled_by: int | None = None  # a tombstone: its content is gone
+    recalled_at_ms: int | None = None
+    # How many messages the room's log holds up to this entry (a room event adds none): unread
+    # counts are differences of it, so that edits and reactions never count as unread.
+    msg_no: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,15 +122,51 @@ class FlushBatch:
     messages: list[StoredMessage]
 
 
-# Loads the highest seq SQL holds for a room; used when the engine has no counter for it (first use,
-# or the counter was lost with a Redis restart), so seqs continue instead of restarting at 1.
-SeqSeed = Callable[[int], Awaitable[int]]
+@dataclass(frozen=True, slots=True)
+class TargetChange:
+    """What a room event does to the message it is about, in the same atomic step as its append.
+
+    The engine keeps, per changed message, an opaque revision record for `idempotency_ttl` seconds
+    (messaging/lifecycle.py writes and reads it). The event is appended only if the record is still
+    `expected` (None: there was none), and the record becomes `revision`, where `$seq` stands for
+    the event's seq: two changes of one message
+    never both act on the same state. `patches` replace the window's copies of those entries (same
+    room, seq and id) that the window still holds, and the idempotency key's copy of a message sent
+    with a client_msg_id: readers of the window see the new state at once (SQL gets it from the
+    flusher, which applies the event)."""
+
+    target_id: int
+    expected: str | None
+    revision: str
+    patches: tuple[StoredMessage, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LogEnd:
+    """Where a room's log ends: its last seq, and how many messages it holds up to there."""
+
+    seq: int
+    msg_no: int
+
+
+# Loads where SQL's copy of a room's log ends; used when the engine has no counters for it (first
+# use, or the counters were lost with a Redis restart), so seqs continue instead of restarting at 1.
+SeqSeed = Callable[[int], Awaitable[LogEnd]]
 
 
 class MessageLog(Protocol):
     async def append(self, message: NewMessage) -> Appended:
-        """Allocate the room's next seq and store the message, atomically; idempotent on
+        """Allocate the room's next seq (and msg_no) and store the message, atomically; idempotent on
         (sender_id, client_msg_id) for `idempotency_ttl` seconds."""
+
+    async def append_event(self, event: NewMessage, change: TargetChange) -> Appended | None:
+        """Append a room event as `append` does, except that it adds no msg_no (idempotent on its
+        client_msg_id too: a duplicate is
+        answered whatever the revision), applying `change` atomically with it; None, and nothing
+        appended, when the target's revision record is no longer `change.expected`."""
+
+    async def revision(self, room_id: int, msg_id: int) -> str | None:
+        """The revision record of a message changed by room events (None: none, or expired)."""
 
     async def read(self, room_id: int, after_seq: int, limit: int) -> list[StoredMessage]:
         """Messages with seq > after_seq in seq order, from the recent window only. The window holds at
@@ -135,6 +183,10 @@ class MessageLog(Protocol):
     async def last_seqs(self, room_ids: Sequence[int]) -> dict[int, int]:
         """The highest allocated seq of each room (0 for a room without messages). A room without a
         counter is seeded first, as in append, so a lost counter never hides SQL's messages."""
+
+    async def ends(self, room_ids: Sequence[int]) -> dict[int, LogEnd]:
+        """Where each room's log ends: last seq and msg_no (both 0 for an empty room), seeded as in
+        last_seqs."""
 
     async def take_batch(self, max_messages: int) -> FlushBatch | None:
         """Up to max_messages not yet in SQL, oldest first; they stay owned by this batch until confirmed.

@@ -32,6 +32,7 @@ from pystacker.engine.base import (
     Inbox,
     InboxEntry,
     InboxStats,
+    LogEnd,
     MessageLog,
     NewMessage,
     Registry,
@@ -42,6 +43,7 @@ from pystacker.engine.base import (
     SendInfo,
     SeqSeed,
     StoredMessage,
+    TargetChange,
     UserRoute,
 )
 from pystacker.engine.bus_handlers import HandlerTasks
@@ -272,12 +274,15 @@ class MemoryMessageLog:
         self._settings = settings
         self._seq_seed = seq_seed
         self._last_seq: dict[int, int] = {}  # the seq counters; a room missing here gets seeded
+        self._last_no: dict[int, int] = {}  # the msg_no counters, seeded with them
         self._rooms: dict[int, _Room] = {}
         # (sender_id, client_msg_id) -> (first message, expiry). Every key lives idempotency_ttl, so
         # insertion order is expiry order and expired keys are purged from the front.
         self._first_of_key: OrderedDict[tuple[int, str], tuple[StoredMessage, float]] = OrderedDict()
         self._flush_queue: deque[StoredMessage] = deque()  # not yet taken by a flusher, oldest first
         self._unflushed_by_id: dict[int, StoredMessage] = {}  # every message SQL may not have yet
+        # msg id -> (revision record, expiry), in expiry order (TargetChange).
+        self._revisions: OrderedDict[int, tuple[str, float]] = OrderedDict()
         # Taken and not confirmed. One timeout for all, so insertion order is expiry order.
         self._batches: dict[str, _Batch] = {}
 
@@ -293,28 +298,83 @@ class MemoryMessageLog:
             return
         async with self._room(room_id).seed_lock:
             if room_id not in self._last_seq:  # seeded by the holder we waited for
-                self._last_seq[room_id] = await self._seq_seed(room_id)
+                end = await self._seq_seed(room_id)
+                self._last_seq[room_id], self._last_no[room_id] = end.seq, end.msg_no
 
     async def append(self, message: NewMessage) -> Appended:
         await self._ensure_counter(message.room_id)
         # No await from here on: the key check, the seq allocation and the three stores are one step.
-        key = (message.sender_id, message.client_msg_id) if message.client_msg_id is not None else None
-        if key is not None:
-            first = self._remembered(key)
-            if first is not None:
-                return Appended(first, duplicate=True)
+        first = self._duplicate_of(message)
+        return first if first is not None else self._store(message, counts=True)
+
+    async def append_event(self, event: NewMessage, change: TargetChange) -> Appended | None:
+        await self._ensure_counter(event.room_id)
+        # No await from here on, as in append: check, append and change are one step.
+        first = self._duplicate_of(event)
+        if first is not None:
+            return first
+        if self._revision_of(change.target_id) != change.expected:
+            return None
+        appended = self._store(event, counts=False)
+        record = change.revision.replace("$seq", str(appended.message.seq))
+        self._revisions[change.target_id] = (record, time.monotonic() + self._settings.idempotency_ttl)
+        self._revisions.move_to_end(change.target_id)
+        for patch in change.patches:
+            self._patch(patch)
+        return appended
+
+    async def revision(self, room_id: int, msg_id: int) -> str | None:
+        return self._revision_of(msg_id)
+
+    def _revision_of(self, msg_id: int) -> str | None:
+        now = time.monotonic()
+        while self._revisions:  # every record lives idempotency_ttl from its last change: oldest first
+            oldest, (_, expires_at) = next(iter(self._revisions.items()))
+            if expires_at > now:
+                break
+            del self._revisions[oldest]
+        found = self._revisions.get(msg_id)
+        return found[0] if found is not None else None
+
+    def _patch(self, entry: StoredMessage) -> None:
+        """Replace the window's copy of the entry (and the idempotency key's, and the unflushed
+        index's) where they are still held."""
+        room = self._rooms.get(entry.room_id)
+        if room is not None and room.window:
+            index = entry.seq - room.window[0].seq  # the window's seqs are consecutive
+            if 0 <= index < len(room.window) and room.window[index].msg_id == entry.msg_id:
+                room.window[index] = entry
+        if entry.msg_id in self._unflushed_by_id:
+            self._unflushed_by_id[entry.msg_id] = entry
+        if entry.client_msg_id is not None:
+            key = (entry.sender_id, entry.client_msg_id)
+            kept = self._first_of_key.get(key)
+            if kept is not None and kept[0].msg_id == entry.msg_id:
+                self._first_of_key[key] = (entry, kept[1])
+
+    def _duplicate_of(self, message: NewMessage) -> Appended | None:
+        if message.client_msg_id is None:
+            return None
+        first = self._remembered((message.sender_id, message.client_msg_id))
+        return Appended(first, duplicate=True) if first is not None else None
+
+    def _store(self, message: NewMessage, *, counts: bool) -> Appended:
         seq = self._last_seq[message.room_id] + 1
         self._last_seq[message.room_id] = seq
+        msg_no = self._last_no[message.room_id] + counts
+        self._last_no[message.room_id] = msg_no
         stored = StoredMessage(msg_id=message.msg_id, room_id=message.room_id, seq=seq,
                                sender_id=message.sender_id, type=message.type, content=message.content,
-                               created_at_ms=message.created_at_ms, client_msg_id=message.client_msg_id)
+                               created_at_ms=message.created_at_ms, client_msg_id=message.client_msg_id,
+                               reply_to=message.reply_to, msg_no=msg_no)
         room = self._room(message.room_id)
         room.window.append(stored)
         room.unflushed.add(seq)
         self._flush_queue.append(stored)
         self._unflushed_by_id[stored.msg_id] = stored
-        if key is not None:
-            self._first_of_key[key] = (stored, time.monotonic() + self._settings.idempotency_ttl)
+        if message.client_msg_id is not None:
+            self._first_of_key[(message.sender_id, message.client_msg_id)] = (
+                stored, time.monotonic() + self._settings.idempotency_ttl)
         self._trim_window(room)
         return Appended(stored, duplicate=False)
 
@@ -357,6 +417,11 @@ class MemoryMessageLog:
         for room_id in room_ids:
             await self._ensure_counter(room_id)
         return {room_id: self._last_seq[room_id] for room_id in room_ids}
+
+    async def ends(self, room_ids: Sequence[int]) -> dict[int, LogEnd]:
+        for room_id in room_ids:
+            await self._ensure_counter(room_id)
+        return {room_id: LogEnd(self._last_seq[room_id], self._last_no[room_id]) for room_id in room_ids}
 
     async def take_batch(self, max_messages: int) -> FlushBatch | None:
         self._requeue_expired_batches()

@@ -75,6 +75,14 @@ class RedisKeys:
         """STRING with a TTL: the first message sent under this key (JSON)."""
         return f"{self._log_tag(self.room_partition(room_id))}:idem:{room_id}:{sender_id}:{client_msg_id}"
 
+    def msg_no(self, room_id: int) -> str:
+        """The msg_no of the room's last entry: how many messages its log holds (seeded with `seq`)."""
+        return f"{self._log_tag(self.room_partition(room_id))}:mno:{room_id}"
+
+    def revision(self, room_id: int, msg_id: int) -> str:
+        """STRING: the revision record of a message that room events changed (base.TargetChange)."""
+        return f"{self._log_tag(self.room_partition(room_id))}:rev:{room_id}:{msg_id}"
+
     def unflushed_ids(self, partition: int) -> str:
         """HASH: msg id -> "<room>:<seq>" of the partition's messages SQL does not have yet, so that a
         message can be found by id alone before the flusher wrote it."""
@@ -92,7 +100,7 @@ class RedisKeys:
         """The keys an append touches (besides the idempotency key), in the order the scripts take them."""
         partition = self.room_partition(room_id)
         return [self.seq(room_id), self.window(room_id), self.unflushed(room_id), self.flush(partition),
-                self.flush_clock(partition), self.unflushed_ids(partition)]
+                self.flush_clock(partition), self.unflushed_ids(partition), self.msg_no(room_id)]
 
     # -- rosters (the room's partition: a roster and its dirty mark change in one script) -------------
 

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
-from pystacker.engine.base import Appended, EngineSettings, FlushBatch, NewMessage, SeqSeed, StoredMessage
+from pystacker.engine.base import (Appended, EngineSettings, FlushBatch, LogEnd, NewMessage, SeqSeed,
+                                   StoredMessage, TargetChange)
 from pystacker.engine.redis_common import LUA_ID_LESS, Client, id_order, pipeline, register, run, text
 from pystacker.engine.redis_keys import RedisKeys
 
@@ -55,46 +57,97 @@ local function trim_window(win, unfl, last_seq, window_size)
 end
 """
 
-# KEYS: seq, window, unflushed, flush, flush clock, unflushed ids[, idempotency key]
+_LUA_APPEND = _LUA_WINDOW + """
+-- Append one entry: K = {seq, window, unflushed, flush, flush clock, unflushed ids, msg_no}, idem =
+-- the idempotency key or nil, A = {entry JSON without its seq, window_size, idempotency_ttl, msg id,
+-- room id}; `counts`: a message (its msg_no is one more), not a room event.
+-- -> {'ok', seq, msg_no} | {'seed'} (no counters: nothing was written; seed them and call again)
+local function append_entry(K, idem, A, counts)
+  local seq_key, win, unfl, flush, clock, ids, mno = K[1], K[2], K[3], K[4], K[5], K[6], K[7]
+  if redis.call('EXISTS', seq_key) == 0 or redis.call('EXISTS', mno) == 0 then return {'seed'} end
+
+  -- Reads first: a script is not rolled back when a command fails, so nothing may fail after a write.
+  -- The flush entry id: microseconds of server time, above every id the stream has had.
+  local now = redis.call('TIME')
+  local flush_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+  local last_us = redis.call('GET', clock)
+  if not last_us then
+    -- The clock is kept with the stream; should it be lost alone, start above the stream's last id.
+    local info = redis.pcall('XINFO', 'STREAM', flush)
+    last_us = 0
+    if type(info) == 'table' and not info.err then
+      for i = 1, #info, 2 do
+        if info[i] == 'last-generated-id' then last_us = tonumber(string.match(info[i + 1], '^(%d+)-')) end
+      end
+    end
+  end
+  last_us = tonumber(last_us)
+  if flush_us <= last_us then flush_us = last_us + 1 end
+  local flush_id = string.format('%.0f', flush_us)
+
+  local seq = string.format('%d', redis.call('INCR', seq_key))
+  local no
+  if counts then no = string.format('%d', redis.call('INCR', mno)) else no = redis.call('GET', mno) end
+  local stored = '{"seq":' .. seq .. ',"msg_no":' .. no .. ',' .. string.sub(A[1], 2)
+  redis.call('ZADD', win, seq, stored)
+  redis.call('ZADD', unfl, seq, seq)
+  redis.call('HSET', ids, A[4], A[5] .. ':' .. seq)
+  redis.call('SET', clock, flush_id)
+  redis.call('XADD', flush, flush_id .. '-0', 'm', stored)
+  if idem then redis.call('SET', idem, stored, 'EX', A[3]) end
+  trim_window(win, unfl, tonumber(seq), tonumber(A[2]))
+  return {'ok', seq, no}
+end
+"""
+
+# KEYS: seq, window, unflushed, flush, flush clock, unflushed ids, msg_no[, idempotency key]
 # ARGV: the message JSON without its seq, window_size, idempotency_ttl, msg id, room id
-# -> {'ok', seq} | {'dup', first message JSON} | {'seed'} (no counter: seed it and call again)
-_APPEND = _LUA_WINDOW + """
-local seq_key, win, unfl, flush, clock, ids, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+# -> {'ok', seq, msg_no} | {'dup', first message JSON} | {'seed'} (no counters: seed them and call again)
+_APPEND = _LUA_APPEND + """
+local idem = KEYS[8]
 if idem then
   local first = redis.call('GET', idem)
   if first then return {'dup', first} end
 end
-if redis.call('EXISTS', seq_key) == 0 then return {'seed'} end
+return append_entry(KEYS, idem, ARGV, true)
+"""
 
--- Reads first: a script is not rolled back when a command fails, so nothing may fail after a write.
--- The flush entry id: microseconds of server time, above every id the stream has had.
-local now = redis.call('TIME')
-local flush_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
-local last_us = redis.call('GET', clock)
-if not last_us then
-  -- The clock is kept with the stream; should it be lost alone, start above the stream's last id.
-  local info = redis.pcall('XINFO', 'STREAM', flush)
-  last_us = 0
-  if type(info) == 'table' and not info.err then
-    for i = 1, #info, 2 do
-      if info[i] == 'last-generated-id' then last_us = tonumber(string.match(info[i + 1], '^(%d+)-')) end
+# KEYS: the seven room keys as for _APPEND, the target's revision record, the event's idempotency key
+# (or any key of the room when it has none), then the patches' idempotency keys.
+# ARGV: the five of _APPEND, has idempotency key (0/1), has expected record (0/1), expected record,
+# new record, patch count, then per patch: seq, msg id, entry JSON, index in KEYS of its idempotency
+# key (0: none).
+# -> as _APPEND, or {'changed'}: the revision record is not the expected one (nothing written).
+_APPEND_EVENT = _LUA_APPEND + """
+local idem = nil
+if ARGV[6] == '1' then idem = KEYS[9] end
+if idem then
+  local first = redis.call('GET', idem)
+  if first then return {'dup', first} end
+end
+local current = redis.call('GET', KEYS[8])
+if ARGV[7] == '1' then
+  if current ~= ARGV[8] then return {'changed'} end
+elseif current then
+  return {'changed'}
+end
+local reply = append_entry(KEYS, idem, ARGV, false)
+if reply[1] ~= 'ok' then return reply end
+redis.call('SET', KEYS[8], (string.gsub(ARGV[9], '%$seq', reply[2])), 'EX', ARGV[3])
+local win = KEYS[2]
+local at = 11
+for _ = 1, tonumber(ARGV[10]) do
+  local seq, marker, entry, key_index = ARGV[at], '"msg_id":' .. ARGV[at + 1] .. ',', ARGV[at + 2], tonumber(ARGV[at + 3])
+  at = at + 4
+  for _, held in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], seq, seq)) do
+    if string.find(held, marker, 1, true) then
+      redis.call('ZREM', win, held)
+      redis.call('ZADD', win, seq, entry)
     end
   end
+  if key_index > 0 then redis.call('SET', KEYS[key_index], entry, 'XX', 'KEEPTTL') end
 end
-last_us = tonumber(last_us)
-if flush_us <= last_us then flush_us = last_us + 1 end
-local flush_id = string.format('%.0f', flush_us)
-
-local seq = string.format('%d', redis.call('INCR', seq_key))
-local stored = '{"seq":' .. seq .. ',' .. string.sub(ARGV[1], 2)
-redis.call('ZADD', win, seq, stored)
-redis.call('ZADD', unfl, seq, seq)
-redis.call('HSET', ids, ARGV[4], ARGV[5] .. ':' .. seq)
-redis.call('SET', clock, flush_id)
-redis.call('XADD', flush, flush_id .. '-0', 'm', stored)
-if idem then redis.call('SET', idem, stored, 'EX', ARGV[3]) end
-trim_window(win, unfl, tonumber(seq), tonumber(ARGV[2]))
-return {'ok', seq}
+return reply
 """
 
 # KEYS: seq, window -> {'ok', lowest seq held (last + 1 when none)} | {'seed'}
@@ -199,16 +252,41 @@ return 1
 
 def encode_body(message: NewMessage) -> bytes:
     """The stored JSON without its seq: the script puts `"seq":N` in front."""
-    return orjson.dumps({"msg_id": message.msg_id, "room_id": message.room_id, "sender_id": message.sender_id,
-                         "type": message.type, "content": message.content,
-                         "created_at_ms": message.created_at_ms, "client_msg_id": message.client_msg_id})
+    fields: dict[str, Any] = {"msg_id": message.msg_id, "room_id": message.room_id, "sender_id": message.sender_id,
+                              "type": message.type, "content": message.content,
+                              "created_at_ms": message.created_at_ms, "client_msg_id": message.client_msg_id}
+    if message.reply_to is not None:
+        fields["reply_to"] = message.reply_to
+    return orjson.dumps(fields)
+
+
+# A message's state after room events: kept in its entry only once set, so that entries of messages
+# nothing changed stay as small as they were.
+_STATE_FIELDS = ("reply_to", "edited_at_ms", "recalled_by", "recalled_at_ms")
+
+
+def encode_stored(message: StoredMessage) -> bytes:
+    """The whole entry, seq first (as the append script writes it, which the patches rely on:
+    `"msg_id":<id>,` follows the seq)."""
+    fields: dict[str, Any] = {"seq": message.seq, "msg_no": message.msg_no, "msg_id": message.msg_id,
+                              "room_id": message.room_id,
+                              "sender_id": message.sender_id, "type": message.type, "content": message.content,
+                              "created_at_ms": message.created_at_ms, "client_msg_id": message.client_msg_id}
+    for name in _STATE_FIELDS:
+        value = getattr(message, name)
+        if value is not None:
+            fields[name] = value
+    return orjson.dumps(fields)
 
 
 def decode_stored(raw: bytes | str) -> StoredMessage:
     fields = orjson.loads(raw)
     return StoredMessage(msg_id=int(fields["msg_id"]), room_id=int(fields["room_id"]), seq=int(fields["seq"]),
                          sender_id=int(fields["sender_id"]), type=str(fields["type"]), content=fields["content"],
-                         created_at_ms=int(fields["created_at_ms"]), client_msg_id=fields.get("client_msg_id"))
+                         created_at_ms=int(fields["created_at_ms"]), client_msg_id=fields.get("client_msg_id"),
+                         reply_to=fields.get("reply_to"), edited_at_ms=fields.get("edited_at_ms"),
+                         recalled_by=fields.get("recalled_by"), recalled_at_ms=fields.get("recalled_at_ms"),
+                         msg_no=int(fields.get("msg_no", 0)))
 
 
 def _plan_batch(peeks: Sequence[tuple[list[str], list[str]]], limit: int) -> dict[int, tuple[list[str], int]]:
@@ -253,6 +331,7 @@ class RedisMessageLog:
         # between processes.
         self._seeding: dict[int, asyncio.Future[None]] = {}
         self._append = register(client, _APPEND)
+        self._append_event = register(client, _APPEND_EVENT)
         self._window_start = register(client, _WINDOW_START)
         self._peek = register(client, _PEEK)
         self._take = register(client, _TAKE)
@@ -270,12 +349,15 @@ class RedisMessageLog:
         await asyncio.shield(flight)
 
     async def _seed_once(self, room_id: int) -> None:
-        key = self._keys.seq(room_id)
-        # A seeding that finished while our script ran has set it: SQL need not be asked again.
-        if await self._client.exists(key):
+        keys = [self._keys.seq(room_id), self._keys.msg_no(room_id)]
+        # A seeding that finished while our script ran has set them: SQL need not be asked again.
+        if await self._client.exists(*keys) == len(keys):
             return
-        seed = int(await self._seq_seed(room_id))
-        await self._client.set(key, seed, nx=True)
+        end = await self._seq_seed(room_id)
+        pipe = pipeline(self._client)
+        pipe.set(keys[0], int(end.seq), nx=True)
+        pipe.set(keys[1], int(end.msg_no), nx=True)
+        await pipe.execute()
 
     async def _counters(self, room_ids: Sequence[int]) -> list[bytes | None]:
         pipe = pipeline(self._client)
@@ -294,6 +376,35 @@ class RedisMessageLog:
             await self._seed(message.room_id)
         raise RuntimeError(f"the seq counter of room {message.room_id} keeps vanishing after seeding")
 
+    async def append_event(self, event: NewMessage, change: TargetChange) -> Appended | None:
+        keys = self._keys.room_keys(event.room_id)
+        keys.append(self._keys.revision(event.room_id, change.target_id))
+        keys.append(self._keys.idempotency(event.room_id, event.sender_id, event.client_msg_id)
+                    if event.client_msg_id is not None else keys[0])
+        args: list[Any] = [encode_body(event), self._settings.window_size, self._settings.idempotency_ttl,
+                           event.msg_id, event.room_id, int(event.client_msg_id is not None),
+                           int(change.expected is not None), change.expected or "", change.revision,
+                           len(change.patches)]
+        for patch in change.patches:
+            key_index = 0
+            if patch.client_msg_id is not None:
+                keys.append(self._keys.idempotency(patch.room_id, patch.sender_id, patch.client_msg_id))
+                key_index = len(keys)  # Lua counts from 1
+            args += [patch.seq, patch.msg_id, encode_stored(patch), key_index]
+        for _ in range(SEED_ATTEMPTS + 1):
+            reply = await run(self._append_event, keys, args)
+            if text(reply[0]) == "changed":
+                return None
+            appended = self.appended_from(event, reply)
+            if appended is not None:
+                return appended
+            await self._seed(event.room_id)
+        raise RuntimeError(f"the seq counter of room {event.room_id} keeps vanishing after seeding")
+
+    async def revision(self, room_id: int, msg_id: int) -> str | None:
+        found = await self._client.get(self._keys.revision(room_id, msg_id))
+        return None if found is None else text(found)
+
     def queue_append(self, pipe: Any, message: NewMessage) -> None:
         """Queue the append script on a pipeline of this log's client, as a bare EVALSHA (a redis-py
         Script in a pipeline asks SCRIPT EXISTS first: one more round trip). Read its reply with
@@ -308,8 +419,9 @@ class RedisMessageLog:
         if outcome == "ok":
             stored = StoredMessage(msg_id=message.msg_id, room_id=message.room_id, seq=int(reply[1]),
                                    sender_id=message.sender_id, type=message.type, content=message.content,
-                                   created_at_ms=message.created_at_ms, client_msg_id=message.client_msg_id)
-            return Appended(stored, duplicate=False)
+                                   created_at_ms=message.created_at_ms, client_msg_id=message.client_msg_id,
+                                   reply_to=message.reply_to)
+            return Appended(replace(stored, msg_no=int(reply[2])), duplicate=False)
         if outcome == "dup":
             return Appended(decode_stored(reply[1]), duplicate=True)
         return None
@@ -367,6 +479,25 @@ class RedisMessageLog:
             # Seeded like append: 0 for a lost counter would hide SQL's messages from the catch-up.
             await asyncio.gather(*(self._seed(room) for room in missing if room not in found))
         raise RuntimeError(f"seq counters keep vanishing after seeding: rooms {missing}")
+
+    async def ends(self, room_ids: Sequence[int]) -> dict[int, LogEnd]:
+        rooms = list(dict.fromkeys(room_ids))
+        found: dict[int, LogEnd] = {}
+        for _ in range(SEED_ATTEMPTS + 1):
+            missing = [room for room in rooms if room not in found]
+            if not missing:
+                return found
+            pipe = pipeline(self._client)
+            for room in missing:
+                pipe.get(self._keys.seq(room))
+                pipe.get(self._keys.msg_no(room))
+            values = await pipe.execute()
+            for index, room in enumerate(missing):
+                seq, msg_no = values[2 * index], values[2 * index + 1]
+                if seq is not None and msg_no is not None:
+                    found[room] = LogEnd(int(seq), int(msg_no))
+            await asyncio.gather(*(self._seed(room) for room in missing if room not in found))
+        raise RuntimeError(f"log counters keep vanishing after seeding: rooms {missing}")
 
     # -- the flush queue --------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from pystacker.config import Config
 from pystacker.engine.base import Engine, FlushBatch
 from pystacker.messaging.devices import DeviceStore
 from pystacker.messaging.rosters import RosterFlusher, RosterSQL
-from pystacker.messaging.store import MessageStore
+from pystacker.messaging.store import MessageStore, TargetNotFlushed
 from pystacker.observability import metrics
 
 log = logging.getLogger("pystacker.flusher")
@@ -84,8 +84,18 @@ class MessageFlusher:
             if not await self.engine.messages.batch_pending(batch.token):
                 raise _BatchForgotten()
 
+        async def target_pending(msg_id: int) -> bool:
+            return await self.engine.messages.unflushed_by_id(msg_id) is not None
+
         try:
-            await self.store.insert_batch(batch.messages, before_commit=still_taken)
+            await self.store.insert_batch(batch.messages, before_commit=still_taken, target_pending=target_pending)
+        except TargetNotFlushed as exc:
+            # Its message is in a batch a flusher took and did not confirm (it died): that batch is
+            # handed out again first, after the claim timeout, and this one after it.
+            self._unfinished = None
+            log.warning("a room event's message is not in SQL yet: the batch waits for it",
+                        extra={"msg_id": exc.args[0], "messages": len(batch.messages)})
+            return 0
         except _BatchForgotten:
             self._unfinished = None
             log.warning("the engine no longer holds this batch (a store restart lost it, or another flusher "

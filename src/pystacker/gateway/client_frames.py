@@ -12,6 +12,10 @@
   (messaging/typing_signals.py: at most one per user and room per 3 s; no answer).
 - `{"type":"presence_subscribe","user_ids":[...]}` (at most 200; replaces the previous list): a
   `presence` frame for each now, and again when one changes (gateway/presence_watch.py).
+- `{"type":"edit","message_id","content","client_msg_id"?,"ref"?}`, `{"type":"recall","message_id",...}` and
+  `{"type":"react","message_id","emoji","on",...}`: as POST /api/chat/edit_message, recall_message and
+  react (messaging/lifecycle.py), answered by `edit_ok`, `recall_ok` and `react_ok` with that route's
+  `data` (and `ref`) as payload. `send` takes `reply_to` too.
 - `{"type":"ping"}`: answered by `pong`.
 Anything else gets an `error` frame; the connection stays open. A `send` over the user's rate limit
 gets `error` with code 429 and `retry_after` (seconds) in its payload. `ref` (echoed in the answer) must
@@ -27,11 +31,12 @@ from pydantic import Field, StrictInt, StringConstraints, ValidationError
 
 from pystacker.gateway.connection import Connection, RawFrame
 from pystacker.gateway.presence_watch import PresenceWatch
-from pystacker.messaging.frames import batch_frame, chat_frame, encode, error_frame, send_result_frame
+from pystacker.messaging.frames import batch_frame, encode, entry_frame, error_frame, send_result_frame
 from pystacker.messaging.history import History
 from pystacker.messaging.membership import MembershipCache
 from pystacker.messaging.typing_signals import TypingSignals
 from pystacker.messaging.user_presence import MAX_WATCHED
+from pystacker.send.routes import EditRequest, ReactRequest, RecallRequest, SendRequest, change_answer, reaction_answer
 from pystacker.send.service import SendService
 from pystacker.web.envelope import ApiError
 from pystacker.web.ratelimit import RateLimited, TokenBucketLimiter
@@ -39,7 +44,8 @@ from pystacker.web.requests import RequestModel, describe
 
 PositiveId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
 MAX_SYNC_LIMIT = 200
-KNOWN_FRAME_TYPES = frozenset({"send", "ack", "sync", "read", "typing", "presence_subscribe", "ping"})  # the frame-in metric's `type` values
+KNOWN_FRAME_TYPES = frozenset({"send", "ack", "sync", "read", "typing", "presence_subscribe", "ping", "edit", "recall",
+                               "react"})  # the frame-in metric's `type` values
 MAX_REF_CHARS = 128
 MAX_SHOWN_TYPE_CHARS = 32
 REF_RULE = f"ref must be a string of at most {MAX_REF_CHARS} characters, a number, a boolean or null"
@@ -54,10 +60,19 @@ def echoable_ref(ref: Any) -> bool:
     return ref is None or isinstance(ref, (bool, float))
 
 
-class SendFrame(RequestModel):
-    room_id: PositiveId
-    content: Any = Field(...)
-    client_msg_id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")] | None = None
+class SendFrame(SendRequest):
+    ref: Any = None
+
+
+class EditFrame(EditRequest):
+    ref: Any = None
+
+
+class RecallFrame(RecallRequest):
+    ref: Any = None
+
+
+class ReactFrame(ReactRequest):
     ref: Any = None
 
 
@@ -136,13 +151,28 @@ class ClientFrames:
                 await self._typing(conn, TypingFrame.model_validate(data))
             elif kind == "presence_subscribe":
                 await self.watch.subscribe(conn, PresenceSubscribeFrame.model_validate(data).user_ids)
+            elif kind == "edit":
+                edit = EditFrame.model_validate(data)
+                change = await self.sender.changes.edit(conn.user_id, edit.message_id, edit.content,
+                                                        edit.client_msg_id, conn.device_id)
+                self._answer(conn, "edit_ok", change_answer(change), edit.ref)
+            elif kind == "recall":
+                recall = RecallFrame.model_validate(data)
+                change = await self.sender.changes.recall(conn.user_id, recall.message_id, recall.client_msg_id,
+                                                          conn.device_id)
+                self._answer(conn, "recall_ok", change_answer(change), recall.ref)
+            elif kind == "react":
+                react = ReactFrame.model_validate(data)
+                change = await self.sender.changes.react(conn.user_id, react.message_id, react.emoji, react.on,
+                                                         react.client_msg_id, conn.device_id)
+                self._answer(conn, "react_ok", reaction_answer(change, react.emoji, react.on), react.ref)
             elif kind == "ping":
                 self._reply(conn, {"id": -1, "type": "pong", "room_id": 0, "sender_id": 0, "payload": ref})
             elif isinstance(kind, str):  # shown cut short: the answer must not grow with the input
                 self._reply(conn, error_frame(400, f"unknown frame type: {kind[:MAX_SHOWN_TYPE_CHARS]!r}", ref=ref))
             else:  # repr() of a deep list hit Python's recursion limit: name the rule instead
                 self._reply(conn, error_frame(400, "a frame needs a string `type`: send, ack, sync, read, typing, "
-                                              "presence_subscribe or ping", ref=ref))
+                                              "presence_subscribe, edit, recall, react or ping", ref=ref))
         except ValidationError as exc:
             self._reply(conn, error_frame(400, describe(exc), ref=ref))
         except RateLimited as exc:
@@ -161,7 +191,7 @@ class ClientFrames:
         if self.send_limiter is not None:
             self.send_limiter.check(conn.user_id, "messages")
         appended = await self.sender.send(conn.user_id, frame.room_id, frame.content, frame.client_msg_id,
-                                          conn.device_id)
+                                          conn.device_id, reply_to=frame.reply_to)
         self._reply(conn, send_result_frame(appended.message, duplicate=appended.duplicate, ref=frame.ref))
 
     async def _sync(self, conn: Connection, frame: SyncFrame) -> None:
@@ -169,8 +199,15 @@ class ClientFrames:
             raise ApiError(403, "not a member of this room")
         messages = await self.history.after(frame.room_id, frame.after_seq, frame.limit + 1)
         has_more = len(messages) > frame.limit
-        chats = [chat_frame(m) for m in messages[: frame.limit]]
+        page = messages[: frame.limit]
+        quotes = await self.history.quotes(page)
+        chats = [f for m in page if (f := entry_frame(m, events=conn.events, quotes=quotes)) is not None]
         self._reply(conn, {**batch_frame(chats, room_id=frame.room_id, has_more=has_more), "ref": frame.ref})
+
+    @classmethod
+    def _answer(cls, conn: Connection, kind: str, data: dict[str, Any], ref: Any) -> None:
+        cls._reply(conn, {"id": -1, "type": kind, "room_id": data["room_id"], "sender_id": conn.user_id,
+                          "payload": {**data, "ref": ref}})
 
     @staticmethod
     def _reply(conn: Connection, frame: dict[str, Any]) -> None:

@@ -42,7 +42,7 @@ from aiohttp.http_writer import StreamWriter
 from pystacker.engine.base import DEFAULT_DEVICE, Cursors, StoredMessage
 from pystacker.gateway.wsframes import ping_frame, text_frame
 from pystacker.messaging.acks import EntryTracker
-from pystacker.messaging.frames import CLOSE_SLOW_CONSUMER, batch_frame, chat_frame, encode
+from pystacker.messaging.frames import CLOSE_SLOW_CONSUMER, batch_frame, encode, entry_frame, gostacker_event_frame
 from pystacker.messaging.history import History
 from pystacker.messaging.ordering import RoomSequencer, Verdict
 from pystacker.observability import tracing
@@ -81,6 +81,9 @@ class RoomPush:
     msg_id: int = 0  # only for the log line of the write (0: unknown)
     trace: Any = None  # the gateway's dispatch span: the write's span is its child (None: tracing off)
     frame: bytes = b""  # `text` as a complete WebSocket frame, shared by every target (built if empty)
+    # A room event: the entry (the frame differs for sockets that do not know events). None: a message,
+    # whose frame every socket gets.
+    event: StoredMessage | None = None
 
 
 @dataclass(slots=True)
@@ -90,6 +93,9 @@ class RawFrame:
     text: str
     entry_id: str | None = None
     sheddable: bool = False  # dropped when the queue is more than half full (a typing signal)
+    # A frame type of PyStacker's (read, typing): not sent to sockets that did not ask for them
+    # (`?events=1`), since GoStacker's clients know only its own types.
+    events_only: bool = False
 
 
 @dataclass(slots=True)
@@ -150,7 +156,7 @@ _NO_ROOMS: frozenset[int] = frozenset()
 
 class Connection:
     __slots__ = ("user_id", "device_id", "metrics", "ws", "transport", "history", "cursors", "tracker", "sequencer", "queue",
-                 "queue_size", "_started", "client_acks", "unsaved", "_written", "_probe", "_probe_ids",
+                 "queue_size", "_started", "client_acks", "events", "unsaved", "_written", "_probe", "_probe_ids",
                  "_probe_timer", "close_code", "_catching_up", "_behind", "_writer", "_burst", "_burst_bytes",
                  "_flush_scheduled")
 
@@ -170,6 +176,7 @@ class Connection:
         self.queue_size = queue_size
         self._started = False  # the writer may run (set by start, cleared by stop)
         self.client_acks = False  # the client acknowledges by seq: its acks, not our writes, move the cursor
+        self.events = False  # the client knows PyStacker's frames (`?events=1`), not only GoStacker's
         self.unsaved: dict[int, int] = {}  # room -> delivered seq not yet saved as the cursor
         # A client that never acks (GoStacker's) confirms by answering a ping sent after the frames:
         # a pong means its WebSocket library read everything before it. Written-but-unconfirmed
@@ -194,10 +201,14 @@ class Connection:
             return False
         if type(item) is RoomPush and self._write_now(item):
             return True
-        if type(item) is RawFrame and item.sheddable and len(self.queue) * 2 > self.queue_size:
-            self.metrics.typing_shed.inc()
-            self._settle(item)
-            return True  # dropped on purpose: nothing to hand on
+        if type(item) is RawFrame:
+            if item.events_only and not self.events:
+                self._settle(item)
+                return True  # not for this client
+            if item.sheddable and len(self.queue) * 2 > self.queue_size:
+                self.metrics.typing_shed.inc()
+                self._settle(item)
+                return True  # dropped on purpose: nothing to hand on
         if len(self.queue) < self.queue_size:
             if self.queue is _NO_ITEMS:
                 self.queue = deque()
@@ -229,7 +240,7 @@ class Connection:
 
     def _write_now(self, item: RoomPush) -> bool:
         """The fast path (module doc): True if the message was written, False to queue it."""
-        if (self._writer is not None or self.queue or not self._started or self._behind
+        if (self._writer is not None or self.queue or not self._started or self._behind or item.event is not None
                 or item.trace is not None or not self.sequencer.is_next(item.room_id, item.seq)):
             return False
         transport = self.transport
@@ -356,7 +367,14 @@ class Connection:
     def _gather(self, item: RoomPush) -> bool:
         """Add a live message's frame to the burst and count it delivered (it is written before the
         writer or the event loop waits for anything); True when the burst is full: write it now."""
-        frame = item.frame or text_frame(item.text)
+        if item.event is not None and not self.events:
+            legacy = gostacker_event_frame(item.event)
+            if legacy is None:  # nothing a GoStacker client can show: it is passed, not written
+                self._delivered(item.room_id, item.seq)
+                return False
+            frame = text_frame(encode(legacy))
+        else:
+            frame = item.frame or text_frame(item.text)
         self._burst.append(frame)
         self._burst_bytes += len(frame)
         self._delivered(item.room_id, item.seq)
@@ -421,8 +439,11 @@ class Connection:
                 log.warning("gap not fillable yet", extra={"user_id": self.user_id, "room_id": room_id,
                                                            "from_seq": self.sequencer.last(room_id) + 1})
                 return
+            quotes = await self.history.quotes(messages)
             for message in messages:
-                await self.ws.send_str(encode(chat_frame(message)))
+                frame = entry_frame(message, events=self.events, quotes=quotes)
+                if frame is not None:
+                    await self.ws.send_str(encode(frame))
                 self._delivered(room_id, message.seq)
                 self.metrics.frame_out("chat")
                 self.metrics.gap_filled.inc()
@@ -457,7 +478,10 @@ class Connection:
             self._catching_up = False
 
     async def _write_batch(self, room_id: int, messages: list[StoredMessage]) -> None:
-        await self.ws.send_str(encode(batch_frame([chat_frame(m) for m in messages])))
+        quotes = await self.history.quotes(messages)
+        frames = [f for m in messages if (f := entry_frame(m, events=self.events, quotes=quotes)) is not None]
+        if frames:  # (a GoStacker client is not sent reactions: a page of them alone is passed)
+            await self.ws.send_str(encode(batch_frame(frames)))
         self._delivered(room_id, messages[-1].seq)
         self.metrics.frame_out("batch")
         self.metrics.delivered.inc(len(messages))

@@ -57,6 +57,8 @@ class GatewayRoutes:
                   auth=Auth.WEBSOCKET, params=[
                       Param("catchup", {"type": "string"}, "`0`: no catch-up on connect (the client syncs itself)"),
                       Param("acks", {"type": "string"}, "`1`: the client's `ack` frames alone move its cursor"),
+                      Param("events", {"type": "string"}, "`1`: the client knows PyStacker's frames (read, typing, "
+                            "edit, recall, reaction); without it, only GoStacker's frame types are sent"),
                       Param("device_id", {"type": "string", "pattern": DEVICE_ID_PATTERN},
                             "This device (also the `X-Device-Id` header); none: `default`. Each device of a "
                             "user has its own socket and cursors")],
@@ -94,6 +96,9 @@ class GatewayRoutes:
         # `?acks=1`: the client acknowledges what it read, so its acks alone move its cursor, from the
         # first frame on (a message written into a socket that dies unread is then sent again).
         conn.client_acks = request.query.get("acks") == "1"
+        # `?events=1`: the client knows PyStacker's frames (read, typing, room events); without it,
+        # only GoStacker's types are sent (messaging/frames.py, gostacker_event_frame).
+        conn.events = request.query.get("events") == "1"
         self.service.metrics.connects.inc()
         self.service.metrics.connections.inc()
         try:

@@ -24,8 +24,9 @@ from pystacker.messaging.acks import EntryTracker
 from pystacker.messaging.cursors import CursorBook
 from pystacker.messaging.devices import DeviceCursors, Devices
 from pystacker.messaging.fanout import route_is_live
+from pystacker.messaging.events import is_event
 from pystacker.messaging.frames import (CLOSE_DEVICE_LIMIT, CLOSE_REPLACED, CLOSE_SHUTDOWN, PushEntry, ack_frame,
-                                       chat_frame, decode_entry, encode, read_frame, typing_frame)
+                                       chat_frame, decode_entry, encode, event_frame, read_frame, typing_frame)
 from pystacker.messaging.handoff import CATCH_UP, Handoff
 from pystacker.messaging.readstate import READ, ReadState
 from pystacker.messaging.typing_signals import TYPING
@@ -228,13 +229,15 @@ class GatewayService:
             if isinstance(item, CatchUp):
                 continue
             if replacement is not None:
-                replacement.offer(RoomPush(item.room_id, item.seq, item.text, msg_id=item.msg_id, frame=item.frame)
+                replacement.offer(RoomPush(item.room_id, item.seq, item.text, msg_id=item.msg_id, frame=item.frame,
+                                           event=item.event)
                                   if isinstance(item, RoomPush)
-                                  else RawFrame(item.text))
+                                  else RawFrame(item.text, events_only=item.events_only))
             elif isinstance(item, RoomPush):
+                entry = (PushEntry.for_message(item.event, [user_id]) if item.event is not None
+                         else entry_from_chat_frame(item.text, user_id))
                 try:
-                    reached = await self.handoff.to_users([user_id], entry_from_chat_frame(item.text, user_id),
-                                                          not_to=self.gateway_id)
+                    reached = await self.handoff.to_users([user_id], entry, not_to=self.gateway_id)
                     metrics.HANDED_ON.labels("gateway").inc(len(reached))
                 except Exception:
                     log.exception("hand-on failed; the user gets it by catch-up", extra={"user_id": user_id})
@@ -423,7 +426,11 @@ def _entry_item(push: PushEntry, entry_id: str | None, trace: Any = None) -> Ite
     """The entry's item, encoded once and offered to every target (connections only read items).
     `trace`: the dispatch span, parent of each member's socket write (None: tracing off)."""
     if push.type == "chat" and push.seq > 0:
-        text = encode(chat_frame(push.stored_message()))
+        entry = push.stored_message()
+        if is_event(entry):
+            text = encode(event_frame(entry))
+            return RoomPush(push.room_id, push.seq, text, entry_id, push.ts, push.msg_id, trace, text_frame(text), entry)
+        text = encode(chat_frame(entry, push.quote))
         frame = text_frame(text)  # the same bytes for every target's socket
         return RoomPush(push.room_id, push.seq, text, entry_id, push.ts, push.msg_id, trace, frame)
     if push.type == "ack":
@@ -431,9 +438,10 @@ def _entry_item(push: PushEntry, entry_id: str | None, trace: Any = None) -> Ite
     if push.type == CATCH_UP:
         return CatchUp(entry_id)
     if push.type == READ:  # ephemeral: no seq of the room, never in a catch-up
-        return RawFrame(encode(read_frame(push.room_id, push.sender_id, push.seq)), entry_id)
+        return RawFrame(encode(read_frame(push.room_id, push.sender_id, push.seq)), entry_id, events_only=True)
     if push.type == TYPING:  # ephemeral, and the first thing shed under load
-        return RawFrame(encode(typing_frame(push.room_id, push.sender_id)), entry_id, sheddable=True)
+        return RawFrame(encode(typing_frame(push.room_id, push.sender_id)), entry_id, sheddable=True,
+                        events_only=True)
     # A frame from GoStacker components (no seq): deliver as it is.
     return RawFrame(encode({"id": push.msg_id, "type": push.type, "room_id": push.room_id,
                             "sender_id": push.sender_id, "payload": push.payload}), entry_id)
@@ -444,4 +452,4 @@ def entry_from_chat_frame(text: str, user_id: int) -> PushEntry:
     frame = orjson.loads(text)
     return PushEntry("chat", frame["id"], frame["room_id"], frame["sender_id"], [user_id], frame["payload"],
                      frame.get("seq", 0), frame.get("client_msg_id"), frame.get("ts", 0),
-                     frame.get("content_type", "text"))
+                     frame.get("content_type", "text"), quote=frame.get("reply_to"))

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from pystacker.engine.base import StoredMessage
 from pystacker.web.envelope import ApiError
 
 MAX_CONTENT_BYTES = 16 * 1024  # the encoded payload; larger content is a file to upload, not a message
@@ -74,3 +75,18 @@ def parse_content(content: Any) -> tuple[str, dict[str, Any]]:
     if len(orjson.dumps(payload)) > MAX_CONTENT_BYTES:
         raise ApiError(413, f"Invalid content: larger than {MAX_CONTENT_BYTES} bytes")
     return kind, payload
+
+
+PREVIEW_CHARS = 80
+RECALLED_PREVIEW = "[message recalled]"
+
+
+def preview(message: StoredMessage) -> str:
+    """A short text for room lists, notifications and reply quotes: the start of a text, else the
+    kind of content in brackets."""
+    if message.recalled_by is not None:
+        return RECALLED_PREVIEW
+    text = message.content.get("text") if isinstance(message.content, dict) else None
+    if isinstance(text, str) and text:
+        return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS - 1] + "\u2026"
+    return f"[{message.type}]"

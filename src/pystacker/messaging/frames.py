@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from pystacker.engine.base import DEFAULT_DEVICE, StoredMessage
+from pystacker.messaging.events import EDIT, EVENT_TYPES, RECALL
 
 WELCOME_TEXT = "Connected to WebSocket server"
 INFO_OFFLINE_FAILED = "You have offline messages but failed to retrieve them."
@@ -34,8 +35,9 @@ def encode(frame: dict[str, Any]) -> str:
     return orjson.dumps(frame).decode()
 
 
-def chat_frame(message: StoredMessage) -> dict[str, Any]:
-    return {
+def chat_frame(message: StoredMessage, quote: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A message in its current state; `quote`: what it answers (History.quotes)."""
+    frame = {
         "id": message.msg_id,
         "type": "chat",
         "room_id": message.room_id,
@@ -47,6 +49,63 @@ def chat_frame(message: StoredMessage) -> dict[str, Any]:
         "id_str": str(message.msg_id),
         "content_type": message.type,
     }
+    if message.reply_to is not None:
+        frame["reply_to"] = quote or {"message_id": message.reply_to, "message_id_str": str(message.reply_to),
+                                      "sender_id": None, "preview": "", "recalled": False}
+    if message.edited_at_ms is not None:
+        frame["edited_at"] = message.edited_at_ms
+    if message.recalled_by is not None:
+        frame.update(recalled=True, recalled_by=message.recalled_by, recalled_at=message.recalled_at_ms)
+    return frame
+
+
+def event_frame(event: StoredMessage) -> dict[str, Any]:
+    """A room event (messaging/events.py) for clients that know events (`?events=1`)."""
+    body = event.content
+    target = int(body["message_id"])
+    frame: dict[str, Any] = {"id": event.msg_id, "id_str": str(event.msg_id), "type": event.type,
+                             "room_id": event.room_id, "sender_id": event.sender_id, "payload": None,
+                             "seq": event.seq, "ts": event.created_at_ms, "client_msg_id": event.client_msg_id,
+                             "message_id": target, "message_id_str": str(target)}
+    if event.type == EDIT:
+        frame.update(content=body.get("content"), edited_at=event.created_at_ms)
+    elif event.type == RECALL:
+        frame.update(by=event.sender_id, recalled_at=event.created_at_ms)
+    else:
+        frame.update(user_id=event.sender_id, emoji=body.get("emoji"), on=bool(body.get("on")),
+                     count=int(body.get("count", 0)))
+    return frame
+
+
+RECALLED_TEXT = "[message recalled]"
+
+
+def gostacker_event_frame(event: StoredMessage) -> dict[str, Any] | None:
+    """A room event as a GoStacker client can show it (it parses `chat` frames only): an edit or a
+    recall is a `chat` frame whose payload says which message it changed; a reaction is not sent."""
+    target = int(event.content["message_id"])
+    if event.type == EDIT:
+        new = dict(event.content.get("content") or {"type": "text", "text": RECALLED_TEXT})  # None: recalled since
+        kind = str(new.pop("type", "text"))
+        payload: dict[str, Any] = {**new, "edit_of": target}
+    elif event.type == RECALL:
+        kind, payload = "text", {"text": RECALLED_TEXT, "recall_of": target}
+    else:
+        return None
+    return {"id": event.msg_id, "type": "chat", "room_id": event.room_id, "sender_id": event.sender_id,
+            "payload": payload, "seq": event.seq, "client_msg_id": event.client_msg_id, "ts": event.created_at_ms,
+            "id_str": str(event.msg_id), "content_type": kind}
+
+
+def entry_frame(entry: StoredMessage, *, events: bool, quotes: dict[int, dict[str, Any]] | None = None
+                ) -> dict[str, Any] | None:
+    """The frame of one log entry for a socket that knows events or not (None: nothing to send)."""
+    if entry.type in EVENT_TYPES:
+        return event_frame(entry) if events else gostacker_event_frame(entry)
+    frame = chat_frame(entry, None if entry.reply_to is None or quotes is None else quotes.get(entry.reply_to))
+    if not events and entry.recalled_by is not None:  # a tombstone, as GoStacker's clients can show one
+        frame.update(payload={"text": RECALLED_TEXT}, content_type="text")
+    return frame
 
 
 def system_frame(text: str = WELCOME_TEXT, **extra: Any) -> dict[str, Any]:
@@ -118,6 +177,8 @@ class PushEntry:
     # For one device of each target only (an `ack` to the device that sent, a device to close);
     # None, and no key: every device of the targets.
     device_id: str | None = None
+    # A reply's quote of the message it answers (History.quotes); None, and no key, for the others.
+    quote: dict[str, Any] | None = None
 
     def encode(self) -> bytes:
         fields = {
@@ -129,12 +190,17 @@ class PushEntry:
             fields["TraceParent"] = self.trace_parent
         if self.device_id is not None:
             fields["DeviceID"] = self.device_id
+        if self.quote is not None:
+            fields["Quote"] = self.quote
         return orjson.dumps(fields)
 
     @classmethod
-    def for_message(cls, message: StoredMessage, target_ids: list[int], trace_parent: str | None = None) -> PushEntry:
+    def for_message(cls, message: StoredMessage, target_ids: list[int], trace_parent: str | None = None,
+                    quote: dict[str, Any] | None = None) -> PushEntry:
+        """A log entry (a message, or a room event) for those targets; `quote`: what a reply answers."""
         return cls("chat", message.msg_id, message.room_id, message.sender_id, target_ids, message.content,
-                   message.seq, message.client_msg_id, message.created_at_ms, message.type, trace_parent)
+                   message.seq, message.client_msg_id, message.created_at_ms, message.type, trace_parent,
+                   quote=quote)
 
     @classmethod
     def for_ack(cls, message: StoredMessage, trace_parent: str | None = None, device_id: str = DEFAULT_DEVICE) -> PushEntry:
@@ -145,8 +211,9 @@ class PushEntry:
 
     def stored_message(self) -> StoredMessage:
         payload = self.payload if isinstance(self.payload, dict) else {}
+        reply_to = self.quote.get("message_id") if self.quote is not None else None
         return StoredMessage(self.msg_id, self.room_id, self.seq, self.sender_id, self.content_type, payload,
-                             self.ts, self.client_msg_id)
+                             self.ts, self.client_msg_id, reply_to=reply_to if isinstance(reply_to, int) else None)
 
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -171,6 +238,7 @@ def decode_entry(raw: bytes | str) -> PushEntry:
         raise ValueError("inbox entry has bad target ids")
     trace_parent = _pick(data, "TraceParent", "trace_parent", None)
     device_id = _pick(data, "DeviceID", "device_id", None)
+    quote = _pick(data, "Quote", "quote", None)
     try:
         entry = PushEntry(
             type=str(_pick(data, "Type", "type", "chat")),
@@ -186,6 +254,7 @@ def decode_entry(raw: bytes | str) -> PushEntry:
             # Not a string: ignored (the entry is still delivered, outside any trace).
             trace_parent=trace_parent if isinstance(trace_parent, str) else None,
             device_id=device_id if isinstance(device_id, str) else None,
+            quote=quote if isinstance(quote, dict) else None,
         )
     except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int() of an infinite float
         raise ValueError(f"inbox entry has a bad field: {exc}") from None

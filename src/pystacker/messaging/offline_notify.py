@@ -35,7 +35,8 @@ import orjson
 
 from pystacker.client.backoff import Backoff
 from pystacker.engine.base import StoredMessage
-from pystacker.messaging.readstate import ReadState, preview
+from pystacker.messaging.content import preview
+from pystacker.messaging.readstate import ReadState
 from pystacker.observability import metrics
 
 log = logging.getLogger("pystacker.notify")

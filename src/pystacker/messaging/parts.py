@@ -37,9 +37,10 @@ class MessagingParts:
         members = MembershipCache(rosters)
         handoff = Handoff(engine, live)
         cursors = CursorBook(engine, store, members)
+        history = History(engine.messages, store)
         reading = ReadState(engine.messages, ReadMarks(engine, store),
-                            ReadNotifier(handoff, interval=read_receipt_interval), RoomKinds(store))
-        return cls(store=store, history=History(engine.messages, store), rosters=rosters, members=members,
+                            ReadNotifier(handoff, interval=read_receipt_interval), RoomKinds(store), history)
+        return cls(store=store, history=history, rosters=rosters, members=members,
                    cursors=cursors, live=live, handoff=handoff, reading=reading,
                    devices=Devices(cursors, DeviceStore(store.engine), engine, reading, backlog=device_backlog),
                    presence=Presence(engine, live))

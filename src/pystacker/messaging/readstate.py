@@ -23,9 +23,11 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from pystacker.engine.base import Engine, MessageLog, StoredMessage
+from pystacker.engine.base import Engine, LogEnd, MessageLog, StoredMessage
 from pystacker.messaging.frames import PushEntry
 from pystacker.messaging.handoff import Handoff
+from pystacker.messaging.content import preview
+from pystacker.messaging.events import is_event
 from pystacker.messaging.history import History
 from pystacker.messaging.store import MessageStore
 from pystacker.observability import metrics
@@ -208,21 +210,21 @@ class ReadNotifier:
 
 @dataclass(frozen=True, slots=True)
 class RoomReadState:
-    """One room as a reader sees it."""
+    """One room as a reader sees it: unread counts the messages after his read seq (room events,
+    edits and reactions, are not unread: the entries' msg_no counts messages only)."""
 
     last_seq: int
     read_seq: int
-
-    @property
-    def unread(self) -> int:
-        return max(self.last_seq - self.read_seq, 0)
+    unread: int
 
 
 class ReadState:
     """The read-state operations of the services; callers check who may read which room."""
 
-    def __init__(self, log: MessageLog, marks: ReadMarks, notifier: ReadNotifier, kinds: RoomKinds) -> None:
+    def __init__(self, log: MessageLog, marks: ReadMarks, notifier: ReadNotifier, kinds: RoomKinds,
+                 history: History) -> None:
         self.log = log
+        self.history = history
         self.marks = marks
         self.notifier = notifier
         self.kinds = kinds
@@ -242,9 +244,18 @@ class ReadState:
         return last, await self.marks.of_members(sorted(members), room_id, last)
 
     async def rooms(self, user_id: int, room_ids: Sequence[int]) -> dict[int, RoomReadState]:
-        last_seqs = await self.log.last_seqs(room_ids)
-        read_seqs = await self.marks.of(user_id, last_seqs)
-        return {room: RoomReadState(last, read_seqs[room]) for room, last in last_seqs.items()}
+        ends = await self.log.ends(room_ids)
+        read_seqs = await self.marks.of(user_id, {room: end.seq for room, end in ends.items()})
+        behind = [room for room, end in ends.items() if 0 < read_seqs[room] < end.seq]
+        # The msg_no where each mark stands (one entry read per room the reader is behind in).
+        read_nos = dict(zip(behind, await asyncio.gather(*(self._msg_no_at(room, read_seqs[room]) for room in behind)),
+                            strict=True))
+        return {room: RoomReadState(end.seq, read_seqs[room], _unread(end, read_seqs[room], read_nos.get(room)))
+                for room, end in ends.items()}
+
+    async def _msg_no_at(self, room_id: int, seq: int) -> int | None:
+        entry = await self.history.at(room_id, seq)
+        return None if entry is None else entry.msg_no
 
     async def joined(self, room_id: int, user_ids: Sequence[int]) -> None:
         """New members have read all that came before they joined: only what comes next is unread."""
@@ -252,15 +263,17 @@ class ReadState:
         await self.marks.advance_many([(user_id, room_id, last) for user_id in user_ids])
 
 
-PREVIEW_CHARS = 80
+def _unread(end: LogEnd, read_seq: int, read_no: int | None) -> int:
+    if read_seq >= end.seq:
+        return 0
+    if read_seq <= 0:
+        return end.msg_no
+    if read_no is None:  # the entry at the mark is not readable (a store that lost it): count seqs
+        return end.seq - read_seq
+    return max(end.msg_no - read_no, 0)
 
 
-def preview(message: StoredMessage) -> str:
-    """A short text for room lists: the start of a text, else the kind of content in brackets."""
-    text = message.content.get("text") if isinstance(message.content, dict) else None
-    if isinstance(text, str) and text:
-        return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS - 1] + "\u2026"
-    return f"[{message.type}]"
+LAST_MESSAGE_PAGE = 20
 
 
 async def room_summaries(reading: ReadState, history: History, user_id: int,
@@ -272,10 +285,17 @@ async def room_summaries(reading: ReadState, history: History, user_id: int,
     async def last_message(room_id: int, last_seq: int) -> dict[str, object] | None:
         if last_seq <= 0:
             return None
-        found = await history.before(room_id, last_seq + 1, 1)
-        if not found:
+        # The last message, not the last entry: paging back over the room events after it.
+        upper = last_seq + 1
+        message = None
+        while message is None and upper > 1:
+            found = await history.before(room_id, upper, LAST_MESSAGE_PAGE)
+            if not found:
+                return None
+            message = next((m for m in reversed(found) if not is_event(m)), None)
+            upper = found[0].seq
+        if message is None:
             return None
-        message = found[-1]
         return {"id": message.msg_id, "id_str": str(message.msg_id), "seq": message.seq,
                 "sender_id": message.sender_id, "content_type": message.type, "preview": preview(message),
                 "ts": message.created_at_ms}

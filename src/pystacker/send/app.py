@@ -33,7 +33,9 @@ def new_send_service(runtime: Runtime) -> SendService:
     fanout = Fanout(runtime.engine, parts.live, workers=config.send_dispatcher.gateway_worker_count,
                     queue_size=config.send_dispatcher.gateway_queue_size, read_marks=parts.reading.marks,
                     notifier=notifier)
-    return SendService(runtime.engine, parts.store, parts.members, fanout, runtime.ids, reading=parts.reading)
+    return SendService(runtime.engine, parts.store, parts.members, fanout, runtime.ids, reading=parts.reading,
+                       rosters=parts.rosters, edit_window_s=config.limits.edit_window_s,
+                       recall_window_s=config.limits.recall_window_s)
 
 
 def build_send_app(runtime: Runtime, *, port: int) -> web.Application:

@@ -16,6 +16,7 @@ from collections.abc import Collection
 from typing import Any
 
 from pystacker.engine.base import DEFAULT_DEVICE, Engine, StoredMessage, UserRoute
+from pystacker.messaging.events import is_event
 from pystacker.messaging.handoff import LiveGateways
 from pystacker.messaging.fanout import plan_fanout
 from pystacker.messaging.frames import PushEntry
@@ -27,10 +28,10 @@ log = logging.getLogger("pystacker.send.fanout")
 
 
 class FanoutJob:
-    __slots__ = ("message", "members", "routes", "ack_sender", "trace", "ack_device", "new")
+    __slots__ = ("message", "members", "routes", "ack_sender", "trace", "ack_device", "new", "quote")
 
     def __init__(self, message: StoredMessage, members: Collection[int], routes: dict[int, UserRoute] | None,
-                 ack_sender: bool, trace: Any, ack_device: str, new: bool) -> None:
+                 ack_sender: bool, trace: Any, ack_device: str, new: bool, quote: dict[str, Any] | None) -> None:
         self.message = message
         self.members = members
         self.routes = routes  # the members' routes read after the append (None: read them when pushing)
@@ -38,6 +39,7 @@ class FanoutJob:
         self.trace = trace  # the send span the fan-out continues (None: tracing off)
         self.ack_device = ack_device  # the sender's device that sent: it gets the ack
         self.new = new  # first push of the message (not a duplicate or a resend): offline members are notified
+        self.quote = quote  # a reply's quote of the message it answers
 
 
 class Fanout:
@@ -58,11 +60,11 @@ class Fanout:
 
     async def submit(self, message: StoredMessage, members: Collection[int], *, ack_sender: bool = True,
                      routes: dict[int, UserRoute] | None = None, trace: Any = None,
-                     ack_device: str = DEFAULT_DEVICE, new: bool = False) -> None:
+                     ack_device: str = DEFAULT_DEVICE, new: bool = False, quote: dict[str, Any] | None = None) -> None:
         """Queue the push; waits while the room's worker queue is full. `routes`: the members' routes,
         read after the message was appended (None: read when pushing). `trace`: the span of the send."""
         await self._queues[message.room_id % len(self._queues)].put(
-            FanoutJob(message, members, routes, ack_sender, trace, ack_device, new))
+            FanoutJob(message, members, routes, ack_sender, trace, ack_device, new, quote))
 
     async def drain(self, timeout: float) -> None:
         """Let queued pushes finish (graceful stop)."""
@@ -84,7 +86,7 @@ class Fanout:
             job = await queue.get()
             try:
                 await self.push(job.message, job.members, ack_sender=job.ack_sender, routes=job.routes,
-                                trace=job.trace, ack_device=job.ack_device, new=job.new)
+                                trace=job.trace, ack_device=job.ack_device, new=job.new, quote=job.quote)
             except Exception:
                 self.failures += 1
                 metrics.FANOUT_FAILURES.inc()
@@ -95,7 +97,7 @@ class Fanout:
 
     async def push(self, message: StoredMessage, members: Collection[int], *, ack_sender: bool = True,
                    routes: dict[int, UserRoute] | None = None, trace: Any = None,
-                   ack_device: str = DEFAULT_DEVICE, new: bool = False) -> None:
+                   ack_device: str = DEFAULT_DEVICE, new: bool = False, quote: dict[str, Any] | None = None) -> None:
         """`trace`: the send's span, continued by a fan-out span whose context goes into the entries
         (None, tracing off: no span, and the entries carry no trace key)."""
         span = None if trace is None else tracing.start_span(
@@ -105,7 +107,7 @@ class Fanout:
             if routes is None:
                 routes = await self.engine.registry.get_routes(list(members))
             plan = plan_fanout(members, routes, await self.live.get())
-            entries = [(gateway_id, PushEntry.for_message(message, targets, trace_parent).encode())
+            entries = [(gateway_id, PushEntry.for_message(message, targets, trace_parent, quote).encode())
                        for gateway_id, targets in plan.by_gateway.items()]
             sender_record = routes.get(message.sender_id)
             sender_route = None
@@ -125,9 +127,10 @@ class Fanout:
                 await self._add(entries)
             if new and self.notifier is not None and plan.offline:
                 self.notifier.offer(message, plan.offline)
-            if self.read_marks is not None:
+            if self.read_marks is not None and not is_event(message):
                 # After the copies, so the delivery waits for nothing; the sender's own message is
                 # then never unread (a mark only moves forward: a resent old message changes nothing).
+                # A room event is never unread: it moves nobody's mark, its author's included.
                 await self.read_marks.advance_many([(message.sender_id, message.room_id, message.seq)])
         except BaseException as exc:
             if span is not None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import Field, StrictInt, StringConstraints, WithJsonSchema
+from pydantic import AfterValidator, Field, StrictBool, StrictInt, StringConstraints, WithJsonSchema
 
 from pystacker.engine.base import StoredMessage
 from pystacker.messaging.content import content_json_schema
-from pystacker.messaging.frames import chat_frame
+from pystacker.messaging.lifecycle import Change
 from pystacker.send.service import SendService
 from pystacker.messaging.user_presence import MAX_WATCHED, Presence
 from pystacker.web.auth import identity
@@ -28,9 +28,46 @@ ClientMsgId = Annotated[str, StringConstraints(min_length=1, max_length=64, patt
 Content = Annotated[Any, WithJsonSchema(content_json_schema())]
 
 
+# A message id as a number or as its decimal string (`id_str`): JavaScript cannot hold 64-bit numbers.
+MessageRef = Annotated[PositiveId | Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,18}$")],
+                       AfterValidator(int), Field(description="a message id, as a number or a decimal string")]
+
+
+def _within_64_bits(value: int) -> int:
+    if value > 2**63 - 1:
+        raise ValueError("must be at most 2^63-1")
+    return value
+
+
+MessageId = Annotated[MessageRef, AfterValidator(_within_64_bits)]
+
+
 class SendRequest(RequestModel):
     room_id: PositiveId
     content: Content = Field(...)
+    client_msg_id: ClientMsgId | None = None
+    reply_to: MessageId | None = None
+
+
+class EditRequest(RequestModel):
+    message_id: MessageId
+    content: Content = Field(...)
+    client_msg_id: ClientMsgId | None = None
+
+
+class RecallRequest(RequestModel):
+    message_id: MessageId
+    client_msg_id: ClientMsgId | None = None
+
+
+class HideRequest(RequestModel):
+    message_id: MessageId
+
+
+class ReactRequest(RequestModel):
+    message_id: MessageId
+    emoji: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    on: StrictBool = True
     client_msg_id: ClientMsgId | None = None
 
 
@@ -45,6 +82,7 @@ class HistoryQuery(RequestModel):
     after_seq: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
     before_seq: Annotated[int, Field(gt=0, le=2**63 - 1)] | None = None
     limit: Annotated[int, Field(ge=1, le=200)] = 50
+    events: Annotated[int, Field(ge=0, le=1)] = 0
 
 
 Seq = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
@@ -87,9 +125,16 @@ CHAT_FRAME = component("ChatFrame", obj({
     "id": ID, "type": {"const": "chat"}, "room_id": ID, "sender_id": ID,
     "payload": {"type": "object", "description": "the content without its `type` key"},
     "seq": ID, "client_msg_id": nullable(STRING), "ts": INTEGER, "id_str": STRING, "content_type": STRING}))
-HISTORY_PAGE = component("HistoryPage", obj({
+HISTORY_PAGE = component("HistoryPage", {**obj({
     "room_id": ID, "last_seq": {"type": "integer", "minimum": 0}, "has_more": BOOLEAN,
-    "messages": array(CHAT_FRAME)}))
+    "messages": array(CHAT_FRAME), "events": array({"type": "object"})}), "required": ["room_id", "last_seq", "has_more"]})
+CHANGE_ANSWER = component("MessageChange", obj({
+    "message_id": ID, "message_id_str": STRING, "room_id": ID, "seq": nullable(ID), "duplicate": BOOLEAN}))
+REACTION_ANSWER = component("ReactionChange", obj({
+    "message_id": ID, "message_id_str": STRING, "room_id": ID, "emoji": STRING, "on": BOOLEAN, "count": INTEGER,
+    "seq": nullable(ID), "duplicate": BOOLEAN}))
+CHANGE_ERRORS = {403: "not allowed to change this message", 404: "message not found",
+                 409: "the message was recalled, or its window has passed"}
 READ_MARK = component("ReadMark", obj({"room_id": ID, "user_id": ID, "seq": {"type": "integer", "minimum": 0}}))
 READ_STATE = component("RoomReadState", obj({
     "room_id": ID, "last_seq": {"type": "integer", "minimum": 0},
@@ -103,6 +148,17 @@ TAGS_MESSAGES, TAGS_INTERNAL, TAGS_READ = ("messages",), ("internal",), ("read s
 def send_answer(message: StoredMessage, duplicate: bool) -> dict[str, Any]:
     return {"msgID": message.msg_id, "id_str": str(message.msg_id), "seq": message.seq,
             "room_id": message.room_id, "client_msg_id": message.client_msg_id, "duplicate": duplicate}
+
+
+def change_answer(change: Change) -> dict[str, Any]:
+    event = change.event
+    return {"message_id": change.message.msg_id, "message_id_str": str(change.message.msg_id),
+            "room_id": change.message.room_id, "seq": None if event is None else event.message.seq,
+            "edited_at": change.message.edited_at_ms, "duplicate": event is not None and event.duplicate}
+
+
+def reaction_answer(change: Change, emoji: str, on: bool) -> dict[str, Any]:
+    return {**change_answer(change), "emoji": emoji, "on": on, "count": change.count}
 
 
 class SendRoutes:
@@ -125,8 +181,30 @@ class SendRoutes:
                   "Push a stored message of the caller's again", auth=Auth.BEARER, body=ResendRequest,
                   errors=(401, 403, 404), error_text={401: "missing or invalid token, or not the sender"},
                   tags=TAGS_MESSAGES),
+            Route("POST", "/api/chat/edit_message", self.edit_message,
+                  "Edit a message of the caller's (within limits.edit_window_s): a room event with its own seq, "
+                  "pushed to every member's devices as an `edit` frame", auth=Auth.BEARER, body=EditRequest,
+                  reply=Reply(envelope(CHANGE_ANSWER)), errors=(403, 404, 409, 413), error_text=CHANGE_ERRORS,
+                  tags=TAGS_MESSAGES),
+            Route("POST", "/api/chat/recall_message", self.recall_message,
+                  "Recall a message for everyone: its sender within limits.recall_window_s, the room's owner and "
+                  "admins at any time; the content is removed and a tombstone stays (a `recall` frame to everyone)",
+                  auth=Auth.BEARER, body=RecallRequest, reply=Reply(envelope(CHANGE_ANSWER)), errors=(403, 404, 409),
+                  error_text=CHANGE_ERRORS, tags=TAGS_MESSAGES),
+            Route("POST", "/api/chat/hide_message", self.hide_message,
+                  "Delete a message for the caller only: left out of his history on every device; nobody is told",
+                  auth=Auth.BEARER, body=HideRequest, reply=Reply(envelope(CHANGE_ANSWER)), errors=(403, 404),
+                  error_text=CHANGE_ERRORS, tags=TAGS_MESSAGES),
+            Route("POST", "/api/chat/react", self.react,
+                  "Add (on) or remove a reaction of the caller's: a `reaction` room event when it changes something "
+                  "(at most 20 distinct emoji per message, each at most 32 bytes)", auth=Auth.BEARER,
+                  body=ReactRequest, reply=Reply(envelope(REACTION_ANSWER)), errors=(403, 404, 409),
+                  error_text={**CHANGE_ERRORS, 409: "the message was recalled, or has 20 distinct emoji"},
+                  tags=TAGS_MESSAGES),
             Route("GET", "/api/chat/history", self.history,
-                  "A page of a room's messages: ascending after after_seq, else the newest before before_seq",
+                  "A page of a room's messages in their current state (edits, tombstones, reactions; without those "
+                  "the caller hid): ascending after after_seq, else the newest before before_seq. events=1: every "
+                  "entry of the room's log (messages and room events) as frames, by seq",
                   auth=Auth.BEARER, params=HistoryQuery, reply=Reply(envelope(HISTORY_PAGE)), errors=(403, 404),
                   tags=TAGS_MESSAGES),
             Route("POST", "/api/chat/read", self.read,
@@ -154,8 +232,32 @@ class SendRoutes:
         if self.send_limiter is not None:  # after parsing: a malformed request is a 400 and costs nothing
             self.send_limiter.check(identity(request).user_id, "messages")
         appended = await self.service.send(identity(request).user_id, body.room_id, body.content, body.client_msg_id,
-                                           request_device(request))
+                                           request_device(request), reply_to=body.reply_to)
         return ok("success", send_answer(appended.message, appended.duplicate))
+
+    async def edit_message(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, EditRequest)
+        change = await self.service.changes.edit(identity(request).user_id, body.message_id, body.content,
+                                                 body.client_msg_id, request_device(request))
+        return ok("success", change_answer(change))
+
+    async def recall_message(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, RecallRequest)
+        change = await self.service.changes.recall(identity(request).user_id, body.message_id, body.client_msg_id,
+                                                   request_device(request))
+        return ok("success", change_answer(change))
+
+    async def hide_message(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, HideRequest)
+        hidden = await self.service.changes.hide(identity(request).user_id, body.message_id)
+        return ok("success", {"message_id": hidden.msg_id, "message_id_str": str(hidden.msg_id),
+                              "room_id": hidden.room_id})
+
+    async def react(self, request: web.Request) -> web.Response:
+        body = await parse_json(request, ReactRequest)
+        change = await self.service.changes.react(identity(request).user_id, body.message_id, body.emoji, body.on,
+                                                  body.client_msg_id, request_device(request))
+        return ok("success", reaction_answer(change, body.emoji, body.on))
 
     async def resend_message(self, request: web.Request) -> web.Response:
         body = await parse_json(request, ResendRequest)
@@ -164,14 +266,15 @@ class SendRoutes:
 
     async def history(self, request: web.Request) -> web.Response:
         query = parse_query(request, HistoryQuery)
-        messages, last_seq = await self.service.room_history(
+        page = await self.service.room_history(
             identity(request).user_id, query.room_id, after_seq=query.after_seq, before_seq=query.before_seq,
-            limit=query.limit)
-        first = messages[0].seq if messages else None
-        has_more = (messages[-1].seq < last_seq) if query.after_seq is not None and messages else (
+            limit=query.limit, events=bool(query.events))
+        entries, last_seq = page.entries, page.last_seq
+        first = entries[0].seq if entries else None
+        has_more = (entries[-1].seq < last_seq) if query.after_seq is not None and entries else (
             first is not None and first > 1)
         return ok("ok", {"room_id": query.room_id, "last_seq": last_seq, "has_more": has_more,
-                         "messages": [chat_frame(m) for m in messages]})
+                         "events" if query.events else "messages": page.frames})
 
     async def read(self, request: web.Request) -> web.Response:
         body = await parse_json(request, ReadRequest)
