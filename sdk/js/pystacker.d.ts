@@ -81,7 +81,8 @@ interface RoomEventBase {
 
 export interface EditEvent extends RoomEventBase {
   kind: 'edit';
-  content: Content;
+  /** Null when the message was recalled since (a recall blanks its edits; its recall event follows). */
+  content: Content | null;
   /** The new text of a text message, else null. */
   text: string | null;
   editedAt: number | null;

@@ -191,10 +191,11 @@ export function eventFromFrame(frame) {
     messageId: String(frame.message_id_str ?? frame.message_id ?? ''),
   };
   if (frame.type === 'edit') {
-    const content = frame.content && typeof frame.content === 'object' ? frame.content : {};
-    const type = String(content.type || 'text');
-    return { ...event, content: { ...content, type },
-      text: type === 'text' && typeof content.text === 'string' ? content.text : null,
+    // No content: the message was recalled since (a recall blanks its edits; its recall event follows).
+    if (!frame.content || typeof frame.content !== 'object') return { ...event, content: null, text: null, editedAt: msOrNull(frame.edited_at) };
+    const type = String(frame.content.type || 'text');
+    return { ...event, content: { ...frame.content, type },
+      text: type === 'text' && typeof frame.content.text === 'string' ? frame.content.text : null,
       editedAt: msOrNull(frame.edited_at) };
   }
   if (frame.type === 'recall') {
@@ -223,6 +224,7 @@ function entriesOf(frames) {
  *  decides `me` of a reaction. A reply's quote follows an edit or a recall of the message it quotes. */
 export function applyEvent(message, event, myUserId = null) {
   if (!message || !event) return message;
+  if (event.kind === 'edit' && !event.content) return message; // a blanked edit: the recall that blanked it follows
   if (event.messageId !== message.id) {
     const quoted = message.replyTo;
     if (!quoted || quoted.messageId !== event.messageId) return message;

@@ -115,6 +115,9 @@ test('events apply to messages: edits, recalls, reactions and reply quotes, idem
   equal(applyEvent(tombstone, edit).text, null, 'an edit never revives a tombstone');
   equal(applyEvent(reply, recall).replyTo, { messageId: big, senderId: 1, preview: '', recalled: true }, 'the quote of a recalled message');
   equal(eventFromFrame({ type: 'chat', id: 1 }), null, 'a chat frame is no event');
+  const blanked = eventFromFrame(frame('edit', 3, { sender_id: 1, content: null, edited_at: 1000 }));
+  equal([blanked.content, blanked.text], [null, null], 'an edit blanked by a later recall has no content');
+  equal([applyEvent(original, blanked), applyEvent(reply, blanked)], [original, reply], 'and changes nothing');
 
   const fromHistory = messageFromFrame({ type: 'chat', id: 6, id_str: '6', room_id: 7, seq: 9, sender_id: 1, payload: {},
     recalled: true, recalled_by: 4, recalled_at: 3000, reactions: [{ emoji: '🎉', count: 2, me: true }] });
@@ -389,15 +392,19 @@ test('a client that was away gets edits, reactions and recalls in its catch-up, 
   await ann.edit(first.id, 'edited while bob was away');
   await ann.react(first.id, '😮');
   const second = await ann.send(roomId, 'second');
+  await ann.edit(second.id, 'second, edited');
   await ann.recall(second.id);
   await connected(bob);
-  await eventually(() => bobLog.length === 5, 'bob catches up on the events too');
-  equal(bobLog.map((e) => [e.kind, e.seq]), [['message', 1], ['edit', 2], ['reaction', 3], ['message', 4], ['recall', 5]],
+  await eventually(() => bobLog.length === 6, 'bob catches up on the events too');
+  equal(bobLog.map((e) => [e.kind, e.seq]),
+    [['message', 1], ['edit', 2], ['reaction', 3], ['message', 4], ['edit', 5], ['recall', 6]],
     'messages and events in seq order, once each');
-  equal(bob.position(roomId), 5, 'the position counts the events');
-  let shown = bobLog[0];
-  for (const event of bobLog.slice(1, 3)) shown = applyEvent(shown, event, bob.userId);
-  equal([shown.text, shown.reactions], ['edited while bob was away', [{ emoji: '😮', count: 1, me: false }]], 'applied');
+  equal(bob.position(roomId), 6, 'the position counts the events');
+  const replay = (message) => bobLog.slice(1).reduce((m, event) => applyEvent(m, event, bob.userId), message);
+  const firstNow = replay(bobLog[0]);
+  equal([firstNow.text, firstNow.reactions], ['edited while bob was away', [{ emoji: '😮', count: 1, me: false }]], 'applied');
+  const secondNow = replay(bobLog[3]);
+  equal([secondNow.recalled, secondNow.text, secondNow.recalledBy], [true, null, ann.userId], 'the recalled one is a tombstone');
 });
 
 test('an edit or a reaction made while disconnected goes out after the reconnect, once', async (settings) => {
