@@ -113,6 +113,17 @@ async def test_the_key_belongs_to_its_sender(engine: Engine) -> None:
     assert [a.message.seq for a in [first, other_sender, other_key, *no_key]] == [1, 2, 3, 4, 5]
 
 
+async def test_the_key_belongs_to_its_room(engine: Engine) -> None:
+    """The scope is (room, sender, key) on every engine, as SQL's unique key: the same key in two
+    rooms is two messages (on a Redis Cluster a key must live in its room's slot)."""
+    room_id, other_room = unique_int(), unique_int()
+    first = await engine.messages.append(new_message(room_id, sender_id=1, client_msg_id="same"))
+    other = await engine.messages.append(new_message(other_room, sender_id=1, client_msg_id="same"))
+    again = await engine.messages.append(new_message(room_id, sender_id=1, client_msg_id="same"))
+    assert not first.duplicate and not other.duplicate and other.message.room_id == other_room
+    assert again.duplicate and again.message == first.message
+
+
 async def test_concurrent_retries_store_one_message(engine: Engine) -> None:
     room_id = unique_int()
     appended = await asyncio.gather(

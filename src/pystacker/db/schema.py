@@ -113,8 +113,9 @@ chat_messages = Table(
     # How many messages the room holds up to this row (a room event adds none): unread counts.
     Column("msg_no", BigInteger, nullable=False, server_default="0"),
     UniqueConstraint("room_id", "seq"),
-    # A retried send carries the same client_msg_id; at most one message per sender and key.
-    UniqueConstraint("sender_id", "client_msg_id"),
+    # A retried send carries the same client_msg_id; at most one entry per room, sender and key (the
+    # engines' idempotency scope: on a Redis Cluster a key must live in its room's slot).
+    UniqueConstraint("room_id", "sender_id", "client_msg_id"),
     Index(None, "target_id"),
 )
 

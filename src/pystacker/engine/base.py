@@ -157,7 +157,7 @@ SeqSeed = Callable[[int], Awaitable[LogEnd]]
 class MessageLog(Protocol):
     async def append(self, message: NewMessage) -> Appended:
         """Allocate the room's next seq (and msg_no) and store the message, atomically; idempotent on
-        (sender_id, client_msg_id) for `idempotency_ttl` seconds."""
+        (room_id, sender_id, client_msg_id) for `idempotency_ttl` seconds (SQL's unique key too)."""
 
     async def append_event(self, event: NewMessage, change: TargetChange) -> Appended | None:
         """Append a room event as `append` does, except that it adds no msg_no (idempotent on its

@@ -263,6 +263,23 @@ class _Room:
     seed_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _unexpired(entries: OrderedDict[_K, tuple[_V, float]], key: _K) -> _V | None:
+    """The value of `key` unless expired, in a map of (value, expiry) kept in expiry order: the
+    expired ones are dropped from its front first."""
+    now = time.monotonic()
+    while entries:
+        oldest, (_, expires_at) = next(iter(entries.items()))
+        if expires_at > now:
+            break
+        del entries[oldest]
+    found = entries.get(key)
+    return found[0] if found is not None else None
+
+
 @dataclass(slots=True)
 class _Batch:
     messages: list[StoredMessage]
@@ -276,9 +293,9 @@ class MemoryMessageLog:
         self._last_seq: dict[int, int] = {}  # the seq counters; a room missing here gets seeded
         self._last_no: dict[int, int] = {}  # the msg_no counters, seeded with them
         self._rooms: dict[int, _Room] = {}
-        # (sender_id, client_msg_id) -> (first message, expiry). Every key lives idempotency_ttl, so
+        # (room_id, sender_id, client_msg_id) -> (first message, expiry). Every key lives idempotency_ttl, so
         # insertion order is expiry order and expired keys are purged from the front.
-        self._first_of_key: OrderedDict[tuple[int, str], tuple[StoredMessage, float]] = OrderedDict()
+        self._first_of_key: OrderedDict[tuple[int, int, str], tuple[StoredMessage, float]] = OrderedDict()
         self._flush_queue: deque[StoredMessage] = deque()  # not yet taken by a flusher, oldest first
         self._unflushed_by_id: dict[int, StoredMessage] = {}  # every message SQL may not have yet
         # msg id -> (revision record, expiry), in expiry order (TargetChange).
@@ -327,14 +344,8 @@ class MemoryMessageLog:
         return self._revision_of(msg_id)
 
     def _revision_of(self, msg_id: int) -> str | None:
-        now = time.monotonic()
-        while self._revisions:  # every record lives idempotency_ttl from its last change: oldest first
-            oldest, (_, expires_at) = next(iter(self._revisions.items()))
-            if expires_at > now:
-                break
-            del self._revisions[oldest]
-        found = self._revisions.get(msg_id)
-        return found[0] if found is not None else None
+        # Every record lives idempotency_ttl from its last change: the map is in expiry order.
+        return _unexpired(self._revisions, msg_id)
 
     def _patch(self, entry: StoredMessage) -> None:
         """Replace the window's copy of the entry (and the idempotency key's, and the unflushed
@@ -347,7 +358,7 @@ class MemoryMessageLog:
         if entry.msg_id in self._unflushed_by_id:
             self._unflushed_by_id[entry.msg_id] = entry
         if entry.client_msg_id is not None:
-            key = (entry.sender_id, entry.client_msg_id)
+            key = (entry.room_id, entry.sender_id, entry.client_msg_id)
             kept = self._first_of_key.get(key)
             if kept is not None and kept[0].msg_id == entry.msg_id:
                 self._first_of_key[key] = (entry, kept[1])
@@ -355,7 +366,7 @@ class MemoryMessageLog:
     def _duplicate_of(self, message: NewMessage) -> Appended | None:
         if message.client_msg_id is None:
             return None
-        first = self._remembered((message.sender_id, message.client_msg_id))
+        first = self._remembered((message.room_id, message.sender_id, message.client_msg_id))
         return Appended(first, duplicate=True) if first is not None else None
 
     def _store(self, message: NewMessage, *, counts: bool) -> Appended:
@@ -373,20 +384,13 @@ class MemoryMessageLog:
         self._flush_queue.append(stored)
         self._unflushed_by_id[stored.msg_id] = stored
         if message.client_msg_id is not None:
-            self._first_of_key[(message.sender_id, message.client_msg_id)] = (
+            self._first_of_key[(message.room_id, message.sender_id, message.client_msg_id)] = (
                 stored, time.monotonic() + self._settings.idempotency_ttl)
         self._trim_window(room)
         return Appended(stored, duplicate=False)
 
-    def _remembered(self, key: tuple[int, str]) -> StoredMessage | None:
-        now = time.monotonic()
-        while self._first_of_key:
-            oldest_key, (_, expires_at) = next(iter(self._first_of_key.items()))
-            if expires_at > now:
-                break
-            del self._first_of_key[oldest_key]
-        found = self._first_of_key.get(key)
-        return found[0] if found is not None else None
+    def _remembered(self, key: tuple[int, int, str]) -> StoredMessage | None:
+        return _unexpired(self._first_of_key, key)
 
     def _trim_window(self, room: _Room) -> None:
         while len(room.window) > self._settings.window_size and room.window[0].seq not in room.unflushed:
@@ -567,8 +571,6 @@ class MemoryRosters:
 
 # -- registry ---------------------------------------------------------------------------------------
 
-_K = TypeVar("_K")
-_V = TypeVar("_V")
 
 
 def _same(value: _V) -> _V:

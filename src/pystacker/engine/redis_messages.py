@@ -8,9 +8,8 @@ Keys (redis_keys.py), all of one room in its partition's hash tag `{<prefix>pyst
 - `unfl:ids`: one HASH per partition, msg id -> "<room>:<seq>" of its unconfirmed messages, so that a
   message is found by id (resend) before SQL has it;
 - `idem:<room>:<sender>:<client_msg_id>`: the first message sent under that key, for idempotency_ttl.
-  The key includes the room, so idempotency is per (room, sender, client_msg_id): a client reusing one
-  client_msg_id in two rooms gets two messages (the memory engine would answer the first). Rooms must
-  be in the key: on a cluster, a script may only touch the slot of its room;
+  Idempotency is per (room, sender, client_msg_id), on both engines and in SQL's unique key: the room
+  must be in the key, since on a cluster a script may only touch the slot of its room;
 - `flush`: one stream per partition, read through the consumer group `flushers`. Its entry ids are
   server time in microseconds (kept strictly increasing), so take_batch can merge the partitions
   oldest first. A batch is the partitions' entries it took; confirming it XACKs and XDELs them.
@@ -359,12 +358,6 @@ class RedisMessageLog:
         pipe.set(keys[1], int(end.msg_no), nx=True)
         await pipe.execute()
 
-    async def _counters(self, room_ids: Sequence[int]) -> list[bytes | None]:
-        pipe = pipeline(self._client)
-        for room_id in room_ids:
-            pipe.get(self._keys.seq(room_id))
-        return list(await pipe.execute())
-
     # -- MessageLog -------------------------------------------------------------------------------------
 
     async def append(self, message: NewMessage) -> Appended:
@@ -468,17 +461,7 @@ class RedisMessageLog:
         raise RuntimeError(f"the seq counter of room {room_id} keeps vanishing after seeding")
 
     async def last_seqs(self, room_ids: Sequence[int]) -> dict[int, int]:
-        rooms = list(dict.fromkeys(room_ids))
-        found: dict[int, int] = {}
-        for _ in range(SEED_ATTEMPTS + 1):
-            missing = [room for room in rooms if room not in found]
-            if not missing:
-                return found
-            values = await self._counters(missing)
-            found.update({room: int(value) for room, value in zip(missing, values, strict=True) if value is not None})
-            # Seeded like append: 0 for a lost counter would hide SQL's messages from the catch-up.
-            await asyncio.gather(*(self._seed(room) for room in missing if room not in found))
-        raise RuntimeError(f"seq counters keep vanishing after seeding: rooms {missing}")
+        return {room: end.seq for room, end in (await self.ends(room_ids)).items()}
 
     async def ends(self, room_ids: Sequence[int]) -> dict[int, LogEnd]:
         rooms = list(dict.fromkeys(room_ids))
@@ -496,6 +479,7 @@ class RedisMessageLog:
                 seq, msg_no = values[2 * index], values[2 * index + 1]
                 if seq is not None and msg_no is not None:
                     found[room] = LogEnd(int(seq), int(msg_no))
+            # Seeded like append: 0 for a lost counter would hide SQL's messages from the catch-up.
             await asyncio.gather(*(self._seed(room) for room in missing if room not in found))
         raise RuntimeError(f"log counters keep vanishing after seeding: rooms {missing}")
 
