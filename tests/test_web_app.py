@@ -331,11 +331,16 @@ async def test_replies_edits_reactions_recalls_and_hiding_live_and_after_a_reloa
     await bob.open_room(room)
     await expect_texts(bob, [question])
 
-    # Bob replies: both see the quote of Ann's question above his answer.
+    # Bob replies (Escape drops a reply he started): both see the quote of Ann's question above his answer.
+    context = bob.page.locator("#composer-context")
     await bob.message(question).get_by_role("button", name="Reply").click()
-    await expect(bob.page.locator("#composer-context")).to_contain_text(f"Replying to {ann.name}:")
+    await expect(context).to_contain_text(f"Replying to {ann.name}:")
+    await bob.page.get_by_label("Message", exact=True).press("Escape")
+    await expect(context).to_be_hidden()
+    await bob.message(question).get_by_role("button", name="Reply").click()
+    await expect(context).to_contain_text(question)
     await bob.send("at ten")
-    await expect(bob.page.locator("#composer-context")).to_be_hidden()
+    await expect(context).to_be_hidden()
     for user, quoted_sender in ((ann, "You"), (bob, ann.name)):
         quote = user.message("at ten").locator(".quote")
         await expect(quote.locator(".quote-sender")).to_have_text(quoted_sender)
@@ -409,3 +414,7 @@ async def test_replies_edits_reactions_recalls_and_hiding_live_and_after_a_reloa
     # Still live after the reload: Bob takes his 👍 back, Ann sees the reaction go.
     await bob.message(edited).locator(".reaction", has_text="👍").click()
     await expect(ann.message(edited).locator(".reaction", has_text="👍")).to_have_count(0)
+    await ann.message("at ten").hover()  # the docs' picture shows a message's buttons
+    await expect(ann.message("at ten").locator(".actions")).to_have_css("opacity", "1")
+    DOCS_IMG.mkdir(parents=True, exist_ok=True)
+    await ann.page.screenshot(path=str(DOCS_IMG / "web-lifecycle.png"))
