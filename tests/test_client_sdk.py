@@ -18,7 +18,7 @@ from pystacker.client import (Backoff, ChatMessage, Delivered, InOrderInbox, Off
                               PresenceEvent, ReadEvent, Session, SessionClosed, SessionFailed, TypingEvent,
                               user_id_from_token)
 from pystacker.gateway.app import GATEWAY_SERVICE
-from pystacker.messaging.frames import CLOSE_SHUTDOWN, CLOSE_SLOW_CONSUMER
+from pystacker.messaging.frames import CloseCode
 from tests.ws import poll
 
 TIMEOUT = 5.0
@@ -337,7 +337,7 @@ async def test_reconnect_catches_up_exactly_once(make_client: Any, system: Any, 
     if how == "client transport dies":
         await b.reconnect()
     else:
-        code = CLOSE_SLOW_CONSUMER if "4008" in how else CLOSE_SHUTDOWN
+        code = CloseCode.SLOW_CONSUMER if "4008" in how else CloseCode.SHUTDOWN
         gateway(system).connection(bob.user_id).close_soon(code, "test")
     await asyncio.wait_for(dropped.wait(), TIMEOUT)
     for i in range(4, 14):  # while bob is away
@@ -366,7 +366,7 @@ async def test_reconnects_while_messages_stream(make_client: Any, system: Any) -
             await b.reconnect()
         elif i == 40:
             await eventually(lambda: bob.user_id in gateway(system).users, what="bob back")
-            gateway(system).connection(bob.user_id).close_soon(CLOSE_SLOW_CONSUMER, "test")
+            gateway(system).connection(bob.user_id).close_soon(CloseCode.SLOW_CONSUMER, "test")
     got = await drain(b, total, timeout=3 * TIMEOUT)
     assert [m.seq for m in got] == list(range(1, total + 1))
     assert b.connects >= 2

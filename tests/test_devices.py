@@ -21,7 +21,7 @@ from sqlalchemy import update
 
 from pystacker.db.schema import devices
 from pystacker.db.sqlutil import utcnow
-from pystacker.messaging.frames import CLOSE_DEVICE_LIMIT, CLOSE_REPLACED
+from pystacker.messaging.frames import CloseCode
 from tests.client import User
 from tests.conftest import TEST_LIMITS, embedded_system
 from tests.ws import Api, Client, make_room, open_api, poll, send_http, ws_url
@@ -122,7 +122,7 @@ async def test_the_same_device_replaces_its_socket_and_the_others_stay(api: Api)
     first = await api.connect(alice, device="tablet")
     laptop = await api.connect(alice, device="laptop")
     second = await api.connect(alice, device="tablet")
-    assert await first.wait_closed() == CLOSE_REPLACED
+    assert await first.wait_closed() == CloseCode.REPLACED
     await send_http(api.send, bob, room_id, "after the replacement")
     for client in (second, laptop):
         await client.collect(1, room_id=room_id)
@@ -136,7 +136,7 @@ async def test_one_device_past_the_limit_closes_the_one_connected_longest_ago(ap
     room_id = await make_room(api.meta, bob, [alice])
     clients = [await api.connect(alice, device=f"d{i}") for i in range(DEVICE_LIMIT)]
     newest = await api.connect(alice, device="one-more")
-    assert await clients[0].wait_closed() == CLOSE_DEVICE_LIMIT
+    assert await clients[0].wait_closed() == CloseCode.DEVICE_LIMIT
     await send_http(api.send, bob, room_id, "to the devices left")
     for client in [*clients[1:], newest]:
         await client.collect(1, room_id=room_id)

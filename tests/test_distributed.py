@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pystacker.db.schema import chat_messages, device_cursors, devices, room_cursors, room_members
 from pystacker.engine.redis_keys import RedisKeys
-from pystacker.messaging.frames import CLOSE_SHUTDOWN, decode_entry
+from pystacker.messaging.frames import CloseCode, decode_entry
 from pystacker.web.middleware import INTERNAL_TOKEN_HEADER
 from tests import databases
 from tests.client import User
@@ -389,7 +389,7 @@ class TestTwoGatewaysTwoSends:
         answers = await asyncio.gather(*(closed_then_ask(c) for c in clients))
         # closed with "going away", and the registry no longer offers the draining gateway, not even
         # as the reconnect lease of its own users
-        assert answers == [(CLOSE_SHUTDOWN, other)] * len(clients)
+        assert answers == [(CloseCode.SHUTDOWN, other)] * len(clients)
         # messages sent during and after the drain are not lost
         meanwhile = await send_many(dep, sender, room_id, 5, "meanwhile")
         again = await asyncio.gather(*(dep.connect_to(other, c.user) for c in clients))

@@ -33,7 +33,7 @@ import orjson
 import pytest
 
 from pystacker.gateway.routes import MAX_FRAME_BYTES
-from pystacker.messaging.frames import CLOSE_FRAME_TOO_BIG, CLOSE_SLOW_CONSUMER
+from pystacker.messaging.frames import CloseCode
 from tests.client import User
 from tests.fuzzing import FUZZ_EXAMPLES, FUZZ_SEED
 from tests.ws import Api, Client, Closed, make_room, open_api, poll, send_http
@@ -41,7 +41,7 @@ from tests.ws import Api, Client, Closed, make_room, open_api, poll, send_http
 REPLY_DEADLINE = 5.0  # an answer or a close within this, or the connection counts as hung
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INVALID_PAYLOAD = 1007
-DEFINED_CLOSE_CODES = {CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_PAYLOAD, CLOSE_FRAME_TOO_BIG, CLOSE_SLOW_CONSUMER}
+DEFINED_CLOSE_CODES = {CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_PAYLOAD, CloseCode.FRAME_TOO_BIG, CloseCode.SLOW_CONSUMER}
 SERVER_FRAME_TYPES = {"system", "chat", "batch", "ack", "info", "error", "send_ok", "pong"}
 PUSHED = {"chat", "ack"}  # frames that come through the inbox, not in order with the answers
 ERROR_CODES = {400, 403, 404, 413, 429}
@@ -284,7 +284,7 @@ async def test_frames_over_the_limit_close_with_1009(fuzzing: Fuzzing, server_er
             await client.ws.send_str(orjson.dumps({"type": "ping", "ref": "x" * size}).decode())
         else:
             await client.ws.send_bytes(rng.randbytes(size))
-        assert await fuzzing.assert_closed_and_forgotten(client, {CLOSE_FRAME_TOO_BIG}) == CLOSE_FRAME_TOO_BIG, case
+        assert await fuzzing.assert_closed_and_forgotten(client, {CloseCode.FRAME_TOO_BIG}) == CloseCode.FRAME_TOO_BIG, case
         await fuzzing.assert_still_serving()
     assert not server_errors(), server_errors()
 
@@ -447,7 +447,7 @@ async def test_a_flood_of_frames_is_answered_or_closed_as_a_slow_consumer(
             pongs = {f["payload"] for f in client.frames if f["type"] == "pong"}
             assert {i for i, text in enumerate(frames) if text.startswith('{"type":"ping","ref":')} <= pongs
         except Closed as closed:
-            assert closed.code == CLOSE_SLOW_CONSUMER, closed.code
+            assert closed.code == CloseCode.SLOW_CONSUMER, closed.code
         for frame in client.frames:
             assert_well_formed(frame)
     finally:

@@ -11,7 +11,7 @@ import pytest
 from pystacker.gateway import connection as gateway_connection
 from pystacker.gateway.routes import MAX_FRAME_BYTES
 from pystacker.messaging.content import MAX_CONTENT_BYTES, MAX_TEXT_CHARS
-from pystacker.messaging.frames import CLOSE_FRAME_TOO_BIG, CLOSE_SLOW_CONSUMER
+from pystacker.messaging.frames import CloseCode
 from tests.ws import Api, chats_of, make_room, open_api, poll, send_http
 
 
@@ -127,7 +127,7 @@ async def test_oversized_frame_closes_with_1009(api: Api) -> None:
     (alice,) = await api.users(1, "big")
     a = await api.connect(alice)
     await a.ws.send_str("x" * (MAX_FRAME_BYTES + 1))
-    assert await a.wait_closed() == CLOSE_FRAME_TOO_BIG
+    assert await a.wait_closed() == CloseCode.FRAME_TOO_BIG
     # the server forgot the connection
     await poll(lambda: alice.id not in api.gateway_service.users)
     # and the user can connect again
@@ -168,7 +168,7 @@ async def test_slow_consumer_is_closed_and_catches_up(api: Api) -> None:
         return conn.close_code is not None
 
     sent = await stream_until(api, alice, room_id, closed_or_peak)
-    assert conn.close_code == CLOSE_SLOW_CONSUMER
+    assert conn.close_code == CloseCode.SLOW_CONSUMER
     assert peak <= conn.queue_size
     tail = await send_http(api.send, alice, room_id, "after the close")  # the server keeps serving
     total = len(sent) + 1
@@ -176,7 +176,7 @@ async def test_slow_consumer_is_closed_and_catches_up(api: Api) -> None:
     # the slow client reads again: what was already on the wire, then the end of the socket: the 4008
     # close frame, or 1006 when its send buffer was still full and the gateway aborted the socket
     # (a stuck socket is not kept: zero linger); the gateway's own close code is 4008 either way
-    assert await s.wait_closed(timeout=10) in (CLOSE_SLOW_CONSUMER, 1006)
+    assert await s.wait_closed(timeout=10) in (CloseCode.SLOW_CONSUMER, 1006)
     got_before_close = len(s.unique(room_id))
     assert got_before_close < total
     await poll(lambda: gateway.connection(slow.id) is not conn)
@@ -217,7 +217,7 @@ async def test_stalled_client_is_dropped_and_memory_released(api: Api, monkeypat
     in_flight_before = gateway.tracker.in_flight
     pending_before = (await inbox.stats(gateway.gateway_id)).pending
     sent = await stream_until(api, alice, room_id, lambda: conn.close_code is not None)
-    assert conn.close_code == CLOSE_SLOW_CONSUMER
+    assert conn.close_code == CloseCode.SLOW_CONSUMER
     # the client still never reads: the gateway must let go of it on its own
     await poll(lambda: dead.id not in gateway.users, timeout=5)
     assert not conn.queue  # what was queued was handed on, not kept

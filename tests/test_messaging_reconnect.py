@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pystacker.messaging.frames import CLOSE_REPLACED, CLOSE_SHUTDOWN
+from pystacker.messaging.frames import CloseCode
 from tests.conftest import embedded_system
 from tests.ws import Api, Client, Closed, dedup, make_room, open_api, poll, send_http
 
@@ -176,7 +176,7 @@ async def test_same_gateway_reconnect_keeps_the_new_socket(api: Api) -> None:
     new_conn = gateway.connection(bob.id)
     assert new_conn is not old_conn
     # the old socket is told it was replaced; it reads what was already on its wire first
-    assert await old.wait_closed() == CLOSE_REPLACED
+    assert await old.wait_closed() == CloseCode.REPLACED
     await stream.task
     await new.collect(STREAM - len(old.unique(room_id)) + 1, room_id=room_id, timeout=10)
 
@@ -302,4 +302,4 @@ async def test_a_socket_upgraded_while_the_gateway_drains_is_closed_with_1001(tm
         await gateway.close_connections()  # the sweep: nothing registered yet
         release.set()
         client = await asyncio.wait_for(connecting, 5)
-        assert await client.wait_closed(timeout=5) == CLOSE_SHUTDOWN
+        assert await client.wait_closed(timeout=5) == CloseCode.SHUTDOWN

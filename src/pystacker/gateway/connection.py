@@ -19,7 +19,7 @@ written by a callback scheduled with call_soon, after the gateway dispatched the
 connection gets one transport write (one syscall) per read instead of one per message.
 
 Bounds: the queue holds `queue_size` items. When it is full in live mode the client is not reading:
-it is closed with CLOSE_SLOW_CONSUMER and catches up after reconnecting; nothing is lost because the
+it is closed with CloseCode.SLOW_CONSUMER and catches up after reconnecting; nothing is lost because the
 cursor only covers what was written. While the writer is busy catching up, overflowing room messages
 are dropped instead and the room is marked behind: the writer fills it from the log afterwards.
 """
@@ -42,7 +42,7 @@ from aiohttp.http_writer import StreamWriter
 from pystacker.engine.base import DEFAULT_DEVICE, Cursors, StoredMessage
 from pystacker.gateway.wsframes import ping_frame, text_frame
 from pystacker.messaging.acks import EntryTracker
-from pystacker.messaging.frames import CLOSE_SLOW_CONSUMER, batch_frame, encode, entry_frame, gostacker_event_frame
+from pystacker.messaging.frames import CloseCode, PushEntry, batch_frame, encode, entry_frame, gostacker_event_frame
 from pystacker.messaging.history import History
 from pystacker.messaging.ordering import RoomSequencer, Verdict
 from pystacker.observability import tracing
@@ -81,9 +81,10 @@ class RoomPush:
     msg_id: int = 0  # only for the log line of the write (0: unknown)
     trace: Any = None  # the gateway's dispatch span: the write's span is its child (None: tracing off)
     frame: bytes = b""  # `text` as a complete WebSocket frame, shared by every target (built if empty)
-    # A room event: the entry (the frame differs for sockets that do not know events). None: a message,
-    # whose frame every socket gets.
+    # A room event (its frame differs for sockets that do not know events). None: a message, whose
+    # frame every socket gets.
     event: StoredMessage | None = None
+    source: PushEntry | None = None  # the inbox entry it came from: what is handed on if it is not written
 
 
 @dataclass(slots=True)
@@ -223,7 +224,7 @@ class Connection:
             return True
         log.warning("slow consumer: queue full, closing", extra={"user_id": self.user_id})
         self.metrics.slow_consumers.inc()
-        self.close_soon(CLOSE_SLOW_CONSUMER, "slow consumer: catch up after reconnecting")
+        self.close_soon(CloseCode.SLOW_CONSUMER, "slow consumer: catch up after reconnecting")
         return False
 
     def greet(self, welcome: RawFrame) -> None:
@@ -339,7 +340,7 @@ class Connection:
 
     def _writer_failed(self) -> None:
         if self.close_code is None and not self.ws.closed:
-            self.close_soon(1011, "internal error")
+            self.close_soon(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _write_room_push(self, item: RoomPush) -> None:
         decision = self.sequencer.decide(item.room_id, item.seq)

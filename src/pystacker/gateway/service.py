@@ -15,8 +15,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from pystacker.engine.base import DEFAULT_DEVICE, Engine, InboxEntry, UserRoute
 from pystacker.gateway.connection import CatchUp, Connection, Item, RawFrame, RoomPush
 from pystacker.gateway.wsframes import text_frame
@@ -25,8 +23,8 @@ from pystacker.messaging.cursors import CursorBook
 from pystacker.messaging.devices import DeviceCursors, Devices
 from pystacker.messaging.fanout import route_is_live
 from pystacker.messaging.events import is_event
-from pystacker.messaging.frames import (CLOSE_DEVICE_LIMIT, CLOSE_REPLACED, CLOSE_SHUTDOWN, PushEntry, ack_frame,
-                                       chat_frame, decode_entry, encode, event_frame, read_frame, typing_frame)
+from pystacker.messaging.frames import (CloseCode, PushEntry, ack_frame, chat_frame, decode_entry, encode, event_frame,
+                                       read_frame, typing_frame)
 from pystacker.messaging.handoff import CATCH_UP, Handoff
 from pystacker.messaging.readstate import READ, ReadState
 from pystacker.messaging.typing_signals import TYPING
@@ -46,9 +44,6 @@ CURSOR_SAVE_INTERVAL = 1.0
 CLOSE_DEVICE = "close_device"  # an inbox entry type: "close this device of the target" (the device limit)
 PER_DEVICE = frozenset({"ack", CLOSE_DEVICE})  # entry types for one device of each target, not all
 DEVICE_LIMIT_REASON = "too many devices online: this one connected longest ago"
-# Close code for the sockets of a gateway that found the shared store had lost its state (a Redis
-# restarted without persistence): "service restart", the client reconnects and catches up.
-CLOSE_STORE_LOST = 1012
 
 
 @dataclass
@@ -125,7 +120,7 @@ class GatewayService:
         except Exception:  # the store is down: the entry expires by its TTL; close the sockets anyway
             log.exception("leaving the registry failed")
         for conn in self.all_connections():
-            conn.close_soon(CLOSE_SHUTDOWN, "gateway shutting down")
+            conn.close_soon(CloseCode.SHUTDOWN, "gateway shutting down")
             await self.detach(conn)
 
     def has_capacity(self) -> bool:
@@ -151,13 +146,13 @@ class GatewayService:
         if not self.accepting:
             # The drain began while this socket was being upgraded: close_connections' sweep did not
             # see it, and left open it would hold the server's shutdown until its timeout.
-            conn.close_soon(CLOSE_SHUTDOWN, "gateway shutting down")
+            conn.close_soon(CloseCode.SHUTDOWN, "gateway shutting down")
         if old is None:
             self.connection_count += 1
         else:
             # Same device again on this gateway: the new socket replaces the old one. The old writer
             # stops first and saves its cursor, so the new catch-up starts where the old one ended.
-            old.close_soon(CLOSE_REPLACED, "replaced by a newer connection of this device")
+            old.close_soon(CloseCode.REPLACED, "replaced by a newer connection of this device")
             leftovers = await old.stop()
             await self._save(old)
             await self._hand_on(old, leftovers)
@@ -176,7 +171,7 @@ class GatewayService:
 
     async def _enforce_device_limit(self, conn: Connection, record: UserRoute) -> None:
         """More than `device_limit` devices of the user online (on any gateway): his devices that
-        connected longest ago are closed with CLOSE_DEVICE_LIMIT, here or through their gateway's inbox."""
+        connected longest ago are closed with CloseCode.DEVICE_LIMIT, here or through their gateway's inbox."""
         if self.device_limit <= 0 or not record.others:
             return
         live = await self.handoff.live.get()
@@ -192,7 +187,7 @@ class GatewayService:
     def close_device(self, user_id: int, device_id: str) -> None:
         conn = self.connection(user_id, device_id)
         if conn is not None:
-            conn.close_soon(CLOSE_DEVICE_LIMIT, DEVICE_LIMIT_REASON)
+            conn.close_soon(CloseCode.DEVICE_LIMIT, DEVICE_LIMIT_REASON)
 
     async def detach(self, conn: Connection) -> None:
         """The socket ended. Only the registered connection is removed (a replaced one is already
@@ -230,14 +225,12 @@ class GatewayService:
                 continue
             if replacement is not None:
                 replacement.offer(RoomPush(item.room_id, item.seq, item.text, msg_id=item.msg_id, frame=item.frame,
-                                           event=item.event)
+                                           event=item.event, source=item.source)
                                   if isinstance(item, RoomPush)
                                   else RawFrame(item.text, events_only=item.events_only))
-            elif isinstance(item, RoomPush):
-                entry = (PushEntry.for_message(item.event, [user_id]) if item.event is not None
-                         else entry_from_chat_frame(item.text, user_id))
+            elif isinstance(item, RoomPush) and item.source is not None:
                 try:
-                    reached = await self.handoff.to_users([user_id], entry, not_to=self.gateway_id)
+                    reached = await self.handoff.to_users([user_id], item.source, not_to=self.gateway_id)
                     metrics.HANDED_ON.labels("gateway").inc(len(reached))
                 except Exception:
                     log.exception("hand-on failed; the user gets it by catch-up", extra={"user_id": user_id})
@@ -306,7 +299,7 @@ class GatewayService:
                     local.extend(devices.values())
         if push.type == CLOSE_DEVICE:
             for conn in local:
-                conn.close_soon(CLOSE_DEVICE_LIMIT, DEVICE_LIMIT_REASON)
+                conn.close_soon(CloseCode.DEVICE_LIMIT, DEVICE_LIMIT_REASON)
             if entry_id is not None:
                 self.tracker.open(entry_id, 0)
             return
@@ -404,7 +397,7 @@ class GatewayService:
         for conn in self.all_connections():
             conn.take_unsaved()
             self._voided.add(conn)
-            conn.close_soon(CLOSE_STORE_LOST, "store restarted: reconnect and catch up")
+            conn.close_soon(CloseCode.STORE_LOST, "store restarted: reconnect and catch up")
 
     async def _renew_routes_loop(self) -> None:
         while True:
@@ -429,10 +422,11 @@ def _entry_item(push: PushEntry, entry_id: str | None, trace: Any = None) -> Ite
         entry = push.stored_message()
         if is_event(entry):
             text = encode(event_frame(entry))
-            return RoomPush(push.room_id, push.seq, text, entry_id, push.ts, push.msg_id, trace, text_frame(text), entry)
+            return RoomPush(push.room_id, push.seq, text, entry_id, push.ts, push.msg_id, trace, text_frame(text),
+                            event=entry, source=push)
         text = encode(chat_frame(entry, push.quote))
         frame = text_frame(text)  # the same bytes for every target's socket
-        return RoomPush(push.room_id, push.seq, text, entry_id, push.ts, push.msg_id, trace, frame)
+        return RoomPush(push.room_id, push.seq, text, entry_id, push.ts, push.msg_id, trace, frame, source=push)
     if push.type == "ack":
         return RawFrame(encode(ack_frame(push.msg_id, push.room_id, push.seq, push.client_msg_id)), entry_id)
     if push.type == CATCH_UP:
@@ -445,11 +439,3 @@ def _entry_item(push: PushEntry, entry_id: str | None, trace: Any = None) -> Ite
     # A frame from GoStacker components (no seq): deliver as it is.
     return RawFrame(encode({"id": push.msg_id, "type": push.type, "room_id": push.room_id,
                             "sender_id": push.sender_id, "payload": push.payload}), entry_id)
-
-
-def entry_from_chat_frame(text: str, user_id: int) -> PushEntry:
-    """Rebuild an inbox entry from a chat frame we encoded (to hand a queued frame on)."""
-    frame = orjson.loads(text)
-    return PushEntry("chat", frame["id"], frame["room_id"], frame["sender_id"], [user_id], frame["payload"],
-                     frame.get("seq", 0), frame.get("client_msg_id"), frame.get("ts", 0),
-                     frame.get("content_type", "text"), quote=frame.get("reply_to"))

@@ -10,9 +10,10 @@ message log and their cursors bring it to them on connect.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pystacker.engine.base import GatewayInfo, UserRoute
+from pystacker.messaging.frames import PushEntry
 
 
 @dataclass
@@ -48,3 +49,8 @@ def plan_fanout(targets: Iterable[int], routes: Mapping[int, UserRoute], live: M
         else:
             plan.offline.append(user_id)
     return plan
+
+
+def inbox_entries(plan: FanoutPlan, entry: PushEntry) -> list[tuple[str, bytes]]:
+    """The entry for each gateway of the plan, with that gateway's users as its targets."""
+    return [(gateway_id, replace(entry, target_ids=targets).encode()) for gateway_id, targets in plan.by_gateway.items()]

@@ -12,6 +12,7 @@ trace) only while tracing is on; the decoder accepts snake_case too (spec 4.1).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 import orjson
@@ -22,13 +23,17 @@ from pystacker.messaging.events import EDIT, EVENT_TYPES, RECALL
 WELCOME_TEXT = "Connected to WebSocket server"
 INFO_OFFLINE_FAILED = "You have offline messages but failed to retrieve them."
 
-# Close codes (4000-4999 are the application's). Clients may reconnect and catch up after each.
-CLOSE_SLOW_CONSUMER = 4008  # its queue bound was hit; catch up after reconnecting
-CLOSE_REPLACED = 4009  # the same user connected again; this older socket is closed
-CLOSE_SHUTDOWN = 1001  # going away: the gateway drains for a restart
-CLOSE_PONG_TIMEOUT = 4010
-CLOSE_DEVICE_LIMIT = 4011  # the user has limits.devices_per_user devices online: his longest-connected one goes
-CLOSE_FRAME_TOO_BIG = 1009
+class CloseCode(IntEnum):
+    """Every close code a gateway sends (4000-4999 are the application's; docs/architecture.md says
+    what a client does after each)."""
+
+    SHUTDOWN = 1001  # going away: the gateway drains for a restart
+    FRAME_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011  # the socket's writer failed
+    STORE_LOST = 1012  # the shared store lost its state (a Redis restarted empty): reconnect, catch up
+    SLOW_CONSUMER = 4008  # its queue bound was hit; catch up after reconnecting
+    REPLACED = 4009  # the same device connected again; this older socket is closed
+    DEVICE_LIMIT = 4011  # the user has limits.devices_per_user devices online: his longest-connected one goes
 
 
 def encode(frame: dict[str, Any]) -> str:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
+from collections.abc import Collection, Mapping
 from typing import Any
 
-from pystacker.engine.base import Engine, GatewayInfo
-from pystacker.messaging.fanout import plan_fanout
+from pystacker.engine.base import Engine, GatewayInfo, UserRoute
+from pystacker.messaging.fanout import FanoutPlan, inbox_entries, plan_fanout
 from pystacker.messaging.frames import INT64_MAX, INT64_MIN, PushEntry
 
 
@@ -44,7 +44,6 @@ class LiveGateways:
         self._expires = 0.0
 
 
-
 CATCH_UP = "catchup"  # an inbox entry type: "run the catch-up for these users now"
 
 
@@ -53,18 +52,22 @@ class Handoff:
         self.engine = engine
         self.live = live
 
+    async def plan(self, user_ids: Collection[int], routes: Mapping[int, UserRoute] | None = None) -> FanoutPlan:
+        """Which live gateway holds which of the users (`routes`: theirs, if read already)."""
+        if routes is None:
+            routes = await self.engine.registry.get_routes(list(user_ids))
+        return plan_fanout(user_ids, routes, await self.live.get())
+
     async def to_users(self, user_ids: list[int], entry: PushEntry, *, not_to: str | None = None) -> list[int]:
         """Put `entry` in the inbox of each user's live gateway (one entry per gateway, with that
         gateway's users as targets), skipping gateway `not_to`; returns the users it reached."""
         if not user_ids:
             return []
-        routes = await self.engine.registry.get_routes(user_ids)
-        plan = plan_fanout(user_ids, routes, await self.live.get())
+        plan = await self.plan(user_ids)
         plan.by_gateway.pop(not_to, None)  # type: ignore[arg-type]
         if not plan.by_gateway:
             return []
-        await self.engine.inbox.add([
-            (gateway_id, replace(entry, target_ids=targets).encode()) for gateway_id, targets in plan.by_gateway.items()])
+        await self.engine.inbox.add(inbox_entries(plan, entry))
         return [uid for targets in plan.by_gateway.values() for uid in targets]
 
     async def pushback(self, user_id: int, forward_req: Any) -> bool:

@@ -30,7 +30,7 @@ def new_send_service(runtime: Runtime) -> SendService:
     notifier = None if not notify.webhook_url else OfflineNotifier(
         notify.webhook_url, notify.secret.get_secret_value().encode(), parts.reading, batch_ms=notify.batch_ms,
         queue_size=notify.queue_size, timeout_s=notify.timeout_s, retry_for_s=notify.retry_for_s)
-    fanout = Fanout(runtime.engine, parts.live, workers=config.send_dispatcher.gateway_worker_count,
+    fanout = Fanout(runtime.engine, parts.handoff, workers=config.send_dispatcher.gateway_worker_count,
                     queue_size=config.send_dispatcher.gateway_queue_size, read_marks=parts.reading.marks,
                     notifier=notifier)
     return SendService(runtime.engine, parts.store, parts.members, fanout, runtime.ids, reading=parts.reading,

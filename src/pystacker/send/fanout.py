@@ -17,8 +17,8 @@ from typing import Any
 
 from pystacker.engine.base import DEFAULT_DEVICE, Engine, StoredMessage, UserRoute
 from pystacker.messaging.events import is_event
-from pystacker.messaging.handoff import LiveGateways
-from pystacker.messaging.fanout import plan_fanout
+from pystacker.messaging.fanout import inbox_entries
+from pystacker.messaging.handoff import Handoff
 from pystacker.messaging.frames import PushEntry
 from pystacker.messaging.offline_notify import OfflineNotifier
 from pystacker.messaging.readstate import ReadMarks
@@ -43,10 +43,10 @@ class FanoutJob:
 
 
 class Fanout:
-    def __init__(self, engine: Engine, live: LiveGateways, *, workers: int, queue_size: int,
+    def __init__(self, engine: Engine, handoff: Handoff, *, workers: int, queue_size: int,
                  read_marks: ReadMarks | None = None, notifier: OfflineNotifier | None = None) -> None:
         self.engine = engine
-        self.live = live
+        self.handoff = handoff  # routes -> plan -> inbox entries, the one path of every push
         self.read_marks = read_marks  # the sender's mark moves to his message once it is handed on
         self.notifier = notifier  # told of new messages' members with no device online (None: off)
         self._queues = [asyncio.Queue[FanoutJob](maxsize=max(queue_size, 1)) for _ in range(max(workers, 1))]
@@ -106,9 +106,8 @@ class Fanout:
         try:
             if routes is None:
                 routes = await self.engine.registry.get_routes(list(members))
-            plan = plan_fanout(members, routes, await self.live.get())
-            entries = [(gateway_id, PushEntry.for_message(message, targets, trace_parent, quote).encode())
-                       for gateway_id, targets in plan.by_gateway.items()]
+            plan = await self.handoff.plan(members, routes)
+            entries = inbox_entries(plan, PushEntry.for_message(message, [], trace_parent, quote))
             sender_record = routes.get(message.sender_id)
             sender_route = None
             if sender_record is not None:
