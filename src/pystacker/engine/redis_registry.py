@@ -1,4 +1,4 @@
-"""The registry on Redis, with GoStacker's keys (spec 6, Appendix A).
+"""The registry on Redis, with GoStacker's keys.
 
 `registry:gateway:<id>` and `registry:send:<id>` hold JSON records with the heartbeat TTL; the
 `...:instances` SETs index them. Only the records expire, so listing skips ids whose record is gone

@@ -1,4 +1,4 @@
-"""Frames a client may send (GoStacker defines none and discards everything; spec 3.3).
+"""Frames a client may send (GoStacker defines none and discards everything).
 
 - `{"type":"send","room_id","content","client_msg_id"?,"ref"?}`: same effect and answer as
   POST /api/chat/send_message; answered by `send_ok` (or `error`).

@@ -6,7 +6,7 @@ targets, gateway/wsframes.py); the writer gathers what its queue holds and write
 in one write, instead of one aiohttp send per frame (a large share of a loaded gateway's CPU). Room messages pass the RoomSequencer: duplicates are dropped and holes are filled from the
 message log before the message itself is written, so each room reaches the client once, in seq
 order, with no gap. The writer also runs the catch-up (what the user missed while away) before any
-live message of the same room, which closes the race between catch-up and live push (gim #46).
+live message of the same room, which closes the race between catch-up and live push.
 
 The writer task runs only while there is something to write: an idle connection holds no task (at
 10,000 idle sockets per gateway, a parked task and its frames were a good part of the memory).
@@ -306,7 +306,7 @@ class Connection:
                 item = self.queue.popleft()  # type: ignore[union-attr]
                 # Settled however the write ends: a write that failed or was cancelled (the socket
                 # died, the connection was replaced) left the cursor before the item, so catch-up
-                # serves it; before, such an item kept its inbox entry pending for ever.
+                # serves it; an item left unsettled would keep its inbox entry pending for ever.
                 try:
                     if isinstance(item, RoomPush):
                         await self._write_room_push(item)

@@ -1,4 +1,4 @@
-"""Gateway HTTP routes (spec 2.4): the WebSocket endpoint and GoStacker's legacy /center/forward."""
+"""Gateway HTTP routes: the WebSocket endpoint and GoStacker's legacy /center/forward."""
 
 from __future__ import annotations
 

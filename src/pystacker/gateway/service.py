@@ -3,7 +3,7 @@
 Inbox entries are read (own pending entries first after a restart, then new ones), decoded once,
 encoded into one frame string, and offered to each local target's connection. An entry is
 acknowledged by its stream id once every local target has it written, found it a duplicate, or was
-handed on (spec 13.2 #12: GoStacker acknowledged the wrong id and nothing was ever acked). A target
+handed on (compatibility.md #12: GoStacker acknowledged the wrong id and nothing was ever acked). A target
 that is not here is handed to the gateway that holds him now, if any; otherwise his cursor and the
 message log serve him when he connects.
 """
@@ -192,7 +192,7 @@ class GatewayService:
 
     async def detach(self, conn: Connection) -> None:
         """The socket ended. Only the registered connection is removed (a replaced one is already
-        gone: spec 13.2 #16); what it still had queued is handed on, never dropped."""
+        gone: compatibility.md #16); what it still had queued is handed on, never dropped."""
         devices = self.users.get(conn.user_id)
         current = devices is not None and devices.get(conn.device_id) is conn
         if current:

@@ -89,8 +89,8 @@ class Handoff:
 
 
 def _int(value: Any) -> int:
-    # Outside 64 bits counts as absent, like a non-number: such a value could not be encoded for the
-    # gateway's inbox (orjson refuses it), which was a 500 when the user was online.
+    # Outside 64 bits counts as absent, like a non-number: such a value cannot be encoded for the
+    # gateway's inbox (orjson refuses it).
     if isinstance(value, int) and not isinstance(value, bool) and in_int64(value):
         return value
     return 0

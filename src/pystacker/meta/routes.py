@@ -1,4 +1,4 @@
-"""Meta HTTP routes (spec 2.2): GoStacker's paths, request fields, messages and response shapes.
+"""Meta HTTP routes: GoStacker's paths, request fields, messages and response shapes.
 
 PyStacker additions: `data.user_id` in the register answer, GET /api/user/profile,
 GET /api/chat/group/members, POST /api/chat/group/leave, GET /api/chat/group/info.

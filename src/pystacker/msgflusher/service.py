@@ -1,4 +1,4 @@
-"""Reclaim idle inbox entries (spec 8.3, fixed).
+"""Reclaim idle inbox entries.
 
 Every `interval` seconds, for every gateway that has an inbox, live or gone (GoStacker only looked at
 live ones, so a dead gateway's entries were never reclaimed), entries pending longer than

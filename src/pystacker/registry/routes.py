@@ -1,4 +1,4 @@
-"""Registry HTTP routes (spec 2.5) with GoStacker's paths, fields and answers, fixed:
+"""Registry HTTP routes with GoStacker's paths, fields and answers, fixed:
 `user_id` is optional on /registry/gateway/available (the shipped clients omit it; a Bearer token, if
 sent, names the user for the lease); dead gateways never answer, and one that stopped beating or that
 the client names in `exclude` is asked for its /health first (liveness.py); batch route queries return

@@ -1,4 +1,4 @@
-"""Send HTTP routes (spec 2.3): send_message, resend_message, internal pushback and notify, plus history
+"""Send HTTP routes: send_message, resend_message, internal pushback and notify, plus history
 and read state."""
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ INTERNAL_TOKEN_HEADER = "X-Internal-Token"
 
 def internal_token_middleware(token: str, is_internal: Callable[[web.Request], bool]) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Internal routes (pushback, notify, registry writes) need the shared `internal.token`
-    (GoStacker left them open: spec 13.4 #31). With an empty token they are closed to everyone."""
+    (GoStacker left them open: compatibility.md #31). With an empty token they are closed to everyone."""
     expected = token.encode()
 
     @web.middleware
