@@ -200,19 +200,20 @@ async def test_same_gateway_reconnect_keeps_the_new_socket(api: Api) -> None:
 
 async def test_reconnect_while_the_old_disconnect_is_still_being_recorded(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     """The old socket's disconnect (the reconnect lease in the registry) is slow, as a store round trip
-    can be, and lands after the new socket's connect: the new socket must keep a live route."""
+    can be, and lands after the new socket's connect: the new socket must keep a live route (the
+    lease is a compare-and-set on the old connection's route, so it writes nothing)."""
     alice, bob = await api.users(2, "lease")
     room_id = await make_room(api.meta, alice, [bob])
     gateway = api.gateway_service
     original = gateway.registry.disconnect_user
     reconnected, recorded = asyncio.Event(), asyncio.Event()
 
-    async def slow_disconnect(user_id: int, gateway_id: str, device_id: str):  # type: ignore[no-untyped-def]
+    async def slow_disconnect(user_id: int, gateway_id: str, device_id: str, **kwargs):  # type: ignore[no-untyped-def]
         if user_id != bob.id:
-            return await original(user_id, gateway_id, device_id)
+            return await original(user_id, gateway_id, device_id, **kwargs)
         await asyncio.wait_for(reconnected.wait(), 5)
         try:
-            return await original(user_id, gateway_id, device_id)
+            return await original(user_id, gateway_id, device_id, **kwargs)
         finally:
             recorded.set()
 

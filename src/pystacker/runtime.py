@@ -127,10 +127,6 @@ class Runtime:
         return engine
 
     @property
-    def has_engine(self) -> bool:
-        return self._engine is not None
-
-    @property
     def engine(self) -> Engine:
         if self._engine is None:
             raise RuntimeError("Runtime.open_engine() was not called")

@@ -1,7 +1,7 @@
 """Running one service per process: `pystacker meta|registry|send|gateway|flusher|msgflusher`.
 
 Each service says what it needs (SQL, the engine), which port it serves on (if any) and what it runs.
-SIGINT/SIGTERM stop it cleanly (GoStacker's meta, registry, send and flusher ignored them: spec 13.1 #9):
+SIGINT/SIGTERM stop it cleanly (GoStacker's meta, registry, send and flusher ignored them: compatibility.md #9):
 a gateway drains its sockets, send finishes its queued pushes, the flusher writes what it holds.
 """
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import asyncio
 
 from pystacker.engine.base import Engine, GatewayInfo, SendInfo, UserRoute
@@ -117,6 +119,29 @@ async def test_delete_route_if_only_deletes_a_route_to_that_gateway(engine: Engi
     assert await engine.registry.get_routes([user]) == {}
     assert not await engine.registry.delete_route_if(user, "gw-new")
     assert not await engine.registry.delete_route_if(nobody, "gw-new")
+
+
+async def test_a_conditional_route_write_acts_only_on_the_route_it_expects(engine: Engine) -> None:
+    """The reconnect lease of a connection that ended replaces its own route only: a device that
+    connected again meanwhile keeps its new one (the condition is checked against the record the
+    write would replace)."""
+    user, nobody = unique_int(), unique_int()
+    old = _device(user, "phone", "gw-a", 100.0)
+    await engine.registry.set_route(old, None)
+    newer = _device(user, "phone", "gw-a", 200.0)
+    await engine.registry.set_route(newer, None)
+
+    def was_old(route: UserRoute | None) -> bool:
+        return route is not None and route.connected_at == old.connected_at
+
+    lease = replace(old, status="disconnected")
+    assert await engine.registry.set_route(lease, 60, only_if=was_old) == newer
+    assert await engine.registry.get_routes([user]) == {user: newer}
+    written = await engine.registry.set_route(replace(newer, status="disconnected"), 60,
+                                              only_if=lambda route: route == newer)
+    assert written is not None and written.status == "disconnected"
+    assert await engine.registry.set_route(_route(nobody), 60, only_if=lambda route: route is not None) is None
+    assert await engine.registry.get_routes([nobody]) == {}
 
 
 # -- several devices of one user ---------------------------------------------------------------------------

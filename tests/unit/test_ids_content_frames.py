@@ -3,7 +3,8 @@ import pytest
 from pystacker.messaging.content import MAX_TEXT_CHARS, parse_content
 from pystacker.messaging.frames import PushEntry, decode_entry
 from pystacker.messaging.ids import EPOCH_MS, Snowflake, timestamp_ms
-from pystacker.web.envelope import ApiError
+from pystacker.messaging.errors import Refused
+from pystacker.web.envelope import refusal_status
 
 
 def test_snowflake_layout_node_and_uniqueness() -> None:
@@ -35,9 +36,9 @@ def test_content_types_defaults_and_errors() -> None:
                         ({"type": "text", "text": 5}, 400), ({"type": "text", "text": " "}, 400),
                         ({"type": "voice", "duration": True}, 400),
                         ({"type": "text", "text": "x" * (MAX_TEXT_CHARS + 1)}, 413)):
-        with pytest.raises(ApiError) as caught:
+        with pytest.raises(Refused) as caught:
             parse_content(bad)
-        assert caught.value.status == status
+        assert refusal_status(caught.value) == status
 
 
 def test_inbox_entries_round_trip_and_read_both_key_styles() -> None:

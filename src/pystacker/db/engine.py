@@ -11,10 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from pystacker.observability.stores import watch_sql
 
 
-def dialect_of(url: str) -> str:
-    return make_url(url).get_backend_name()
-
-
 def create_engine(url: str, *, pool_size: int = 20, echo: bool = False) -> AsyncEngine:
     parsed = make_url(url)
     backend = parsed.get_backend_name()

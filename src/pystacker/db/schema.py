@@ -1,4 +1,4 @@
-"""The tables. Column names follow GoStacker's schema (spec section 9) where it has one.
+"""The tables. Column names follow GoStacker's schema where it has one.
 
 Differences on purpose: one `room_members` table instead of a table per room; members get real roles
 (owner 0, admin 1, member 2); messages carry a dense per-room `seq` and the sender's `client_msg_id`;

@@ -225,7 +225,7 @@ class RosterConflict(Exception):
 
 
 class Rosters(Protocol):
-    """Room memberships between meta and SQL (spec 7.3, fixed). A roster is cached whole or not at all:
+    """Room memberships between meta and SQL. A roster is cached whole or not at all:
     a change applies only to a cached roster at the version the caller read (load before mutate, and
     no lost update between read and write), marks the room dirty and keeps the roster from expiring
     until the flusher has written that version. A clean roster expires `ttl` seconds after its last
@@ -368,11 +368,14 @@ class Registry(Protocol):
     async def list_send(self) -> list[SendInfo]: ...
     async def remove_send(self, instance_id: str) -> None: ...
 
-    async def set_route(self, route: UserRoute, ttl: int | None) -> UserRoute:
-        """Set the route of `route.device_id` for `ttl` seconds (None: no limit), keeping the user's other
-        devices (registry/device_routes.with_device), atomically against concurrent writers; returns
-        the user's record as written (every device)."""
-        """ttl None: kept until replaced (a connected user's route lives as long as its gateway)."""
+    async def set_route(self, route: UserRoute, ttl: int | None, *,
+                        only_if: Callable[[UserRoute | None], bool] | None = None) -> UserRoute | None:
+        """Set the route of `route.device_id` for `ttl` seconds (None: kept until replaced), keeping
+        the user's other devices (registry/device_routes.with_device), atomically against concurrent
+        writers; returns the user's record as written (every device). `only_if`: write only if it
+        holds for the device's current route (None: he has none), checked against the very record the
+        write replaces; when it does not, nothing is written and the record is returned as it is
+        (None: no route at all)."""
     async def get_routes(self, user_ids: Sequence[int]) -> dict[int, UserRoute]: ...
     async def set_last_seen(self, user_id: int, seen_at: float, ttl: int) -> None:
         """When the user's last device left (unix seconds), kept `ttl` seconds (presence)."""
@@ -405,7 +408,6 @@ class EngineSettings:
     flush_claim_timeout: float = 30.0
     roster_ttl: int = 86400  # a clean roster expires this long after its last read (group_cache.cache_ttl_seconds)
     roster_flushed_ttl: int = 5  # ... and this long after a flush, unless read (group_cache.post_flush_ttl_seconds)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Engine(Protocol):

@@ -16,7 +16,7 @@ import copy
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import Generic, TypeVar
@@ -646,9 +646,13 @@ class MemoryRegistry:
     async def remove_send(self, instance_id: str) -> None:
         self._sends.delete(instance_id)
 
-    async def set_route(self, route: UserRoute, ttl: int | None) -> UserRoute:
+    async def set_route(self, route: UserRoute, ttl: int | None, *,
+                        only_if: Callable[[UserRoute | None], bool] | None = None) -> UserRoute | None:
         now = time.time()
-        record = with_device(self._routes.get(route.user_id), replace(route, expires_at=expiry(ttl, now), others=()), now)
+        current = self._routes.get(route.user_id)
+        if only_if is not None and not only_if(current.device(route.device_id) if current is not None else None):
+            return current
+        record = with_device(current, replace(route, expires_at=expiry(ttl, now), others=()), now)
         self._routes.put(route.user_id, record, record_ttl(record, now))
         return record
 

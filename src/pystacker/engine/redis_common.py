@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 Client: TypeAlias = Redis | RedisCluster
 
 # A stream entry id as XACK accepts it. Anything else is filtered out before the call: one malformed id
-# would make Redis refuse the whole XACK (GoStacker's "-1" did exactly that, spec 4.5).
+# would make Redis refuse the whole XACK (GoStacker's "-1" did exactly that).
 _ENTRY_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 _U64_MAX = 2**64 - 1
 

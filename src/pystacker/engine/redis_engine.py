@@ -3,15 +3,15 @@
 Each part has its module: redis_inbox.py (streams), redis_messages.py (seq, window, flush queue),
 redis_cursors.py, redis_registry.py, redis_bus.py; redis_keys.py names every key.
 
-Clients by role (spec 11.1): GoStacker's send service may put its streams, queues and caches on
+Clients by role: GoStacker's send service may put its streams, queues and caches on
 separate Redis servers (`send_redis.stream/.queue/.cache`). Here the inbox uses the stream role, the
 message log the cache role, cursors the queue role; a role without its block uses the global `redis`
-client, as do the rosters (the membership cache is on the global client in spec 7.3 too), the registry
+client, as do the rosters (as GoStacker's membership cache is), the registry
 and the bus. Every process of a deployment must then agree on the blocks
 (a gateway's inbox must be where send writes it), so give all services the same `send_redis` section.
 
 Errors from Redis propagate: callers log and retry. Nothing answers "empty" on an error (GoStacker's
-route lookup did, spec 13.2 #25).
+route lookup did, compatibility.md #25).
 """
 
 from __future__ import annotations
@@ -175,9 +175,8 @@ class RedisEngine:
         roles = {role: make_client(block) for role, block in (
             ("stream", config.send_redis.stream), ("queue", config.send_redis.queue),
             ("cache", config.send_redis.cache)) if block is not None}
-        partitions = int(settings.extra.get("redis_partitions", DEFAULT_PARTITIONS))
         return cls(settings, seq_seed, client=client, subscriber=make_subscriber(config.redis, client),
-                   prefix=prefix, partitions=partitions, owns_clients=True, **roles)
+                   prefix=prefix, owns_clients=True, **roles)
 
     async def append_and_route(self, message: NewMessage,
                                user_ids: Sequence[int]) -> tuple[Appended, dict[int, UserRoute]]:

@@ -1,4 +1,4 @@
-"""The registry on Redis, with GoStacker's keys (spec 6, Appendix A).
+"""The registry on Redis, with GoStacker's keys.
 
 `registry:gateway:<id>` and `registry:send:<id>` hold JSON records with the heartbeat TTL; the
 `...:instances` SETs index them. Only the records expire, so listing skips ids whose record is gone
@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from pystacker.engine.base import DEFAULT_DEVICE, GatewayInfo, SendInfo, UserRoute
+from pystacker.engine.base import GatewayInfo, SendInfo, UserRoute
 from pystacker.engine.redis_common import MGET_CHUNK, Client, get_many, register, run, text
 from pystacker.engine.redis_keys import RedisKeys
 from pystacker.registry.device_routes import compose, expiry, record_ttl, with_device
@@ -178,14 +178,19 @@ class RedisRegistry:
 
     # -- routes ---------------------------------------------------------------------------------------------
 
-    async def set_route(self, route: UserRoute, ttl: int | None) -> UserRoute:
-        # Read, merge the device in, write if nobody wrote meanwhile: the merge is Python's (one
-        # home, device_routes.py), the compare-and-set Redis's. The record's TTL is its last device's.
+    async def set_route(self, route: UserRoute, ttl: int | None, *,
+                        only_if: Callable[[UserRoute | None], bool] | None = None) -> UserRoute | None:
+        # Read, merge the device in, write if nobody wrote meanwhile: the merge and the condition are
+        # Python's (one home, device_routes.py), the compare-and-set Redis's. The record's TTL is its
+        # last device's.
         key = self._keys.route(route.user_id)
         for _ in range(ROUTE_WRITE_ATTEMPTS):
             now = time.time()
             raw = await self._client.get(key)
-            record = with_device(_parse(raw, _route, key), replace(route, expires_at=expiry(ttl, now), others=()), now)
+            current = _parse(raw, _route, key)
+            if only_if is not None and not only_if(current.device(route.device_id) if current is not None else None):
+                return current
+            record = with_device(current, replace(route, expires_at=expiry(ttl, now), others=()), now)
             if await run(self._replace_route_if, [key], [raw or b"", orjson.dumps(record.to_json()),
                                                          record_ttl(record, now) or 0]):
                 return record

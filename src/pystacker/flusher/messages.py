@@ -2,7 +2,7 @@
 (memberships) to SQL; and the forgetting of devices not seen for `limits.device_ttl`.
 
 A batch is taken from the engine, inserted in one statement, then confirmed; a flusher that dies
-between take and confirm leaves the batch to be handed out again (spec 13.2 #23: GoStacker's LPOP
+between take and confirm leaves the batch to be handed out again (compatibility.md #23: GoStacker's LPOP
 lost it), and rows SQL already has are skipped, so a retried or duplicate batch never blocks the
 queue. It loops at once while batches come full and waits `idle_interval` when there is nothing.
 Rosters are written every `roster_interval` seconds (GoStacker's group_cache.flush_interval_seconds):

@@ -1,4 +1,4 @@
-"""Frames a client may send (GoStacker defines none and discards everything; spec 3.3).
+"""Frames a client may send (GoStacker defines none and discards everything).
 
 - `{"type":"send","room_id","content","client_msg_id"?,"ref"?}`: same effect and answer as
   POST /api/chat/send_message; answered by `send_ok` (or `error`).
@@ -27,10 +27,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import orjson
-from pydantic import Field, StrictInt, StringConstraints, ValidationError
+from pydantic import Field, StrictInt, ValidationError
 
 from pystacker.gateway.connection import Connection, RawFrame
 from pystacker.gateway.presence_watch import PresenceWatch
+from pystacker.messaging.fields import INT64_MIN, PositiveId, Seq
 from pystacker.messaging.frames import batch_frame, encode, entry_frame, error_frame, send_result_frame
 from pystacker.messaging.history import History
 from pystacker.messaging.membership import MembershipCache
@@ -38,11 +39,11 @@ from pystacker.messaging.typing_signals import TypingSignals
 from pystacker.messaging.user_presence import MAX_WATCHED
 from pystacker.send.routes import EditRequest, ReactRequest, RecallRequest, SendRequest, change_answer, reaction_answer
 from pystacker.send.service import SendService
-from pystacker.web.envelope import ApiError
+from pystacker.messaging.errors import Refused
+from pystacker.web.envelope import ApiError, refusal_status
 from pystacker.web.ratelimit import RateLimited, TokenBucketLimiter
 from pystacker.web.requests import RequestModel, describe
 
-PositiveId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
 MAX_SYNC_LIMIT = 200
 KNOWN_FRAME_TYPES = frozenset({"send", "ack", "sync", "read", "typing", "presence_subscribe", "ping", "edit", "recall",
                                "react"})  # the frame-in metric's `type` values
@@ -56,7 +57,7 @@ def echoable_ref(ref: Any) -> bool:
     if isinstance(ref, str):
         return len(ref) <= MAX_REF_CHARS
     if isinstance(ref, int) and not isinstance(ref, bool):
-        return -(2**63) <= ref < 2**64  # what orjson encodes (it reads wider numbers as floats)
+        return INT64_MIN <= ref < 2**64  # what orjson encodes (it reads wider numbers as floats)
     return ref is None or isinstance(ref, (bool, float))
 
 
@@ -74,11 +75,6 @@ class RecallFrame(RecallRequest):
 
 class ReactFrame(ReactRequest):
     ref: Any = None
-
-
-# Seqs are SQL's signed 64 bits, like ids: a larger after_seq made the history read fail (islice
-# bounds) and took the connection down instead of getting an error frame.
-Seq = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 
 
 class AckFrame(RequestModel):
@@ -182,6 +178,8 @@ class ClientFrames:
             self._reply(conn, frame)
         except ApiError as exc:
             self._reply(conn, error_frame(exc.status, exc.msg, ref=ref))
+        except Refused as exc:
+            self._reply(conn, error_frame(refusal_status(exc), exc.msg, ref=ref))
 
     async def _typing(self, conn: Connection, frame: TypingFrame) -> None:
         members = await self.sender.require_member(conn.user_id, frame.room_id)

@@ -6,7 +6,7 @@ targets, gateway/wsframes.py); the writer gathers what its queue holds and write
 in one write, instead of one aiohttp send per frame (a large share of a loaded gateway's CPU). Room messages pass the RoomSequencer: duplicates are dropped and holes are filled from the
 message log before the message itself is written, so each room reaches the client once, in seq
 order, with no gap. The writer also runs the catch-up (what the user missed while away) before any
-live message of the same room, which closes the race between catch-up and live push (gim #46).
+live message of the same room, which closes the race between catch-up and live push.
 
 The writer task runs only while there is something to write: an idle connection holds no task (at
 10,000 idle sockets per gateway, a parked task and its frames were a good part of the memory).
@@ -157,7 +157,7 @@ _NO_ROOMS: frozenset[int] = frozenset()
 
 class Connection:
     __slots__ = ("user_id", "device_id", "metrics", "ws", "transport", "history", "cursors", "tracker", "sequencer", "queue",
-                 "queue_size", "_started", "client_acks", "events", "unsaved", "_written", "_probe", "_probe_ids",
+                 "queue_size", "_started", "client_acks", "events", "route_since", "unsaved", "_written", "_probe", "_probe_ids",
                  "_probe_timer", "close_code", "_catching_up", "_behind", "_writer", "_burst", "_burst_bytes",
                  "_flush_scheduled")
 
@@ -178,6 +178,7 @@ class Connection:
         self._started = False  # the writer may run (set by start, cleared by stop)
         self.client_acks = False  # the client acknowledges by seq: its acks, not our writes, move the cursor
         self.events = False  # the client knows PyStacker's frames (`?events=1`), not only GoStacker's
+        self.route_since: float | None = None  # when its route was written: its lease replaces only that one
         self.unsaved: dict[int, int] = {}  # room -> delivered seq not yet saved as the cursor
         # A client that never acks (GoStacker's) confirms by answering a ping sent after the frames:
         # a pong means its WebSocket library read everything before it. Written-but-unconfirmed
@@ -305,7 +306,7 @@ class Connection:
                 item = self.queue.popleft()  # type: ignore[union-attr]
                 # Settled however the write ends: a write that failed or was cancelled (the socket
                 # died, the connection was replaced) left the cursor before the item, so catch-up
-                # serves it; before, such an item kept its inbox entry pending for ever.
+                # serves it; an item left unsettled would keep its inbox entry pending for ever.
                 try:
                     if isinstance(item, RoomPush):
                         await self._write_room_push(item)

@@ -1,10 +1,11 @@
-"""Gateway HTTP routes (spec 2.4): the WebSocket endpoint and GoStacker's legacy /center/forward."""
+"""Gateway HTTP routes: the WebSocket endpoint and GoStacker's legacy /center/forward."""
 
 from __future__ import annotations
 
 import logging
 from aiohttp import WSMsgType, web
 
+from pystacker.messaging.fields import INT64_MAX
 from pystacker.gateway.client_frames import ClientFrames
 from pystacker.gateway.connection import Connection, RawFrame
 from pystacker.gateway.service import GatewayService
@@ -22,7 +23,7 @@ log = logging.getLogger("pystacker.gateway.ws")
 MAX_FRAME_BYTES = 64 * 1024
 
 # Decoded by hand (decode_entry reads GoStacker's CamelCase keys and snake_case alike).
-_INT64 = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
+_INT64 = {"type": "integer", "minimum": 0, "maximum": INT64_MAX}
 PUSH_ENTRY = {
     "type": "object",
     "description": "GoStacker's PushMessage (every key optional). The snake_case forms of the keys are read too.",

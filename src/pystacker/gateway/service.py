@@ -3,7 +3,7 @@
 Inbox entries are read (own pending entries first after a restart, then new ones), decoded once,
 encoded into one frame string, and offered to each local target's connection. An entry is
 acknowledged by its stream id once every local target has it written, found it a duplicate, or was
-handed on (spec 13.2 #12: GoStacker acknowledged the wrong id and nothing was ever acked). A target
+handed on (compatibility.md #12: GoStacker acknowledged the wrong id and nothing was ever acked). A target
 that is not here is handed to the gateway that holds him now, if any; otherwise his cursor and the
 message log serve him when he connects.
 """
@@ -23,11 +23,10 @@ from pystacker.messaging.cursors import CursorBook
 from pystacker.messaging.devices import DeviceCursors, Devices
 from pystacker.messaging.fanout import route_is_live
 from pystacker.messaging.events import is_event
-from pystacker.messaging.frames import (CloseCode, PushEntry, ack_frame, chat_frame, decode_entry, encode, event_frame,
-                                       read_frame, typing_frame)
-from pystacker.messaging.handoff import CATCH_UP, Handoff
-from pystacker.messaging.readstate import READ, ReadState
-from pystacker.messaging.typing_signals import TYPING
+from pystacker.messaging.frames import (CloseCode, EntryType, PushEntry, ack_frame, chat_frame, decode_entry, encode,
+                                       event_frame, read_frame, typing_frame)
+from pystacker.messaging.handoff import Handoff
+from pystacker.messaging.readstate import ReadState
 from pystacker.observability import metrics, tracing
 from pystacker.gateway.presence_watch import PresenceWatch
 from pystacker.messaging.user_presence import Presence
@@ -41,8 +40,8 @@ READ_COUNT = 100
 READ_BLOCK_MS = 1000
 ACK_INTERVAL = 0.05
 CURSOR_SAVE_INTERVAL = 1.0
-CLOSE_DEVICE = "close_device"  # an inbox entry type: "close this device of the target" (the device limit)
-PER_DEVICE = frozenset({"ack", CLOSE_DEVICE})  # entry types for one device of each target, not all
+# Entry types for one device of each target (the one that sent, the one to close), not all.
+PER_DEVICE = frozenset({EntryType.ACK, EntryType.CLOSE_DEVICE})
 DEVICE_LIMIT_REASON = "too many devices online: this one connected longest ago"
 
 
@@ -157,6 +156,8 @@ class GatewayService:
             await self._save(old)
             await self._hand_on(old, leftovers)
         record = await self.registry.connect_user(conn.user_id, self.presence.info, conn.device_id)
+        written = record.device(conn.device_id)
+        conn.route_since = written.connected_at if written is not None else None
         await self._enforce_device_limit(conn, record)
         await self.user_presence.connected(conn.user_id, conn.device_id, record)
         rooms = await self.cursors.rooms_of(conn.user_id)
@@ -181,7 +182,7 @@ class GatewayService:
             if route.gateway_id == self.gateway_id:
                 self.close_device(conn.user_id, route.device_id)
             else:
-                entry = PushEntry(CLOSE_DEVICE, 0, 0, 0, [conn.user_id], None, device_id=route.device_id)
+                entry = PushEntry(EntryType.CLOSE_DEVICE, 0, 0, 0, [conn.user_id], None, device_id=route.device_id)
                 await self.engine.inbox.add([(route.gateway_id, entry.encode())])
 
     def close_device(self, user_id: int, device_id: str) -> None:
@@ -191,7 +192,7 @@ class GatewayService:
 
     async def detach(self, conn: Connection) -> None:
         """The socket ended. Only the registered connection is removed (a replaced one is already
-        gone: spec 13.2 #16); what it still had queued is handed on, never dropped."""
+        gone: compatibility.md #16); what it still had queued is handed on, never dropped."""
         devices = self.users.get(conn.user_id)
         current = devices is not None and devices.get(conn.device_id) is conn
         if current:
@@ -203,13 +204,11 @@ class GatewayService:
         leftovers = await conn.stop()
         await self._save(conn)
         if current:
-            record = await self.registry.disconnect_user(conn.user_id, self.gateway_id, conn.device_id)
+            # The lease replaces this connection's own route only (a compare-and-set on when it was
+            # written): a socket of the device that connected meanwhile keeps its route.
+            record = await self.registry.disconnect_user(conn.user_id, self.gateway_id, conn.device_id,
+                                                         connected_at=conn.route_since)
             await self.user_presence.left(conn.user_id, record)
-            if self.connection(conn.user_id, conn.device_id) is not None:
-                # The device reconnected here while the lease was being written, and that write may
-                # have landed after its new socket's connect: without this its route stayed
-                # `disconnected` (no live push) until the next renewal, an hour later.
-                await self.registry.connect_user(conn.user_id, self.presence.info, conn.device_id)
         await self._hand_on(conn, leftovers)
 
     async def _hand_on(self, closed: Connection, items: list[Item]) -> None:
@@ -297,7 +296,7 @@ class GatewayService:
                     away.append(user_id)
                 else:
                     local.extend(devices.values())
-        if push.type == CLOSE_DEVICE:
+        if push.type == EntryType.CLOSE_DEVICE:
             for conn in local:
                 conn.close_soon(CloseCode.DEVICE_LIMIT, DEVICE_LIMIT_REASON)
             if entry_id is not None:
@@ -318,7 +317,7 @@ class GatewayService:
             for conn in local:
                 if not conn.offer(item) and entry_id is not None:
                     self.tracker.settle(entry_id)  # closing: its cursor stays behind, catch-up serves it
-            if away and push.type in ("chat", CATCH_UP):
+            if away and push.type in (EntryType.CHAT, EntryType.CATCH_UP):
                 try:
                     reached = await self.handoff.to_users(away, push, not_to=self.gateway_id)  # type: ignore[arg-type]
                     metrics.HANDED_ON.labels("gateway").inc(len(reached))
@@ -405,7 +404,8 @@ class GatewayService:
             connections = self.all_connections()
             for conn in connections:
                 try:
-                    await self.registry.connect_user(conn.user_id, self.presence.info, conn.device_id)
+                    await self.registry.connect_user(conn.user_id, self.presence.info, conn.device_id,
+                                                     since=conn.route_since)
                 except Exception:
                     log.exception("route renewal failed", extra={"user_id": conn.user_id})
             try:  # a device online for longer than limits.device_ttl is not forgotten
@@ -418,7 +418,7 @@ class GatewayService:
 def _entry_item(push: PushEntry, entry_id: str | None, trace: Any = None) -> Item:
     """The entry's item, encoded once and offered to every target (connections only read items).
     `trace`: the dispatch span, parent of each member's socket write (None: tracing off)."""
-    if push.type == "chat" and push.seq > 0:
+    if push.type == EntryType.CHAT and push.seq > 0:
         entry = push.stored_message()
         if is_event(entry):
             text = encode(event_frame(entry))
@@ -427,13 +427,13 @@ def _entry_item(push: PushEntry, entry_id: str | None, trace: Any = None) -> Ite
         text = encode(chat_frame(entry, push.quote))
         frame = text_frame(text)  # the same bytes for every target's socket
         return RoomPush(push.room_id, push.seq, text, entry_id, push.ts, push.msg_id, trace, frame, source=push)
-    if push.type == "ack":
+    if push.type == EntryType.ACK:
         return RawFrame(encode(ack_frame(push.msg_id, push.room_id, push.seq, push.client_msg_id)), entry_id)
-    if push.type == CATCH_UP:
+    if push.type == EntryType.CATCH_UP:
         return CatchUp(entry_id)
-    if push.type == READ:  # ephemeral: no seq of the room, never in a catch-up
+    if push.type == EntryType.READ:  # ephemeral: no seq of the room, never in a catch-up
         return RawFrame(encode(read_frame(push.room_id, push.sender_id, push.seq)), entry_id, events_only=True)
-    if push.type == TYPING:  # ephemeral, and the first thing shed under load
+    if push.type == EntryType.TYPING:  # ephemeral, and the first thing shed under load
         return RawFrame(encode(typing_frame(push.room_id, push.sender_id)), entry_id, sheddable=True,
                         events_only=True)
     # A frame from GoStacker components (no seq): deliver as it is.

@@ -1,4 +1,4 @@
-"""Message content rules (spec 2.3): the four content types and their fields, with limits.
+"""Message content rules: the four content types and their fields, with limits.
 
 GoStacker lets missing sub-fields default to ""/0 and accepts any size; we keep the defaults (its
 clients rely on them) but refuse wrong types and oversized content with a clear 400/413.
@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 
 from pystacker.engine.base import StoredMessage
-from pystacker.web.envelope import ApiError
+from pystacker.messaging.errors import Invalid, TooLarge
+from pystacker.messaging.fields import INT64_MAX
 
 MAX_CONTENT_BYTES = 16 * 1024  # the encoded payload; larger content is a file to upload, not a message
 MAX_TEXT_CHARS = 8000
@@ -37,7 +38,7 @@ def content_json_schema() -> dict[str, Any]:
         properties: dict[str, Any] = {"type": {"const": kind}}
         for name, (expected, _default) in fields.items():
             if expected is int:
-                properties[name] = {"type": ["integer", "null"], "minimum": 0, "maximum": 2**63 - 1}
+                properties[name] = {"type": ["integer", "null"], "minimum": 0, "maximum": INT64_MAX}
             else:
                 properties[name] = {"type": ["string", "null"], "maxLength": _STRING_LIMITS[name]}
         required = ["type"]
@@ -52,28 +53,28 @@ def content_json_schema() -> dict[str, Any]:
 def parse_content(content: Any) -> tuple[str, dict[str, Any]]:
     """Validate a `content` object; return (type, payload without the type key)."""
     if not isinstance(content, dict):
-        raise ApiError(400, "Invalid content: content must be a JSON object")
+        raise Invalid("Invalid content: content must be a JSON object")
     kind = content.get("type")
     if not isinstance(kind, str) or kind not in CONTENT_FIELDS:
-        raise ApiError(400, f"Invalid content: unknown content type: {kind if isinstance(kind, str) else ''}")
+        raise Invalid(f"Invalid content: unknown content type: {kind if isinstance(kind, str) else ''}")
     payload: dict[str, Any] = {}
     for name, (expected, default) in CONTENT_FIELDS[kind].items():
         value = content.get(name, default)
         if value is None:
             value = default
         if expected is int and (not isinstance(value, int) or isinstance(value, bool)):
-            raise ApiError(400, f"Invalid content: {name} must be an integer")
-        if expected is int and not 0 <= value < 2**63:
-            raise ApiError(400, f"Invalid content: {name} must be between 0 and 2^63-1")
+            raise Invalid(f"Invalid content: {name} must be an integer")
+        if expected is int and not 0 <= value <= INT64_MAX:
+            raise Invalid(f"Invalid content: {name} must be between 0 and 2^63-1")
         if expected is str and not isinstance(value, str):
-            raise ApiError(400, f"Invalid content: {name} must be a string")
+            raise Invalid(f"Invalid content: {name} must be a string")
         if expected is str and len(value) > _STRING_LIMITS[name]:
-            raise ApiError(413, f"Invalid content: {name} is longer than {_STRING_LIMITS[name]} characters")
+            raise TooLarge(f"Invalid content: {name} is longer than {_STRING_LIMITS[name]} characters")
         payload[name] = value
     if kind == "text" and not payload["text"].strip():
-        raise ApiError(400, "Invalid content: text must not be empty")
+        raise Invalid("Invalid content: text must not be empty")
     if len(orjson.dumps(payload)) > MAX_CONTENT_BYTES:
-        raise ApiError(413, f"Invalid content: larger than {MAX_CONTENT_BYTES} bytes")
+        raise TooLarge(f"Invalid content: larger than {MAX_CONTENT_BYTES} bytes")
     return kind, payload
 
 

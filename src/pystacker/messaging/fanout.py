@@ -2,7 +2,7 @@
 
 One inbox entry per gateway per message, not per user. A device is online only if its route is
 `connected` and names a live gateway in the same epoch: a route left by a gateway that died or
-restarted is stale (GoStacker used such routes and lost the messages: spec 13.2 #15). A user is
+restarted is stale (GoStacker used such routes and lost the messages: compatibility.md #15). A user is
 online on every gateway that holds one of his online devices. Offline users need nothing here: the
 message log and their cursors bring it to them on connect.
 """

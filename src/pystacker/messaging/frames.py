@@ -1,27 +1,27 @@
 """Frames to clients and inbox entries between send and gateways.
 
-Client frames keep GoStacker's five keys `{"id","type","room_id","sender_id","payload"}` (spec 3.2) so its
+Client frames keep GoStacker's five keys `{"id","type","room_id","sender_id","payload"}` so its
 clients work unchanged; PyStacker adds keys they ignore: `seq`, `client_msg_id`, `ts` (ms), `id_str`
 (the id as a string: snowflakes exceed JavaScript's 2^53) and `content_type`.
 
 Inbox entries are GoStacker's PushMessage with CamelCase keys (so a Go gateway can read ours) plus
 `Seq`, `ClientMsgID`, `TS`, `ContentType`, and `TraceParent` (the W3C trace context of the message's
-trace) only while tracing is on; the decoder accepts snake_case too (spec 4.1).
+trace) only while tracing is on; the decoder accepts snake_case too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 import orjson
 
 from pystacker.engine.base import DEFAULT_DEVICE, StoredMessage
 from pystacker.messaging.events import EDIT, EVENT_TYPES, RECALL
+from pystacker.messaging.fields import in_int64
 
 WELCOME_TEXT = "Connected to WebSocket server"
-INFO_OFFLINE_FAILED = "You have offline messages but failed to retrieve them."
 
 class CloseCode(IntEnum):
     """Every close code a gateway sends (4000-4999 are the application's; docs/architecture.md says
@@ -143,10 +143,6 @@ def batch_frame(chats: list[dict[str, Any]], *, room_id: int | None = None, has_
     return frame
 
 
-def info_frame(text: str) -> dict[str, Any]:
-    return {"id": -1, "type": "info", "room_id": 0, "sender_id": 0, "payload": text}
-
-
 def error_frame(code: int, msg: str, *, ref: Any = None) -> dict[str, Any]:
     """An answer to a client frame that could not be served; `ref` echoes the client's request id."""
     return {"id": -1, "type": "error", "room_id": 0, "sender_id": 0, "payload": {"code": code, "msg": msg, "ref": ref}}
@@ -162,11 +158,23 @@ def send_result_frame(message: StoredMessage, *, duplicate: bool, ref: Any = Non
 # -- inbox entries ---------------------------------------------------------------------------------
 
 
+class EntryType(StrEnum):
+    """What an inbox entry asks of the gateway. GoStacker's are `chat` and `ack`; a gateway delivers an
+    entry of a type it does not know as a frame of that type (GoStacker components' frames)."""
+
+    CHAT = "chat"  # an entry of a room's log (a message or a room event) for every device of the targets
+    ACK = "ack"  # the sender's ack, for the device that sent
+    CATCH_UP = "catchup"  # run the targets' catch-up now
+    READ = "read"  # a read mark moved (messaging/readstate.py): a `read` frame
+    TYPING = "typing"  # someone types (messaging/typing_signals.py): a `typing` frame, shed first
+    CLOSE_DEVICE = "close_device"  # close this device of the target (the device limit)
+
+
 @dataclass(frozen=True, slots=True)
 class PushEntry:
     """One inbox entry: a message (or an ack) for some users of one gateway."""
 
-    type: str  # "chat" or "ack"
+    type: str  # an EntryType, or a type from GoStacker's components
     msg_id: int
     room_id: int
     sender_id: int
@@ -203,14 +211,14 @@ class PushEntry:
     def for_message(cls, message: StoredMessage, target_ids: list[int], trace_parent: str | None = None,
                     quote: dict[str, Any] | None = None) -> PushEntry:
         """A log entry (a message, or a room event) for those targets; `quote`: what a reply answers."""
-        return cls("chat", message.msg_id, message.room_id, message.sender_id, target_ids, message.content,
+        return cls(EntryType.CHAT, message.msg_id, message.room_id, message.sender_id, target_ids, message.content,
                    message.seq, message.client_msg_id, message.created_at_ms, message.type, trace_parent,
                    quote=quote)
 
     @classmethod
     def for_ack(cls, message: StoredMessage, trace_parent: str | None = None, device_id: str = DEFAULT_DEVICE) -> PushEntry:
         """The sender's ack, for the device that sent (no key for `default`: GoStacker's entry)."""
-        return cls("ack", message.msg_id, message.room_id, message.sender_id, [message.sender_id], None,
+        return cls(EntryType.ACK, message.msg_id, message.room_id, message.sender_id, [message.sender_id], None,
                    message.seq, message.client_msg_id, message.created_at_ms, message.type, trace_parent,
                    None if device_id == DEFAULT_DEVICE else device_id)
 
@@ -219,9 +227,6 @@ class PushEntry:
         reply_to = self.quote.get("message_id") if self.quote is not None else None
         return StoredMessage(self.msg_id, self.room_id, self.seq, self.sender_id, self.content_type, payload,
                              self.ts, self.client_msg_id, reply_to=reply_to if isinstance(reply_to, int) else None)
-
-
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _pick(data: dict[str, Any], camel: str, snake: str, default: Any) -> Any:
@@ -263,9 +268,9 @@ def decode_entry(raw: bytes | str) -> PushEntry:
         )
     except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int() of an infinite float
         raise ValueError(f"inbox entry has a bad field: {exc}") from None
-    # Go's int64 (and SQL's BIGINT): a wider number cannot be a real entry, and it failed later, when the
-    # entry was encoded again for a socket (a 500 on /center/forward; orjson reads such numbers as floats).
-    if not all(INT64_MIN <= value <= INT64_MAX for value in
+    # Go's int64 (and SQL's BIGINT): a wider number cannot be a real entry, and it would fail later, when
+    # the entry is encoded again for a socket (orjson reads such numbers as floats, and refuses them).
+    if not all(in_int64(value) for value in
                (entry.msg_id, entry.room_id, entry.sender_id, entry.seq, entry.ts, *entry.target_ids)):
         raise ValueError("inbox entry has an integer outside 64 bits")
     return entry

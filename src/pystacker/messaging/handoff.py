@@ -14,7 +14,8 @@ from typing import Any
 
 from pystacker.engine.base import Engine, GatewayInfo, UserRoute
 from pystacker.messaging.fanout import FanoutPlan, inbox_entries, plan_fanout
-from pystacker.messaging.frames import INT64_MAX, INT64_MIN, PushEntry
+from pystacker.messaging.fields import in_int64
+from pystacker.messaging.frames import EntryType, PushEntry
 
 
 class LiveGateways:
@@ -44,7 +45,6 @@ class LiveGateways:
         self._expires = 0.0
 
 
-CATCH_UP = "catchup"  # an inbox entry type: "run the catch-up for these users now"
 
 
 class Handoff:
@@ -85,12 +85,12 @@ class Handoff:
         return bool(await self.to_users([user_id], entry))
 
     async def catch_up(self, user_id: int) -> bool:
-        return bool(await self.to_users([user_id], PushEntry(CATCH_UP, 0, 0, 0, [user_id], None)))
+        return bool(await self.to_users([user_id], PushEntry(EntryType.CATCH_UP, 0, 0, 0, [user_id], None)))
 
 
 def _int(value: Any) -> int:
-    # Outside 64 bits counts as absent, like a non-number: such a value could not be encoded for the
-    # gateway's inbox (orjson refuses it), which was a 500 when the user was online.
-    if isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX:
+    # Outside 64 bits counts as absent, like a non-number: such a value cannot be encoded for the
+    # gateway's inbox (orjson refuses it).
+    if isinstance(value, int) and not isinstance(value, bool) and in_int64(value):
         return value
     return 0

@@ -1,7 +1,7 @@
 """Snowflake message ids, bit-compatible with GoStacker's (bwmarrin/snowflake defaults).
 
 id = (ms since 2010-11-04T01:42:54.657Z) << 22 | node << 12 | sequence. GoStacker hard-codes node 1,
-so two send instances can mint the same id (spec 13.2 #24); here the node is the config's machine_id,
+so two send instances can mint the same id (compatibility.md #24); here the node is the config's machine_id,
 which must differ between send instances.
 """
 

@@ -25,7 +25,7 @@ from pystacker.messaging.history import History
 from pystacker.messaging.ids import Snowflake
 from pystacker.messaging.rosters import RosterBook
 from pystacker.messaging.store import MessageStore, TooManyReactions
-from pystacker.web.envelope import ApiError, forbidden, not_found
+from pystacker.messaging.errors import Conflict, Invalid, NotAllowed, NotFound, Refused
 
 MAX_EMOJI_BYTES = 32
 MAX_EMOJI_PER_MESSAGE = 20
@@ -86,7 +86,7 @@ class MessageChanges:
         """A message (not an event) in its current state, and its room's members, for a member."""
         found = await self.history.find(message_id)
         if found is None or is_event(found):
-            raise not_found("message not found")
+            raise NotFound("message not found")
         return found, await self.require_member(caller, found.room_id)
 
     async def edit(self, caller: int, message_id: int, content: Any, client_msg_id: str | None,
@@ -95,14 +95,14 @@ class MessageChanges:
         for _ in range(CHANGE_ATTEMPTS):
             target, members = await self.message(caller, message_id)
             if target.sender_id != caller:
-                raise forbidden("only its sender may edit a message")
+                raise NotAllowed("only its sender may edit a message")
             record = await self.engine.messages.revision(target.room_id, target.msg_id)
             revision = Revision.decode(record, target)
             event = self._event(caller, target, EDIT, edit_content(target, kind, payload), client_msg_id)
             if revision.recalled:
-                return await self._refuse(event, ApiError(409, "the message was recalled"))
+                return await self._refuse(event, Conflict("the message was recalled"))
             if _past(target, self.edit_window_s):
-                return await self._refuse(event, ApiError(409, f"the edit window ({self.edit_window_s} s) has passed"))
+                return await self._refuse(event, Conflict(f"the edit window ({self.edit_window_s} s) has passed"))
             edited = replace(target, type=kind, content=payload, edited_at_ms=event.created_at_ms)
             appended = await self.engine.messages.append_event(event, TargetChange(
                 target.msg_id, record, revision.encode(new_edit=True), patches=(edited,)))
@@ -116,15 +116,15 @@ class MessageChanges:
             target, members = await self.message(caller, message_id)
             moderator = await self._moderates(caller, target.room_id)
             if target.sender_id != caller and not moderator:
-                raise forbidden("only its sender, or the room's owner and admins, may recall a message")
+                raise NotAllowed("only its sender, or the room's owner and admins, may recall a message")
             record = await self.engine.messages.revision(target.room_id, target.msg_id)
             revision = Revision.decode(record, target)
             event = self._event(caller, target, RECALL, recall_content(target, caller), client_msg_id)
             if revision.recalled:
-                return await self._refuse(event, ApiError(409, "the message was recalled already"))
+                return await self._refuse(event, Conflict("the message was recalled already"))
             if not moderator and _past(target, self.recall_window_s):
-                return await self._refuse(event, ApiError(
-                    409, f"the recall window ({self.recall_window_s} s) has passed"))
+                return await self._refuse(event, Conflict(
+                    f"the recall window ({self.recall_window_s} s) has passed"))
             gone = tombstone(target, caller, event.created_at_ms)
             patches = (gone, *[blank_edit(edit) for edit in await self._edits_held(target, revision, record)])
             appended = await self.engine.messages.append_event(event, TargetChange(
@@ -144,12 +144,12 @@ class MessageChanges:
             revision = Revision.decode(record, target)
             if revision.recalled:
                 probe = self._event(caller, target, REACTION, reaction_content(target, emoji, on, 0), client_msg_id)
-                return await self._refuse(probe, ApiError(409, "the message was recalled"))
+                return await self._refuse(probe, Conflict("the message was recalled"))
             try:
                 changed, count = await self.store.set_reaction(target.msg_id, target.room_id, caller, emoji, on,
                                                                max_emoji=MAX_EMOJI_PER_MESSAGE)
             except TooManyReactions:
-                raise ApiError(409, f"a message has at most {MAX_EMOJI_PER_MESSAGE} different reactions") from None
+                raise Conflict(f"a message has at most {MAX_EMOJI_PER_MESSAGE} different reactions") from None
             if not changed and client_msg_id is None:
                 return Change(None, target, count)  # already so: nobody needs telling
             event = self._event(caller, target, REACTION, reaction_content(target, emoji, on, count), client_msg_id)
@@ -175,7 +175,7 @@ class MessageChanges:
         return NewMessage(msg_id=self.ids.next_id(), room_id=target.room_id, sender_id=caller, type=kind,
                           content=content, created_at_ms=time.time_ns() // 1_000_000, client_msg_id=client_msg_id)
 
-    async def _refuse(self, event: NewMessage, refusal: ApiError) -> Change:
+    async def _refuse(self, event: NewMessage, refusal: Refused) -> Change:
         """Refuse, unless the request is the retry of one that was done (then its first answer)."""
         if event.client_msg_id is not None:
             first = await self.engine.messages.append_event(event, TargetChange(event_target_id(event), NEVER, NEVER))
@@ -186,7 +186,7 @@ class MessageChanges:
     async def _target_of(self, event: StoredMessage) -> StoredMessage:
         found = await self.history.find(event_target(event))
         if found is None:
-            raise not_found("message not found")
+            raise NotFound("message not found")
         return found
 
     async def _moderates(self, user_id: int, room_id: int) -> bool:
@@ -211,12 +211,12 @@ def event_target_id(event: NewMessage) -> int:
 
 def check_emoji(emoji: str) -> None:
     if not emoji.strip() or len(emoji.encode()) > MAX_EMOJI_BYTES:
-        raise ApiError(400, f"emoji: 1 to {MAX_EMOJI_BYTES} bytes of UTF-8, not blank")
+        raise Invalid(f"emoji: 1 to {MAX_EMOJI_BYTES} bytes of UTF-8, not blank")
 
 
 def _past(message: StoredMessage, window_s: int) -> bool:
     return window_s > 0 and time.time() * 1000 - message.created_at_ms > window_s * 1000
 
 
-def _changing() -> ApiError:
-    return ApiError(409, "the message keeps changing; try again")
+def _changing() -> Conflict:
+    return Conflict("the message keeps changing; try again")

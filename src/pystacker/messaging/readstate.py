@@ -23,8 +23,8 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from pystacker.engine.base import Engine, LogEnd, MessageLog, StoredMessage
-from pystacker.messaging.frames import PushEntry
+from pystacker.engine.base import Engine, LogEnd, MessageLog
+from pystacker.messaging.frames import EntryType, PushEntry
 from pystacker.messaging.handoff import Handoff
 from pystacker.messaging.content import preview
 from pystacker.messaging.events import is_event
@@ -34,7 +34,6 @@ from pystacker.observability import metrics
 
 log = logging.getLogger("pystacker.readstate")
 
-READ = "read"  # the inbox entry type of read frames (messaging/frames.py: read_frame)
 
 
 class ReadMarks:
@@ -196,7 +195,7 @@ class ReadNotifier:
     async def _deliver(self, targets: list[int], reader: int, room_id: int, seq: int) -> None:
         self._in_flight += 1
         try:
-            await self.handoff.to_users(targets, PushEntry(READ, 0, room_id, reader, [], None, seq=seq))
+            await self.handoff.to_users(targets, PushEntry(EntryType.READ, 0, room_id, reader, [], None, seq=seq))
         except Exception:
             log.exception("read frames not delivered", extra={"room_id": room_id, "user_id": reader})
         finally:

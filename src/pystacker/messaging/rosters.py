@@ -5,7 +5,7 @@ changes it and every reader reads it, and the flusher writes dirty rosters to `r
 only read to load a roster that is not cached, and only written by the flusher (and by room creation,
 which writes the room and its first members in one transaction before anyone can see the room).
 
-Fixed against GoStacker's cache (spec 13.3 #27-29): a change applies to the whole roster as loaded from
+Fixed against GoStacker's cache (compatibility.md #27-#29): a change applies to the whole roster as loaded from
 SQL, never to a partial set; the flusher writes the difference between the roster and SQL, so roles,
 nicknames and join times survive; versions make a concurrent change retry instead of being lost, and a
 slower flusher can never write an older roster over a newer one (room.members_version).

@@ -17,13 +17,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 
-from pystacker.messaging.frames import PushEntry
+from pystacker.messaging.frames import EntryType, PushEntry
 from pystacker.messaging.handoff import Handoff
 from pystacker.observability import metrics
 
 log = logging.getLogger("pystacker.typing")
 
-TYPING = "typing"  # the inbox entry type (messaging/frames.py: typing_frame)
 TYPING_INTERVAL = 3.0  # seconds: one forwarded signal per user and room in this long
 
 
@@ -63,7 +62,7 @@ class TypingSignals:
             metrics.TYPING_SIGNALS.labels("dropped").inc()
             return False
         try:
-            await self.handoff.to_users(others, PushEntry(TYPING, 0, room_id, user_id, [], None))
+            await self.handoff.to_users(others, PushEntry(EntryType.TYPING, 0, room_id, user_id, [], None))
         except Exception:  # a lost typing signal costs nothing: the next one replaces it
             log.warning("typing signal not forwarded", exc_info=True, extra={"room_id": room_id, "user_id": user_id})
             return False

@@ -1,4 +1,4 @@
-"""Meta HTTP routes (spec 2.2): GoStacker's paths, request fields, messages and response shapes.
+"""Meta HTTP routes: GoStacker's paths, request fields, messages and response shapes.
 
 PyStacker additions: `data.user_id` in the register answer, GET /api/user/profile,
 GET /api/chat/group/members, POST /api/chat/group/leave, GET /api/chat/group/info.
@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from aiohttp import web
-from pydantic import AfterValidator, Field, StrictBool, StrictInt, StringConstraints, WithJsonSchema
+from pydantic import AfterValidator, StrictBool, StrictInt, StringConstraints, WithJsonSchema
 
+from pystacker.messaging.fields import INT64_MAX, PositiveId, QueryId
 from pystacker.db.schema import ROLE_ADMIN, ROLE_MEMBER, ROLE_OWNER
 from pystacker.db.sqlutil import rfc3339
 from pystacker.messaging.history import History
@@ -27,7 +28,6 @@ from pystacker.web.requests import RequestModel, parse_json, parse_query
 MAX_BCRYPT_BYTES = 72  # bcrypt ignores (or, in newer versions, refuses) anything longer
 
 # GoStacker's "required" on a number means non-zero; ids here are also positive.
-PositiveId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
 
 
 def _no_control_characters(value: str) -> str:
@@ -126,7 +126,7 @@ class RespondRequest(RequestModel):
 
 
 class RoomQuery(RequestModel):
-    room_id: Annotated[int, Field(gt=0, le=2**63 - 1)]
+    room_id: QueryId
 
 
 # -- answers, as OpenAPI components (the handlers below build exactly these) ---------------------------
@@ -225,7 +225,7 @@ class MetaRoutes:
             Route("GET", f"{group}/search", self.search, "Search groups by name", auth=bearer,
                   params=[Param("q", {"type": "string", "maxLength": MAX_SEARCH_TEXT},
                                "Part of the name; `%` and `_` match themselves"),
-                         Param("limit", {"type": "integer", "maximum": 2**63 - 1},
+                         Param("limit", {"type": "integer", "maximum": INT64_MAX},
                                f"Rooms to return: default {DEFAULT_SEARCH_LIMIT}, capped at limits.max_search_limit; "
                                "a non-numeric or non-positive value means the default (GoStacker's rule)")],
                   reply=Reply(envelope(SEARCH_RESULT)), errors=(400,), tags=TAGS_ROOMS),
@@ -380,7 +380,7 @@ class MetaRoutes:
             room_id = int(raw)
         except ValueError:
             raise ApiError(400, "invalid room_id") from None
-        if room_id <= 0 or room_id >= 2**63:
+        if room_id <= 0 or room_id > INT64_MAX:
             raise ApiError(400, "invalid room_id")
         requests = await self.service.join_requests(identity(request).user_id, room_id)
         return ok("ok", {"requests": [

@@ -1,4 +1,4 @@
-"""Reclaim idle inbox entries (spec 8.3, fixed).
+"""Reclaim idle inbox entries.
 
 Every `interval` seconds, for every gateway that has an inbox, live or gone (GoStacker only looked at
 live ones, so a dead gateway's entries were never reclaimed), entries pending longer than
@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable
 
 from pystacker.engine.base import Engine, InboxEntry
 from pystacker.messaging.frames import decode_entry
-from pystacker.messaging.handoff import CATCH_UP, Handoff
+from pystacker.messaging.frames import EntryType
+from pystacker.messaging.handoff import Handoff
 from pystacker.observability import metrics
 
 log = logging.getLogger("pystacker.msgflusher")
@@ -66,7 +67,7 @@ class Reclaimer:
                                                                            "entry_id": entry.entry_id})
                     done.append(entry.entry_id)
                     continue
-                if push.type in ("chat", CATCH_UP) and push.target_ids:
+                if push.type in (EntryType.CHAT, EntryType.CATCH_UP) and push.target_ids:
                     reached = await self.handoff.to_users(push.target_ids, push)
                     self.handed_on += len(reached)
                     metrics.HANDED_ON.labels("msgflusher").inc(len(reached))

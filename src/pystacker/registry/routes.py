@@ -1,4 +1,4 @@
-"""Registry HTTP routes (spec 2.5) with GoStacker's paths, fields and answers, fixed:
+"""Registry HTTP routes with GoStacker's paths, fields and answers, fixed:
 `user_id` is optional on /registry/gateway/available (the shipped clients omit it; a Bearer token, if
 sent, names the user for the lease); dead gateways never answer, and one that stopped beating or that
 the client names in `exclude` is asked for its /health first (liveness.py); batch route queries return
@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 from pydantic import Field, StrictFloat, StrictInt, StringConstraints
 
+from pystacker.messaging.fields import INT64_MAX, INT64_MIN, PositiveId, Seq
 from pystacker.engine.base import DEFAULT_DEVICE, Engine, GatewayInfo, SendInfo
 from pystacker.messaging.devices import DEVICE_ID_PATTERN
 from pystacker.messaging.fanout import route_is_live
@@ -28,11 +29,11 @@ from pystacker.web.requests import RequestModel, parse_json, request_device
 InstanceId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Port = Annotated[StrictInt, Field(ge=1, le=65535)]
 Host = Annotated[str, StringConstraints(min_length=1, max_length=255)]
-UserId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
+UserId = PositiveId
 # Counts and loads are bounded like every number we store (64 bits): the OpenAPI document says so.
-Count = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
-Capacity = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
-Load = StrictFloat | Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+Count = Seq  # (the same bounds)
+Capacity = PositiveId  # (the same bounds)
+Load = StrictFloat | Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)]
 
 
 class GatewayRegister(RequestModel):
@@ -239,7 +240,7 @@ class RegistryRoutes:
                 user_id = int(raw)
             except ValueError:
                 raise ApiError(400, "Invalid user_id format") from None
-            if user_id <= 0 or user_id >= 2**63:
+            if user_id <= 0 or user_id > INT64_MAX:
                 raise ApiError(400, "Invalid user_id format")
             return user_id
         header = request.headers.get("Authorization", "")

@@ -40,23 +40,37 @@ class RegistryService:
             lease = record.device(device_id) if record is not None else None
         return choose_gateway(live, lease, avoid=avoid)
 
-    async def connect_user(self, user_id: int, gateway: GatewayInfo, device_id: str = DEFAULT_DEVICE) -> UserRoute:
-        """The user's device is on `gateway` now; returns the user's record (every device). Whether the route is live is judged by its gateway (alive, same
-        epoch), not by its TTL, so a connected user never looks offline (spec 13.2 #11); the long TTL
-        only clears routes that a dead gateway left behind, and the gateway renews it while connected."""
-        route = UserRoute(user_id, gateway.gateway_id, f"{gateway.address}:{gateway.port}", time.time(),
-                          "connected", gateway.epoch, device_id)
-        return await self.registry.set_route(route, CONNECTED_ROUTE_TTL)
+    async def connect_user(self, user_id: int, gateway: GatewayInfo, device_id: str = DEFAULT_DEVICE, *,
+                           since: float | None = None) -> UserRoute:
+        """The user's device is on `gateway` now; returns the user's record (every device). `since`:
+        when this connection's route was first written (a renewal keeps it: it names the connection).
+        Whether the route is live is judged by its gateway (alive, same epoch), not by its TTL, so a
+        connected user never looks offline (compatibility.md #11); the long TTL only clears routes that a
+        dead gateway left behind, and the gateway renews it while connected."""
+        route = UserRoute(user_id, gateway.gateway_id, f"{gateway.address}:{gateway.port}",
+                          time.time() if since is None else since, "connected", gateway.epoch, device_id)
+        record = await self.registry.set_route(route, CONNECTED_ROUTE_TTL)
+        assert record is not None  # written without a condition: the record holds this route
+        return record
 
-    async def disconnect_user(self, user_id: int, gateway_id: str, device_id: str = DEFAULT_DEVICE) -> UserRoute | None:
-        """Turn the device's route into the reconnect lease, if it still names this gateway (a device
-        that moved to another gateway keeps its new route); returns the user's record now (None: no
-        route at all), which says whether another device of his is still online."""
+    async def disconnect_user(self, user_id: int, gateway_id: str, device_id: str = DEFAULT_DEVICE, *,
+                              connected_at: float | None = None) -> UserRoute | None:
+        """Turn the device's route into the reconnect lease, if it is still the route of the
+        connection that ended: it names this gateway and, when given, was written at `connected_at`
+        (a device that reconnected meanwhile, here or on another gateway, keeps its new route). One
+        compare-and-set in the engine. Returns the user's record now (None: no route at all), which
+        says whether another device of his is still online."""
+
+        def still_this_connection(route: UserRoute | None) -> bool:
+            return (route is not None and route.gateway_id == gateway_id
+                    and (connected_at is None or route.connected_at == connected_at))
+
         record = (await self.registry.get_routes([user_id])).get(user_id)
         route = record.device(device_id) if record is not None else None
-        if route is None or route.gateway_id != gateway_id:
+        if route is None or not still_this_connection(route):
             return record
-        return await self.registry.set_route(replace(route, status="disconnected", others=()), self.user_route_ttl)
+        return await self.registry.set_route(replace(route, status="disconnected", others=()), self.user_route_ttl,
+                                             only_if=still_this_connection)
 
     async def available_send(self) -> SendInfo | None:
         instances = await self.registry.list_send()

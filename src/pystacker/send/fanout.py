@@ -115,7 +115,7 @@ class Fanout:
             if (ack_sender and sender_route is not None and sender_route.device_id == ack_device
                     and message.sender_id not in plan.offline):
                 # The ack comes after every copy is in an inbox: "ack" means handed on, as in
-                # GoStacker (section 5). The other gateways' entries are written first; the sender's
+                # GoStacker. The other gateways' entries are written first; the sender's
                 # gateway's entry and the ack go last, in one call: one stream keeps their order, and
                 # a send saves a round trip (pairs: one call instead of two).
                 ack_gateway = sender_route.gateway_id

@@ -1,4 +1,4 @@
-"""Send HTTP routes (spec 2.3): send_message, resend_message, internal pushback and notify, plus history
+"""Send HTTP routes: send_message, resend_message, internal pushback and notify, plus history
 and read state."""
 
 from __future__ import annotations
@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import AfterValidator, Field, StrictBool, StrictInt, StringConstraints, WithJsonSchema
+from pydantic import Field, StrictBool, StringConstraints, WithJsonSchema
 
 from pystacker.engine.base import StoredMessage
 from pystacker.messaging.content import content_json_schema
+from pystacker.messaging.fields import INT64_MAX, ClientMsgId, MessageId, PositiveId, QueryId, QuerySeq, Seq
 from pystacker.messaging.lifecycle import Change
 from pystacker.send.service import SendService
 from pystacker.messaging.user_presence import MAX_WATCHED, Presence
@@ -20,26 +21,10 @@ from pystacker.web.openapi import (BOOLEAN, ID, INTEGER, STRING, Auth, Reply, Ro
 from pystacker.web.ratelimit import TokenBucketLimiter
 from pystacker.web.requests import RequestModel, parse_json, parse_query, request_device
 
-PositiveId = Annotated[StrictInt, Field(gt=0, le=2**63 - 1)]
-ClientMsgId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
 
 
 # Validated by parse_content (400/413 with GoStacker-style texts); the schema only documents it.
 Content = Annotated[Any, WithJsonSchema(content_json_schema())]
-
-
-# A message id as a number or as its decimal string (`id_str`): JavaScript cannot hold 64-bit numbers.
-MessageRef = Annotated[PositiveId | Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,18}$")],
-                       AfterValidator(int), Field(description="a message id, as a number or a decimal string")]
-
-
-def _within_64_bits(value: int) -> int:
-    if value > 2**63 - 1:
-        raise ValueError("must be at most 2^63-1")
-    return value
-
-
-MessageId = Annotated[MessageRef, AfterValidator(_within_64_bits)]
 
 
 class SendRequest(RequestModel):
@@ -71,21 +56,16 @@ class ReactRequest(RequestModel):
     client_msg_id: ClientMsgId | None = None
 
 
-# Every integer is bounded to SQL's signed 64 bits: a larger one reached SQLite (OverflowError) or the
-# memory log (islice) as a 500 before; now it is a 400, and the OpenAPI document says so.
 class ResendRequest(RequestModel):
     message_id: PositiveId
 
 
 class HistoryQuery(RequestModel):
-    room_id: Annotated[int, Field(gt=0, le=2**63 - 1)]
-    after_seq: Annotated[int, Field(ge=0, le=2**63 - 1)] | None = None
-    before_seq: Annotated[int, Field(gt=0, le=2**63 - 1)] | None = None
+    room_id: QueryId
+    after_seq: QuerySeq | None = None
+    before_seq: QueryId | None = None
     limit: Annotated[int, Field(ge=1, le=200)] = 50
     events: Annotated[int, Field(ge=0, le=1)] = 0
-
-
-Seq = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]
 
 
 class ReadRequest(RequestModel):
@@ -94,7 +74,7 @@ class ReadRequest(RequestModel):
 
 
 class ReadStateQuery(RequestModel):
-    room_id: Annotated[int, Field(gt=0, le=2**63 - 1)]
+    room_id: QueryId
 
 
 class PresenceQuery(RequestModel):
@@ -102,7 +82,7 @@ class PresenceQuery(RequestModel):
 
     def ids(self) -> list[int]:
         ids = list(dict.fromkeys(int(part) for part in self.user_ids.split(",")))
-        if len(ids) > MAX_WATCHED or max(ids) > 2**63 - 1:
+        if len(ids) > MAX_WATCHED or max(ids) > INT64_MAX:
             raise ApiError(400, f"user_ids: at most {MAX_WATCHED} ids of users")
         return ids
 

@@ -1,4 +1,4 @@
-"""Sending: check the sender, store the message with its seq, then push it (spec 4.2, fixed).
+"""Sending: check the sender, store the message with its seq, then push it.
 
 GoStacker answered 200 before the message was stored anywhere durable and let any user post to any
 room. Here the sender must be a member (403), the message is in the log with its seq before the

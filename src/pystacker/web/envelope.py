@@ -10,6 +10,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from pystacker.messaging.errors import Conflict, Invalid, NotAllowed, NotFound, Refused, TooLarge
+
 
 def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
@@ -39,6 +41,14 @@ class ApiError(Exception):
         self.status = status
         self.msg = msg
         self.headers = headers
+
+
+REFUSAL_STATUS: dict[type[Refused], int] = {Invalid: 400, TooLarge: 413, NotAllowed: 403, NotFound: 404, Conflict: 409}
+
+
+def refusal_status(refused: Refused) -> int:
+    """The HTTP status of a refusal of the messaging rules (messaging/errors.py)."""
+    return next((status for kind, status in REFUSAL_STATUS.items() if isinstance(refused, kind)), 400)
 
 
 def bad_request(msg: str) -> ApiError:

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from pystacker.observability.metrics import observe_request
 from pystacker.web.auth import IDENTITY_KEY, TokenService, bearer_token
-from pystacker.web.envelope import ApiError, error_response
+from pystacker.messaging.errors import Refused
+from pystacker.web.envelope import ApiError, error_response, refusal_status
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -32,6 +33,8 @@ def error_middleware(service: str) -> Callable[..., Awaitable[web.StreamResponse
             return await handler(request)
         except ApiError as exc:
             return error_response(exc.status, exc.msg, headers=exc.headers)
+        except Refused as exc:
+            return error_response(refusal_status(exc), exc.msg)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -83,7 +86,7 @@ INTERNAL_TOKEN_HEADER = "X-Internal-Token"
 
 def internal_token_middleware(token: str, is_internal: Callable[[web.Request], bool]) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Internal routes (pushback, notify, registry writes) need the shared `internal.token`
-    (GoStacker left them open: spec 13.4 #31). With an empty token they are closed to everyone."""
+    (GoStacker left them open: compatibility.md #31). With an empty token they are closed to everyone."""
     expected = token.encode()
 
     @web.middleware

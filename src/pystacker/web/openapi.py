@@ -28,11 +28,12 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
+from pystacker.messaging.fields import INT64_MAX
 from pystacker.web.middleware import INTERNAL_TOKEN_HEADER
 
 OPENAPI_PATH = "/openapi.json"
 OPENAPI_VERSION = "3.1.0"
-MAX_ID = 2**63 - 1  # ids are signed 64-bit in SQL
+MAX_ID = INT64_MAX  # ids are signed 64-bit in SQL
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JsonSchema = dict[str, Any]
