@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 
 from pystacker.chaos.launcher import poll  # noqa: F401 - the tests import it from here
-from pystacker.web.middleware import INTERNAL_TOKEN_HEADER
+from pystacker.web.auth import INTERNAL_TOKEN_HEADER
 from tests.client import Http, User, new_user
 
 DEFAULT_TIMEOUT = 5.0

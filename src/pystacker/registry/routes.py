@@ -20,7 +20,7 @@ from pystacker.engine.base import DEFAULT_DEVICE, Engine, GatewayInfo, SendInfo
 from pystacker.messaging.devices import DEVICE_ID_PATTERN
 from pystacker.messaging.fanout import route_is_live
 from pystacker.registry.service import RegistryService
-from pystacker.web.auth import TokenService
+from pystacker.web.auth import optional_identity
 from pystacker.web.envelope import ApiError, ok
 from pystacker.web.openapi import (ID, INTEGER, NUMBER, STRING, TIMESTAMP, Auth, Param, Reply, Route, add_routes,
                                    array, component, envelope, nullable, obj)
@@ -121,18 +121,16 @@ def _gateway_json(info: GatewayInfo) -> dict[str, Any]:
 
 
 class RegistryRoutes:
-    def __init__(self, engine: Engine, service: RegistryService, tokens: TokenService, *,
-                 gateway_ttl: int, send_ttl: int) -> None:
+    def __init__(self, engine: Engine, service: RegistryService, *, gateway_ttl: int, send_ttl: int) -> None:
         self.engine = engine
         self.registry = engine.registry
         self.service = service
-        self.tokens = tokens
         self.gateway_ttl = gateway_ttl
         self.send_ttl = send_ttl
 
     def install(self, app: web.Application) -> None:
         # The route table: handlers and their OpenAPI description (GET /openapi.json) in one place.
-        # Writes need the internal token (is_registry_write below decides; a test checks they agree).
+        # Writes need the internal token (`auth=internal`: add_routes installs the check).
         internal, gateways, sends, users = Auth.INTERNAL, ("gateways",), ("send instances",), ("user routes",)
         add_routes(app, [
             Route("GET", "/health", self.health, "GoStacker's registry health (a raw object, not the envelope)",
@@ -243,13 +241,10 @@ class RegistryRoutes:
             if user_id <= 0 or user_id > INT64_MAX:
                 raise ApiError(400, "Invalid user_id format")
             return user_id
-        header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer "):
-            try:
-                return self.tokens.verify(header[7:].strip()).user_id
-            except ApiError:
-                return None  # the lease is an optimisation; a bad token still gets a gateway
-        return None
+        # Auth.OPTIONAL_BEARER: a valid token names the caller; a bad one still gets a gateway (the
+        # lease is an optimisation).
+        caller = optional_identity(request)
+        return caller.user_id if caller is not None else None
 
     # -- send instances --------------------------------------------------------------------------
 
@@ -311,13 +306,3 @@ class RegistryRoutes:
                  for uid, record in routes.items()}
         return ok("success", {str(uid): {"gateway_id": r.gateway_id, "address": r.address}
                               for uid, r in found.items() if r is not None})
-
-
-_INTERNAL_PREFIXES = ("/registry/gateway/register", "/registry/gateway/heartbeat", "/registry/send/register",
-                      "/registry/send/heartbeat", "/registry/user/")
-
-
-def is_registry_write(request: web.Request) -> bool:
-    """Registry writes need the internal token (when configured); reads are for clients."""
-    return request.path.startswith(_INTERNAL_PREFIXES) or (
-        request.method == "DELETE" and request.path.startswith("/registry/"))
