@@ -1,12 +1,12 @@
 """OpenAPI 3.1 documents of the HTTP services, built from the route tables they install.
 
 Every service registers its routes with `add_routes(app, [Route(...), ...])`: the same table installs the
-handlers, enforces who may call them and describes them, so a route cannot exist without being in the
-document, and what the document says a route needs (`Route.auth`) is what it checks: `add_routes`
-installs each handler behind the check of its `Auth` (`guarded` in web/auth.py), against the
-application's credentials (`new_app(credentials=...)`). Request bodies and
-query strings are described by the pydantic models the handlers validate them with
-(`model_json_schema()`), so the document cannot drift from the validation either. Response shapes are
+handlers, decides who may call them and describes them, so a route cannot exist without being in the
+document, and the security the document gives a route (`Route.auth`) is the check it runs: `add_routes`
+installs each handler behind the check of its `Auth` (`guarded` in web/auth.py), made against the
+application's credentials (`new_app(credentials=...)`). Request bodies and query strings are described
+by the pydantic models the handlers validate them with (`model_json_schema()`), so the document cannot
+drift from the validation either. Response shapes are
 written once, as named components (`component()`), next to the code that produces them.
 
 `GET /openapi.json` serves the document of the service it is asked on. It is public (it describes only

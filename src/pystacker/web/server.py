@@ -19,15 +19,14 @@ from pystacker.web.openapi import Route, add_routes, install_openapi
 log = logging.getLogger("pystacker.server")
 
 
-def new_app(service: str, *, max_body_bytes: int, credentials: Credentials | None = None,
-            middlewares: list | None = None) -> web.Application:
+def new_app(service: str, *, max_body_bytes: int, credentials: Credentials | None = None) -> web.Application:
     """An application with the middlewares every service shares and GoStacker's `/ping`.
 
     `credentials` are what its routes' `Auth` is checked against (add_routes); an application without
     them can only have public routes."""
     app = web.Application(
         client_max_size=max_body_bytes,
-        middlewares=[request_log_middleware(service), error_middleware(service), *(middlewares or [])],
+        middlewares=[request_log_middleware(service), error_middleware(service)],
     )
     app[CREDENTIALS_KEY] = credentials or Credentials()
 
