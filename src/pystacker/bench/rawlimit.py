@@ -427,6 +427,10 @@ def not_measured(reason: str) -> dict[str, Any]:
     return {"measured": False, "reason": reason}
 
 
+def _significant(value: float) -> float:
+    return float(f"{value:.4g}")
+
+
 def add_ratios(raw: dict[str, Any], steps: list[dict[str, Any]]) -> None:
     """Each step's deliveries/s over the raw limit (frames/s on one core), and its server CPU per
     delivery over the raw CPU per frame (both None when either side is missing)."""
@@ -434,11 +438,11 @@ def add_ratios(raw: dict[str, Any], steps: list[dict[str, Any]]) -> None:
     raw_us = raw.get("us_per_frame") if raw.get("measured") else None
     for step in steps:
         rate = step.get("deliveries_per_s")
-        step["ratio_to_rawlimit"] = round(rate / limit, 4) if rate and limit else None
+        step["ratio_to_rawlimit"] = _significant(rate / limit) if rate and limit else None
         cpu = sum((step.get("server_cpu_s") or {}).values())
         deliveries = step.get("deliveries") or 0
         step["server_us_per_delivery"] = round(cpu * 1e6 / deliveries, 2) if cpu and deliveries else None
-        step["server_cpu_to_rawlimit"] = (round(step["server_us_per_delivery"] / raw_us, 2)
+        step["server_cpu_to_rawlimit"] = (_significant(step["server_us_per_delivery"] / raw_us)
                                           if step["server_us_per_delivery"] and raw_us else None)
 
 

@@ -69,10 +69,10 @@ def ratio_lines(report: dict[str, Any]) -> list[str]:
     for step in report["steps"]:
         if step.get("ratio_to_rawlimit") is None:
             continue
-        part = f"{step['label']} {step['ratio_to_rawlimit']:.3f} ({_fmt(step.get('deliveries_per_s'), 0)} deliveries/s)"
+        part = f"{step['label']} {step['ratio_to_rawlimit']:.3g} ({_fmt(step.get('deliveries_per_s'), 0)} deliveries/s)"
         if step.get("server_cpu_to_rawlimit") is not None:
             part += (f", server CPU per delivery {_fmt(step['server_us_per_delivery'], 2)} us = "
-                     f"{step['server_cpu_to_rawlimit']:.1f}x the raw frame's")
+                     f"{step['server_cpu_to_rawlimit']:.3g}x the raw frame's")
         parts.append(part)
     return [f"{head}: " + ("; ".join(parts) if parts else "- (no deliveries in this workload)"),
             f"raw limit: {raw_limit_summary(raw)}"]
