@@ -22,12 +22,13 @@ from typing import Any
 
 import aiohttp
 
-from pystacker.bench import procfs
+from pystacker.bench import procfs, rawlimit
 from pystacker.bench.api import PublicApi, Targets
 from pystacker.bench.checker import StepCounts
 from pystacker.bench.fleet import Fleet, Progress
 from pystacker.bench.histogram import Histogram
-from pystacker.bench.safety import raise_fd_limit
+from pystacker.bench.rawlimit import RawLimitOptions
+from pystacker.bench.safety import BenchError, raise_fd_limit
 from pystacker.bench.server import EmbeddedServer
 from pystacker.bench.setup import Population, create_population
 from pystacker.bench.worker import SenderPlan, WorkerPlan
@@ -62,6 +63,7 @@ class BenchOptions:
     user_prefix: str = "bench"
     users_file: Path | None = None
     server_data: Path | None = None
+    rawlimit: RawLimitOptions | None = None  # None: the raw limit is not measured (--no-rawlimit)
 
     def public(self) -> dict[str, Any]:
         values = asdict(self)
@@ -300,6 +302,14 @@ def run_bench(workload_name: str, workload: Workload, options: BenchOptions, par
     # Connections are file descriptors; the embedded server inherits the raised limit.
     raise_fd_limit(int(params.get("users", 0)) * 2 + int(params.get("connections", 0)) * 2 + 4096)
     machine_before = procfs.machine()
+    # The raw limit first, before any server or client process of this run exists (a few seconds).
+    if options.rawlimit is None:
+        raw = rawlimit.not_measured("skipped with --no-rawlimit")
+    else:
+        try:
+            raw = rawlimit.measure(options.rawlimit, options.progress)
+        except BenchError as exc:
+            raw = rawlimit.not_measured(f"could not run: {exc}")
     server: EmbeddedServer | None = None
     server_info: dict[str, Any] = {"embedded": options.embedded}
     try:
@@ -321,8 +331,9 @@ def run_bench(workload_name: str, workload: Workload, options: BenchOptions, par
             server_info["log"] = str(server.log_path)
             server_info["log_problems"] = server.log_problems()
     steps = result.pop("steps")
+    rawlimit.add_ratios(raw, steps)
     totals = _totals(steps)
-    problems = result.pop("problems", [])
+    problems = result.pop("problems", []) + list(raw.get("problems") or [])
     for name, label in (("lost", "lost deliveries"), ("duplicates", "duplicate deliveries"),
                         ("order_violations", "per-room order violations")):
         if totals[name]:
@@ -341,6 +352,7 @@ def run_bench(workload_name: str, workload: Workload, options: BenchOptions, par
         "git": procfs.git_commit(),
         "server": server_info,
         **result,
+        "rawlimit": raw,
         "steps": steps,
         "totals": totals,
         "problems": problems,
