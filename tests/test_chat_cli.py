@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from pystacker.client import PyStackerClient
+
 PYSTACKER = Path(sys.executable).parent / "pystacker"
 TIMEOUT = 20.0  # a subprocess starts Python, imports, hashes a password: generous, never slept
 PASSWORD = "password-1"
@@ -133,7 +135,7 @@ async def test_two_people_chat_in_two_terminals(open_terminal: Any) -> None:
     await bob.expect(rf"^  {room}  lobby  \[group, 2 members, 0 unread\] \(current\)$")
     await bob.expect(rf"^  {side}  side  \[group, 2 members, 2 unread\]$")
     await bob.say("/members")
-    await bob.expect(rf"^  {alice_id}  {alice_name}$")
+    await bob.expect(rf"^  {alice_id}  {alice_name}  online$")  # with their presence
 
     await alice.say("/quit")
     assert await alice.finish() == 0
@@ -188,3 +190,88 @@ async def test_login_errors_and_existing_account(open_terminal: Any) -> None:
     wrong = await open_terminal(name, password="not-the-password")
     assert await wrong.finish() == 1
     assert "Invalid username or password (401)" in wrong.stderr
+
+
+async def test_reply_edit_react_recall_hide_typing_and_presence(open_terminal: Any, system: Any) -> None:
+    """The message lifecycle in two terminals: /reply, /edit, /react, /unreact, /recall and /hide
+    name a message by the #N its line shows; every change prints in both as it arrives, in the room's
+    seq order. Who is typing (here alice's second device, an SDK session) and the presence of the
+    current room's members print too."""
+    alice_name, bob_name = unique("alice"), unique("bob")
+    alice = await open_terminal(alice_name, "--register")
+    bob = await open_terminal(bob_name, "--register")
+    alice_id = int((await alice.expect(r"registered \S+ \(user (\d+)\)"))[1])
+    bob_id = int((await bob.expect(r"registered \S+ \(user (\d+)\)"))[1])
+    await bob.expect(r"^\* connected as user")
+    await alice.expect(r"^\* connected as user")
+    await alice.say(f"/create lifecycle {bob_id}")
+    room = int((await alice.expect(r"created room (\d+) \(lifecycle\)"))[1])
+    await alice.expect(rf"^\* {bob_name}\({bob_id}\) is online$")  # the current room's members are watched
+
+    await alice.say("hello bob")
+    await bob.expect(rf"^\[room {room} #1\] {alice_name}\({alice_id}\): hello bob$")
+    await bob.say("/reply 1 hi alice")
+    reply = rf"^\[room {room} #2\] {bob_name}\({bob_id}\) \(reply to #1 {alice_name}: \"hello bob\"\): hi alice$"
+    for terminal in (alice, bob):
+        await terminal.expect(reply)
+    await alice.say("/edit 1 hello bob, edited")
+    await alice.say("/react 1 \U0001f44d")
+    for terminal in (alice, bob):
+        await terminal.expect(rf"^\[room {room} #3\] {alice_name}\({alice_id}\) edited #1: hello bob, edited$")
+        await terminal.expect(rf"^\[room {room} #4\] {alice_name}\({alice_id}\) reacted \U0001f44d to #1 \(1\)$")
+    await bob.say("/react 2 \u2764")
+    await alice.expect(rf"^\[room {room} #5\] {bob_name}\({bob_id}\) reacted \u2764 to #2 \(1\)$")
+    await bob.say("/unreact 2 \u2764")
+    await alice.expect(rf"^\[room {room} #6\] {bob_name}\({bob_id}\) took back \u2764 from #2 \(0\)$")
+    await alice.say("/recall 2")  # alice owns the room: she may recall bob's message
+    for terminal in (alice, bob):
+        await terminal.expect(rf"^\[room {room} #7\] {alice_name}\({alice_id}\) recalled #2$")
+
+    mark = len(bob.lines)
+    await bob.say("/edit 1 not mine")
+    await bob.expect(r"^! .*\(403\)$", start=mark)
+    mark = len(bob.lines)
+    await bob.say("/edit 2 mine, but recalled")
+    await bob.expect(r"^! .*\(409\)$", start=mark)
+    mark = len(bob.lines)
+    await bob.say("/edit x")
+    await bob.expect(r"^! usage: /edit N TEXT", start=mark)
+    await bob.say("/reply 3 that is an edit, not a message")
+    await bob.expect(rf"^! no message #3 in room {room}$", start=mark)
+
+    mark = len(bob.lines)
+    await bob.say("/history")
+    await bob.expect(rf"^\[room {room} #1\] {alice_name}\({alice_id}\): hello bob, edited \(edited\)  "
+                     rf"\[\U0001f44d 1\]$", start=mark)
+    await bob.expect(rf"^\[room {room} #2\] {bob_name}\({bob_id}\) \(reply to #1 {alice_name}: .*\): "
+                     rf"\[message recalled\]", start=mark)
+    await bob.say("/hide 1")
+    await bob.expect(r"^\* #1 hidden from your history$", start=mark)
+    mark = len(bob.lines)
+    await bob.say("/history")
+    await bob.expect(rf"^\[room {room} #2\] ", start=mark)
+    assert not any(line.startswith(f"[room {room} #1]") for line in bob.lines[mark:])
+
+    # Typing: alice's other device (the terminal reads whole lines and sends none).
+    urls = system.urls
+    async with PyStackerClient(urls["meta"], urls["send"], urls["registry"], device_id="sdk-device") as device:
+        await device.login(alice_name, PASSWORD)
+        async with await device.connect() as session:
+            await session.typing(room)
+            await bob.expect(rf"^\* {alice_name}\({alice_id}\) is typing in room {room}$")
+
+    mark = len(alice.lines)
+    await alice.say("/members")
+    await alice.expect(rf"^  {bob_id}  {bob_name}  online$", start=mark)
+    await bob.say("/quit")
+    assert await bob.finish() == 0
+    await alice.expect(rf"^\* {bob_name}\({bob_id}\) is offline \(last seen \d{{4}}-\d\d-\d\d [\d:]+\)$",
+                       start=mark)
+    mark = len(alice.lines)
+    await alice.say("/react 1 \U0001f44d")  # again: nothing changes, and no event comes
+    await alice.expect(r"^\* #1 already has your \U0001f44d \(1\)$", start=mark)
+    await alice.say("/quit")
+    assert await alice.finish() == 0
+    # Each change printed once per terminal.
+    for line in (rf"[room {room} #3]", rf"[room {room} #7]"):
+        assert sum(text.startswith(line) for text in alice.lines) == 1

@@ -12,11 +12,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import orjson
 import pytest
 
-from pystacker.client import (Backoff, ChatMessage, Delivered, InOrderInbox, Offer, PyStackerClient, PyStackerError,
-                              PresenceEvent, ReadEvent, Session, SessionClosed, SessionFailed, TypingEvent,
-                              user_id_from_token)
+from pystacker.client import (Backoff, ChatMessage, Delivered, EditEvent, InOrderInbox, Offer, PresenceEvent,
+                              PyStackerClient, PyStackerError, Quote, Reaction, ReactionEvent, ReadEvent, RecallEvent,
+                              Session, SessionClosed, SessionFailed, TypingEvent, user_id_from_token)
+from pystacker.client.models import room_entry_from_frame
 from pystacker.gateway.app import GATEWAY_SERVICE
 from pystacker.messaging.frames import CloseCode
 from tests.ws import poll
@@ -512,6 +514,294 @@ async def test_close_ends_iteration_and_is_idempotent(make_client: Any) -> None:
         await other.receive(timeout=0.05)  # nothing to read: the wait is bounded
 
 
+# -- the message lifecycle: reply, edit, recall, hide, reactions ----------------------------------------
+
+THUMBS = "\U0001f44d"
+ROOM_ENTRY_TYPES = (ChatMessage, EditEvent, RecallEvent, ReactionEvent)
+
+
+async def next_entries(session: Session, count: int, timeout: float = TIMEOUT) -> list[Any]:
+    """Exactly the next `count` room entries (messages and room events), other items skipped."""
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        try:
+            item = await session.receive(timeout=max(deadline - time.monotonic(), 0.001))
+        except TimeoutError:
+            raise AssertionError(f"only {len(got)} of {count} room entries: {got}") from None
+        if isinstance(item, ROOM_ENTRY_TYPES):
+            got.append(item)
+    return got
+
+
+async def assert_no_entry_pending(session: Session, room_id: int, sender: PyStackerClient) -> None:
+    """Nothing else (message or room event) is pending: a marker sent now is the very next entry."""
+    marker = unique("marker-")
+    await sender.send(room_id, marker)
+    (item,) = await next_entries(session, 1)
+    assert isinstance(item, ChatMessage) and item.text == marker, f"expected the marker, got {item}"
+
+
+def every_event(**options: Any) -> dict[str, Any]:
+    return {"edits": True, "recalls": True, "reactions": True, **options}
+
+
+async def test_http_reply_edit_react_recall_hide_and_history(make_client: Any) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    room = await room_of(alice, bob)
+    hello = await alice.send(room, "hello")
+    answer = await bob.send(room, "hi alice", reply_to=hello.msg_id)
+    assert (hello.seq, answer.seq) == (1, 2)
+
+    edited = await alice.edit(hello.msg_id, "hello, edited", client_msg_id="edit-1")
+    assert (edited.message_id, edited.room_id, edited.seq, edited.duplicate) == (hello.msg_id, room, 3, False)
+    assert edited.edited_at > 0 and edited.client_msg_id == "edit-1"
+    again = await alice.edit(hello.msg_id, "hello, edited", client_msg_id="edit-1")  # a retry: not applied twice
+    assert (again.seq, again.duplicate) == (3, True)
+
+    by_bob = await bob.react(hello.msg_id, THUMBS)
+    assert (by_bob.emoji, by_bob.on, by_bob.count, by_bob.seq, by_bob.duplicate) == (THUMBS, True, 1, 4, False)
+    by_alice = await alice.react(hello.msg_id, THUMBS)
+    assert (by_alice.count, by_alice.seq) == (2, 5)
+    heart = await bob.react(hello.msg_id, "\u2764")
+    taken_back = await bob.react(hello.msg_id, "\u2764", on=False)
+    assert (heart.count, heart.seq, taken_back.count, taken_back.on, taken_back.seq) == (1, 6, 0, False, 7)
+    retry = await bob.react(hello.msg_id, "\u2764", on=False, client_msg_id=taken_back.client_msg_id)
+    assert (retry.seq, retry.count, retry.duplicate) == (7, 0, True)  # the first answer
+
+    recalled = await bob.recall(answer.msg_id, client_msg_id="recall-1")
+    assert (recalled.message_id, recalled.seq, recalled.duplicate) == (answer.msg_id, 8, False)
+    retried = await bob.recall(answer.msg_id, client_msg_id="recall-1")
+    assert (retried.seq, retried.duplicate) == (8, True)
+
+    other_room = await room_of(alice)
+    refusals: list[tuple[Callable[[], Any], int]] = [
+        (lambda: bob.edit(hello.msg_id, "not mine"), 403),  # only the sender edits
+        (lambda: bob.edit(answer.msg_id, "too late"), 409),  # a recalled message is not edited
+        (lambda: bob.recall(answer.msg_id), 409),  # already recalled (another client_msg_id)
+        (lambda: bob.recall(hello.msg_id), 403),  # another's message, and bob is no admin
+        (lambda: alice.react(hello.msg_id, "x" * 33), 400),  # more than 32 bytes
+        (lambda: alice.edit(hello.msg_id, " "), 400),  # content as for a send: no blank text
+        (lambda: alice.send(other_room, "re", reply_to=hello.msg_id), 400),  # not a message of that room
+    ]
+    for call, status in refusals:
+        with pytest.raises(PyStackerError) as refused:
+            await call()
+        assert refused.value.status == status, (refused.value, status)
+
+    page = await bob.history(room)
+    assert [m.seq for m in page.messages] == [1, 2]  # events are not listed
+    first, second = page.messages
+    assert (first.text, first.edited_at, first.recalled) == ("hello, edited", edited.edited_at, False)
+    assert first.reactions == (Reaction(THUMBS, 2, True),)
+    assert (second.recalled, second.recalled_by, second.text, second.payload) == (True, bob.user_id, None, {})
+    assert second.recalled_at is not None and second.recalled_at > 0
+    assert second.reply_to is not None
+    assert (second.reply_to.message_id, second.reply_to.sender_id) == (hello.msg_id, alice.user_id)
+    assert [r.me for r in (await alice.history(room)).messages[0].reactions] == [True]
+
+    log = await bob.history(room, events=True)  # every entry by seq, for incremental sync
+    assert [(type(e).__name__, e.seq) for e in log.events] == [
+        ("ChatMessage", 1), ("ChatMessage", 2), ("EditEvent", 3), ("ReactionEvent", 4), ("ReactionEvent", 5),
+        ("ReactionEvent", 6), ("ReactionEvent", 7), ("RecallEvent", 8)]
+    assert [m.seq for m in log.messages] == [1, 2]
+    edit_event, recall_event = log.events[2], log.events[7]
+    assert isinstance(edit_event, EditEvent) and isinstance(recall_event, RecallEvent)
+    assert (edit_event.message_id, edit_event.sender_id, edit_event.text) == (hello.msg_id, alice.user_id,
+                                                                               "hello, edited")
+    assert (recall_event.message_id, recall_event.by) == (answer.msg_id, bob.user_id)
+    reactions = [e for e in log.events if isinstance(e, ReactionEvent)]
+    assert [(e.user_id, e.emoji, e.on, e.count) for e in reactions] == [
+        (bob.user_id, THUMBS, True, 1), (alice.user_id, THUMBS, True, 2), (bob.user_id, "\u2764", True, 1),
+        (bob.user_id, "\u2764", False, 0)]
+
+    assert await bob.hide(hello.msg_id) == room  # gone from bob's history only, on every device
+    assert [m.seq for m in (await bob.history(room)).messages] == [2]
+    assert [m.seq for m in (await alice.history(room)).messages] == [1, 2]
+
+
+async def test_a_reaction_that_changes_nothing_is_no_event(make_client: Any) -> None:
+    """The contract: `seq` is null when nothing changed (the emoji was there already, or there was
+    none to take back), and then the room gets no event. The SDK sends a client_msg_id with every
+    reaction (generated when none is given), so that a retry gets the first answer."""
+    alice, bob = await make_client("alice"), await make_client("bob")
+    room = await room_of(alice, bob)
+    hello = await alice.send(room, "hello")
+    first = await bob.react(hello.msg_id, THUMBS)
+    assert (first.count, first.seq) == (1, 2)
+    again = await bob.react(hello.msg_id, THUMBS)  # another request (another client_msg_id): already so
+    assert (again.count, again.seq, again.duplicate) == (1, None, False)
+    none_to_take_back = await alice.react(hello.msg_id, "\u2764", on=False)
+    assert (none_to_take_back.count, none_to_take_back.seq) == (0, None)
+    assert [e.seq for e in (await alice.history(room, events=True)).events] == [1, 2]
+
+
+async def test_room_owner_recalls_a_members_message(make_client: Any) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    room = await room_of(alice, bob)  # alice created it: its owner
+    sent = await bob.send(room, "something to take back")
+    result = await alice.recall(sent.msg_id)
+    assert (result.message_id, result.seq, result.duplicate) == (sent.msg_id, 2, False)
+    (message,) = (await bob.history(room)).messages
+    assert (message.recalled, message.recalled_by) == (True, alice.user_id)
+
+
+async def test_session_yields_room_events_in_seq_order_with_the_messages(make_client: Any) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    room = await room_of(alice, bob)
+    a = await alice.connect()
+    b = await bob.connect(**every_event())
+    hello = await a.send(room, "hello")
+    edited = await a.edit(hello.msg_id, "hello!", client_msg_id="ws-edit-1")
+    assert (edited.message_id, edited.room_id, edited.seq, edited.duplicate) == (hello.msg_id, room, 2, False)
+    repeat = await a.edit(hello.msg_id, "hello!", client_msg_id="ws-edit-1")
+    assert (repeat.seq, repeat.duplicate) == (2, True)
+    reacted = await b.react(hello.msg_id, THUMBS)
+    assert (reacted.message_id, reacted.count, reacted.seq, reacted.on) == (hello.msg_id, 1, 3, True)
+    reply = await b.send(room, "nice", reply_to=hello.msg_id)
+    unreacted = await b.react(hello.msg_id, THUMBS, on=False)
+    assert (unreacted.count, unreacted.seq) == (0, 5)
+    recalled = await a.recall(hello.msg_id)
+    assert (recalled.seq, recalled.duplicate) == (6, False)
+
+    got = await next_entries(b, 6)
+    assert [(type(e).__name__, e.seq) for e in got] == [
+        ("ChatMessage", 1), ("EditEvent", 2), ("ReactionEvent", 3), ("ChatMessage", 4), ("ReactionEvent", 5),
+        ("RecallEvent", 6)]
+    first, edit, reaction, answer, unreaction, recall = got
+    assert edit == EditEvent(edit.id, room, 2, alice.user_id, hello.msg_id, "text", {}, edited.edited_at)
+    assert edit.text == "hello!"
+    assert reaction == ReactionEvent(reaction.id, room, 3, bob.user_id, hello.msg_id, bob.user_id, THUMBS, True, 1)
+    assert answer.id == reply.msg_id and answer.reply_to == Quote(hello.msg_id, alice.user_id, "hello!", False)
+    assert (recall.message_id, recall.by, recall.sender_id) == (hello.msg_id, alice.user_id, alice.user_id)
+    assert recall.recalled_at > 0
+    assert (unreaction.on, unreaction.count) == (False, 0)
+    assert b.positions() == {room: 6}  # the events' seqs are read like the messages'
+    await assert_no_entry_pending(b, room, alice)
+
+    page = await b.sync(room, after_seq=1)  # a sync answer mixes messages and events too
+    assert [e.seq for e in page.events] == [2, 3, 4, 5, 6, 7] and [m.seq for m in page.messages] == [4, 7]
+    assert page.last_seq == 7
+
+
+async def test_room_events_not_asked_for_are_read_past_without_a_hole(make_client: Any) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    room = await room_of(alice, bob)
+    b = await bob.connect(reactions=True)  # no edits, no recalls
+    one = await alice.send(room, "one")
+    await alice.edit(one.msg_id, "one, edited")
+    await bob.react(one.msg_id, THUMBS)
+    await alice.recall(one.msg_id)
+    two = await alice.send(room, "two")
+    assert two.seq == 5
+    got = await next_entries(b, 3)
+    assert [(type(e).__name__, e.seq) for e in got] == [("ChatMessage", 1), ("ReactionEvent", 3), ("ChatMessage", 5)]
+    assert b.positions() == {room: 5} and b.inbox.skipped == 0  # nothing was given up on
+    await assert_no_entry_pending(b, room, alice)
+
+
+@pytest.mark.parametrize("catch_up", ["server", "sync"])
+async def test_catch_up_brings_room_events_in_seq_order(make_client: Any, catch_up: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    room = await room_of(alice, bob)
+    dropped = asyncio.Event()
+    # The reconnect waits at least 0.5 s: the sends below are done by then (checked), so they come
+    # by the catch-up (the server's batches, or the session's syncs), not live.
+    b = await bob.connect(**every_event(catch_up=catch_up, backoff=fast_backoff(initial=1.0, max_delay=1.0),
+                                        on_state=lambda state, _: dropped.set() if state == "disconnected" else None))
+    handle = b._handle  # noqa: SLF001 - the seam between the socket and the session
+    batched: list[tuple[str, int]] = []  # the entries of every batch frame (catch-up batches, sync answers)
+
+    def recording(text: str) -> None:
+        frame = orjson.loads(text)
+        if frame.get("type") == "batch":
+            batched.extend((entry.get("type"), entry.get("seq")) for entry in frame["payload"])
+        handle(text)
+
+    monkeypatch.setattr(b, "_handle", recording)
+    one = await alice.send(room, "one")
+    assert [e.seq for e in await next_entries(b, 1)] == [1]
+    await b.reconnect()
+    await asyncio.wait_for(dropped.wait(), TIMEOUT)
+    two = await alice.send(room, "two", reply_to=one.msg_id)  # while bob is away
+    await alice.edit(one.msg_id, "one, edited")
+    await alice.react(two.msg_id, THUMBS)
+    await alice.recall(one.msg_id)
+    await alice.send(room, "three")
+    assert b.connects == 1, "reconnected before the sends were done: the test did not test the catch-up"
+    got = await next_entries(b, 5)
+    assert [(type(e).__name__, e.seq) for e in got] == [
+        ("ChatMessage", 2), ("EditEvent", 3), ("ReactionEvent", 4), ("RecallEvent", 5), ("ChatMessage", 6)]
+    assert got[0].reply_to is not None and got[0].reply_to.message_id == one.msg_id
+    assert [e.message_id for e in got[1:4]] == [one.msg_id, two.msg_id, one.msg_id]
+    assert b.connects == 2
+    # They came in batches that mix messages and events, in seq order (seq 1 may come again: read,
+    # but its ack may not have reached the server before the drop; the session drops the duplicate).
+    assert [entry for entry in batched if entry[1] > 1] == [
+        ("chat", 2), ("edit", 3), ("reaction", 4), ("recall", 5), ("chat", 6)]
+    await assert_no_entry_pending(b, room, alice)
+
+
+async def test_session_fetches_a_room_event_it_missed(make_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The live `edit` frame never arrives: the session sees the gap at the next seq and fetches the
+    edit with `sync` before it yields what follows."""
+    alice, bob = await make_client("alice"), await make_client("bob")
+    room = await room_of(alice, bob)
+    b = await bob.connect(**every_event())
+    handle = b._handle  # noqa: SLF001 - the seam between the socket and the session
+    lost: list[str] = []
+
+    def lossy(text: str) -> None:
+        if '"type":"edit"' in text and not lost:
+            lost.append(text)
+            return
+        handle(text)
+
+    monkeypatch.setattr(b, "_handle", lossy)
+    one = await alice.send(room, "one")
+    await alice.edit(one.msg_id, "one, edited")
+    await alice.send(room, "two")
+    got = await next_entries(b, 3)
+    assert [(type(e).__name__, e.seq) for e in got] == [("ChatMessage", 1), ("EditEvent", 2), ("ChatMessage", 3)]
+    assert lost, "the test did not drop the edit"
+    assert got[1].text == "one, edited"
+
+
+async def test_lifecycle_requests_survive_a_drop_and_are_applied_once(make_client: Any) -> None:
+    """An edit, a reaction and a recall started while the socket is down go out on the next
+    connection, each with its client_msg_id: each is applied once."""
+    alice, bob = await make_client("alice"), await make_client("bob")
+    room = await room_of(alice, bob)
+    a = await alice.connect(backoff=fast_backoff(initial=0.2, max_delay=0.3))
+    sent = await a.send(room, "before the drop")
+    await a.reconnect()
+    edited = await a.edit(sent.msg_id, "edited across a reconnect")
+    reacted = await a.react(sent.msg_id, THUMBS)
+    recalled = await a.recall(sent.msg_id)
+    assert [r.seq for r in (edited, reacted, recalled)] == [2, 3, 4] and a.connects == 2
+    assert not any(r.duplicate for r in (edited, reacted, recalled))
+    log = await alice.history(room, events=True)
+    assert [type(e).__name__ for e in log.events] == ["ChatMessage", "EditEvent", "ReactionEvent", "RecallEvent"]
+
+
+async def test_lifecycle_refusals_over_the_socket_are_raised(make_client: Any) -> None:
+    alice, bob = await make_client("alice"), await make_client("bob")
+    room = await room_of(alice, bob)
+    b = await bob.connect()
+    sent = await alice.send(room, "alice's")
+    with pytest.raises(PyStackerError) as not_mine:
+        await b.edit(sent.msg_id, "bob's now")
+    assert not_mine.value.status == 403
+    with pytest.raises(PyStackerError) as too_long:
+        await b.react(sent.msg_id, "x" * 33)
+    assert too_long.value.status == 400
+    with pytest.raises(PyStackerError) as not_allowed:
+        await b.recall(sent.msg_id)
+    assert not_allowed.value.status == 403
+    assert await b.ping() < TIMEOUT  # the socket is still fine
+
+
 # -- pure parts ----------------------------------------------------------------------------------------
 
 
@@ -580,6 +870,59 @@ def test_inbox_skip_and_unordered_frames() -> None:
     assert inbox.offer(legacy) is Offer.DUPLICATE
     assert inbox.offer_event(Delivered(5, 1, 6, None))
     assert inbox.pop() == legacy and inbox.pop() == Delivered(5, 1, 6, None) and inbox.pop() is None
+
+
+def test_inbox_orders_room_events_with_the_messages() -> None:
+    """Edits, recalls and reactions hold seqs of the room's sequence: ordered, deduplicated and
+    gap-checked exactly like chat messages."""
+    inbox = InOrderInbox()
+    inbox.set_position(1, 0)
+    edit = EditEvent(id=501, room_id=1, seq=3, sender_id=1, message_id=1001, content_type="text",
+                     payload={"text": "1/1 again"}, edited_at=5)
+    react = ReactionEvent(id=502, room_id=1, seq=4, sender_id=2, message_id=1002, user_id=2, emoji="+1", on=True,
+                          count=1)
+    recall = RecallEvent(id=503, room_id=1, seq=6, sender_id=1, message_id=1001, by=1, recalled_at=7)
+    for entry in (recall, chat(1, 5), react, chat(1, 2), edit, react, chat(1, 1), recall):
+        inbox.offer(entry)
+    got = []
+    while (item := inbox.pop()) is not None:
+        got.append(item)
+    assert got == [chat(1, 1), chat(1, 2), edit, react, chat(1, 5), recall]
+    assert inbox.positions() == {1: 6} and inbox.behind() == {}
+    assert inbox.offer(ReactionEvent(504, 1, 8, 2, 1002, 2, "+1", False, 0)) is Offer.HELD
+    assert inbox.behind() == {1: 6}  # seq 7 (whatever it is) must be fetched first
+
+
+def test_room_event_frames_parse_as_the_contract_writes_them() -> None:
+    big = 2**62 + 12345  # beyond JavaScript's 2^53: the string twins are read first
+    edit = room_entry_from_frame({
+        "type": "edit", "id": 77, "id_str": "77", "room_id": 3, "sender_id": 9, "message_id": big,
+        "message_id_str": str(big), "seq": 12, "content": {"type": "text", "text": "fixed"}, "edited_at": 1700,
+        "payload": None})
+    assert edit == EditEvent(77, 3, 12, 9, big, "text", {"text": "fixed"}, 1700) and edit.text == "fixed"
+    assert edit.content == {"type": "text", "text": "fixed"}
+    recall = room_entry_from_frame({
+        "type": "recall", "id": 78, "id_str": "78", "room_id": 3, "sender_id": 4, "message_id": 5,
+        "message_id_str": "5", "seq": 13, "by": 4, "recalled_at": 1800, "payload": None})
+    assert recall == RecallEvent(78, 3, 13, 4, 5, 4, 1800)
+    reaction = room_entry_from_frame({
+        "type": "reaction", "id": 79, "id_str": "79", "room_id": 3, "sender_id": 6, "message_id": 5,
+        "message_id_str": "5", "seq": 14, "user_id": 6, "emoji": "\U0001f44d", "on": False, "count": 0,
+        "payload": None})
+    assert reaction == ReactionEvent(79, 3, 14, 6, 5, 6, "\U0001f44d", False, 0)
+    message = room_entry_from_frame({
+        "type": "chat", "id": 80, "id_str": "80", "room_id": 3, "sender_id": 6, "seq": 15, "ts": 1,
+        "content_type": "text", "payload": {"text": "yes"}, "edited_at": 1900,
+        "reply_to": {"message_id": big, "message_id_str": str(big), "sender_id": 9, "preview": "fixed",
+                     "recalled": False},
+        "reactions": [{"emoji": "+1", "count": 2, "me": True}]})
+    assert isinstance(message, ChatMessage) and message.text == "yes" and message.edited_at == 1900
+    assert message.reply_to == Quote(big, 9, "fixed", False) and message.reactions == (Reaction("+1", 2, True),)
+    assert not message.recalled
+    tombstone = ChatMessage.from_frame({"type": "chat", "id": 81, "room_id": 3, "sender_id": 6, "seq": 16,
+                                        "payload": {}, "recalled": True, "recalled_by": 1, "recalled_at": 2})
+    assert (tombstone.recalled, tombstone.recalled_by, tombstone.recalled_at, tombstone.text) == (True, 1, 2, None)
+    assert room_entry_from_frame({"type": "typing", "room_id": 3}) is None
 
 
 def test_backoff_is_jittered_exponential_capped_and_bounded() -> None:

@@ -7,23 +7,26 @@
     async for message in session:
         print(message.room_id, message.seq, message.text)
 
-`api.py` is the HTTP side (accounts, rooms, history, send), `session.py` the live WebSocket with
-reconnect and catch-up, `inbox.py` the pure ordering/dedup core, `backoff.py` the reconnect delays.
+`api.py` is the HTTP side (accounts, rooms, history, send, edit, recall, hide, react), `session.py`
+the live WebSocket with reconnect and catch-up, `inbox.py` the pure ordering/dedup core, `backoff.py` the reconnect delays.
 """
 
 from pystacker.client.api import PyStackerClient, new_client_msg_id, user_id_from_token
 from pystacker.client.backoff import Backoff
 from pystacker.client.errors import PyStackerError, SessionClosed, SessionFailed
 from pystacker.client.inbox import InOrderInbox, Offer
-from pystacker.client.models import (ChatMessage, Delivered, Gateway, HistoryPage, Member, ReadEvent, RoomInfo,
-                                     PresenceEvent, RoomState, SendResult, TypingEvent, text_content)
+from pystacker.client.models import (ChatMessage, Delivered, EditEvent, EditResult, Gateway, HistoryPage, Member,
+                                     PresenceEvent, Quote, Reaction, ReactionEvent, ReactResult, ReadEvent,
+                                     RecallEvent, RecallResult, RoomEntry, RoomEvent, RoomInfo, RoomState, SendResult,
+                                     TypingEvent, text_content)
 from pystacker.client.session import Session
 
 Connection = Session  # the name some callers expect
 
 __all__ = [
-    "Backoff", "ChatMessage", "Connection", "Delivered", "Gateway", "HistoryPage", "InOrderInbox", "Member",
-    "Offer", "PyStackerClient", "PyStackerError", "ReadEvent", "RoomInfo", "RoomState", "SendResult", "Session",
-    "SessionClosed",
-    "SessionFailed", "TypingEvent", "PresenceEvent", "new_client_msg_id", "text_content", "user_id_from_token",
+    "Backoff", "ChatMessage", "Connection", "Delivered", "EditEvent", "EditResult", "Gateway", "HistoryPage",
+    "InOrderInbox", "Member", "Offer", "PresenceEvent", "PyStackerClient", "PyStackerError", "Quote", "Reaction",
+    "ReactionEvent", "ReactResult", "ReadEvent", "RecallEvent", "RecallResult", "RoomEntry", "RoomEvent", "RoomInfo",
+    "RoomState", "SendResult", "Session", "SessionClosed", "SessionFailed", "TypingEvent", "new_client_msg_id",
+    "text_content", "user_id_from_token",
 ]

@@ -17,8 +17,9 @@ import aiohttp
 import orjson
 
 from pystacker.client.errors import PyStackerError
-from pystacker.client.models import (ChatMessage, Gateway, HistoryPage, Member, PresenceEvent, RoomInfo, RoomState,
-                                     SendResult, as_content)
+from pystacker.client.models import (ChatMessage, EditResult, Gateway, HistoryPage, Member, PresenceEvent,
+                                     ReactResult, RecallResult, RoomInfo, RoomState, SendResult, as_content,
+                                     room_entry_from_frame)
 
 if TYPE_CHECKING:
     from pystacker.client.session import Session
@@ -183,13 +184,54 @@ class PyStackerClient:
 
     # -- messages --------------------------------------------------------------------------------
 
-    async def send(self, room_id: int, content: str | dict[str, Any], client_msg_id: str | None = None) -> SendResult:
-        """Send over HTTP. With a client_msg_id a retry is safe: it returns the first send's answer."""
+    async def send(self, room_id: int, content: str | dict[str, Any], client_msg_id: str | None = None, *,
+                   reply_to: int | None = None) -> SendResult:
+        """Send over HTTP. With a client_msg_id a retry is safe: it returns the first send's answer.
+        `reply_to`: the id of the message of the same room this one answers (400 if it is not there)."""
         body: dict[str, Any] = {"room_id": room_id, "content": as_content(content)}
         if client_msg_id is not None:
             body["client_msg_id"] = client_msg_id
+        if reply_to is not None:
+            body["reply_to"] = reply_to
         data = await self._call("POST", f"{self.send_url}/api/chat/send_message", json=body)
         return SendResult.from_answer(data or {}, room_id)
+
+    async def edit(self, message_id: int, content: str | dict[str, Any],
+                   client_msg_id: str | None = None) -> EditResult:
+        """Replace the content of one of your messages (within `limits.edit_window_s`: 409 after it, and
+        on a recalled message; 403 on another's). The room gets an `edit` event. A client_msg_id is
+        generated when none is given; the result carries it: a retry with it is answered with the first
+        edit (duplicate=True), so nothing is changed twice."""
+        client_msg_id = client_msg_id or new_client_msg_id()
+        data = await self._call("POST", f"{self.send_url}/api/chat/edit_message",
+                                json={"message_id": message_id, "content": as_content(content),
+                                      "client_msg_id": client_msg_id})
+        return EditResult.from_answer(data or {}, client_msg_id)
+
+    async def recall(self, message_id: int, client_msg_id: str | None = None) -> RecallResult:
+        """Take a message back: its content is gone for everyone, a tombstone stays. Its sender within
+        `limits.recall_window_s` (409 after it), the room's owner and admins at any time (403 for the
+        others); 409 if it already was. The client_msg_id is as for `edit`."""
+        client_msg_id = client_msg_id or new_client_msg_id()
+        data = await self._call("POST", f"{self.send_url}/api/chat/recall_message",
+                                json={"message_id": message_id, "client_msg_id": client_msg_id})
+        return RecallResult.from_answer(data or {}, client_msg_id)
+
+    async def hide(self, message_id: int) -> int:
+        """Hide a message from your own history, on every device; nobody is told. Returns its room id."""
+        data = await self._call("POST", f"{self.send_url}/api/chat/hide_message", json={"message_id": message_id})
+        return int((data or {}).get("room_id", 0))
+
+    async def react(self, message_id: int, emoji: str, on: bool = True,
+                    client_msg_id: str | None = None) -> ReactResult:
+        """Put (`on`) or take back an emoji (1-32 bytes of UTF-8; at most 20 distinct per message: 409)
+        on a message. The room gets a `reaction` event when it changed something (`seq` None when not).
+        The client_msg_id is as for `edit`."""
+        client_msg_id = client_msg_id or new_client_msg_id()
+        data = await self._call("POST", f"{self.send_url}/api/chat/react",
+                                json={"message_id": message_id, "emoji": emoji, "on": on,
+                                      "client_msg_id": client_msg_id})
+        return ReactResult.from_answer(data or {}, client_msg_id)
 
     async def read(self, room_id: int, seq: int) -> int:
         """You have read the room up to `seq` (past its end counts as its end); returns your read mark,
@@ -209,18 +251,26 @@ class PyStackerClient:
         return {event.user_id: event for event in (PresenceEvent.from_frame(u) for u in (data or {}).get("users") or [])}
 
     async def history(self, room_id: int, after_seq: int | None = None, before_seq: int | None = None,
-                      limit: int = 50) -> HistoryPage:
+                      limit: int = 50, *, events: bool = False) -> HistoryPage:
         """A page of a room: ascending after `after_seq`, else the newest before `before_seq` (or the
-        newest of all); `limit` is at most 200."""
+        newest of all); `limit` is at most 200. The messages are in their current state (edited
+        content, tombstones, quotes, reactions), without those you hid. `events=True`: every entry
+        of the page by seq instead, messages and room events (`page.events`; `page.messages` are its
+        messages), to follow a room incrementally."""
         params: dict[str, Any] = {"room_id": room_id, "limit": limit}
         if after_seq is not None:
             params["after_seq"] = after_seq
         if before_seq is not None:
             params["before_seq"] = before_seq
+        if events:
+            params["events"] = 1
         data = await self._call("GET", f"{self.send_url}/api/chat/history", params=params)
+        entries = [e for e in (room_entry_from_frame(f) for f in data.get("events") or [] if isinstance(f, dict))
+                   if e is not None]
+        messages = ([e for e in entries if isinstance(e, ChatMessage)] if events else
+                    [ChatMessage.from_frame(m) for m in data.get("messages") or []])
         return HistoryPage(int(data.get("room_id", room_id)), int(data.get("last_seq", 0)),
-                           bool(data.get("has_more", False)),
-                           [ChatMessage.from_frame(m) for m in data.get("messages") or []])
+                           bool(data.get("has_more", False)), messages, entries)
 
     # -- live connection -------------------------------------------------------------------------
 

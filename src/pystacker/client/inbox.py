@@ -1,8 +1,9 @@
 """What the application may read next: each room's messages once, in seq order, without a hole.
 
 Pure logic, no I/O (like the gateway's `messaging/ordering.py`, one level up). The session offers every
-chat message it receives: live pushes, catch-up batches, `sync` answers, in any order and any number of
-times. The inbox keeps, per room:
+entry of a room's log it receives: chat messages and room events (edits, recalls, reactions: each has
+its own seq in the same sequence), from live pushes, catch-up batches and `sync` answers, in any order
+and any number of times. Below, "message" means any such entry. The inbox keeps, per room:
 - `next_seq`: the seq the application gets next (unknown until the room is first seen or set);
 - `held`: messages beyond `next_seq`, waiting for the hole before them to be filled;
 - `highest`: the highest seq seen, kept even when a message had to be dropped.
@@ -21,9 +22,11 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-from pystacker.client.models import ChatMessage, Delivered, PresenceEvent, ReadEvent, TypingEvent
+from pystacker.client.models import (ChatMessage, Delivered, EditEvent, PresenceEvent, ReactionEvent, ReadEvent,
+                                     RecallEvent, RoomEntry, TypingEvent)
 
-Item = ChatMessage | Delivered | ReadEvent | TypingEvent | PresenceEvent
+Item = ChatMessage | EditEvent | RecallEvent | ReactionEvent | Delivered | ReadEvent | TypingEvent | PresenceEvent
+ROOM_ENTRIES = (ChatMessage, EditEvent, RecallEvent, ReactionEvent)  # ordered by seq; the rest are not
 
 
 class Offer(Enum):
@@ -36,7 +39,7 @@ class Offer(Enum):
 @dataclass(slots=True)
 class RoomState:
     next_seq: int | None = None
-    held: dict[int, ChatMessage] = field(default_factory=dict)
+    held: dict[int, RoomEntry] = field(default_factory=dict)
     highest: int = 0
     consumed: int = 0  # the last seq the application read
 
@@ -52,7 +55,7 @@ class InOrderInbox:
         self.max_held = max_held
         self.rooms: dict[int, RoomState] = {}
         self._ready: deque[Item] = deque()
-        self._ready_chats = 0  # chat messages in _ready (the bound counts only those)
+        self._ready_chats = 0  # room entries in _ready (the bound counts only those)
         self._held_total = 0
         self._stalled: set[int] = set()  # rooms with a held next_seq that waits for ready space
         self._gapped: set[int] = set()  # rooms that held or dropped something: maybe behind
@@ -98,7 +101,7 @@ class InOrderInbox:
 
     # -- input -----------------------------------------------------------------------------------
 
-    def offer(self, message: ChatMessage) -> Offer:
+    def offer(self, message: RoomEntry) -> Offer:
         if message.seq <= 0:
             return self._offer_unordered(message)
         room = self.rooms.setdefault(message.room_id, RoomState())
@@ -147,7 +150,7 @@ class InOrderInbox:
         if not self._ready:
             return None
         item = self._ready.popleft()
-        if isinstance(item, ChatMessage):
+        if isinstance(item, ROOM_ENTRIES):
             self._ready_chats -= 1
             room = self.rooms.get(item.room_id)
             if room is not None and item.seq > room.consumed:
@@ -161,12 +164,12 @@ class InOrderInbox:
         return len(self._ready)
 
     def space(self) -> int:
-        """How many more chat messages fit in the ready queue."""
+        """How many more room entries (messages and room events) fit in the ready queue."""
         return max(self.max_ready - self._ready_chats, 0)
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _push_ready(self, item: ChatMessage) -> None:
+    def _push_ready(self, item: RoomEntry) -> None:
         self._ready.append(item)
         self._ready_chats += 1
 
@@ -188,7 +191,7 @@ class InOrderInbox:
         room.next_seq = next_seq
         self._release(room_id, room)
 
-    def _offer_unordered(self, message: ChatMessage) -> Offer:
+    def _offer_unordered(self, message: RoomEntry) -> Offer:
         if message.id in self._recent_ids:
             return Offer.DUPLICATE
         if self._ready_chats >= self.max_ready:

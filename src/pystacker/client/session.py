@@ -34,9 +34,10 @@ import orjson
 
 from pystacker.client.backoff import Backoff
 from pystacker.client.errors import GatewayUnreachable, PyStackerError, SessionClosed, SessionFailed
-from pystacker.client.inbox import InOrderInbox, Item, Offer
-from pystacker.client.models import (ChatMessage, Delivered, Gateway, HistoryPage, PresenceEvent, ReadEvent,
-                                     SendResult, TypingEvent, as_content)
+from pystacker.client.inbox import ROOM_ENTRIES, InOrderInbox, Item, Offer
+from pystacker.client.models import (ChatMessage, Delivered, EditEvent, EditResult, Gateway, HistoryPage,
+                                     PresenceEvent, ReactionEvent, ReactResult, ReadEvent, RecallEvent, RecallResult,
+                                     SendResult, TypingEvent, as_content, room_entry_from_frame)
 
 if TYPE_CHECKING:
     from pystacker.client.api import PyStackerClient
@@ -66,8 +67,11 @@ class Session:
     """A live connection. Read with `async for item in session` or `await session.receive(timeout)`;
     items are `ChatMessage`s, `Delivered` events when `deliveries=True`, and `ReadEvent`s (your own
     read marks from any of your connections, and the other members' read receipts) when `reads=True`,
-    `TypingEvent`s (another member is typing) when `typing=True`, and `PresenceEvent`s of the users
-    `watch_presence()` names when `presence=True`.
+    `TypingEvent`s (another member is typing) when `typing=True`, `PresenceEvent`s of the users
+    `watch_presence()` names when `presence=True`, and the room events `EditEvent` (`edits=True`),
+    `RecallEvent` (`recalls=True`) and `ReactionEvent` (`reactions=True`). Room events have their
+    own seq in the room's sequence: they come once each, in seq order with the messages, live and in
+    catch-up; those not asked for are passed over (and acknowledged) without a hole.
     `unread` is the total unread count the server gave when the current connection opened.
 
     Options: `catch_up` ("server" or "sync"), `max_queue`, `max_held`, `ack_delay` (seconds to gather
@@ -82,7 +86,7 @@ class Session:
                  max_held: int = 5000, ack_delay: float = 0.1, request_timeout: float = 10.0,
                  connect_timeout: float = 10.0, heartbeat: float | None = 30.0, backoff: Backoff | None = None,
                  stable_after: float = 5.0, deliveries: bool = False, reads: bool = False, typing: bool = False,
-                 presence: bool = False,
+                 presence: bool = False, edits: bool = False, recalls: bool = False, reactions: bool = False,
                  positions: dict[int, int] | None = None,
                  gap_timeout: float = 30.0, on_state: StateListener | None = None) -> None:
         if catch_up not in ("server", "sync"):
@@ -99,6 +103,9 @@ class Session:
         self.reads = reads
         self.typing_events = typing
         self.presence_events = presence
+        # The room events to yield; the others are read past (they hold seqs of the room all the same).
+        self._skipped_entries = tuple(kind for kind, wanted in ((EditEvent, edits), (RecallEvent, recalls),
+                                                                (ReactionEvent, reactions)) if not wanted)
         self._watched: list[int] = []  # sent again after every reconnect
         self.unread = 0
         self.gap_timeout = gap_timeout
@@ -207,6 +214,8 @@ class Session:
                 item = self.inbox.pop()
                 if item is not None:
                     self._after_pop(item)
+                    if self._skipped_entries and isinstance(item, self._skipped_entries):
+                        continue  # a room event not asked for: read (and acknowledged), not yielded
                     return item
                 if self._error is not None:
                     raise self._error
@@ -225,7 +234,7 @@ class Session:
             raise StopAsyncIteration from None
 
     def _after_pop(self, item: Item) -> None:
-        if isinstance(item, ChatMessage) and item.seq > self._acked.get(item.room_id, 0):
+        if isinstance(item, ROOM_ENTRIES) and item.seq > self._acked.get(item.room_id, 0):
             self._ack_wakeup.set()
         if self._fill_needs_space or self.inbox.maybe_behind:
             # Reading made room: what was dropped (or waits behind a hole) can be fetched now.
@@ -235,20 +244,64 @@ class Session:
     # -- requests over the socket ----------------------------------------------------------------
 
     async def send(self, room_id: int, content: str | dict[str, Any], *, client_msg_id: str | None = None,
-                   timeout: float | None = None) -> SendResult:
+                   reply_to: int | None = None, timeout: float | None = None) -> SendResult:
         """Send over the WebSocket and wait for the server's answer (`send_ok`). A client_msg_id is
         generated when none is given; if the socket drops before the answer, the same frame is sent
         again on the next connection: the server answers a repeated client_msg_id with the first
-        message (duplicate=True), so nothing is posted twice."""
+        message (duplicate=True), so nothing is posted twice. `reply_to`: the id of the message of the
+        same room this one answers."""
         from pystacker.client.api import new_client_msg_id
 
         client_msg_id = client_msg_id or new_client_msg_id()
-        answer = await self._request({"type": "send", "room_id": room_id, "content": as_content(content),
-                                      "client_msg_id": client_msg_id}, timeout=timeout, retry=True)
+        frame: dict[str, Any] = {"type": "send", "room_id": room_id, "content": as_content(content),
+                                 "client_msg_id": client_msg_id}
+        if reply_to is not None:
+            frame["reply_to"] = reply_to
+        answer = await self._request(frame, timeout=timeout, retry=True)
         payload = answer.get("payload") or {}
         return SendResult(int(payload.get("id_str") or payload.get("msgID") or answer.get("id", 0)),
                           int(answer.get("room_id") or room_id), int(payload.get("seq", 0)),
                           payload.get("client_msg_id", client_msg_id), bool(payload.get("duplicate", False)))
+
+    async def edit(self, message_id: int, content: str | dict[str, Any], *, client_msg_id: str | None = None,
+                   timeout: float | None = None) -> EditResult:
+        """Edit one of your messages over the socket (an `edit` frame, answered by `edit_ok`); the same
+        rules and the same answer as `PyStackerClient.edit`. Sent again after a drop with the same
+        client_msg_id (generated when none is given), as `send` is: never applied twice."""
+        from pystacker.client.api import new_client_msg_id
+
+        client_msg_id = client_msg_id or new_client_msg_id()
+        payload = await self._lifecycle_request({"type": "edit", "message_id": message_id,
+                                                 "content": as_content(content), "client_msg_id": client_msg_id},
+                                                timeout)
+        return EditResult.from_answer(payload, client_msg_id)
+
+    async def recall(self, message_id: int, *, client_msg_id: str | None = None,
+                     timeout: float | None = None) -> RecallResult:
+        """Recall a message over the socket (a `recall` frame, answered by `recall_ok`); as
+        `PyStackerClient.recall`, sent again after a drop as `edit` is."""
+        from pystacker.client.api import new_client_msg_id
+
+        client_msg_id = client_msg_id or new_client_msg_id()
+        payload = await self._lifecycle_request({"type": "recall", "message_id": message_id,
+                                                 "client_msg_id": client_msg_id}, timeout)
+        return RecallResult.from_answer(payload, client_msg_id)
+
+    async def react(self, message_id: int, emoji: str, on: bool = True, *, client_msg_id: str | None = None,
+                    timeout: float | None = None) -> ReactResult:
+        """Put (`on`) or take back an emoji on a message over the socket (a `react` frame, answered by
+        `react_ok`); as `PyStackerClient.react`, sent again after a drop as `edit` is."""
+        from pystacker.client.api import new_client_msg_id
+
+        client_msg_id = client_msg_id or new_client_msg_id()
+        payload = await self._lifecycle_request({"type": "react", "message_id": message_id, "emoji": emoji,
+                                                 "on": on, "client_msg_id": client_msg_id}, timeout)
+        return ReactResult.from_answer(payload, client_msg_id)
+
+    async def _lifecycle_request(self, frame: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        answer = await self._request(frame, timeout=timeout, retry=True)
+        payload = answer.get("payload")
+        return payload if isinstance(payload, dict) else {}
 
     async def read(self, room_id: int, seq: int) -> None:
         """Tell the server you have read the room up to `seq` (a `read` frame). Your read mark moves
@@ -287,8 +340,10 @@ class Session:
         the session yields does not change (it syncs by itself when it misses something)."""
         answer = await self._request({"type": "sync", "room_id": room_id, "after_seq": after_seq,
                                       "limit": min(max(limit, 1), MAX_SYNC_PAGE)}, timeout=timeout, retry=True)
-        messages = [ChatMessage.from_frame(c) for c in answer.get("payload") or [] if isinstance(c, dict)]
-        return HistoryPage(room_id, messages[-1].seq if messages else after_seq, bool(answer.get("has_more")), messages)
+        entries = [e for e in (room_entry_from_frame(f) for f in answer.get("payload") or [] if isinstance(f, dict))
+                   if e is not None]
+        return HistoryPage(room_id, entries[-1].seq if entries else after_seq, bool(answer.get("has_more")),
+                           [e for e in entries if isinstance(e, ChatMessage)], entries)
 
     async def ping(self, timeout: float | None = None) -> float:
         """Round trip of an application-level ping, in seconds."""
@@ -349,7 +404,8 @@ class Session:
                 async with asyncio.timeout(self.connect_timeout):
                     gateway = await self.client.available_gateway(avoid or ())
                     # acks=1: from its first frame, the server moves our cursor by our acks only.
-                    query = "?acks=1&catchup=0" if self.catch_up == "sync" else "?acks=1"
+                    # events=1: PyStacker's frames (read, typing, presence, edit, recall, reaction).
+                    query = "?acks=1&events=1" + ("&catchup=0" if self.catch_up == "sync" else "")
                     ws = await self.client.http.ws_connect(
                         f"ws://{gateway.address}:{gateway.port}/api/ws{query}", headers=self.client.auth_headers(),
                         heartbeat=self.heartbeat, autoping=True, max_msg_size=MAX_FRAME_BYTES,
@@ -494,7 +550,9 @@ class Session:
         elif kind == "batch":
             self._offer(payload if isinstance(payload, list) else [])
             self._answer(frame.get("ref"), frame)
-        elif kind == "send_ok" or kind == "error":
+        elif kind in ("edit", "recall", "reaction"):  # room events, in the room's seq order like chats
+            self._offer([frame])
+        elif kind in ("send_ok", "edit_ok", "recall_ok", "react_ok", "error"):
             ref = payload.get("ref") if isinstance(payload, dict) else None
             if kind == "error" and ref is None:
                 log.warning("server error frame: %s", payload)
@@ -529,9 +587,10 @@ class Session:
             if frame.get("type") == "batch" and isinstance(frame.get("payload"), list):
                 self._offer(frame["payload"])  # GoStacker could nest a batch in a batch
                 continue
-            if frame.get("type", "chat") != "chat":
+            entry = room_entry_from_frame(frame)  # a chat frame or a room event; nothing else has a seq
+            if entry is None:
                 continue
-            outcome = self.inbox.offer(ChatMessage.from_frame(frame))
+            outcome = self.inbox.offer(entry)
             missing = missing or outcome in (Offer.HELD, Offer.DROPPED)
         if len(self.inbox):
             self._ready.set()
