@@ -150,9 +150,13 @@ class MessageChanges:
                                                                max_emoji=MAX_EMOJI_PER_MESSAGE)
             except TooManyReactions:
                 raise Conflict(f"a message has at most {MAX_EMOJI_PER_MESSAGE} different reactions") from None
-            if not changed and client_msg_id is None:
-                return Change(None, target, count)  # already so: nobody needs telling
             event = self._event(caller, target, REACTION, reaction_content(target, emoji, on, count), client_msg_id)
+            if not changed:
+                # Already so: nobody needs telling, unless this is the retry of a request that made
+                # the change (then its first answer).
+                first = None if client_msg_id is None else await self.engine.messages.append_event(
+                    event, TargetChange(target.msg_id, NEVER, NEVER))
+                return Change(first, target, count)
             # The record stays as it was: reactions do not conflict with each other, only with a
             # recall or an edit that came between the read and the append.
             appended = await self.engine.messages.append_event(event, TargetChange(
