@@ -93,7 +93,7 @@ async def keep_reading(client: Client) -> None:
     try:
         while True:
             await client.recv(timeout=60)
-    except (Closed, TimeoutError, asyncio.TimeoutError):
+    except (Closed, TimeoutError):
         pass
 
 

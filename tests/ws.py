@@ -115,7 +115,7 @@ class Client:
         while (left := deadline - time.monotonic()) > 0:
             try:
                 frame = await self.recv(left)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 return
             assert not predicate(frame), f"unexpected frame {frame}"
 
@@ -286,7 +286,7 @@ class Api:
         async def confirmed() -> bool:
             try:
                 await client.recv(0.05)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 pass
             return conn is None or conn.confirmed
 

@@ -26,7 +26,7 @@ def _load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
         return load_config(path, overrides=overrides)
     except ConfigError as exc:
         _fail(f"config error: {exc}")
-        raise AssertionError("unreachable")
+        raise AssertionError("unreachable") from exc
 
 
 def _setup_logging(config: Config) -> None:

@@ -169,7 +169,7 @@ class Deployment:
                         async with session.get(f"{member.url}/ready") as response:
                             if response.status == 200:
                                 del waiting[label]
-                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                    except (TimeoutError, aiohttp.ClientError):
                         pass
                 if waiting:
                     await asyncio.sleep(0.1)

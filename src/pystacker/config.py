@@ -23,8 +23,16 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote_plus
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from pystacker.secret_files import EnvironmentWithSecretFiles, SecretFileError

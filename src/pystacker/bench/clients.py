@@ -131,7 +131,7 @@ class Receiver:
                 await asyncio.wait_for(self.connect(), self.connect_timeout)
                 self.reconnects += 1
                 return
-            except (aiohttp.ClientError, ApiError, ConnectionError, asyncio.TimeoutError, OSError):
+            except (TimeoutError, aiohttp.ClientError, ApiError, ConnectionError, OSError):
                 continue
         self.close_codes["gave up reconnecting"] += 1
 
@@ -194,7 +194,7 @@ class Receiver:
             await ws.send_str(orjson.dumps({"type": "send", "room_id": room_id, "content": content,
                                             "client_msg_id": client_msg_id, "ref": ref}).decode())
             return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return SendResult(False, error="TimeoutError")
         except (aiohttp.ClientError, ConnectionError) as exc:
             return SendResult(False, error=type(exc).__name__)
@@ -216,7 +216,7 @@ class HttpSender:
             return SendResult(True, int(data["msgID"]))
         except ApiError as exc:
             return SendResult(False, error=f"status {exc.status}")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, KeyError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, KeyError, ValueError) as exc:
             return SendResult(False, error=type(exc).__name__)
 
 

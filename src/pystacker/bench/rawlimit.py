@@ -29,7 +29,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -227,7 +227,7 @@ async def _until_quit(conn: Connection, timeout: float) -> None:
 
     try:
         await recv_message(conn, timeout)
-    except (EOFError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, EOFError, OSError):
         pass
 
 
@@ -295,7 +295,7 @@ async def _writer(conn: Connection, options: RawLimitOptions, frame: bytes) -> N
         conn.send(("ok", {"pid": os.getpid(), "port": port}))
         try:
             await asyncio.wait_for(everyone, options.connect_timeout + START_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BenchError(f"only {len(peers)} of {n} connections came up") from None
         writes = [p.transport.underlying_transport.write for p in peers]
         transport_kind = type(peers[0].transport.underlying_transport).__module__ + "." + \
@@ -316,7 +316,7 @@ async def _writer(conn: Connection, options: RawLimitOptions, frame: bytes) -> N
                     resumed.clear()
                     try:
                         await asyncio.wait_for(resumed.wait(), max(0.0, (deadline - clock()) / 1e9))
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                 slow_rounds += 1
                 for i, peer in enumerate(peers):
@@ -337,7 +337,7 @@ async def _writer(conn: Connection, options: RawLimitOptions, frame: bytes) -> N
                 writes[i](text_frame(b"end:%d" % count))
         try:
             await asyncio.wait_for(answered, options.grace)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         end = clock()
         after = procfs.sample(os.getpid())
@@ -448,7 +448,7 @@ def add_ratios(raw: dict[str, Any], steps: list[dict[str, Any]]) -> None:
 
 def run_report(options: RawLimitOptions, results_dir: Path, output: Path | None, progress: bool) -> dict[str, Any]:
     """`pystacker bench rawlimit`: the measurement as a report of its own (same envelope as the others)."""
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     json_path = output or results_dir / f"{started.strftime('%Y%m%d-%H%M%S')}-rawlimit.json"
     machine_before = procfs.machine()
     begun = time.monotonic()

@@ -45,9 +45,9 @@ def table(report: dict[str, Any]) -> str:
                      _fmt(step.get("order_violations")), _fmt(round(sum(cpu.values()), 2) if cpu else None, 2)])
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines = [f"{report['workload']} (run {report['run_id']}, {report['elapsed_s']}s)"]
-    lines.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))))
+    lines.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True))))
     for row in rows:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
     lines.extend(_details(report))
     return "\n".join(lines)
 

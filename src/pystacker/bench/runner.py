@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -291,7 +291,7 @@ async def _run_async(workload_name: str, workload: Workload, options: BenchOptio
 
 def run_bench(workload_name: str, workload: Workload, options: BenchOptions, params: dict[str, Any]) -> dict[str, Any]:
     """Run one workload and return its report (not yet written)."""
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     run_id = secrets.token_hex(3)
     stamp = started.strftime("%Y%m%d-%H%M%S")
     json_path = options.output or options.results_dir / f"{stamp}-{workload_name}.json"

@@ -101,7 +101,7 @@ async def _retrying(call: Callable[[], Awaitable[T]], what: str, deadline: float
                 raise
             if attempt == RETRIES or time.monotonic() + delay > deadline:
                 raise BenchError(f"setup: {what}: {exc}") from None
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             if attempt == RETRIES or time.monotonic() + delay > deadline:
                 raise BenchError(f"setup: {what}: {type(exc).__name__}: {exc}") from None
         await asyncio.sleep(delay)  # back off before the retry
@@ -207,7 +207,7 @@ async def _bounded_gather(calls: list[Awaitable[T]], deadline: float, what: str)
     tasks = [asyncio.ensure_future(call) for call in calls]
     try:
         return list(await asyncio.wait_for(asyncio.gather(*tasks), max(deadline - time.monotonic(), 0.1)))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise BenchError(f"setup: {what} did not finish within --setup-timeout") from None
     finally:
         for task in tasks:

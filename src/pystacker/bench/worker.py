@@ -344,7 +344,7 @@ class Worker:
                 continue
             try:
                 await asyncio.wait_for(arrived, state.wait_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 state.stalls += 1  # the checker reports it as lost unless it arrives before the end
                 self.pair_waiters.pop(key, None)
 

@@ -341,7 +341,7 @@ async def judge(traffic: Traffic, *, fault_ns: int, flush: FlushWatch | None, al
         reused = {(o.room_id, o.seq) for o in acked if o.msg_id not in stored}
         verdict.figures["lost at a seq an unflushed lost message had"] = len(lost_seqs & reused)
 
-    for client, shown in ledger.shown.items():
+    for shown in ledger.shown.values():
         by_sender_message: dict[tuple[int, int], int] = {}
         last_seq: dict[int, int] = {}
         for item in shown:

@@ -17,9 +17,21 @@ import aiohttp
 import orjson
 
 from pystacker.client.errors import PyStackerError
-from pystacker.client.models import (ChatMessage, EditResult, Gateway, HistoryPage, Member, PresenceEvent,
-                                     ReactResult, RecallResult, RoomInfo, RoomState, SendResult, as_content,
-                                     room_entry_from_frame)
+from pystacker.client.models import (
+    ChatMessage,
+    EditResult,
+    Gateway,
+    HistoryPage,
+    Member,
+    PresenceEvent,
+    ReactResult,
+    RecallResult,
+    RoomInfo,
+    RoomState,
+    SendResult,
+    as_content,
+    room_entry_from_frame,
+)
 
 if TYPE_CHECKING:
     from pystacker.client.session import Session

@@ -22,8 +22,17 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-from pystacker.client.models import (ChatMessage, Delivered, EditEvent, PresenceEvent, ReactionEvent, ReadEvent,
-                                     RecallEvent, RoomEntry, TypingEvent)
+from pystacker.client.models import (
+    ChatMessage,
+    Delivered,
+    EditEvent,
+    PresenceEvent,
+    ReactionEvent,
+    ReadEvent,
+    RecallEvent,
+    RoomEntry,
+    TypingEvent,
+)
 
 Item = ChatMessage | EditEvent | RecallEvent | ReactionEvent | Delivered | ReadEvent | TypingEvent | PresenceEvent
 ROOM_ENTRIES = (ChatMessage, EditEvent, RecallEvent, ReactionEvent)  # ordered by seq; the rest are not

@@ -21,8 +21,16 @@ from typing import Any, TextIO
 
 from pystacker.client.api import PyStackerClient
 from pystacker.client.errors import PyStackerError, SessionClosed
-from pystacker.client.models import (ChatMessage, Delivered, EditEvent, PresenceEvent, ReactionEvent, RecallEvent,
-                                     RoomEntry, TypingEvent)
+from pystacker.client.models import (
+    ChatMessage,
+    Delivered,
+    EditEvent,
+    PresenceEvent,
+    ReactionEvent,
+    RecallEvent,
+    RoomEntry,
+    TypingEvent,
+)
 from pystacker.client.session import Session
 
 HELP = """commands:

@@ -7,7 +7,6 @@ Differences on purpose: one `room_members` table instead of a table per room; me
 
 from __future__ import annotations
 
-from sqlalchemy.dialects import mysql
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -25,6 +24,7 @@ from sqlalchemy import (
     false,
     func,
 )
+from sqlalchemy.dialects import mysql
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; elsewhere ids are 64-bit.
 Id = BigInteger().with_variant(Integer(), "sqlite")

@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from dataclasses import replace
+from datetime import datetime
 from typing import Any, TypeVar
 
 import orjson

@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from pystacker.gateway.client_frames import ClientFrames
+from pystacker.gateway.presence_watch import PresenceWatch
 from pystacker.gateway.routes import GatewayRoutes, WebSocketSettings
 from pystacker.gateway.service import GatewayService, GatewaySettings
-from pystacker.gateway.presence_watch import PresenceWatch
 from pystacker.messaging.typing_signals import TypingSignals
 from pystacker.registry.presence import GatewayPresence
 from pystacker.registry.service import RegistryService

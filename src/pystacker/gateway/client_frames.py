@@ -31,6 +31,7 @@ from pydantic import Field, StrictInt, ValidationError
 
 from pystacker.gateway.connection import Connection, RawFrame
 from pystacker.gateway.presence_watch import PresenceWatch
+from pystacker.messaging.errors import Refused
 from pystacker.messaging.fields import INT64_MIN, PositiveId, Seq
 from pystacker.messaging.frames import batch_frame, encode, entry_frame, error_frame, send_result_frame
 from pystacker.messaging.history import History
@@ -39,7 +40,6 @@ from pystacker.messaging.typing_signals import TypingSignals
 from pystacker.messaging.user_presence import MAX_WATCHED
 from pystacker.send.routes import EditRequest, ReactRequest, RecallRequest, SendRequest, change_answer, reaction_answer
 from pystacker.send.service import SendService
-from pystacker.messaging.errors import Refused
 from pystacker.web.envelope import ApiError, refusal_status
 from pystacker.web.ratelimit import RateLimited, TokenBucketLimiter
 from pystacker.web.requests import RequestModel, describe

@@ -3,7 +3,8 @@
 Everything bound for the socket goes through the queue and is written by the single writer task, in
 order. Live room messages arrive as prebuilt WebSocket frames (built once per inbox entry for all its
 targets, gateway/wsframes.py); the writer gathers what its queue holds and writes it to the transport
-in one write, instead of one aiohttp send per frame (a large share of a loaded gateway's CPU). Room messages pass the RoomSequencer: duplicates are dropped and holes are filled from the
+in one write, instead of one aiohttp send per frame (a large share of a loaded gateway's CPU). Room
+messages pass the RoomSequencer: duplicates are dropped and holes are filled from the
 message log before the message itself is written, so each room reaches the client once, in seq
 order, with no gap. The writer also runs the catch-up (what the user missed while away) before any
 live message of the same room, which closes the race between catch-up and live push.

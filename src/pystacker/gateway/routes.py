@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import logging
+
 from aiohttp import WSMsgType, web
 
-from pystacker.messaging.fields import INT64_MAX
+from pystacker.engine.base import DEFAULT_DEVICE
 from pystacker.gateway.client_frames import ClientFrames
 from pystacker.gateway.connection import Connection, RawFrame
 from pystacker.gateway.service import GatewayService
-from pystacker.engine.base import DEFAULT_DEVICE
 from pystacker.messaging.devices import DEVICE_ID_PATTERN, Devices
+from pystacker.messaging.fields import INT64_MAX
 from pystacker.messaging.frames import PushEntry, decode_entry, encode, error_frame, system_frame
 from pystacker.messaging.history import History
 from pystacker.web.auth import identity
 from pystacker.web.envelope import ApiError, ok
-from pystacker.web.requests import request_device
 from pystacker.web.openapi import Auth, Param, Reply, Route, add_routes
+from pystacker.web.requests import request_device
 
 log = logging.getLogger("pystacker.gateway.ws")
 

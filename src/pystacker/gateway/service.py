@@ -17,19 +17,29 @@ from typing import Any
 
 from pystacker.engine.base import DEFAULT_DEVICE, Engine, InboxEntry, UserRoute
 from pystacker.gateway.connection import CatchUp, Connection, Item, RawFrame, RoomPush
+from pystacker.gateway.presence_watch import PresenceWatch
 from pystacker.gateway.wsframes import text_frame
 from pystacker.messaging.acks import EntryTracker
 from pystacker.messaging.cursors import CursorBook
 from pystacker.messaging.devices import DeviceCursors, Devices
-from pystacker.messaging.fanout import route_is_live
 from pystacker.messaging.events import is_event
-from pystacker.messaging.frames import (CloseCode, EntryType, PushEntry, ack_frame, chat_frame, decode_entry, encode,
-                                       event_frame, read_frame, typing_frame)
+from pystacker.messaging.fanout import route_is_live
+from pystacker.messaging.frames import (
+    CloseCode,
+    EntryType,
+    PushEntry,
+    ack_frame,
+    chat_frame,
+    decode_entry,
+    encode,
+    event_frame,
+    read_frame,
+    typing_frame,
+)
 from pystacker.messaging.handoff import Handoff
 from pystacker.messaging.readstate import ReadState
-from pystacker.observability import metrics, tracing
-from pystacker.gateway.presence_watch import PresenceWatch
 from pystacker.messaging.user_presence import Presence
+from pystacker.observability import metrics, tracing
 from pystacker.registry.device_routes import connected_devices
 from pystacker.registry.presence import GatewayPresence
 from pystacker.registry.service import ROUTE_RENEW_SECONDS, RegistryService

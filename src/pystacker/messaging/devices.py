@@ -221,5 +221,5 @@ class Devices:
     async def cursors_for(self, user_id: int, device_id: str) -> CursorBook | DeviceCursors:
         if device_id == DEFAULT_DEVICE:
             return self.book
-        return DeviceCursors(self.book, await self.key_of(user_id, device_id), engine=self.engine, store=self.store, reading=self.reading,
-                             backlog=self.backlog)
+        return DeviceCursors(self.book, await self.key_of(user_id, device_id), engine=self.engine, store=self.store,
+                             reading=self.reading, backlog=self.backlog)

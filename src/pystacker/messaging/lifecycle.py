@@ -19,13 +19,23 @@ from typing import Any
 from pystacker.db.schema import ROLE_ADMIN, ROLE_OWNER
 from pystacker.engine.base import Appended, Engine, NewMessage, StoredMessage, TargetChange
 from pystacker.messaging.content import parse_content
-from pystacker.messaging.events import (EDIT, REACTION, RECALL, blank_edit, edit_content, event_target, is_event,
-                                        reaction_content, recall_content, tombstone)
+from pystacker.messaging.errors import Conflict, Invalid, NotAllowed, NotFound, Refused
+from pystacker.messaging.events import (
+    EDIT,
+    REACTION,
+    RECALL,
+    blank_edit,
+    edit_content,
+    event_target,
+    is_event,
+    reaction_content,
+    recall_content,
+    tombstone,
+)
 from pystacker.messaging.history import History
 from pystacker.messaging.ids import Snowflake
 from pystacker.messaging.rosters import RosterBook
 from pystacker.messaging.store import MessageStore, TooManyReactions
-from pystacker.messaging.errors import Conflict, Invalid, NotAllowed, NotFound, Refused
 
 MAX_EMOJI_BYTES = 32
 MAX_EMOJI_PER_MESSAGE = 20

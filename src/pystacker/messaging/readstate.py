@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pystacker.engine.base import Engine, LogEnd, MessageLog
-from pystacker.messaging.frames import EntryType, PushEntry
-from pystacker.messaging.handoff import Handoff
 from pystacker.messaging.content import preview
 from pystacker.messaging.events import is_event
+from pystacker.messaging.frames import EntryType, PushEntry
+from pystacker.messaging.handoff import Handoff
 from pystacker.messaging.history import History
 from pystacker.messaging.store import MessageStore
 from pystacker.observability import metrics

@@ -11,17 +11,32 @@ from typing import Annotated
 from aiohttp import web
 from pydantic import AfterValidator, StrictBool, StrictInt, StringConstraints, WithJsonSchema
 
-from pystacker.messaging.fields import INT64_MAX, PositiveId, QueryId
 from pystacker.db.schema import ROLE_ADMIN, ROLE_MEMBER, ROLE_OWNER
 from pystacker.db.sqlutil import rfc3339
+from pystacker.messaging.fields import INT64_MAX, PositiveId, QueryId
 from pystacker.messaging.history import History
 from pystacker.messaging.readstate import ReadState, room_summaries
 from pystacker.meta.service import MetaService
 from pystacker.meta.store import Room
 from pystacker.web.auth import identity
 from pystacker.web.envelope import ApiError, ok
-from pystacker.web.openapi import (BOOLEAN, ID, INTEGER, STRING, TIMESTAMP, Auth, Param, Reply, Route, add_routes, array,
-                                   component, envelope, nullable, obj)
+from pystacker.web.openapi import (
+    BOOLEAN,
+    ID,
+    INTEGER,
+    STRING,
+    TIMESTAMP,
+    Auth,
+    Param,
+    Reply,
+    Route,
+    add_routes,
+    array,
+    component,
+    envelope,
+    nullable,
+    obj,
+)
 from pystacker.web.ratelimit import TokenBucketLimiter
 from pystacker.web.requests import RequestModel, parse_json, parse_query
 

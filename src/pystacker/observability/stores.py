@@ -22,8 +22,7 @@ import time
 import typing
 from typing import Any
 
-from pystacker.observability.metrics import (REDIS_CALL_SECONDS, REDIS_ERRORS, SQL_ERRORS, SQL_KINDS,
-                                             SQL_QUERY_SECONDS)
+from pystacker.observability.metrics import REDIS_CALL_SECONDS, REDIS_ERRORS, SQL_ERRORS, SQL_KINDS, SQL_QUERY_SECONDS
 from pystacker.observability.monitor import MONITORS
 
 # -- SQL --------------------------------------------------------------------------------------------

@@ -8,10 +8,10 @@ forever: compatibility.md #7). Stopping removes the entry at once instead of wai
 from __future__ import annotations
 
 import asyncio
-from abc import ABC, abstractmethod
 import logging
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 
 from pystacker.engine.base import GatewayInfo, Registry, SendInfo

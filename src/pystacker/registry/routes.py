@@ -8,22 +8,37 @@ only live, connected routes; a heartbeat that carries address and port re-regist
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
 from aiohttp import web
 from pydantic import Field, StrictFloat, StrictInt, StringConstraints
 
-from pystacker.messaging.fields import INT64_MAX, INT64_MIN, PositiveId, Seq
 from pystacker.engine.base import DEFAULT_DEVICE, Engine, GatewayInfo, SendInfo
 from pystacker.messaging.devices import DEVICE_ID_PATTERN
 from pystacker.messaging.fanout import route_is_live
+from pystacker.messaging.fields import INT64_MAX, INT64_MIN, PositiveId, Seq
 from pystacker.registry.service import RegistryService
 from pystacker.web.auth import optional_identity
 from pystacker.web.envelope import ApiError, ok
-from pystacker.web.openapi import (ID, INTEGER, NUMBER, STRING, TIMESTAMP, Auth, Param, Reply, Route, add_routes,
-                                   array, component, envelope, nullable, obj)
+from pystacker.web.openapi import (
+    ID,
+    INTEGER,
+    NUMBER,
+    STRING,
+    TIMESTAMP,
+    Auth,
+    Param,
+    Reply,
+    Route,
+    add_routes,
+    array,
+    component,
+    envelope,
+    nullable,
+    obj,
+)
 from pystacker.web.requests import RequestModel, parse_json, request_device
 
 InstanceId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -113,7 +128,7 @@ def _excluded(request: web.Request) -> list[str]:
 
 
 def _stamp(unix: float) -> str:
-    return datetime.fromtimestamp(unix, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(unix, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _gateway_json(info: GatewayInfo) -> dict[str, Any]:

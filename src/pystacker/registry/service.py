@@ -12,7 +12,6 @@ from pystacker.engine.base import DEFAULT_DEVICE, GatewayInfo, Registry, SendInf
 from pystacker.registry.choice import choose_gateway
 from pystacker.registry.liveness import GatewayLiveness
 
-
 CONNECTED_ROUTE_TTL = 24 * 3600
 ROUTE_RENEW_SECONDS = 3600
 

@@ -18,8 +18,8 @@ from typing import Any
 from pystacker.engine.base import DEFAULT_DEVICE, Engine, StoredMessage, UserRoute
 from pystacker.messaging.events import is_event
 from pystacker.messaging.fanout import inbox_entries
-from pystacker.messaging.handoff import Handoff
 from pystacker.messaging.frames import PushEntry
+from pystacker.messaging.handoff import Handoff
 from pystacker.messaging.offline_notify import OfflineNotifier
 from pystacker.messaging.readstate import ReadMarks
 from pystacker.observability import metrics, tracing

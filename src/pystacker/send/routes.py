@@ -12,16 +12,27 @@ from pystacker.engine.base import StoredMessage
 from pystacker.messaging.content import content_json_schema
 from pystacker.messaging.fields import INT64_MAX, ClientMsgId, MessageId, PositiveId, QueryId, QuerySeq, Seq
 from pystacker.messaging.lifecycle import Change
-from pystacker.send.service import SendService
 from pystacker.messaging.user_presence import MAX_WATCHED, Presence
+from pystacker.send.service import SendService
 from pystacker.web.auth import identity
 from pystacker.web.envelope import ApiError, ok
-from pystacker.web.openapi import (BOOLEAN, ID, INTEGER, STRING, Auth, Reply, Route, add_routes, array, component,
-                                   envelope, nullable, obj)
+from pystacker.web.openapi import (
+    BOOLEAN,
+    ID,
+    INTEGER,
+    STRING,
+    Auth,
+    Reply,
+    Route,
+    add_routes,
+    array,
+    component,
+    envelope,
+    nullable,
+    obj,
+)
 from pystacker.web.ratelimit import TokenBucketLimiter
 from pystacker.web.requests import RequestModel, parse_json, parse_query, request_device
-
-
 
 # Validated by parse_content (400/413 with GoStacker-style texts); the schema only documents it.
 Content = Annotated[Any, WithJsonSchema(content_json_schema())]

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from pystacker.observability.metrics import observe_request
 from pystacker.messaging.errors import Refused
+from pystacker.observability.metrics import observe_request
 from pystacker.web.envelope import ApiError, error_response, refusal_status
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
