@@ -57,7 +57,7 @@ class Runtime:
         self.config = config
         self.embedded = embedded
         if embedded and (not config.jwt_secret() or config.jwt_secret() == "secret"):
-            config.jwt.secret = embedded_secret(Path(config.data_dir), "jwt_secret")  # type: ignore[assignment]
+            config.jwt.secret = SecretStr(embedded_secret(Path(config.data_dir), "jwt_secret"))
         if embedded and not config.internal.token.get_secret_value().strip():
             # One process needs none of its internal routes open: they stay closed to whoever reaches
             # the ports (`--host 0.0.0.0` is the whole network), and open to tools given this token.

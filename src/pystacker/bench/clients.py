@@ -160,7 +160,7 @@ class Receiver:
             payload = frame.get("payload")
             ref = payload.get("ref") if isinstance(payload, dict) else None
             future = self._pending.pop(ref, None) if isinstance(ref, int) else None
-            if future is not None and not future.done():
+            if future is not None and not future.done() and isinstance(payload, dict):
                 if kind == "send_ok":
                     future.set_result(SendResult(True, int(payload.get("msgID") or frame.get("id") or 0)))
                 else:
@@ -173,7 +173,7 @@ class Receiver:
         msg_id = frame.get("id")
         if self.checker.arrive(self.index, msg_id, frame.get("room_id"), frame.get("seq"), tag, now):
             if self.on_new is not None:
-                self.on_new(self.index, msg_id, tag, now)  # type: ignore[arg-type]
+                self.on_new(self.index, msg_id, tag, now)  # type: ignore[arg-type]  # arrive() took them: an id and a tag
 
     def _fail_pending(self, reason: str) -> None:
         pending, self._pending = self._pending, {}

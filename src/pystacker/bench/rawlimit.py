@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from pystacker import event_loop
 from pystacker.bench import procfs
 from pystacker.bench.safety import BenchError, raise_fd_limit
 from pystacker.gateway.wsframes import text_frame
@@ -190,7 +191,8 @@ def _answer(pipe: Connection, timeout: float, what: str) -> dict[str, Any]:
         raise BenchError(f"rawlimit: {what} exited without an answer") from None
     if status != "ok":
         raise BenchError(f"rawlimit: {what} failed: {value}")
-    return value  # type: ignore[no-any-return]
+    answer: dict[str, Any] = value
+    return answer
 
 
 # -- the processes -------------------------------------------------------------------------------
@@ -199,13 +201,7 @@ def _answer(pipe: Connection, timeout: float, what: str) -> dict[str, Any]:
 def _child(conn: Connection, coro: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
-        import uvloop
-
-        run = uvloop.run
-    except ImportError:
-        run = asyncio.run
-    try:
-        run(coro)
+        event_loop.run(coro)
     except BaseException as exc:  # the parent ends the run with this line
         try:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -248,7 +244,7 @@ async def _writer(conn: Connection, options: RawLimitOptions, frame: bytes) -> N
         if counts["answered"] + counts["gone"] >= n and not answered.done():
             answered.set_result(None)
 
-    class Peer(WSListener):  # type: ignore[misc]
+    class Peer(WSListener):
         def on_ws_connected(self, transport: WSTransport) -> None:
             self.transport = transport
             self.paused = False
@@ -368,7 +364,7 @@ async def _receiver(conn: Connection, port: int, count: int, payload: bytes, opt
         if state["finished"] >= count and not finished.done():
             finished.set_result(None)
 
-    class Receiver(WSListener):  # type: ignore[misc]
+    class Receiver(WSListener):
         def __init__(self) -> None:
             self.frames = 0
             self.bad = 0

@@ -14,7 +14,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from pystacker import event_loop
 from pystacker.bench import procfs, rawlimit
 from pystacker.bench.api import PublicApi, Targets
 from pystacker.bench.checker import StepCounts
@@ -361,11 +362,5 @@ def run_bench(workload_name: str, workload: Workload, options: BenchOptions, par
     }
 
 
-def _run_loop(coro: Awaitable[dict[str, Any]]) -> dict[str, Any]:
-    try:
-        import uvloop
-
-        run = uvloop.run
-    except ImportError:
-        run = asyncio.run
-    return run(coro)  # type: ignore[arg-type]
+def _run_loop(coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    return event_loop.run(coro)

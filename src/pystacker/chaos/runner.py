@@ -59,8 +59,10 @@ class ChaosRun:
         raise_fd_limit(profile.users_needed * 4 + 4096)
         started = time.monotonic()
         await self.deployment.start()
-        say = (lambda text: None) if self.options.quiet else (
-            lambda text: print(f"chaos: {text}", file=sys.stderr, flush=True))
+        def say(text: str) -> None:
+            if not self.options.quiet:
+                print(f"chaos: {text}", file=sys.stderr, flush=True)
+
         say(f"deployment up in {time.monotonic() - started:.1f}s (Redis :{self.deployment.redis.port}, "
             f"SQL proxy :{self.deployment.proxy.port}, logs in {self.deployment.log_dir})")
         try:

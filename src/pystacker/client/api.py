@@ -152,7 +152,8 @@ class PyStackerClient:
         return True
 
     async def profile(self) -> dict[str, Any]:
-        return await self._call("GET", f"{self.meta_url}/api/user/profile")
+        profile: dict[str, Any] = await self._call("GET", f"{self.meta_url}/api/user/profile")
+        return profile
 
     # -- rooms -----------------------------------------------------------------------------------
 

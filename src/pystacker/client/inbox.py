@@ -97,8 +97,8 @@ class InOrderInbox:
         found: dict[int, int] = {}
         for room_id in list(self._gapped):
             room = self.rooms[room_id]
-            if room.behind():
-                found[room_id] = room.next_seq - 1  # type: ignore[operator]
+            if room.next_seq is not None and room.behind():
+                found[room_id] = room.next_seq - 1
             elif room.next_seq is None or room.next_seq > room.highest:
                 self._gapped.discard(room_id)  # caught up
         return found

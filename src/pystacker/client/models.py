@@ -23,7 +23,12 @@ def _int(value: Any, default: int = 0) -> int:
 
 
 def _opt_int(value: Any) -> int | None:
-    return None if value is None or isinstance(value, bool) else _int(value, None)  # type: ignore[arg-type]
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _id(frame: dict[str, Any], key: str) -> int:

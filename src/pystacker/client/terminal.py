@@ -27,6 +27,7 @@ from pystacker.client.models import (
     EditEvent,
     PresenceEvent,
     ReactionEvent,
+    ReadEvent,
     RecallEvent,
     RoomEntry,
     TypingEvent,
@@ -196,7 +197,7 @@ class ChatTerminal:
                     await self._show_typing(item)
                 elif isinstance(item, PresenceEvent):
                     await self._show_presence(item)
-                else:
+                elif not isinstance(item, ReadEvent):  # (read events are not asked for)
                     await self._show_entry(item)
         except SessionClosed:
             return

@@ -68,7 +68,7 @@ class WaitingRedisCluster(RedisCluster):
     """
 
     def __init__(self, *args: Any, limit: int, **kwargs: Any) -> None:
-        super().__init__(*args, max_connections=limit + CLUSTER_HEADROOM, **kwargs)
+        super().__init__(*args, max_connections=limit + CLUSTER_HEADROOM, **kwargs)  # type: ignore[misc]  # kwargs hold no max_connections
         self._in_flight = asyncio.Semaphore(limit)
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
@@ -172,11 +172,14 @@ class RedisEngine:
         """Clients from the `redis` block and the optional `send_redis` role blocks. Nothing connects
         yet: call ping() to find out whether Redis is there. ValueError for a config Redis cannot serve."""
         client = make_client(config.redis)
-        roles = {role: make_client(block) for role, block in (
-            ("stream", config.send_redis.stream), ("queue", config.send_redis.queue),
-            ("cache", config.send_redis.cache)) if block is not None}
+        roles = config.send_redis
+
+        def role(block: RedisConfig | None) -> Client | None:
+            return None if block is None else make_client(block)
+
         return cls(settings, seq_seed, client=client, subscriber=make_subscriber(config.redis, client),
-                   prefix=prefix, owns_clients=True, **roles)
+                   prefix=prefix, owns_clients=True, stream=role(roles.stream), queue=role(roles.queue),
+                   cache=role(roles.cache))
 
     async def append_and_route(self, message: NewMessage,
                                user_ids: Sequence[int]) -> tuple[Appended, dict[int, UserRoute]]:

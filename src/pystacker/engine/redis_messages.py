@@ -286,7 +286,8 @@ def encode_stored(message: StoredMessage) -> bytes:
     return orjson.dumps(fields)
 
 
-def decode_stored(raw: bytes | str) -> StoredMessage:
+def decode_stored(raw: Any) -> StoredMessage:
+    """An entry as the window holds it (redis-py types a sorted set's members loosely: bytes here)."""
     fields = orjson.loads(raw)
     return StoredMessage(msg_id=int(fields["msg_id"]), room_id=int(fields["room_id"]), seq=int(fields["seq"]),
                          sender_id=int(fields["sender_id"]), type=str(fields["type"]), content=fields["content"],

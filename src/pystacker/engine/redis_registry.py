@@ -96,7 +96,7 @@ def _route(fields: dict[str, Any]) -> UserRoute:
     return composed
 
 
-def _parse(raw: bytes | None, build: Callable[[dict[str, Any]], T], key: str) -> T | None:
+def _parse(raw: bytes | str | None, build: Callable[[dict[str, Any]], T], key: str) -> T | None:
     """A record, or None if there is none; an unreadable one is logged and treated as absent."""
     if raw is None:
         return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TypedDict
 
 from pystacker.config import Config
 from pystacker.engine.base import Engine, FlushBatch
@@ -32,8 +33,15 @@ CURSOR_DRAIN_ROUNDS = 20
 DEVICE_SWEEP_INTERVAL = 3600.0
 
 
-def flusher_settings(config: Config) -> dict[str, float]:
+class FlusherSettings(TypedDict):
     """The MessageFlusher arguments the config sets (GoStacker's group_cache block, limits.device_ttl)."""
+
+    roster_interval: float
+    roster_batch_size: int
+    device_ttl: float
+
+
+def flusher_settings(config: Config) -> FlusherSettings:
     return {"roster_interval": config.group_cache.flush_interval_seconds,
             "roster_batch_size": config.group_cache.batch_size, "device_ttl": config.limits.device_ttl}
 

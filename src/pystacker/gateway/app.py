@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
 from pystacker.gateway.client_frames import ClientFrames
@@ -54,7 +56,7 @@ def build_gateway_app(runtime: Runtime, *, port: int) -> web.Application:
     GatewayRoutes(service, frames, parts.history, parts.devices, ws_settings).install(app)
     app[GATEWAY_SERVICE] = service
 
-    async def lifecycle(_: web.Application):  # type: ignore[no-untyped-def]
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         await parts.members.listen(runtime.engine.bus)
         sender.fanout.start()
         await service.start()

@@ -135,14 +135,14 @@ class ClientFrames:
             if kind == "send":
                 await self._send(conn, SendFrame.model_validate(data))
             elif kind == "ack":
-                frame = AckFrame.model_validate(data)
-                conn.client_acked(frame.room_id, frame.seq)
+                ack = AckFrame.model_validate(data)
+                conn.client_acked(ack.room_id, ack.seq)
                 conn.metrics.client_acks.inc()
             elif kind == "sync":
                 await self._sync(conn, SyncFrame.model_validate(data))
             elif kind == "read":
-                frame = ReadFrame.model_validate(data)
-                await self.sender.mark_read(conn.user_id, frame.room_id, frame.seq)
+                read = ReadFrame.model_validate(data)
+                await self.sender.mark_read(conn.user_id, read.room_id, read.seq)
             elif kind == "typing":
                 await self._typing(conn, TypingFrame.model_validate(data))
             elif kind == "presence_subscribe":
@@ -173,9 +173,9 @@ class ClientFrames:
             self._reply(conn, error_frame(400, describe(exc), ref=ref))
         except RateLimited as exc:
             # The connection stays open; `retry_after` (seconds) is HTTP's Retry-After.
-            frame = error_frame(exc.status, exc.msg, ref=ref)
-            frame["payload"]["retry_after"] = exc.retry_after
-            self._reply(conn, frame)
+            limited = error_frame(exc.status, exc.msg, ref=ref)
+            limited["payload"]["retry_after"] = exc.retry_after
+            self._reply(conn, limited)
         except ApiError as exc:
             self._reply(conn, error_frame(exc.status, exc.msg, ref=ref))
         except Refused as exc:

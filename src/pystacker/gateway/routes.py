@@ -14,9 +14,9 @@ from pystacker.messaging.devices import DEVICE_ID_PATTERN, Devices
 from pystacker.messaging.fields import INT64_MAX
 from pystacker.messaging.frames import PushEntry, decode_entry, encode, error_frame, system_frame
 from pystacker.messaging.history import History
-from pystacker.web.auth import identity
+from pystacker.web.auth import Auth, identity
 from pystacker.web.envelope import ApiError, ok
-from pystacker.web.openapi import Auth, Param, Reply, Route, add_routes
+from pystacker.web.openapi import Param, Reply, Route, add_routes
 from pystacker.web.requests import request_device
 
 log = logging.getLogger("pystacker.gateway.ws")

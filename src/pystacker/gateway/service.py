@@ -205,8 +205,8 @@ class GatewayService:
         gone: compatibility.md #16); what it still had queued is handed on, never dropped."""
         devices = self.users.get(conn.user_id)
         current = devices is not None and devices.get(conn.device_id) is conn
-        if current:
-            del devices[conn.device_id]  # type: ignore[union-attr]
+        if devices is not None and current:
+            del devices[conn.device_id]
             self.connection_count -= 1
             if not devices:
                 del self.users[conn.user_id]
@@ -329,7 +329,7 @@ class GatewayService:
                     self.tracker.settle(entry_id)  # closing: its cursor stays behind, catch-up serves it
             if away and push.type in (EntryType.CHAT, EntryType.CATCH_UP):
                 try:
-                    reached = await self.handoff.to_users(away, push, not_to=self.gateway_id)  # type: ignore[arg-type]
+                    reached = await self.handoff.to_users(away, push, not_to=self.gateway_id)
                     metrics.HANDED_ON.labels("gateway").inc(len(reached))
                 except Exception:
                     log.exception("hand-on failed; those users get the message by catch-up")

@@ -44,8 +44,8 @@ def plan_fanout(targets: Iterable[int], routes: Mapping[int, UserRoute], live: M
                 by_gateway.setdefault(gateway_id, []).append(user_id)
             if not gateways:
                 plan.offline.append(user_id)
-        elif route_is_live(route, live):
-            by_gateway.setdefault(route.gateway_id, []).append(user_id)  # type: ignore[union-attr]
+        elif route is not None and route_is_live(route, live):
+            by_gateway.setdefault(route.gateway_id, []).append(user_id)
         else:
             plan.offline.append(user_id)
     return plan

@@ -64,7 +64,8 @@ class Handoff:
         if not user_ids:
             return []
         plan = await self.plan(user_ids)
-        plan.by_gateway.pop(not_to, None)  # type: ignore[arg-type]
+        if not_to is not None:
+            plan.by_gateway.pop(not_to, None)
         if not plan.by_gateway:
             return []
         await self.engine.inbox.add(inbox_entries(plan, entry))

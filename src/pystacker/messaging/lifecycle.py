@@ -212,10 +212,11 @@ class MessageChanges:
         """The target's edit events that the window still holds (a recall blanks them there)."""
         if record is None and target.edited_at_ms is None:
             return []
+        held: list[StoredMessage | None]
         if record is not None:
             held = [await self.history.at(target.room_id, seq) for seq in revision.edits]
         else:  # edited longer ago than the record lives: look through what the window holds
-            held = await self.engine.messages.read(target.room_id, target.seq, 1_000_000)
+            held = [*await self.engine.messages.read(target.room_id, target.seq, 1_000_000)]
         return [e for e in held if e is not None and e.type == EDIT and event_target(e) == target.msg_id]
 
 

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 from sqlalchemy import and_, bindparam, delete, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pystacker.db.schema import chat_rooms, room_members
 from pystacker.engine.base import Engine, Roster, RosterConflict, RosterEntry
@@ -91,7 +91,7 @@ class RosterSQL:
         raise MembershipBusy(room_id)
 
     @staticmethod
-    async def _version(conn, room_id: int) -> int | None:  # type: ignore[no-untyped-def]
+    async def _version(conn: AsyncConnection, room_id: int) -> int | None:
         row = (await conn.execute(select(chat_rooms.c.members_version).where(chat_rooms.c.id == room_id))).first()
         return int(row[0]) if row else None
 

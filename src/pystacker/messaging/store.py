@@ -57,7 +57,7 @@ def _optional_ms(value: datetime | None) -> int | None:
     return None if value is None else _to_ms(value)
 
 
-def _row_to_message(row) -> StoredMessage:  # type: ignore[no-untyped-def]
+def _row_to_message(row: Any) -> StoredMessage:
     try:
         content = orjson.loads(row[5])
     except orjson.JSONDecodeError:

@@ -18,7 +18,7 @@ from pystacker.messaging.history import History
 from pystacker.messaging.readstate import ReadState, room_summaries
 from pystacker.meta.service import MetaService
 from pystacker.meta.store import Room
-from pystacker.web.auth import identity
+from pystacker.web.auth import Auth, identity
 from pystacker.web.envelope import ApiError, ok
 from pystacker.web.openapi import (
     BOOLEAN,
@@ -26,7 +26,6 @@ from pystacker.web.openapi import (
     INTEGER,
     STRING,
     TIMESTAMP,
-    Auth,
     Param,
     Reply,
     Route,
@@ -411,5 +410,6 @@ class MetaRoutes:
     async def joined_rooms(self, request: web.Request) -> web.Response:
         user_id = identity(request).user_id
         room_ids = await self.service.joined_rooms(user_id)
-        rooms = await room_summaries(self.reading, self.history, user_id, room_ids) if self.reading else []
+        rooms = (await room_summaries(self.reading, self.history, user_id, room_ids)
+                 if self.reading is not None and self.history is not None else [])
         return ok("ok", {"room_ids": room_ids, "rooms": rooms})

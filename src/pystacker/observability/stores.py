@@ -57,11 +57,11 @@ def watch_sql(sync_engine: Any) -> None:
         series.observe(seconds)
 
     @event.listens_for(sync_engine, "before_cursor_execute")
-    def _started(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+    def _started(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
         conn.info.setdefault(_SQL_STARTED, []).append(time.perf_counter())
 
     @event.listens_for(sync_engine, "after_cursor_execute")
-    def _finished(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+    def _finished(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
         started = conn.info.get(_SQL_STARTED)
         if started:
             seconds = time.perf_counter() - started.pop()
@@ -69,7 +69,7 @@ def watch_sql(sync_engine: Any) -> None:
             observe(statement_kind(statement), seconds)
 
     @event.listens_for(sync_engine, "handle_error")
-    def _failed(context) -> None:  # type: ignore[no-untyped-def]
+    def _failed(context: Any) -> None:
         conn = context.connection
         if conn is None:
             return  # a failed connect, which _connect below has counted
@@ -88,7 +88,7 @@ def watch_sql(sync_engine: Any) -> None:
     # the connection the way SQLAlchemy would (dialect.connect), so it must stay the engine's only
     # do_connect listener that returns one.
     @event.listens_for(sync_engine, "do_connect")
-    def _connect(dialect, connection_record, cargs, cparams):  # type: ignore[no-untyped-def]
+    def _connect(dialect: Any, connection_record: Any, cargs: Any, cparams: Any) -> Any:
         try:
             return dialect.connect(*cargs, **cparams)
         except Exception:

@@ -20,7 +20,7 @@ from pystacker.messaging.devices import DEVICE_ID_PATTERN
 from pystacker.messaging.fanout import route_is_live
 from pystacker.messaging.fields import INT64_MAX, INT64_MIN, PositiveId, Seq
 from pystacker.registry.service import RegistryService
-from pystacker.web.auth import optional_identity
+from pystacker.web.auth import Auth, optional_identity
 from pystacker.web.envelope import ApiError, ok
 from pystacker.web.openapi import (
     ID,
@@ -28,7 +28,6 @@ from pystacker.web.openapi import (
     NUMBER,
     STRING,
     TIMESTAMP,
-    Auth,
     Param,
     Reply,
     Route,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
 from pystacker.messaging.offline_notify import OfflineNotifier
@@ -48,7 +50,7 @@ def build_send_app(runtime: Runtime, *, port: int) -> web.Application:
                             ttl=config.registry.send_heartbeat_timeout)
     app[SEND_SERVICE] = service
 
-    async def lifecycle(_: web.Application):  # type: ignore[no-untyped-def]
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         await runtime.parts.members.listen(runtime.engine.bus)
         service.fanout.start()
         await presence.start()

@@ -174,7 +174,7 @@ class Route:
         return statuses
 
 
-ROUTES_KEY = web.AppKey("openapi_routes", list)
+ROUTES_KEY = web.AppKey("openapi_routes", list[Route])
 
 
 def add_routes(app: web.Application, routes: Iterable[Route]) -> None:
@@ -199,7 +199,8 @@ def install_openapi(app: web.Application, title: str) -> None:
 
     async def openapi(_: web.Request) -> web.Response:
         if not built:
-            built.append(orjson.dumps(build_document(title, app[ROUTES_KEY])))
+            routes: list[Route] = app[ROUTES_KEY]
+            built.append(orjson.dumps(build_document(title, routes)))
         return web.Response(body=built[0], content_type="application/json")
 
     add_routes(app, [Route("GET", OPENAPI_PATH, openapi, "This document (OpenAPI 3.1)",
