@@ -40,7 +40,7 @@ def _id(frame: dict[str, Any], key: str) -> int:
 @dataclass(frozen=True, slots=True)
 class Quote:
     """What a reply quotes (a `chat` frame's `reply_to`): the original's id and sender and a short
-    `preview` of its text ("" once it is recalled, and `recalled` is then True)."""
+    `preview` of its text ("[message recalled]" once it is recalled, and `recalled` is then True)."""
 
     message_id: int
     sender_id: int
