@@ -14,8 +14,8 @@ from pystacker.meta.app import build_meta_app
 from pystacker.runtime import Runtime
 from pystacker.web.server import Listener, Servers, bind_socket
 from tests import databases
-from tests.engine.redis_servers import LocalCluster, free_cluster_ports
 from tests.client import Http
+from tests.engine.redis_servers import LocalCluster, free_cluster_ports
 
 TEST_JWT_SECRET = "test-secret-that-is-long-enough-0123456789"
 

@@ -31,8 +31,14 @@ from redis.asyncio.cluster import RedisCluster
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from pystacker import cluster
-from pystacker.chaos.launcher import (LOAD_GENERATOR_LIMITS, deployment_env, free_ports, new_key_prefix,
-                                      plan_on_free_ports, redis_env)
+from pystacker.chaos.launcher import (
+    LOAD_GENERATOR_LIMITS,
+    deployment_env,
+    free_ports,
+    new_key_prefix,
+    plan_on_free_ports,
+    redis_env,
+)
 from pystacker.web.auth import TokenService
 from tests.client import Http, User
 from tests.ws import Client, connect, poll

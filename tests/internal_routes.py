@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pystacker.web.middleware import INTERNAL_TOKEN_HEADER
+from pystacker.web.auth import INTERNAL_TOKEN_HEADER
 from tests.client import Http
 
 

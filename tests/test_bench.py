@@ -1,12 +1,14 @@
 """`pystacker bench`: the integrity checker on synthetic arrivals (it must be able to fail), its
 histogram and safety rules, and a short smoke run of every workload against `pystacker up` in a
-subprocess on free ports. The smoke runs assert integrity (0 lost, 0 duplicates, 0 out of order) and
-the shape of the JSON, never a speed."""
+subprocess on free ports, and of the raw-limit measurement (`bench rawlimit`, picows on both ends). The
+smoke runs assert integrity (0 lost, 0 duplicates, 0 out of order; every raw frame written delivered)
+and the shape of the JSON, never a speed."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ from click.testing import CliRunner
 
 from pystacker.bench.checker import IntegrityChecker
 from pystacker.bench.histogram import Histogram
+from pystacker.bench.rawlimit import RawLimitOptions, add_ratios, chat_payload
+from pystacker.bench.rawlimit import _result as raw_result
 from pystacker.bench.safety import BenchError, check_target
 from pystacker.bench.server import EmbeddedServer
 from pystacker.bench.tags import Tag, make_text, parse_text
@@ -117,7 +121,12 @@ def test_cli_refuses_a_remote_target_before_doing_anything(tmp_path: Path) -> No
 STEP_KEYS = {"label", "mode", "sends", "sends_per_s", "deliveries_per_s", "latency_ms", "lost", "duplicates",
              "order_violations", "sender_order_violations", "server_cpu_s", "deliveries", "deliveries_expected"}
 REPORT_KEYS = {"schema", "workload", "run_id", "started_at", "parameters", "targets", "machine", "git", "server",
-               "connections", "clients", "steps", "totals", "problems", "integrity_ok"}
+               "connections", "clients", "steps", "totals", "problems", "integrity_ok", "rawlimit"}
+RAW_KEYS = {"measured", "connections", "frame_bytes", "frames_sent", "frames_delivered", "bad_frames", "wall_s",
+            "writer_cpu_s", "writer_cpu_share", "frames_per_s_one_core", "frames_per_s_wall", "us_per_frame",
+            "writer_pid", "receiver_pids", "receiver_cpu_s", "picows", "problems"}
+# A short raw-limit measurement for the smoke runs that check the ratio line.
+SHORT_RAW = ("--rawlimit-duration", "0.5", "--rawlimit-connections", "20")
 
 
 @pytest.fixture(scope="module")
@@ -131,12 +140,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]
         assert embedded.stop() == 0, embedded.log_path.read_text()[-3000:]
 
 
-def _bench(server: EmbeddedServer | None, results: Path, *args: str) -> dict[str, Any]:
+def _bench(server: EmbeddedServer | None, results: Path, *args: str, raw: tuple[str, ...] = ("--no-rawlimit",)
+           ) -> dict[str, Any]:
     target = [] if server is None else [
         "--meta", server.targets.meta, "--send", server.targets.send, "--registry", server.targets.registry,
         "--server-pid", str(server.pid)]
     result = CliRunner().invoke(main, ["bench", *args, *target, "--results", str(results), "--quiet", "--no-plot",
-                                       "--grace", "10"])
+                                       "--grace", "10", *raw])
     files = list(results.glob("*.json"))
     assert len(files) == 1, (result.exit_code, result.output, files)
     report = json.loads(files[0].read_text())
@@ -150,7 +160,31 @@ def _bench(server: EmbeddedServer | None, results: Path, *args: str) -> dict[str
         assert {"p50", "p90", "p99", "max"} <= step["latency_ms"].keys()
         if server is not None:
             assert str(server.pid) in step["server_cpu_s"]
+    line = next(x for x in result.output.splitlines() if x.startswith("ratio to the raw limit measured in this run: "))
+    if "--no-rawlimit" in raw:
+        assert report["rawlimit"] == {"measured": False, "reason": "skipped with --no-rawlimit"}
+        assert "not measured (skipped with --no-rawlimit)" in line
+        assert all(step["ratio_to_rawlimit"] is None for step in report["steps"])
+    else:
+        _check_raw(report["rawlimit"])
     return report
+
+
+def _check_raw(raw: dict[str, Any]) -> None:
+    """Real properties of a raw-limit measurement: everything written arrived, checked, at a positive rate,
+    written by another process than this one and received by others again."""
+    assert RAW_KEYS <= raw.keys(), raw.keys()
+    assert raw["measured"] is True and raw["problems"] == []
+    assert raw["frames_sent"] > 0 and raw["frames_delivered"] == raw["frames_sent"]
+    assert raw["frames_sent"] <= raw["rounds"] * raw["connections"]  # one frame per connection per round at most
+    assert raw["bad_frames"] == 0
+    assert raw["frame_bytes"] == 200
+    assert raw["wall_s"] > 0 and raw["writer_cpu_s"] > 0
+    assert raw["frames_per_s_one_core"] == pytest.approx(raw["frames_delivered"] / raw["writer_cpu_s"], rel=1e-3)
+    assert raw["frames_per_s_wall"] == pytest.approx(raw["frames_delivered"] / raw["wall_s"], rel=1e-3)
+    assert raw["us_per_frame"] > 0
+    assert raw["writer_pid"] != os.getpid() and os.getpid() not in raw["receiver_pids"]
+    assert raw["writer_pid"] not in raw["receiver_pids"]
 
 
 def _check_deliveries(report: dict[str, Any]) -> None:
@@ -163,9 +197,14 @@ def _check_deliveries(report: dict[str, Any]) -> None:
 
 def test_smoke_fanout_closed_loop_two_client_processes(server: EmbeddedServer, tmp_path: Path) -> None:
     report = _bench(server, tmp_path, "fanout", "--users", "20", "--groups", "2", "--members", "10", "--senders", "4",
-                    "--duration", "2", "--client-procs", "2")
+                    "--duration", "2", "--client-procs", "2", raw=SHORT_RAW)
     _check_deliveries(report)
     step = report["steps"][0]
+    # The ratio line's figures: this step against the raw limit measured at the start of the run.
+    assert report["rawlimit"]["connections"] == 20
+    assert step["ratio_to_rawlimit"] == pytest.approx(
+        step["deliveries_per_s"] / report["rawlimit"]["frames_per_s_one_core"], rel=1e-3)
+    assert step["server_us_per_delivery"] > 0 and step["server_cpu_to_rawlimit"] > 0
     assert step["mode"] == "closed"
     assert step["sender_order_violations"] == 0
     # Every accepted send reaches its 10 members (the sender's own copy included).
@@ -216,3 +255,61 @@ def test_smoke_idle_with_its_own_embedded_server_reusing_users(tmp_path: Path) -
     kept = json.loads(users_file.read_text())["users"]
     assert [u["user_id"] for u in kept[:30]] == [u["user_id"] for u in made]  # the same users, not new ones
     assert len(kept) == 35
+
+
+# -- the raw limit ---------------------------------------------------------------------------------
+
+
+def test_rawlimit_smoke_two_receiver_processes(tmp_path: Path) -> None:
+    """`bench rawlimit` for real, small: 50 connections over two receiver processes, one second."""
+    result = CliRunner().invoke(main, ["bench", "rawlimit", "--connections", "50", "--duration", "1",
+                                       "--receiver-procs", "2", "--results", str(tmp_path), "--quiet"])
+    files = list(tmp_path.glob("*-rawlimit.json"))
+    assert len(files) == 1, (result.exit_code, result.output)
+    report = json.loads(files[0].read_text())
+    assert result.exit_code == 0, (result.output, report["problems"])
+    assert report["workload"] == "rawlimit" and report["integrity_ok"] is True and report["problems"] == []
+    assert {"schema", "run_id", "started_at", "parameters", "machine", "git", "rawlimit"} <= report.keys()
+    raw = report["rawlimit"]
+    _check_raw(raw)
+    assert raw["connections"] == 50 and len(raw["receiver_pids"]) == 2
+    assert len(set(raw["receiver_pids"])) == 2
+    assert report["parameters"]["duration"] == 1.0
+    assert "frames/s on one core" in result.output
+    assert f"{raw['frames_delivered']:,} delivered and checked, 0 bad" in result.output
+
+
+def test_rawlimit_refuses_what_it_cannot_measure(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["bench", "rawlimit", "--connections", "2", "--receiver-procs", "3",
+                                       "--results", str(tmp_path), "--quiet"])
+    assert result.exit_code == 2 and "--receiver-procs" in result.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_rawlimit_result_reports_a_shortfall_and_ratios() -> None:
+    """The accounting, on given counts: a frame short, or a bad one, is a problem; ratios follow."""
+    options = RawLimitOptions(connections=2)
+    frame = b"x" * 200
+    written = {"sent": 10, "wall_s": 0.5, "cpu_s": 0.25, "answered": 2, "gone": 0, "rounds": 5, "slow_rounds": 0,
+               "transport": "t", "picows": "v"}
+    checked = [{"pid": 1, "frames": 5, "bad": 0, "mismatched": 0, "ended": 1, "cpu_s": 0.1},
+               {"pid": 2, "frames": 4, "bad": 1, "mismatched": 1, "ended": 1, "cpu_s": 0.1}]
+    raw = raw_result(options, frame, {"pid": 3}, written, checked, 1.0)
+    assert raw["frames_delivered"] == 9 and raw["bad_frames"] == 1
+    assert any("10 frames written, 9 delivered" in p for p in raw["problems"])
+    assert any("1 frames not the one written" in p for p in raw["problems"])
+    assert any("1 connections received another count" in p for p in raw["problems"])
+    assert raw["frames_per_s_one_core"] == 36.0 and raw["frames_per_s_wall"] == 18.0
+    steps = [{"deliveries_per_s": 9.0, "deliveries": 90, "server_cpu_s": {"1": 0.0009}}, {"deliveries_per_s": None}]
+    add_ratios(raw, steps)
+    assert steps[0]["ratio_to_rawlimit"] == 0.25 and steps[0]["server_us_per_delivery"] == 10.0
+    assert steps[0]["server_cpu_to_rawlimit"] == pytest.approx(10.0 / raw["us_per_frame"], rel=1e-3)
+    assert steps[1]["ratio_to_rawlimit"] is None and steps[1]["server_cpu_to_rawlimit"] is None
+
+
+def test_rawlimit_frame_is_a_chat_frame_of_the_asked_size() -> None:
+    for size in (130, 200, 1000):
+        payload = chat_payload(size)
+        assert len(payload) == size - 4
+        frame = json.loads(payload)
+        assert frame["type"] == "chat" and frame["payload"]["text"]

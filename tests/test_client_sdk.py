@@ -15,9 +15,27 @@ from typing import Any
 import orjson
 import pytest
 
-from pystacker.client import (Backoff, ChatMessage, Delivered, EditEvent, InOrderInbox, Offer, PresenceEvent,
-                              PyStackerClient, PyStackerError, Quote, Reaction, ReactionEvent, ReadEvent, RecallEvent,
-                              Session, SessionClosed, SessionFailed, TypingEvent, user_id_from_token)
+from pystacker.client import (
+    Backoff,
+    ChatMessage,
+    Delivered,
+    EditEvent,
+    InOrderInbox,
+    Offer,
+    PresenceEvent,
+    PyStackerClient,
+    PyStackerError,
+    Quote,
+    Reaction,
+    ReactionEvent,
+    ReadEvent,
+    RecallEvent,
+    Session,
+    SessionClosed,
+    SessionFailed,
+    TypingEvent,
+    user_id_from_token,
+)
 from pystacker.client.models import room_entry_from_frame
 from pystacker.gateway.app import GATEWAY_SERVICE
 from pystacker.messaging.frames import CloseCode

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pystacker.db.schema import chat_messages, device_cursors, devices, room_cursors, room_members
 from pystacker.engine.redis_keys import RedisKeys
 from pystacker.messaging.frames import CloseCode, decode_entry
-from pystacker.web.middleware import INTERNAL_TOKEN_HEADER
+from pystacker.web.auth import INTERNAL_TOKEN_HEADER
 from tests import databases
 from tests.client import User
 from tests.deployment import GATEWAY_TTL, PRESENCE_TTL, RedisTarget, TestDeployment, start_deployment, with_deadline
@@ -93,7 +93,7 @@ async def keep_reading(client: Client) -> None:
     try:
         while True:
             await client.recv(timeout=60)
-    except (Closed, TimeoutError, asyncio.TimeoutError):
+    except (Closed, TimeoutError):
         pass
 
 

@@ -25,7 +25,6 @@ import statistics
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import orjson

@@ -34,7 +34,7 @@ from schemathesis.engine import events
 
 from pystacker.config import Config, load_config
 from pystacker.embedded import EmbeddedSystem
-from pystacker.web.middleware import INTERNAL_TOKEN_HEADER
+from pystacker.web.auth import INTERNAL_TOKEN_HEADER
 from pystacker.web.openapi import OPENAPI_PATH
 from tests import databases
 from tests.conftest import TEST_JWT_SECRET

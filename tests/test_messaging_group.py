@@ -55,7 +55,8 @@ async def test_fifty_members_get_every_message_once_in_order(api: Api) -> None:
     async def mixed_sender(client: Client) -> list[dict]:
         out = []
         for i, body in enumerate(bodies[client.user.id]):
-            out += await send_over_ws(client, room_id, [body]) if i % 2 else [await send_http(api.send, client.user, room_id, body)]
+            out += (await send_over_ws(client, room_id, [body]) if i % 2
+                    else [await send_http(api.send, client.user, room_id, body)])
         return out
 
     # a sender's receive loop is driven by its own `send_over_ws`; the others only receive

@@ -7,7 +7,7 @@ without depending on each other.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -511,7 +511,7 @@ async def search(meta: Http, user: User, **params: Any) -> list[dict[str, Any]]:
 async def test_search_finds_groups_by_name_with_gostackers_fields(meta: Http) -> None:
     owner, searcher = await new_users(meta, "own", "find")
     tag = unique_name("srch")
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     room_id = await create_room(meta, owner, name=f"The {tag} club")
     rooms = await search(meta, searcher, q=tag)
     assert len(rooms) == 1
@@ -520,7 +520,7 @@ async def test_search_finds_groups_by_name_with_gostackers_fields(meta: Http) ->
     assert room["id"] == room_id and room["name"] == f"The {tag} club" and room["creator_id"] == owner.id
     created = datetime.fromisoformat(room["created_at"].replace("Z", "+00:00"))
     assert created.tzinfo is not None  # RFC 3339 carries its offset
-    assert before - timedelta(seconds=5) <= created <= datetime.now(timezone.utc) + timedelta(seconds=5)
+    assert before - timedelta(seconds=5) <= created <= datetime.now(UTC) + timedelta(seconds=5)
 
 
 async def test_search_is_case_insensitive(meta: Http) -> None:

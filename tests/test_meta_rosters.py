@@ -19,6 +19,7 @@ from pystacker.engine.memory import MemoryEngine
 from pystacker.messaging.rosters import RosterBook, RosterChange, RosterFlusher, RosterSQL
 from pystacker.runtime import Runtime
 from tests.client import Http, User
+from tests.engine.support import zero_seed
 from tests.test_meta_rooms import (
     ADD_MEMBERS,
     ADMIN,
@@ -33,7 +34,6 @@ from tests.test_meta_rooms import (
     joined,
     new_users,
 )
-from tests.engine.support import zero_seed
 from tests.ws import poll
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.internal_routes import assert_internal_routes_need
 from tests.conftest import embedded_system
+from tests.internal_routes import assert_internal_routes_need
 from tests.ws import Api, make_room, open_api, send_http, text
 
 SLOW = 0.001  # tokens per second: no refill within a test

@@ -315,3 +315,106 @@ async def test_wrong_password_is_reported_in_the_form(up: UpProcess, browser: An
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.get_by_role("alert").first).to_have_text(re.compile(r"\S"))
     await expect(page.locator("#chat")).to_be_hidden()
+
+
+async def test_replies_edits_reactions_recalls_and_hiding_live_and_after_a_reload(up: UpProcess, browser: Any,
+                                                                                 shots: Screenshots) -> None:
+    """Ann (the room's owner) and Bob (a member), each in a page: what one does to a message the other
+    sees live, and both see the same after a reload (history's current state); a hidden message is
+    gone for the one who hid it only."""
+    ann = await sign_up(await new_page(browser, shots), up, "ann")
+    bob = await sign_up(await new_page(browser, shots), up, "bob")
+    room = unique_name("lifecycle-")
+    await create_group(ann, room, [bob.user_id])
+    question, edited = "what time is the meeting?", "what time is the meeting tomorrow?"
+    await ann.send(question)
+    await bob.open_room(room)
+    await expect_texts(bob, [question])
+
+    # Bob replies (Escape drops a reply he started): both see the quote of Ann's question above his answer.
+    context = bob.page.locator("#composer-context")
+    await bob.message(question).get_by_role("button", name="Reply").click()
+    await expect(context).to_contain_text(f"Replying to {ann.name}:")
+    await bob.page.get_by_label("Message", exact=True).press("Escape")
+    await expect(context).to_be_hidden()
+    await bob.message(question).get_by_role("button", name="Reply").click()
+    await expect(context).to_contain_text(question)
+    await bob.send("at ten")
+    await expect(context).to_be_hidden()
+    for user, quoted_sender in ((ann, "You"), (bob, ann.name)):
+        quote = user.message("at ten").locator(".quote")
+        await expect(quote.locator(".quote-sender")).to_have_text(quoted_sender)
+        await expect(quote.locator(".quote-preview")).to_have_text(question)
+
+    # Ann edits her question: the new text, marked edited, reaches Bob, and his quote follows it.
+    await expect(bob.message(question).get_by_role("button", name="Edit")).to_have_count(0)  # not his
+    await ann.message(question).get_by_role("button", name="Edit").click()
+    box = ann.page.get_by_label("Message", exact=True)
+    await expect(box).to_have_value(question)
+    await box.fill(edited)
+    await box.press("Enter")
+    for user in (ann, bob):
+        await expect_texts(user, [edited, "at ten"])
+        await expect(user.message(edited).locator(".edited")).to_have_text("edited")
+    await expect(bob.message("at ten").locator(".quote-preview")).to_have_text(edited)
+
+    # Reactions: Bob picks 👍; Ann sees one and adds hers (two, highlighted for her), then takes it back.
+    await bob.message(edited).get_by_role("button", name="React", exact=True).click()
+    await bob.message(edited).get_by_role("button", name="React with 👍").click()
+    ann_chip = ann.message(edited).locator(".reaction", has_text="👍")
+    bob_chip = bob.message(edited).locator(".reaction", has_text="👍")
+    await expect(ann_chip.locator(".count")).to_have_text("1")
+    await expect(ann_chip).to_have_attribute("aria-pressed", "false")
+    await expect(bob_chip).to_have_attribute("aria-pressed", "true")
+    await ann_chip.click()
+    for chip in (ann_chip, bob_chip):
+        await expect(chip.locator(".count")).to_have_text("2")
+    await expect(ann_chip).to_have_attribute("aria-pressed", "true")
+    await ann_chip.click()
+    for chip in (ann_chip, bob_chip):
+        await expect(chip.locator(".count")).to_have_text("1")
+    await expect(ann_chip).to_have_attribute("aria-pressed", "false")
+    await bob.message("at ten").get_by_role("button", name="React", exact=True).click()
+    await bob.message("at ten").get_by_role("button", name="React with 🎉").click()
+    await expect(ann.message("at ten").locator(".reaction", has_text="🎉").locator(".count")).to_have_text("1")
+
+    # Recalls: Bob recalls his own message; Ann, the owner, recalls one of Bob's; Bob may not recall hers.
+    await expect(bob.message(edited).get_by_role("button", name="Recall")).to_have_count(0)
+    await bob.send("never mind")
+    await bob.send("oops, wrong room")
+    await expect_texts(ann, [edited, "at ten", "never mind", "oops, wrong room"])
+    await bob.message("never mind").get_by_role("button", name="Recall").click()
+    await ann.message("oops, wrong room").get_by_role("button", name="Recall").click()
+    await expect_texts(ann, [edited, "at ten", "Message recalled", "Message recalled by you"])
+    await expect_texts(bob, [edited, "at ten", "Message recalled", f"Message recalled by {ann.name}"])
+    await expect(bob.page.locator("#messages .msg.recalled")).to_have_count(2)
+
+    # Bob hides Ann's last message: gone for him, still there for her.
+    await ann.send("only ann keeps this")
+    await expect(bob.message("only ann keeps this")).to_have_count(1)
+    await bob.message("only ann keeps this").get_by_role("button", name="Hide").click()
+    await expect(bob.message("only ann keeps this")).to_have_count(0)
+
+    # After a reload both pages show the current state from history.
+    ann_texts = [edited, "at ten", "Message recalled", "Message recalled by you", "only ann keeps this"]
+    bob_texts = [edited, "at ten", "Message recalled", f"Message recalled by {ann.name}"]
+    for user, texts in ((ann, ann_texts), (bob, bob_texts)):
+        await user.page.reload()
+        await user.connected()
+        await user.open_room(room)
+        await expect_texts(user, texts)
+        await expect(user.message(edited).locator(".edited")).to_have_text("edited")
+        # The quote shows the question (the server's preview: as edited, or as first sent).
+        await expect(user.message("at ten").locator(".quote-preview")).to_contain_text("what time is the meeting")
+        await expect(user.message(edited).locator(".reaction", has_text="👍").locator(".count")).to_have_text("1")
+        await expect(user.message("at ten").locator(".reaction", has_text="🎉").locator(".count")).to_have_text("1")
+    await expect(ann.message(edited).locator(".reaction", has_text="👍")).to_have_attribute("aria-pressed", "false")
+    await expect(bob.message(edited).locator(".reaction", has_text="👍")).to_have_attribute("aria-pressed", "true")
+
+    # Still live after the reload: Bob takes his 👍 back, Ann sees the reaction go.
+    await bob.message(edited).locator(".reaction", has_text="👍").click()
+    await expect(ann.message(edited).locator(".reaction", has_text="👍")).to_have_count(0)
+    await ann.message("at ten").hover()  # the docs' picture shows a message's buttons
+    await expect(ann.message("at ten").locator(".actions")).to_have_css("opacity", "1")
+    DOCS_IMG.mkdir(parents=True, exist_ok=True)
+    await ann.page.screenshot(path=str(DOCS_IMG / "web-lifecycle.png"))

@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 
 from pystacker.chaos.launcher import poll  # noqa: F401 - the tests import it from here
-from pystacker.web.middleware import INTERNAL_TOKEN_HEADER
+from pystacker.web.auth import INTERNAL_TOKEN_HEADER
 from tests.client import Http, User, new_user
 
 DEFAULT_TIMEOUT = 5.0
@@ -115,7 +115,7 @@ class Client:
         while (left := deadline - time.monotonic()) > 0:
             try:
                 frame = await self.recv(left)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 return
             assert not predicate(frame), f"unexpected frame {frame}"
 
@@ -286,7 +286,7 @@ class Api:
         async def confirmed() -> bool:
             try:
                 await client.recv(0.05)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 pass
             return conn is None or conn.confirmed
 

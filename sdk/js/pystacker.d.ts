@@ -20,8 +20,29 @@ export interface Content {
   [key: string]: unknown;
 }
 
-/** One room message. `id` is a string: snowflake ids exceed JavaScript's 2^53. */
+/** A message id: the decimal string the SDK gives (`ChatMessage.id`). Snowflake ids exceed JavaScript's
+ *  2^53, so a number is accepted only while it is a safe integer; a BigInt is fine. */
+export type MessageId = string | bigint;
+
+/** The short quote of the message a reply answers. */
+export interface ReplyQuote {
+  messageId: string;
+  senderId: number;
+  /** The start of its text (80 characters at most), "[type]" for other content, "" once recalled. */
+  preview: string;
+  recalled: boolean;
+}
+
+export interface Reaction {
+  emoji: string;
+  count: number;
+  /** The caller is one of those who reacted so. */
+  me: boolean;
+}
+
+/** One room message, in its current state. `id` is a string: snowflake ids exceed JavaScript's 2^53. */
 export interface ChatMessage {
+  kind: 'message';
   id: string;
   roomId: number;
   /** Dense per room: 1, 2, 3, ... (0 only for frames of GoStacker components). */
@@ -34,7 +55,57 @@ export interface ChatMessage {
   clientMsgId: string | null;
   /** Milliseconds since the epoch. */
   ts: number;
+  /** The message this one answers, or null. */
+  replyTo: ReplyQuote | null;
+  /** When it was last edited (ms), or null. */
+  editedAt: number | null;
+  /** A tombstone: its content is gone (`content` is `{type}`, `text` null). */
+  recalled: boolean;
+  recalledBy: number | null;
+  recalledAt: number | null;
+  /** From history pages (live messages start with none); follow `reaction` events with applyEvent. */
+  reactions: Reaction[];
 }
+
+interface RoomEventBase {
+  /** The event's own id (string) in the room's log. */
+  id: string;
+  roomId: number;
+  /** Its seq in the room's log: messages and events share one dense sequence. */
+  seq: number;
+  /** Who did it (editor, recaller, reactor). */
+  senderId: number;
+  /** The message it changes. */
+  messageId: string;
+}
+
+export interface EditEvent extends RoomEventBase {
+  kind: 'edit';
+  /** Null when the message was recalled since (a recall blanks its edits; its recall event follows). */
+  content: Content | null;
+  /** The new text of a text message, else null. */
+  text: string | null;
+  editedAt: number | null;
+}
+
+export interface RecallEvent extends RoomEventBase {
+  kind: 'recall';
+  by: number;
+  recalledAt: number | null;
+}
+
+export interface ReactionEvent extends RoomEventBase {
+  kind: 'reaction';
+  userId: number;
+  emoji: string;
+  on: boolean;
+  /** The emoji's count on the message now. */
+  count: number;
+}
+
+export type RoomEvent = EditEvent | RecallEvent | ReactionEvent;
+/** An entry of a room's log. */
+export type RoomEntry = ChatMessage | RoomEvent;
 
 export interface SendResult {
   id: string;
@@ -45,12 +116,52 @@ export interface SendResult {
   duplicate: boolean;
 }
 
+export interface EditResult {
+  messageId: string;
+  roomId: number;
+  seq: number | null;
+  editedAt: number | null;
+  clientMsgId: string;
+  /** A retry found the first attempt's answer: nothing was applied twice. */
+  duplicate: boolean;
+}
+
+export interface RecallResult {
+  messageId: string;
+  roomId: number;
+  seq: number | null;
+  clientMsgId: string;
+  duplicate: boolean;
+}
+
+export interface ReactResult {
+  messageId: string;
+  roomId: number;
+  emoji: string;
+  on: boolean;
+  /** The emoji's count now. */
+  count: number;
+  /** Null when nothing changed (the reaction was already so). */
+  seq: number | null;
+  clientMsgId: string;
+  duplicate: boolean;
+}
+
+export interface PendingOperation {
+  kind: 'edit' | 'recall' | 'react';
+  clientMsgId: string;
+  messageId: string;
+}
+
 export interface HistoryPage {
   roomId: number;
-  /** The room's newest seq when the page was read. */
+  /** The room's newest seq when the page was read (events included). */
   lastSeq: number;
   hasMore: boolean;
+  /** In their current state, without those the caller hid. */
   messages: ChatMessage[];
+  /** Only with `events: true`: the log as written (messages as sent, and events), by seq. */
+  entries?: RoomEntry[];
 }
 
 export interface LastMessage {
@@ -138,7 +249,7 @@ export interface ConnectedContext { userId: number; gatewayId: string; deviceId:
  *  user has too many devices online). Neither reconnects by itself. */
 export interface DisconnectedContext { code: number; reason: string; replaced?: boolean; deviceLimit?: boolean }
 export interface WelcomeContext { userId: number; gatewayId: string; unread: number }
-export interface SendingContext { clientMsgId: string; roomId: number; content: Content }
+export interface SendingContext { clientMsgId: string; roomId: number; content: Content; replyTo: string | null }
 export interface DeliveredContext { id: string; roomId: number; seq: number; clientMsgId: string | null }
 export interface SendFailedContext { clientMsgId: string; roomId: number; error: PyStackerError }
 export interface ReadContext { roomId: number; userId: number; seq: number }
@@ -156,6 +267,12 @@ export interface ClientEvents {
   welcome: WelcomeContext;
   /** Each room's messages once each, in seq order, without a hole (live, catch-up and gap fills). */
   message: ChatMessage;
+  /** A message was edited (in seq order with the messages, live and in catch-up). */
+  edit: EditEvent;
+  /** A message was recalled: show it as a tombstone. */
+  recall: RecallEvent;
+  /** A member reacted to a message, or took his reaction back. */
+  reaction: ReactionEvent;
   sending: SendingContext;
   /** The server stored the message (send_ok). */
   accepted: SendResult;
@@ -205,7 +322,7 @@ export declare class PyStackerClient {
   joinRequests(roomId: number): Promise<JoinRequest[]>;
   respondJoin(requestId: number, approve: boolean): Promise<void>;
   joinedRooms(): Promise<JoinedRooms>;
-  history(roomId: number, options?: { beforeSeq?: number | null; afterSeq?: number | null; limit?: number }): Promise<HistoryPage>;
+  history(roomId: number, options?: { beforeSeq?: number | null; afterSeq?: number | null; limit?: number; events?: boolean }): Promise<HistoryPage>;
   readState(roomId: number): Promise<ReadState>;
   markRead(roomId: number, seq: number): Promise<number>;
   /** Tell the room's other members you are typing (dropped when not connected; the server forwards
@@ -220,9 +337,19 @@ export declare class PyStackerClient {
   connect(): void;
   disconnect(reason?: string): void;
   reconnect(): void;
-  send(roomId: number, content: string | Content, options?: { clientMsgId?: string | null }): Promise<SendResult>;
+  /** `replyTo`: a message of the same room this one answers. */
+  send(roomId: number, content: string | Content, options?: { clientMsgId?: string | null; replyTo?: MessageId | null }): Promise<SendResult>;
+  /** Your message's new content (sender only, within the server's edit window). */
+  edit(messageId: MessageId, content: string | Content, options?: { clientMsgId?: string | null }): Promise<EditResult>;
+  /** Recall for everyone: your own message within the recall window, any message as the room's owner or an admin. */
+  recall(messageId: MessageId, options?: { clientMsgId?: string | null }): Promise<RecallResult>;
+  /** Add (`on`, the default) or take back your reaction. */
+  react(messageId: MessageId, emoji: string, on?: boolean, options?: { clientMsgId?: string | null }): Promise<ReactResult>;
+  /** Hide a message from your own history on every device (nobody is told). */
+  hide(messageId: MessageId): Promise<{ messageId: string; roomId: number }>;
   pendingSends(roomId?: number | null): SendingContext[];
-  sync(roomId: number, afterSeq: number, limit?: number): Promise<{ messages: ChatMessage[]; hasMore: boolean }>;
+  pendingOperations(): PendingOperation[];
+  sync(roomId: number, afterSeq: number, limit?: number): Promise<{ entries: RoomEntry[]; messages: ChatMessage[]; events: RoomEvent[]; hasMore: boolean }>;
   ping(): Promise<number>;
 }
 
@@ -234,13 +361,13 @@ export declare class Backoff {
   reset(): void;
 }
 
-/** Pure ordering: what may be handed on next, per room. */
+/** Pure ordering: what may be handed on next, per room (messages and events share the room's seqs). */
 export declare class RoomOrder {
   constructor(options?: { maxHeld?: number });
   position(roomId: number): number | null;
-  setPosition(roomId: number, seq: number): ChatMessage[];
+  setPosition(roomId: number, seq: number): RoomEntry[];
   forget(roomId: number): void;
-  offer(message: ChatMessage): ChatMessage[];
+  offer(entry: RoomEntry): RoomEntry[];
   gaps(): [number, number][];
 }
 
@@ -248,4 +375,10 @@ export declare function newClientMsgId(): string;
 export declare function tokenClaims(token: string): Record<string, unknown> | null;
 export declare function asContent(content: string | Content): Content;
 export declare function messageFromFrame(frame: Record<string, unknown>): ChatMessage;
+export declare const EVENT_TYPES: readonly ['edit', 'recall', 'reaction'];
+/** An edit, recall or reaction frame as an event; null for other frames. */
+export declare function eventFromFrame(frame: Record<string, unknown>): RoomEvent | null;
+/** The message after the event (a new object; the same one if the event is neither about it nor about
+ *  the message it quotes). Idempotent; `myUserId` decides a reaction's `me`. */
+export declare function applyEvent(message: ChatMessage, event: RoomEvent, myUserId?: number | null): ChatMessage;
 export declare function claimDeviceId(options?: { storage?: Storage; tabStorage?: Storage; locks?: LockManager; key?: string }): Promise<string>;

@@ -120,26 +120,147 @@ class Emitter {
   }
 }
 
-/** A chat frame as the application sees it. Ids are strings: snowflakes exceed 2^53. */
+/** A message id as the wire takes it: a decimal string. Ids are 64-bit snowflakes, beyond a JS number's
+ *  2^53: pass the `id` string the SDK gave (or a BigInt); a number is taken only while it is exact. */
+function messageIdOf(id) {
+  if (typeof id === 'bigint' && id > 0n) return id.toString();
+  if (typeof id === 'number' && Number.isSafeInteger(id) && id > 0) return String(id);
+  if (typeof id === 'string' && /^[1-9][0-9]{0,19}$/.test(id)) return id;
+  throw new TypeError(`not a message id: ${String(id)} (pass the id string, as the SDK gives it)`);
+}
+
+const PREVIEW_CHARS = 80; // as the server's previews (messaging/readstate.py)
+
+function previewText(text) {
+  return text.length <= PREVIEW_CHARS ? text : `${text.slice(0, PREVIEW_CHARS - 1)}\u2026`;
+}
+
+function replyOf(raw) {
+  if (!raw || typeof raw !== 'object') return null;
+  return { messageId: String(raw.message_id_str ?? raw.message_id ?? ''), senderId: Number(raw.sender_id) || 0,
+    preview: raw.recalled ? '' : String(raw.preview ?? ''), recalled: Boolean(raw.recalled) };
+}
+
+function msOrNull(value) {
+  return typeof value === 'number' && Number.isFinite(value) ? value : null;
+}
+
+/** A chat frame as the application sees it. Ids are strings: snowflakes exceed 2^53. A message
+ *  edited, recalled (a tombstone: `recalled`, empty content), replying to another (`replyTo`, a short
+ *  quote) or reacted to (`reactions`, in history pages) says so. */
 export function messageFromFrame(frame) {
   const payload = frame.payload && typeof frame.payload === 'object' ? frame.payload : {};
   const type = String(frame.content_type || 'text');
+  const recalled = Boolean(frame.recalled);
   return {
+    kind: 'message',
     id: String(frame.id_str ?? frame.id ?? ''),
     roomId: Number(frame.room_id) || 0,
     seq: Number(frame.seq) || 0,
     senderId: Number(frame.sender_id) || 0,
     type,
     content: { type, ...payload },
-    text: type === 'text' && typeof payload.text === 'string' ? payload.text : null,
+    text: !recalled && type === 'text' && typeof payload.text === 'string' ? payload.text : null,
     clientMsgId: typeof frame.client_msg_id === 'string' ? frame.client_msg_id : null,
     ts: Number(frame.ts) || 0,
+    replyTo: replyOf(frame.reply_to),
+    editedAt: msOrNull(frame.edited_at),
+    recalled,
+    recalledBy: recalled ? Number(frame.recalled_by) || 0 : null,
+    recalledAt: recalled ? msOrNull(frame.recalled_at) : null,
+    reactions: Array.isArray(frame.reactions)
+      ? frame.reactions.filter((r) => r && typeof r === 'object')
+        .map((r) => ({ emoji: String(r.emoji), count: Number(r.count) || 0, me: Boolean(r.me) }))
+      : [],
   };
 }
 
-/** What may be handed to the application next: each room's messages once, in seq order, no hole.
+/** The room events a socket with `events=1` gets: entries of the room's log, with their own seq. */
+export const EVENT_TYPES = Object.freeze(['edit', 'recall', 'reaction']);
+
+/** An `edit`, `recall` or `reaction` frame as the application sees it (null for any other frame).
+ *  `messageId` is the message it changes; `senderId` is who did it. */
+export function eventFromFrame(frame) {
+  if (!frame || !EVENT_TYPES.includes(frame.type)) return null;
+  const event = {
+    kind: frame.type,
+    id: String(frame.id_str ?? frame.id ?? ''),
+    roomId: Number(frame.room_id) || 0,
+    seq: Number(frame.seq) || 0,
+    senderId: Number(frame.sender_id) || 0,
+    messageId: String(frame.message_id_str ?? frame.message_id ?? ''),
+  };
+  if (frame.type === 'edit') {
+    // No content: the message was recalled since (a recall blanks its edits; its recall event follows).
+    if (!frame.content || typeof frame.content !== 'object') return { ...event, content: null, text: null, editedAt: msOrNull(frame.edited_at) };
+    const type = String(frame.content.type || 'text');
+    return { ...event, content: { ...frame.content, type },
+      text: type === 'text' && typeof frame.content.text === 'string' ? frame.content.text : null,
+      editedAt: msOrNull(frame.edited_at) };
+  }
+  if (frame.type === 'recall') {
+    return { ...event, by: Number(frame.by ?? frame.sender_id) || 0, recalledAt: msOrNull(frame.recalled_at) };
+  }
+  return { ...event, userId: Number(frame.user_id ?? frame.sender_id) || 0, emoji: String(frame.emoji ?? ''),
+    on: Boolean(frame.on), count: Number(frame.count) || 0 };
+}
+
+/** A frame of the room's log as an entry: a message (`chat`), an event, or null for anything else. */
+function entryOf(frame) {
+  if (!frame || typeof frame !== 'object') return null;
+  const type = frame.type ?? 'chat';
+  if (type === 'chat') return messageFromFrame(frame);
+  return eventFromFrame(frame);
+}
+
+/** A list of log frames as entries, in seq order. */
+function entriesOf(frames) {
+  return (Array.isArray(frames) ? frames : []).map(entryOf).filter(Boolean).sort((a, b) => a.seq - b.seq);
+}
+
+/** The message as it is after `event` (a new object; the same one if the event is not about it).
+ *  Applying an event twice changes nothing (a reaction carries its emoji's count now), so history and
+ *  live events may overlap; events older than a history page must not be applied to it. `myUserId`
+ *  decides `me` of a reaction. A reply's quote follows an edit or a recall of the message it quotes. */
+export function applyEvent(message, event, myUserId = null) {
+  if (!message || !event) return message;
+  if (event.kind === 'edit' && !event.content) return message; // a blanked edit: the recall that blanked it follows
+  if (event.messageId !== message.id) {
+    const quoted = message.replyTo;
+    if (!quoted || quoted.messageId !== event.messageId) return message;
+    if (event.kind === 'recall') return { ...message, replyTo: { ...quoted, recalled: true, preview: '' } };
+    if (event.kind === 'edit' && !quoted.recalled) {
+      return { ...message, replyTo: { ...quoted, preview: event.text !== null ? previewText(event.text) : `[${event.content.type}]` } };
+    }
+    return message;
+  }
+  switch (event.kind) {
+    case 'edit':
+      if (message.recalled) return message;
+      return { ...message, type: event.content.type, content: event.content, text: event.text, editedAt: event.editedAt };
+    case 'recall':
+      return { ...message, recalled: true, recalledBy: event.by, recalledAt: event.recalledAt,
+        content: { type: message.type }, text: null };
+    case 'reaction': {
+      const reactions = message.reactions.map((r) => ({ ...r }));
+      let entry = reactions.find((r) => r.emoji === event.emoji);
+      if (!entry) {
+        entry = { emoji: event.emoji, count: 0, me: false };
+        reactions.push(entry);
+      }
+      entry.count = event.count;
+      if (myUserId !== null && event.userId === Number(myUserId)) entry.me = event.on;
+      return { ...message, reactions: reactions.filter((r) => r.count > 0) };
+    }
+    default:
+      return message;
+  }
+}
+
+/** What may be handed to the application next: each room's entries (messages, and the edit, recall
+ *  and reaction events, which have seqs of their own in the room's log) once, in seq order, no hole.
  *  Pure logic (like the Python SDK's inbox.py). Per room: `next` (the seq due next; unknown until the
- *  room is seen or positioned), `held` (messages past a hole), `highest` (the highest seq seen). */
+ *  room is seen or positioned), `held` (entries past a hole), `highest` (the highest seq seen). */
 export class RoomOrder {
   constructor({ maxHeld = 5000 } = {}) {
     this.rooms = new Map();
@@ -175,7 +296,8 @@ export class RoomOrder {
     this.rooms.delete(roomId);
   }
 
-  /** Offer one message; returns the messages now ready, in order (maybe none: a duplicate or a hole). */
+  /** Offer one entry (a message or an event); returns the entries now ready, in order (maybe none: a
+   *  duplicate or a hole). */
   offer(message) {
     if (!(message.seq > 0)) return this._offerUnordered(message);
     const room = this._room(message.roomId);
@@ -284,7 +406,8 @@ function holdLock(locks, name) {
 /**
  * One user's client: HTTP calls to meta, send and registry, and one live WebSocket to a gateway.
  * Events (`client.on(name, listener)`): `state`, `connecting`, `connected`, `disconnected`, `message`,
- * `sending`, `accepted`, `delivered`, `send-failed`, `read`, `welcome`, `frame`, `error`.
+ * `edit`, `recall`, `reaction`, `sending`, `accepted`, `delivered`, `send-failed`, `read`, `typing`,
+ * `presence`, `welcome`, `frame`, `error`.
  */
 export class PyStackerClient extends Emitter {
   constructor({ metaUrl, sendUrl, registryUrl, token = null, deviceId = null, requestTimeout = 10000,
@@ -316,8 +439,8 @@ export class PyStackerClient extends Emitter {
     this._welcomed = false;
     this._refs = 0;
     this._pending = new Map(); // ref -> {resolve, reject, timer}: requests waiting for their answer
-    this._outbox = new Map(); // client_msg_id -> send waiting for send_ok (insertion order = send order)
-    this._sendRefs = new Map(); // ref -> client_msg_id, to match an error frame to its send
+    this._outbox = new Map(); // client_msg_id -> send, edit, recall or react waiting for its answer (in order)
+    this._sendRefs = new Map(); // ref -> client_msg_id, to match an answer or an error frame to its request
     this._acked = new Map(); // room -> seq acknowledged on this connection
     this._handed = new Map(); // room -> highest seq handed to the application
     this._ackTimer = null;
@@ -508,12 +631,19 @@ export class PyStackerClient extends Emitter {
   }
 
   /** A page of a room: ascending after `afterSeq`, else the newest before `beforeSeq` (or the newest
-   *  of all). The newest page also sets the room's catch-up position if it had none. */
-  async history(roomId, { beforeSeq = null, afterSeq = null, limit = 50 } = {}) {
+   *  of all). Messages are in their current state (edited, recalled, with their reactions and reply
+   *  quotes), without those the caller hid. `events: true`: `entries` instead, the room's log as it
+   *  was written (messages and edit, recall and reaction events, by seq), for incremental sync.
+   *  The newest page also sets the room's catch-up position if it had none. */
+  async history(roomId, { beforeSeq = null, afterSeq = null, limit = 50, events = false } = {}) {
     const data = await this._call('GET', this.sendUrl, '/api/chat/history',
-      { query: { room_id: roomId, before_seq: beforeSeq, after_seq: afterSeq, limit } });
+      { query: { room_id: roomId, before_seq: beforeSeq, after_seq: afterSeq, limit, events: events ? 1 : null } });
     const page = { roomId: Number(data.room_id ?? roomId), lastSeq: Number(data.last_seq) || 0,
       hasMore: Boolean(data.has_more), messages: (data.messages || []).map(messageFromFrame) };
+    if (events) {
+      page.entries = entriesOf(data.events);
+      page.messages = page.entries.filter((entry) => entry.kind === 'message');
+    }
     if (beforeSeq === null && afterSeq === null && this.order.position(roomId) === null) this.track(roomId, page.lastSeq);
     return page;
   }
@@ -607,31 +737,92 @@ export class PyStackerClient extends Emitter {
 
   /** Send over the socket; resolves with the server's answer (`send_ok`). Until answered, the frame is
    *  sent again after every reconnect and every `requestTimeout`: the server answers a repeated
-   *  client_msg_id with the first message (`duplicate: true`), so it is never posted twice. */
-  send(roomId, content, { clientMsgId = null } = {}) {
+   *  client_msg_id with the first message (`duplicate: true`), so it is never posted twice.
+   *  `replyTo`: the id (string) of a message of the same room this one answers (a short quote of it
+   *  comes with the message). */
+  send(roomId, content, { clientMsgId = null, replyTo = null } = {}) {
     const id = clientMsgId || newClientMsgId();
     const known = this._outbox.get(id);
     if (known) return known.promise;
-    const entry = { clientMsgId: id, roomId: Number(roomId), content: asContent(content), timer: null };
-    entry.promise = new Promise((resolve, reject) => Object.assign(entry, { resolve, reject }));
-    this._outbox.set(id, entry);
-    this.emit('sending', { clientMsgId: id, roomId: entry.roomId, content: entry.content });
+    const frame = { type: 'send', room_id: Number(roomId), content: asContent(content), client_msg_id: id };
+    if (replyTo !== null && replyTo !== undefined) frame.reply_to = messageIdOf(replyTo);
+    const entry = this._queue('send', id, frame, Number(roomId));
+    entry.content = frame.content;
+    entry.replyTo = frame.reply_to ?? null;
+    this.emit('sending', { clientMsgId: id, roomId: entry.roomId, content: entry.content, replyTo: entry.replyTo });
     this._transmit(entry);
     return entry.promise;
   }
 
-  /** Sends not answered yet (optionally of one room), oldest first. */
-  pendingSends(roomId = null) {
-    return [...this._outbox.values()].filter((e) => roomId === null || e.roomId === roomId)
-      .map((e) => ({ clientMsgId: e.clientMsgId, roomId: e.roomId, content: e.content }));
+  /** Change the content of your message (its sender only, within the server's `limits.edit_window_s`).
+   *  Resolves with `{messageId, roomId, seq, editedAt, duplicate, clientMsgId}` (`edit_ok`); every
+   *  member gets an `edit` event. Retried like a send, with the same client_msg_id. */
+  edit(messageId, content, { clientMsgId = null } = {}) {
+    return this._operate('edit', clientMsgId,
+      { type: 'edit', message_id: messageIdOf(messageId), content: asContent(content) });
   }
 
-  /** Read a room's messages after `afterSeq` over the socket (at most 200): `{messages, hasMore}`. */
+  /** Recall a message for everyone: your own within `limits.recall_window_s`, any message of a room you
+   *  own or administer. Resolves with `{messageId, roomId, seq, duplicate, clientMsgId}` (`recall_ok`);
+   *  every member gets a `recall` event and the message becomes a tombstone. Retried like a send. */
+  recall(messageId, { clientMsgId = null } = {}) {
+    return this._operate('recall', clientMsgId, { type: 'recall', message_id: messageIdOf(messageId) });
+  }
+
+  /** Add (`on`, the default) or take back your reaction `emoji` to a message. Resolves with
+   *  `{messageId, roomId, emoji, on, count, seq, duplicate, clientMsgId}` (`react_ok`; `seq` null when
+   *  nothing changed); every member gets a `reaction` event when it changed. Retried like a send. */
+  react(messageId, emoji, on = true, { clientMsgId = null } = {}) {
+    if (typeof emoji !== 'string' || !emoji) throw new TypeError('emoji must be a non-empty string');
+    return this._operate('react', clientMsgId,
+      { type: 'react', message_id: messageIdOf(messageId), emoji, on: Boolean(on) });
+  }
+
+  /** Hide a message from your own history, on every device (HTTP; nobody is told, no event). */
+  async hide(messageId) {
+    const data = await this._call('POST', this.sendUrl, '/api/chat/hide_message',
+      { body: { message_id: messageIdOf(messageId) } });
+    return { messageId: String(data?.message_id_str ?? data?.message_id ?? messageId), roomId: Number(data?.room_id) || 0 };
+  }
+
+  /** Sends not answered yet (optionally of one room), oldest first. */
+  pendingSends(roomId = null) {
+    return [...this._outbox.values()].filter((e) => e.kind === 'send' && (roomId === null || e.roomId === roomId))
+      .map((e) => ({ clientMsgId: e.clientMsgId, roomId: e.roomId, content: e.content, replyTo: e.replyTo }));
+  }
+
+  /** Edits, recalls and reactions not answered yet, oldest first. */
+  pendingOperations() {
+    return [...this._outbox.values()].filter((e) => e.kind !== 'send')
+      .map((e) => ({ kind: e.kind, clientMsgId: e.clientMsgId, messageId: e.frame.message_id }));
+  }
+
+  _queue(kind, clientMsgId, frame, roomId = null) {
+    const entry = { kind, clientMsgId, frame: { ...frame, client_msg_id: clientMsgId }, roomId, timer: null };
+    entry.promise = new Promise((resolve, reject) => Object.assign(entry, { resolve, reject }));
+    this._outbox.set(clientMsgId, entry);
+    return entry;
+  }
+
+  /** An edit, recall or react: queued with its client_msg_id like a send (the same id after every
+   *  reconnect, so the server applies it once and answers a repeat with `duplicate: true`). */
+  _operate(kind, clientMsgId, frame) {
+    const id = clientMsgId || newClientMsgId();
+    const known = this._outbox.get(id);
+    if (known) return known.promise;
+    const entry = this._queue(kind, id, frame);
+    this._transmit(entry);
+    return entry.promise;
+  }
+
+  /** Read a room's log after `afterSeq` over the socket (at most 200 entries): `{entries, messages,
+   *  events, hasMore}`; `entries` are the messages and the edit, recall and reaction events by seq. */
   async sync(roomId, afterSeq, limit = 50) {
     const answer = await this._request({ type: 'sync', room_id: roomId, after_seq: afterSeq,
       limit: Math.min(Math.max(limit, 1), MAX_SYNC_PAGE) });
-    const messages = (Array.isArray(answer.payload) ? answer.payload : []).filter((f) => f && typeof f === 'object').map(messageFromFrame);
-    return { messages, hasMore: Boolean(answer.has_more) };
+    const entries = entriesOf(answer.payload);
+    return { entries, messages: entries.filter((e) => e.kind === 'message'),
+      events: entries.filter((e) => e.kind !== 'message'), hasMore: Boolean(answer.has_more) };
   }
 
   /** Round trip of an application-level ping, in milliseconds. */
@@ -705,7 +896,8 @@ export class PyStackerClient extends Emitter {
     if (['', '0.0.0.0', '::'].includes(host)) host = new URL(this.registryUrl).hostname; // bound to every interface
     if (host.includes(':') && !host.startsWith('[')) host = `[${host}]`;
     const scheme = new URL(this.registryUrl).protocol === 'https:' ? 'wss' : 'ws';
-    const params = new URLSearchParams({ token: this.token, acks: '1', catchup: '0', device_id: this._deviceId });
+    // events=1: PyStacker's frames (read, typing, presence, edit, recall, reaction), not GoStacker's subset.
+    const params = new URLSearchParams({ token: this.token, acks: '1', catchup: '0', events: '1', device_id: this._deviceId });
     const gatewayId = String(gateway.gateway_id || `${host}:${gateway.port}`);
     const ws = new this._WebSocket(`${scheme}://${host}:${Number(gateway.port)}/api/ws?${params}`);
     return new Promise((resolve, reject) => {
@@ -838,6 +1030,9 @@ export class PyStackerClient extends Emitter {
         if (!this._welcomed) this._welcome(frame);
         break;
       case 'chat':
+      case 'edit':
+      case 'recall':
+      case 'reaction':
         this._offer([frame]);
         break;
       case 'batch':
@@ -846,6 +1041,11 @@ export class PyStackerClient extends Emitter {
         break;
       case 'send_ok':
         this._accepted(frame);
+        break;
+      case 'edit_ok':
+      case 'recall_ok':
+      case 'react_ok':
+        this._answered(frame);
         break;
       case 'error':
         this._refused(frame);
@@ -867,7 +1067,7 @@ export class PyStackerClient extends Emitter {
         this.emit('typing', { roomId: Number(frame.room_id), userId: Number(frame.user_id ?? frame.sender_id) });
         break;
       default:
-        // Frame types this SDK does not know (presence, edits, ...): handed on as they are.
+        // Frame types this SDK does not know: handed on as they are.
         this.emit('frame', frame);
     }
   }
@@ -880,19 +1080,21 @@ export class PyStackerClient extends Emitter {
         this._offer(frame.payload); // GoStacker could nest a batch in a batch
         continue;
       }
-      if ((frame.type ?? 'chat') !== 'chat') continue;
-      ready.push(...this.order.offer(messageFromFrame(frame)));
+      const entry = entryOf(frame);
+      if (entry) ready.push(...this.order.offer(entry));
     }
     this._handOn(ready);
     for (const [roomId] of this.order.gaps()) this._fill(roomId);
   }
 
-  _handOn(messages) {
-    for (const message of messages) {
-      if (message.seq > (this._handed.get(message.roomId) || 0)) this._handed.set(message.roomId, message.seq);
-      this.emit('message', message);
+  /** Hand entries on: a `message` event for a message, an `edit`, `recall` or `reaction` event for the
+   *  others. Events' seqs count like messages' (positions, acks). */
+  _handOn(entries) {
+    for (const entry of entries) {
+      if (entry.seq > (this._handed.get(entry.roomId) || 0)) this._handed.set(entry.roomId, entry.seq);
+      this.emit(entry.kind === 'message' ? 'message' : entry.kind, entry);
     }
-    if (messages.length) this._scheduleAcks(this.ackDelay);
+    if (entries.length) this._scheduleAcks(this.ackDelay);
   }
 
   _answer(ref, frame) {
@@ -929,8 +1131,7 @@ export class PyStackerClient extends Emitter {
     if (!this._connected() || !this._outbox.has(entry.clientMsgId)) return; // sent on the next welcome
     const ref = `s${++this._refs}`;
     this._sendRefs.set(ref, entry.clientMsgId);
-    this._ws.send(JSON.stringify({ type: 'send', room_id: entry.roomId, content: entry.content,
-      client_msg_id: entry.clientMsgId, ref }));
+    this._ws.send(JSON.stringify({ ...entry.frame, ref }));
     entry.timer = setTimeout(() => this._transmit(entry), this.requestTimeout); // no answer: again, same id
   }
 
@@ -941,10 +1142,28 @@ export class PyStackerClient extends Emitter {
     const entry = this._outbox.get(clientMsgId);
     const result = { id: String(payload.id_str ?? payload.msgID ?? frame.id), roomId: Number(frame.room_id) || 0,
       seq: Number(payload.seq) || 0, clientMsgId: clientMsgId ?? null, duplicate: Boolean(payload.duplicate) };
-    if (!entry) return; // an answer to an earlier attempt of a send already answered
+    if (!entry || entry.kind !== 'send') return; // an answer to an earlier attempt of a send already answered
     clearTimeout(entry.timer);
     this._outbox.delete(clientMsgId);
     this.emit('accepted', result);
+    entry.resolve(result);
+  }
+
+  /** `edit_ok`, `recall_ok`, `react_ok`: the HTTP answer's data, matched to the request by its ref. */
+  _answered(frame) {
+    const payload = frame.payload && typeof frame.payload === 'object' ? frame.payload : {};
+    const clientMsgId = this._sendRefs.get(payload.ref);
+    this._sendRefs.delete(payload.ref);
+    const entry = this._outbox.get(clientMsgId);
+    if (!entry || `${entry.kind}_ok` !== frame.type) return; // an earlier attempt's answer, already settled
+    clearTimeout(entry.timer);
+    this._outbox.delete(clientMsgId);
+    const result = { messageId: String(payload.message_id_str ?? payload.message_id ?? entry.frame.message_id),
+      roomId: Number(payload.room_id) || 0, seq: payload.seq === null || payload.seq === undefined ? null : Number(payload.seq),
+      duplicate: Boolean(payload.duplicate), clientMsgId };
+    if (entry.kind === 'edit') result.editedAt = msOrNull(payload.edited_at);
+    if (entry.kind === 'react') Object.assign(result, { emoji: String(payload.emoji ?? entry.frame.emoji),
+      on: Boolean(payload.on ?? entry.frame.on), count: Number(payload.count) || 0 });
     entry.resolve(result);
   }
 
@@ -966,7 +1185,7 @@ export class PyStackerClient extends Emitter {
       return;
     }
     this._outbox.delete(clientMsgId);
-    this.emit('send-failed', { clientMsgId, roomId: entry.roomId, error });
+    if (entry.kind === 'send') this.emit('send-failed', { clientMsgId, roomId: entry.roomId, error });
     entry.reject(error);
   }
 
@@ -999,7 +1218,7 @@ export class PyStackerClient extends Emitter {
           if (err.status === 403 || err.status === 404) this.order.forget(roomId); // no longer a member
           return; // disconnected or no answer: the next connection catches up
         }
-        this._handOn(page.messages.flatMap((m) => this.order.offer(m)));
+        this._handOn(page.entries.flatMap((entry) => this.order.offer(entry)));
         const advanced = (this.order.position(roomId) ?? after) > after;
         const gap = this.order.gaps().some(([id]) => id === roomId);
         if (!advanced || (!page.hasMore && !gap)) return;

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import click
 
-from pystacker import __version__
+from pystacker import __version__, event_loop
 from pystacker.config import Config, ConfigError, load_config
 from pystacker.logs import setup_logging
 from pystacker.runtime import StartupError
@@ -26,7 +26,7 @@ def _load(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
         return load_config(path, overrides=overrides)
     except ConfigError as exc:
         _fail(f"config error: {exc}")
-        raise AssertionError("unreachable")
+        raise AssertionError("unreachable") from exc
 
 
 def _setup_logging(config: Config) -> None:
@@ -36,16 +36,10 @@ def _setup_logging(config: Config) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def _run(main: Callable[[], Awaitable[None]]) -> None:
+def _run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run the event loop (uvloop when present); startup problems end in one line, not a traceback."""
     try:
-        import uvloop
-
-        runner: Callable[[Awaitable[None]], None] = uvloop.run  # type: ignore[assignment]
-    except ImportError:
-        runner = asyncio.run
-    try:
-        runner(main())
+        event_loop.run(main())
     except StartupError as exc:
         _fail(str(exc))
     except OSError as exc:

@@ -169,7 +169,7 @@ class Deployment:
                         async with session.get(f"{member.url}/ready") as response:
                             if response.status == 200:
                                 del waiting[label]
-                    except (aiohttp.ClientError, asyncio.TimeoutError):
+                    except (TimeoutError, aiohttp.ClientError):
                         pass
                 if waiting:
                     await asyncio.sleep(0.1)
@@ -183,8 +183,8 @@ class Deployment:
         """SIGTERM in reverse start order, wait up to `timeout`, then SIGKILL what is left."""
         chosen = list(reversed(self.members if members is None else members))
         for member in chosen:
-            if member.running:
-                member.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            if member.running and member.process is not None:
+                member.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for member in chosen:
             if member.process is None:

@@ -23,8 +23,16 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote_plus
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from pystacker.secret_files import EnvironmentWithSecretFiles, SecretFileError
@@ -192,7 +200,7 @@ class EmbeddedPorts(Section):
 
 
 class WebSocketConfig(Section):
-    """PyStacker extension: GoStacker hard-codes these (spec 3.4)."""
+    """PyStacker extension: GoStacker hard-codes these."""
 
     ping_interval: float = Field(54.0, gt=0)
     pong_deadline: float = Field(60.0, gt=0)
@@ -457,7 +465,7 @@ def check_jwt_secret(config: Config, *, embedded: bool, source: str = "config") 
 
 def check_internal_token(config: Config, *, source: str = "config") -> None:
     """Refuse to run a service without `internal.token`: its internal and registry-write routes would
-    be open to anyone who reaches the port (GoStacker's spec 13.4 #31). Only `pystacker up` skips it."""
+    be open to anyone who reaches the port (compatibility.md #31). Only `pystacker up` skips it."""
     token = config.internal.token.get_secret_value()
     if not token.strip():
         raise ConfigError(

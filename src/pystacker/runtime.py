@@ -23,7 +23,7 @@ from pystacker.messaging.ids import Snowflake
 from pystacker.messaging.parts import MessagingParts
 from pystacker.messaging.store import MessageStore
 from pystacker.observability import tracing
-from pystacker.web.auth import TokenService
+from pystacker.web.auth import Credentials, TokenService
 from pystacker.web.ratelimit import TokenBucketLimiter
 
 log = logging.getLogger("pystacker.runtime")
@@ -57,7 +57,7 @@ class Runtime:
         self.config = config
         self.embedded = embedded
         if embedded and (not config.jwt_secret() or config.jwt_secret() == "secret"):
-            config.jwt.secret = embedded_secret(Path(config.data_dir), "jwt_secret")  # type: ignore[assignment]
+            config.jwt.secret = SecretStr(embedded_secret(Path(config.data_dir), "jwt_secret"))
         if embedded and not config.internal.token.get_secret_value().strip():
             # One process needs none of its internal routes open: they stay closed to whoever reaches
             # the ports (`--host 0.0.0.0` is the whole network), and open to tools given this token.
@@ -92,6 +92,11 @@ class Runtime:
                                                            max_keys=limits.rate_limit_max_keys)
         self.room_change_limiter = TokenBucketLimiter(limits.room_change_rate, limits.room_change_burst,
                                                       max_keys=limits.rate_limit_max_keys)
+
+    @property
+    def credentials(self) -> Credentials:
+        """What the services' routes check callers against: the JWT service and `internal.token`."""
+        return Credentials(self.tokens, self.config.internal.token.get_secret_value())
 
     @property
     def sql(self) -> AsyncEngine:

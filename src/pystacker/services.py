@@ -1,7 +1,7 @@
 """Running one service per process: `pystacker meta|registry|send|gateway|flusher|msgflusher`.
 
 Each service says what it needs (SQL, the engine), which port it serves on (if any) and what it runs.
-SIGINT/SIGTERM stop it cleanly (GoStacker's meta, registry, send and flusher ignored them: spec 13.1 #9):
+SIGINT/SIGTERM stop it cleanly (GoStacker's meta, registry, send and flusher ignored them: compatibility.md #9):
 a gateway drains its sockets, send finishes its queued pushes, the flusher writes what it holds.
 """
 
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -22,7 +23,7 @@ from pystacker.web.server import Listener, Servers, bind_socket, bound_port, new
 log = logging.getLogger("pystacker.service")
 
 AppBuilder = Callable[[Runtime, int], web.Application]
-Worker = Callable[[Runtime], Awaitable[None]]
+Worker = Callable[[Runtime], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)
@@ -118,9 +119,10 @@ async def run_service(spec: ServiceSpec, config: Config, source: str) -> None:
     def worker_ended(task: asyncio.Task[None]) -> None:
         # A worker only ends by cancellation; one that died must stop the process (and make it exit
         # non-zero) instead of leaving it alive, doing nothing, for its supervisor to trust.
-        if not task.cancelled() and task.exception() is not None:
-            failure.append(task.exception())  # type: ignore[arg-type]
-            log.error("%s worker failed", spec.name, exc_info=task.exception())
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            failure.append(error)
+            log.error("%s worker failed", spec.name, exc_info=error)
             stopping.set()
 
     async def start() -> None:

@@ -49,7 +49,7 @@ class Backoff:
         self.quick_exits += 1
         if self.quick_exits > self.policy.crash_loop_exits:
             return None
-        return min(self.policy.first_delay * 2 ** (self.quick_exits - 1), self.policy.max_delay)
+        return float(min(self.policy.first_delay * 2 ** (self.quick_exits - 1), self.policy.max_delay))
 
 
 @dataclass
@@ -98,7 +98,8 @@ class Supervisor:
         return None
 
     def _exited(self, member: Member, now: float) -> str | None:
-        code = member.process.returncode  # type: ignore[union-attr]
+        assert member.process is not None  # only a started member exits
+        code = member.process.returncode
         backoff = self.backoffs.setdefault(member.label, Backoff(self.policy))
         delay = backoff.after_exit(now - self.started_at.get(member.label, now))
         if delay is None:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import asyncio
+from dataclasses import replace
 
 from pystacker.engine.base import Engine, GatewayInfo, SendInfo, UserRoute
 from tests.engine.support import unique_int, unique_name, until

@@ -9,8 +9,8 @@ import dataclasses
 import pytest
 
 from pystacker.engine.base import Engine, Roster, RosterConflict, RosterEntry, Rosters
-from tests.engine.support import OpenEngine, unique_int
 from tests.engine.conftest import DEFAULT_SETTINGS
+from tests.engine.support import OpenEngine, unique_int
 from tests.ws import poll
 
 OWNER = RosterEntry(role=0, nickname=None, joined_at=1_700_000_000.0)

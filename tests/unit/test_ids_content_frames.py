@@ -1,9 +1,9 @@
 import pytest
 
 from pystacker.messaging.content import MAX_TEXT_CHARS, parse_content
+from pystacker.messaging.errors import Refused
 from pystacker.messaging.frames import PushEntry, decode_entry
 from pystacker.messaging.ids import EPOCH_MS, Snowflake, timestamp_ms
-from pystacker.messaging.errors import Refused
 from pystacker.web.envelope import refusal_status
 
 

@@ -16,6 +16,7 @@ Modules, one job each:
   procfs.py     server CPU and memory from /proc, machine description, git commit
   server.py     `--embedded`: `pystacker up` in a subprocess on free ports
   workloads.py  fanout, pairs, idle, catchup
+  rawlimit.py   the box's ceiling: one picows writer process, local receivers; each report's ratio to it
   report.py     JSON, table and PNG plot
   cli.py        the `pystacker bench` commands
 """

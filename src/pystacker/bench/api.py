@@ -140,7 +140,8 @@ class PublicApi:
             raise ApiError(response.status, raw[:200].decode(errors="replace")) from None
         if response.status != 200 or envelope.get("code", 0) != 0:
             raise ApiError(response.status, str(envelope.get("msg", "")))
-        return envelope["data"]
+        data: dict[str, Any] = envelope["data"]
+        return data
 
     async def gateway_url(self, user_id: int, device_id: str | None = None) -> str:
         """Where this user (this device of his, if named) should connect, as GoStacker's clients learn

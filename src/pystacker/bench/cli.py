@@ -1,4 +1,4 @@
-"""`pystacker bench fanout|pairs|idle|catchup`: options, then run, write, plot, print.
+"""`pystacker bench fanout|pairs|idle|catchup|rawlimit`: options, then run, write, plot, print.
 
 Exit code 0: the run completed and its integrity checks passed; 1: it completed but found lost,
 duplicated or reordered messages (or failed sends/connections); 2: it could not run.
@@ -104,6 +104,12 @@ def common_options(duration: float) -> Callable[[Callable[..., Any]], Callable[.
         click.option("--server-data", type=click.Path(file_okay=False), default=None,
                      help="--embedded: keep the server's data folder here instead of a temporary one "
                           "(with --users-file, users survive across runs)."),
+        click.option("--no-rawlimit", is_flag=True,
+                     help="Do not measure the raw limit (`bench rawlimit`) first; the report then says it was not measured."),
+        click.option("--rawlimit-duration", default=3.0, show_default=True, type=click.FloatRange(0.1, 60),
+                     help="Seconds of the raw-limit measurement at the start of the run."),
+        click.option("--rawlimit-connections", default=1000, show_default=True, type=click.IntRange(1, 20_000),
+                     help="Connections of the raw-limit measurement."),
     ]
 
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -117,6 +123,7 @@ def common_options(duration: float) -> Callable[[Callable[..., Any]], Callable[.
 def _execute(workload: str, params: dict[str, Any], kw: dict[str, Any], via: str = "http") -> None:
     from pystacker.bench import report as results
     from pystacker.bench.api import Targets
+    from pystacker.bench.rawlimit import RawLimitOptions
     from pystacker.bench.runner import BenchOptions, run_bench
     from pystacker.bench.safety import BenchError
     from pystacker.bench.workloads import WORKLOADS
@@ -132,7 +139,9 @@ def _execute(workload: str, params: dict[str, Any], kw: dict[str, Any], via: str
         setup_timeout=kw["setup_timeout"], connect_concurrency=kw["connect_concurrency"],
         connect_timeout=kw["connect_timeout"], send_timeout=kw["send_timeout"], max_in_flight=kw["max_in_flight"],
         user_prefix=kw["user_prefix"], users_file=Path(kw["users_file"]) if kw["users_file"] else None,
-        server_data=Path(kw["server_data"]) if kw["server_data"] else None)
+        server_data=Path(kw["server_data"]) if kw["server_data"] else None,
+        rawlimit=None if kw["no_rawlimit"] else RawLimitOptions(connections=kw["rawlimit_connections"],
+                                                                duration=kw["rawlimit_duration"]))
     if options.server_data is not None and not options.embedded:
         click.echo("pystacker bench: --server-data needs --embedded", err=True)
         sys.exit(2)
@@ -211,3 +220,49 @@ def idle(connections: int, devices: int, **kw: Any) -> None:
 def catchup(users: int, groups: int, members: int | None, messages: int, **kw: Any) -> None:
     """Reconnect storm: everyone away, K messages per room, everyone back at once; time to catch up."""
     _execute("catchup", {"users": users, "groups": groups, "members": members, "messages": messages}, kw)
+
+
+@bench.command()
+@click.option("--connections", default=1000, show_default=True, type=click.IntRange(1, 20_000),
+              help="Local WebSocket connections the writer writes to in turn.")
+@click.option("--duration", default=5.0, show_default=True, type=click.FloatRange(0.1, 60),
+              help="Seconds of writing.")
+@click.option("--max-frames", default=50_000_000, show_default=True, type=click.IntRange(1),
+              help="At most this many frames in all.")
+@click.option("--frame-bytes", default=200, show_default=True, type=click.IntRange(130, 16_000),
+              help="Size of the prebuilt text frame on the wire, header included.")
+@click.option("--receiver-procs", default=1, show_default=True, type=click.IntRange(1, 16),
+              help="Receiver processes sharing the connections (the writer is always one process).")
+@click.option("--connect-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1, 600),
+              help="Seconds for every connection to be up.")
+@click.option("--grace", default=10.0, show_default=True, type=click.FloatRange(0.1, 600),
+              help="Seconds for every receiver to confirm its count after the last write.")
+@click.option("--results", "results_dir", default="bench-results", show_default=True,
+              type=click.Path(file_okay=False), help="Folder for the JSON.")
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="JSON file (default <results>/<timestamp>-rawlimit.json).")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def rawlimit(connections: int, duration: float, max_frames: int, frame_bytes: int, receiver_procs: int,
+             connect_timeout: float, grace: float, results_dir: str, output: str | None, quiet: bool) -> None:
+    """This box's ceiling: one process writes a prebuilt ~200-byte text frame to local WebSocket
+    connections (picows on both ends, 127.0.0.1) as fast as it can; frames/s on one core."""
+    from pystacker.bench import report as results
+    from pystacker.bench.rawlimit import RawLimitOptions, run_report
+    from pystacker.bench.safety import BenchError
+
+    options = RawLimitOptions(connections=connections, duration=duration, max_frames=max_frames,
+                              frame_bytes=frame_bytes, receiver_procs=receiver_procs,
+                              connect_timeout=connect_timeout, grace=grace)
+    try:
+        outcome = run_report(options, Path(results_dir), Path(output) if output else None, progress=not quiet)
+    except BenchError as exc:
+        click.echo(f"pystacker bench: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("pystacker bench: interrupted; the processes it started are stopped", err=True)
+        sys.exit(130)
+    json_path = Path(outcome["json_path"])
+    results.write_json(outcome, json_path)
+    click.echo(results.table(outcome))
+    click.echo(f"results: {json_path}")
+    sys.exit(0 if outcome["integrity_ok"] and not outcome["problems"] else 1)

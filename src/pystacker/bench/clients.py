@@ -131,7 +131,7 @@ class Receiver:
                 await asyncio.wait_for(self.connect(), self.connect_timeout)
                 self.reconnects += 1
                 return
-            except (aiohttp.ClientError, ApiError, ConnectionError, asyncio.TimeoutError, OSError):
+            except (TimeoutError, aiohttp.ClientError, ApiError, ConnectionError, OSError):
                 continue
         self.close_codes["gave up reconnecting"] += 1
 
@@ -160,7 +160,7 @@ class Receiver:
             payload = frame.get("payload")
             ref = payload.get("ref") if isinstance(payload, dict) else None
             future = self._pending.pop(ref, None) if isinstance(ref, int) else None
-            if future is not None and not future.done():
+            if future is not None and not future.done() and isinstance(payload, dict):
                 if kind == "send_ok":
                     future.set_result(SendResult(True, int(payload.get("msgID") or frame.get("id") or 0)))
                 else:
@@ -173,7 +173,7 @@ class Receiver:
         msg_id = frame.get("id")
         if self.checker.arrive(self.index, msg_id, frame.get("room_id"), frame.get("seq"), tag, now):
             if self.on_new is not None:
-                self.on_new(self.index, msg_id, tag, now)  # type: ignore[arg-type]
+                self.on_new(self.index, msg_id, tag, now)  # type: ignore[arg-type]  # arrive() took them: an id and a tag
 
     def _fail_pending(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
@@ -194,7 +194,7 @@ class Receiver:
             await ws.send_str(orjson.dumps({"type": "send", "room_id": room_id, "content": content,
                                             "client_msg_id": client_msg_id, "ref": ref}).decode())
             return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return SendResult(False, error="TimeoutError")
         except (aiohttp.ClientError, ConnectionError) as exc:
             return SendResult(False, error=type(exc).__name__)
@@ -216,7 +216,7 @@ class HttpSender:
             return SendResult(True, int(data["msgID"]))
         except ApiError as exc:
             return SendResult(False, error=f"status {exc.status}")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, KeyError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, KeyError, ValueError) as exc:
             return SendResult(False, error=type(exc).__name__)
 
 

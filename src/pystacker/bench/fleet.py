@@ -58,7 +58,7 @@ class Fleet:
     async def _answer(self, index: int, timeout: float) -> Any:
         try:
             status, value = await recv_message(self.pipes[index], timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BenchError(f"client process {index} did not answer within {timeout:.0f}s") from None
         except (EOFError, OSError) as exc:
             raise BenchError(f"client process {index} died (exit code {self.processes[index].exitcode}, "

@@ -31,6 +31,8 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 def table(report: dict[str, Any]) -> str:
     """The final table: one row per step, then the workload's own figures and any problem."""
+    if report["workload"] == "rawlimit":
+        return "\n".join(_rawlimit_lines(report))
     head = ["step", "sends/s", "deliveries/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "lost", "dup", "order",
             "server CPU s"]
     rows = []
@@ -43,11 +45,53 @@ def table(report: dict[str, Any]) -> str:
                      _fmt(step.get("order_violations")), _fmt(round(sum(cpu.values()), 2) if cpu else None, 2)])
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines = [f"{report['workload']} (run {report['run_id']}, {report['elapsed_s']}s)"]
-    lines.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))))
+    lines.append("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths, strict=True))))
     for row in rows:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
     lines.extend(_details(report))
     return "\n".join(lines)
+
+
+def raw_limit_summary(raw: dict[str, Any]) -> str:
+    return (f"{_fmt(raw.get('frames_per_s_one_core'), 0)} frames/s on one core "
+            f"({_fmt(raw.get('us_per_frame'), 2)} us of writer CPU per {raw.get('frame_bytes')}-byte frame, "
+            f"{raw.get('connections', 0):,} connections; {_fmt(raw.get('frames_per_s_wall'), 0)} frames/s wall "
+            f"with the writer at {_fmt(raw.get('writer_cpu_share'), 2)} of a core)")
+
+
+def ratio_lines(report: dict[str, Any]) -> list[str]:
+    """The line every workload's report has: its delivery rate against the raw limit of this run."""
+    raw = report.get("rawlimit") or {}
+    head = "ratio to the raw limit measured in this run"
+    if not raw.get("measured"):
+        return [f"{head}: not measured ({raw.get('reason', 'no raw-limit measurement')})"]
+    parts = []
+    for step in report["steps"]:
+        if step.get("ratio_to_rawlimit") is None:
+            continue
+        part = f"{step['label']} {step['ratio_to_rawlimit']:.3g} ({_fmt(step.get('deliveries_per_s'), 0)} deliveries/s)"
+        if step.get("server_cpu_to_rawlimit") is not None:
+            part += (f", server CPU per delivery {_fmt(step['server_us_per_delivery'], 2)} us = "
+                     f"{step['server_cpu_to_rawlimit']:.3g}x the raw frame's")
+        parts.append(part)
+    return [f"{head}: " + ("; ".join(parts) if parts else "- (no deliveries in this workload)"),
+            f"raw limit: {raw_limit_summary(raw)}"]
+
+
+def _rawlimit_lines(report: dict[str, Any]) -> list[str]:
+    raw = report["rawlimit"]
+    lines = [f"rawlimit (run {report['run_id']}, {report['elapsed_s']}s): one writer process, "
+             f"{raw['connections']:,} WebSocket connections on 127.0.0.1, picows {raw.get('picows')}",
+             f"raw limit: {raw_limit_summary(raw)}",
+             f"frames: {raw['frames_sent']:,} written, {raw['frames_delivered']:,} delivered and checked, "
+             f"{raw['bad_frames']:,} bad; wall {raw['wall_s']:.3f} s, writer CPU {raw['writer_cpu_s']:.2f} s, "
+             f"receivers' CPU {raw['receiver_cpu_s']} s; {raw['rounds']:,} rounds, "
+             f"{raw['rounds_with_paused_connections']:,} with full sockets skipped"]
+    for problem in report.get("problems") or []:
+        lines.append(f"PROBLEM: {problem}")
+    lines.append("integrity: " + ("OK (every frame written was delivered and checked)" if report["integrity_ok"]
+                                  else "FAILED"))
+    return lines
 
 
 def _details(report: dict[str, Any]) -> list[str]:
@@ -90,6 +134,7 @@ def _details(report: dict[str, Any]) -> list[str]:
     clients = report.get("clients") or {}
     if clients.get("server_closes"):
         lines.append(f"sockets closed by the server: {clients['server_closes']}, reconnects {clients.get('reconnects')}")
+    lines.extend(ratio_lines(report))
     for note in report.get("notes") or []:
         lines.append(f"note: {note}")
     for problem in report.get("problems") or []:

@@ -14,20 +14,22 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from pystacker.bench import procfs
+from pystacker import event_loop
+from pystacker.bench import procfs, rawlimit
 from pystacker.bench.api import PublicApi, Targets
 from pystacker.bench.checker import StepCounts
 from pystacker.bench.fleet import Fleet, Progress
 from pystacker.bench.histogram import Histogram
-from pystacker.bench.safety import raise_fd_limit
+from pystacker.bench.rawlimit import RawLimitOptions
+from pystacker.bench.safety import BenchError, raise_fd_limit
 from pystacker.bench.server import EmbeddedServer
 from pystacker.bench.setup import Population, create_population
 from pystacker.bench.worker import SenderPlan, WorkerPlan
@@ -62,6 +64,7 @@ class BenchOptions:
     user_prefix: str = "bench"
     users_file: Path | None = None
     server_data: Path | None = None
+    rawlimit: RawLimitOptions | None = None  # None: the raw limit is not measured (--no-rawlimit)
 
     def public(self) -> dict[str, Any]:
         values = asdict(self)
@@ -289,7 +292,7 @@ async def _run_async(workload_name: str, workload: Workload, options: BenchOptio
 
 def run_bench(workload_name: str, workload: Workload, options: BenchOptions, params: dict[str, Any]) -> dict[str, Any]:
     """Run one workload and return its report (not yet written)."""
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     run_id = secrets.token_hex(3)
     stamp = started.strftime("%Y%m%d-%H%M%S")
     json_path = options.output or options.results_dir / f"{stamp}-{workload_name}.json"
@@ -300,6 +303,14 @@ def run_bench(workload_name: str, workload: Workload, options: BenchOptions, par
     # Connections are file descriptors; the embedded server inherits the raised limit.
     raise_fd_limit(int(params.get("users", 0)) * 2 + int(params.get("connections", 0)) * 2 + 4096)
     machine_before = procfs.machine()
+    # The raw limit first, before any server or client process of this run exists (a few seconds).
+    if options.rawlimit is None:
+        raw = rawlimit.not_measured("skipped with --no-rawlimit")
+    else:
+        try:
+            raw = rawlimit.measure(options.rawlimit, options.progress)
+        except BenchError as exc:
+            raw = rawlimit.not_measured(f"could not run: {exc}")
     server: EmbeddedServer | None = None
     server_info: dict[str, Any] = {"embedded": options.embedded}
     try:
@@ -321,8 +332,9 @@ def run_bench(workload_name: str, workload: Workload, options: BenchOptions, par
             server_info["log"] = str(server.log_path)
             server_info["log_problems"] = server.log_problems()
     steps = result.pop("steps")
+    rawlimit.add_ratios(raw, steps)
     totals = _totals(steps)
-    problems = result.pop("problems", [])
+    problems = result.pop("problems", []) + list(raw.get("problems") or [])
     for name, label in (("lost", "lost deliveries"), ("duplicates", "duplicate deliveries"),
                         ("order_violations", "per-room order violations")):
         if totals[name]:
@@ -341,6 +353,7 @@ def run_bench(workload_name: str, workload: Workload, options: BenchOptions, par
         "git": procfs.git_commit(),
         "server": server_info,
         **result,
+        "rawlimit": raw,
         "steps": steps,
         "totals": totals,
         "problems": problems,
@@ -349,11 +362,5 @@ def run_bench(workload_name: str, workload: Workload, options: BenchOptions, par
     }
 
 
-def _run_loop(coro: Awaitable[dict[str, Any]]) -> dict[str, Any]:
-    try:
-        import uvloop
-
-        run = uvloop.run
-    except ImportError:
-        run = asyncio.run
-    return run(coro)  # type: ignore[arg-type]
+def _run_loop(coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    return event_loop.run(coro)

@@ -92,7 +92,7 @@ class EmbeddedServer:
                         async with session.get(url) as response:
                             if response.status == 200:
                                 break
-                    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                    except (TimeoutError, aiohttp.ClientError, OSError):
                         pass
                     if time.monotonic() > deadline:
                         raise BenchError(f"the embedded server did not answer {url} within {START_TIMEOUT:.0f}s; "

@@ -14,7 +14,7 @@ import base64
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -101,7 +101,7 @@ async def _retrying(call: Callable[[], Awaitable[T]], what: str, deadline: float
                 raise
             if attempt == RETRIES or time.monotonic() + delay > deadline:
                 raise BenchError(f"setup: {what}: {exc}") from None
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             if attempt == RETRIES or time.monotonic() + delay > deadline:
                 raise BenchError(f"setup: {what}: {type(exc).__name__}: {exc}") from None
         await asyncio.sleep(delay)  # back off before the retry
@@ -203,11 +203,11 @@ async def _check_accounts_belong_here(api: PublicApi, account: Account, users_fi
             raise BenchError(f"setup: checking --users-file: {exc}") from None
 
 
-async def _bounded_gather(calls: list[Awaitable[T]], deadline: float, what: str) -> list[T]:
+async def _bounded_gather(calls: Sequence[Awaitable[T]], deadline: float, what: str) -> list[T]:
     tasks = [asyncio.ensure_future(call) for call in calls]
     try:
         return list(await asyncio.wait_for(asyncio.gather(*tasks), max(deadline - time.monotonic(), 0.1)))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise BenchError(f"setup: {what} did not finish within --setup-timeout") from None
     finally:
         for task in tasks:

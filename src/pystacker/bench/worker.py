@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from pystacker import event_loop
 from pystacker.bench.api import PublicApi, Targets
 from pystacker.bench.checker import IntegrityChecker
 from pystacker.bench.clients import HttpSender, Receiver, SendResult, WsSender
@@ -69,7 +70,7 @@ async def recv_message(conn: Connection, timeout: float | None) -> Any:
     if not conn.poll():
         ready = loop.create_future()
         fd = conn.fileno()
-        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        loop.add_reader(fd, _settle, ready)
         try:
             await asyncio.wait_for(ready, timeout)
         finally:
@@ -80,6 +81,11 @@ async def recv_message(conn: Connection, timeout: float | None) -> Any:
             os.set_blocking(fd, True)
     return conn.recv()  # raises EOFError when the other side is gone
 
+
+
+def _settle(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
 
 def _describe(exc: BaseException) -> str:
     status = getattr(exc, "status", None)
@@ -243,6 +249,7 @@ class Worker:
     async def cmd_send(self, spec: dict[str, Any]) -> dict[str, Any]:
         """One measured step: every sender of this process sends until the step's deadline."""
         state = _StepState(spec, Histogram())
+        senders: dict[int, HttpSender | WsSender]
         if self.plan.via == "ws":
             senders = {s.user: WsSender(self.receivers[s.user], spec["send_timeout"]) for s in self.plan.senders
                        if s.user in self.receivers}
@@ -302,6 +309,7 @@ class Worker:
     async def _paced_loop(self, sender: HttpSender | WsSender, plan: SenderPlan, state: _StepState,
                           in_flight: asyncio.Semaphore) -> None:
         """Open loop: sends start on a fixed schedule whatever the answers, up to max_in_flight."""
+        assert state.rate is not None  # a paced step has a rate
         interval_ns = state.total_senders * 1e9 / state.rate
         first_ns = state.start_ns + interval_ns * plan.position / state.total_senders  # spread the senders
         tasks: set[asyncio.Task[None]] = set()
@@ -344,7 +352,7 @@ class Worker:
                 continue
             try:
                 await asyncio.wait_for(arrived, state.wait_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 state.stalls += 1  # the checker reports it as lost unless it arrives before the end
                 self.pair_waiters.pop(key, None)
 
@@ -418,10 +426,4 @@ def main(conn: Connection, counters: Any, index: int, plan: WorkerPlan) -> None:
     """The process entry point (multiprocessing, spawn)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     raise_fd_limit(len(plan.users) + 1024)
-    try:
-        import uvloop
-
-        run = uvloop.run
-    except ImportError:
-        run = asyncio.run
-    run(Worker(conn, counters, index, plan).serve())
+    event_loop.run(Worker(conn, counters, index, plan).serve())

@@ -224,7 +224,7 @@ async def _send_while_away(run: Run, population: Any, layout: list[list[int]], m
                     data = await run.api.send_message(sender.token, room.room_id,
                                                       {"type": "text", "text": make_text(tag, o.text_bytes)},
                                                       f"b{run.run_id}-{sender.index}-{n}")
-                except (ApiError, aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as exc:
                     key = f"status {exc.status}" if isinstance(exc, ApiError) else type(exc).__name__
                     errors[key] = errors.get(key, 0) + 1
                     continue

@@ -32,8 +32,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from pystacker import cluster
 from pystacker.bench import procfs
 from pystacker.bench.api import ApiError, PublicApi, Targets
-from pystacker.chaos.launcher import (LOAD_GENERATOR_LIMITS, LocalRedis, deployment_env, drop_database, new_key_prefix,
-                                      plan_on_free_ports, point_at, poll, redis_env, scratch_database_url)
+from pystacker.chaos.launcher import (
+    LOAD_GENERATOR_LIMITS,
+    LocalRedis,
+    deployment_env,
+    drop_database,
+    new_key_prefix,
+    plan_on_free_ports,
+    point_at,
+    poll,
+    redis_env,
+    scratch_database_url,
+)
 from pystacker.chaos.proxy import FaultProxy
 from pystacker.web.auth import TokenService
 
@@ -216,13 +226,13 @@ class ChaosDeployment:
     async def _listed(self, label: str) -> bool:
         try:
             return self.gateway_id(label) in await self.live_gateway_ids()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             return False
 
     async def _all_gateways_listed(self) -> bool:
         try:
             live = await self.live_gateway_ids()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             return False
         return {self.gateway_id(label) for label in self.labels("gateway")} <= live
 
@@ -232,7 +242,7 @@ class ChaosDeployment:
         running = {self.gateway_id(label) for label in self.labels("gateway") if self.member(label).running}
         try:
             return await self.live_gateway_ids() == running
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             return False
 
     # -- users ----------------------------------------------------------------------------------------------
@@ -255,7 +265,7 @@ class ChaosDeployment:
                     try:
                         user_id = await api.register(name, PASSWORD)
                         break
-                    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    except (TimeoutError, aiohttp.ClientError) as exc:
                         if attempt == REGISTER_ATTEMPTS - 1:
                             raise RuntimeError(f"registering {name}: {exc!r}") from None
                         await asyncio.sleep(0.5)  # back off before trying again
@@ -275,7 +285,7 @@ class ChaosDeployment:
             except ApiError as exc:
                 if exc.status < 500 or attempt == REGISTER_ATTEMPTS - 1:
                     raise RuntimeError(f"creating room {name}: {exc}") from None
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 if attempt == REGISTER_ATTEMPTS - 1:
                     raise RuntimeError(f"creating room {name}: {exc!r}") from None
             await asyncio.sleep(0.5)  # back off before trying again

@@ -154,7 +154,7 @@ class ChaosReceiver(Receiver):
                 return
             try:
                 await asyncio.wait_for(self.connect(), self.connect_timeout)
-            except (aiohttp.ClientError, ApiError, ConnectionError, asyncio.TimeoutError, OSError, KeyError):
+            except (TimeoutError, aiohttp.ClientError, ApiError, ConnectionError, OSError, KeyError):
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
                 continue
             self.reconnects += 1
@@ -278,7 +278,7 @@ class Sender:
                 if 400 <= exc.status < 500 and exc.status not in (408, 429):
                     outcome.refused = f"status {exc.status}: {exc.msg}"
                     return outcome
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, KeyError, ValueError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError, KeyError, ValueError) as exc:
                 outcome.errors[type(exc).__name__] += 1
                 if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError)):
                     self.instances.refused(url)
@@ -305,7 +305,7 @@ async def paced(senders: list[Sender], rate: float, stop: asyncio.Event, max_mes
                 try:
                     await asyncio.wait_for(stop.wait(), wait)  # pacing: the load's own clock
                     return
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             budget[0] -= 1
             await sender.send()

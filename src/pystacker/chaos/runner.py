@@ -14,18 +14,17 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pystacker.bench import procfs
 from pystacker.bench.safety import raise_fd_limit
+from pystacker.chaos.cli import DEFAULT_DATABASE
 from pystacker.chaos.deployment import ChaosDeployment
 from pystacker.chaos.report import print_report, write_json
 from pystacker.chaos.scenarios import LONG, SCENARIOS, SHORT, Harness, Profile
 from pystacker.chaos.traffic import Verdict
-
-from pystacker.chaos.cli import DEFAULT_DATABASE
 
 
 @dataclass
@@ -60,8 +59,10 @@ class ChaosRun:
         raise_fd_limit(profile.users_needed * 4 + 4096)
         started = time.monotonic()
         await self.deployment.start()
-        say = (lambda text: None) if self.options.quiet else (
-            lambda text: print(f"chaos: {text}", file=sys.stderr, flush=True))
+        def say(text: str) -> None:
+            if not self.options.quiet:
+                print(f"chaos: {text}", file=sys.stderr, flush=True)
+
         say(f"deployment up in {time.monotonic() - started:.1f}s (Redis :{self.deployment.redis.port}, "
             f"SQL proxy :{self.deployment.proxy.port}, logs in {self.deployment.log_dir})")
         try:
@@ -100,11 +101,11 @@ class ChaosRun:
 
 
 async def run_chaos(options: ChaosOptions) -> list[Verdict]:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     log_dir = options.log_dir or Path("logs") / f"chaos-{stamp}"
     run = ChaosRun(options, log_dir)
     verdicts: list[Verdict] = []
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     machine = procfs.machine()
     await run.start()
     try:

@@ -45,8 +45,8 @@ from pystacker.gateway.connection import BATCH_SIZE
 FLUSH_CLAIM_TIMEOUT = EngineSettings().flush_claim_timeout  # a dead flusher's batch is handed out again after it
 WINDOW_SIZE = EngineSettings().window_size  # newest messages per room the engine keeps beyond SQL
 SLOW_RECEIVE_BUFFER = 4096  # bytes: a slow consumer's socket buffer, so that it backs up within seconds
-RSS_GROWTH_LIMIT_MIB = 64
-BURST_PER_SENDER = 10  # send-kill: concurrent messages per sender through the instance about to die  # a gateway's memory may grow this much while consumers are stuck, not more
+RSS_GROWTH_LIMIT_MIB = 64  # a gateway's memory may grow this much while consumers are stuck, not more
+BURST_PER_SENDER = 10  # send-kill: concurrent messages per sender through the instance about to die
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,7 @@ async def flusher_kill(h: Harness) -> Verdict:
         try:
             await asyncio.wait_for(proxy.trap_sprung.wait(), 20)
             caught = True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proxy.release_trap()
     fault_ns = time.monotonic_ns()
     flush = watch_flush(h, traffic, fault_ns)
@@ -510,7 +510,7 @@ async def _slow_consumer_closes(h: Harness, gateways: list[str]) -> float:
         try:
             async with h.deployment.session.get(h.deployment.url(label) + "/metrics") as response:
                 body = await response.text()
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             continue
         for line in body.splitlines():
             if line.startswith("pystacker_ws_slow_consumer_disconnects_total{"):

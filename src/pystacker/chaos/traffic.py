@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +77,7 @@ class Traffic:
         self.reconnect_deadline = reconnect_deadline
         self._stop = asyncio.Event()
         self._load: asyncio.Task[None] | None = None
-        self.instances = SendInstances(deployment.session, deployment.targets, deployment.send_urls)  # type: ignore[arg-type]
+        self.instances = SendInstances(deployment.session, deployment.targets, deployment.send_urls)  # type: ignore[arg-type]  # a started deployment has its session
 
     # -- setup ----------------------------------------------------------------------------------------------
 
@@ -180,7 +180,7 @@ class Traffic:
             total.update(receiver.close_codes)
         return dict(total)
 
-    def latencies(self, *, start_ns: int, end_ns: int, exclude: set[int] = frozenset()) -> Histogram:  # type: ignore[assignment]
+    def latencies(self, *, start_ns: int, end_ns: int, exclude: Collection[int] = frozenset()) -> Histogram:
         """Latency (first send attempt -> arrival) of arrivals in [start, end) at clients not in `exclude`,
         excluding each sender's own copy."""
         started = {o.msg_id: o.started_ns for o in self.outcomes() if o.msg_id is not None}
@@ -310,7 +310,7 @@ async def judge(traffic: Traffic, *, fault_ns: int, flush: FlushWatch | None, al
     verdict.unacked_stored = sum(1 for msg_id in stored if msg_id not in acked_ids)
 
     for outcome in acked:
-        row = stored.get(outcome.msg_id)  # type: ignore[arg-type]
+        row = stored.get(outcome.msg_id)  # type: ignore[arg-type]  # an acked send has its id
         if row is None:
             verdict.acked_not_stored += 1
             if allow_lost_before_ns is not None and outcome.acked_ns is not None \
@@ -341,7 +341,7 @@ async def judge(traffic: Traffic, *, fault_ns: int, flush: FlushWatch | None, al
         reused = {(o.room_id, o.seq) for o in acked if o.msg_id not in stored}
         verdict.figures["lost at a seq an unflushed lost message had"] = len(lost_seqs & reused)
 
-    for client, shown in ledger.shown.items():
+    for shown in ledger.shown.values():
         by_sender_message: dict[tuple[int, int], int] = {}
         last_seq: dict[int, int] = {}
         for item in shown:

@@ -15,10 +15,30 @@ from pystacker.client.api import PyStackerClient, new_client_msg_id, user_id_fro
 from pystacker.client.backoff import Backoff
 from pystacker.client.errors import PyStackerError, SessionClosed, SessionFailed
 from pystacker.client.inbox import InOrderInbox, Offer
-from pystacker.client.models import (ChatMessage, Delivered, EditEvent, EditResult, Gateway, HistoryPage, Member,
-                                     PresenceEvent, Quote, Reaction, ReactionEvent, ReactResult, ReadEvent,
-                                     RecallEvent, RecallResult, RoomEntry, RoomEvent, RoomInfo, RoomState, SendResult,
-                                     TypingEvent, text_content)
+from pystacker.client.models import (
+                                     ChatMessage,
+                                     Delivered,
+                                     EditEvent,
+                                     EditResult,
+                                     Gateway,
+                                     HistoryPage,
+                                     Member,
+                                     PresenceEvent,
+                                     Quote,
+                                     Reaction,
+                                     ReactionEvent,
+                                     ReactResult,
+                                     ReadEvent,
+                                     RecallEvent,
+                                     RecallResult,
+                                     RoomEntry,
+                                     RoomEvent,
+                                     RoomInfo,
+                                     RoomState,
+                                     SendResult,
+                                     TypingEvent,
+                                     text_content,
+)
 from pystacker.client.session import Session
 
 Connection = Session  # the name some callers expect

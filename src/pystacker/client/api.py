@@ -17,9 +17,21 @@ import aiohttp
 import orjson
 
 from pystacker.client.errors import PyStackerError
-from pystacker.client.models import (ChatMessage, EditResult, Gateway, HistoryPage, Member, PresenceEvent,
-                                     ReactResult, RecallResult, RoomInfo, RoomState, SendResult, as_content,
-                                     room_entry_from_frame)
+from pystacker.client.models import (
+    ChatMessage,
+    EditResult,
+    Gateway,
+    HistoryPage,
+    Member,
+    PresenceEvent,
+    ReactResult,
+    RecallResult,
+    RoomInfo,
+    RoomState,
+    SendResult,
+    as_content,
+    room_entry_from_frame,
+)
 
 if TYPE_CHECKING:
     from pystacker.client.session import Session
@@ -140,7 +152,8 @@ class PyStackerClient:
         return True
 
     async def profile(self) -> dict[str, Any]:
-        return await self._call("GET", f"{self.meta_url}/api/user/profile")
+        profile: dict[str, Any] = await self._call("GET", f"{self.meta_url}/api/user/profile")
+        return profile
 
     # -- rooms -----------------------------------------------------------------------------------
 

@@ -22,8 +22,17 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import Enum
 
-from pystacker.client.models import (ChatMessage, Delivered, EditEvent, PresenceEvent, ReactionEvent, ReadEvent,
-                                     RecallEvent, RoomEntry, TypingEvent)
+from pystacker.client.models import (
+    ChatMessage,
+    Delivered,
+    EditEvent,
+    PresenceEvent,
+    ReactionEvent,
+    ReadEvent,
+    RecallEvent,
+    RoomEntry,
+    TypingEvent,
+)
 
 Item = ChatMessage | EditEvent | RecallEvent | ReactionEvent | Delivered | ReadEvent | TypingEvent | PresenceEvent
 ROOM_ENTRIES = (ChatMessage, EditEvent, RecallEvent, ReactionEvent)  # ordered by seq; the rest are not
@@ -88,8 +97,8 @@ class InOrderInbox:
         found: dict[int, int] = {}
         for room_id in list(self._gapped):
             room = self.rooms[room_id]
-            if room.behind():
-                found[room_id] = room.next_seq - 1  # type: ignore[operator]
+            if room.next_seq is not None and room.behind():
+                found[room_id] = room.next_seq - 1
             elif room.next_seq is None or room.next_seq > room.highest:
                 self._gapped.discard(room_id)  # caught up
         return found

@@ -23,7 +23,12 @@ def _int(value: Any, default: int = 0) -> int:
 
 
 def _opt_int(value: Any) -> int | None:
-    return None if value is None or isinstance(value, bool) else _int(value, None)  # type: ignore[arg-type]
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _id(frame: dict[str, Any], key: str) -> int:
@@ -35,7 +40,7 @@ def _id(frame: dict[str, Any], key: str) -> int:
 @dataclass(frozen=True, slots=True)
 class Quote:
     """What a reply quotes (a `chat` frame's `reply_to`): the original's id and sender and a short
-    `preview` of its text ("" once it is recalled, and `recalled` is then True)."""
+    `preview` of its text ("[message recalled]" once it is recalled, and `recalled` is then True)."""
 
     message_id: int
     sender_id: int

@@ -35,9 +35,24 @@ import orjson
 from pystacker.client.backoff import Backoff
 from pystacker.client.errors import GatewayUnreachable, PyStackerError, SessionClosed, SessionFailed
 from pystacker.client.inbox import ROOM_ENTRIES, InOrderInbox, Item, Offer
-from pystacker.client.models import (ChatMessage, Delivered, EditEvent, EditResult, Gateway, HistoryPage,
-                                     PresenceEvent, ReactionEvent, ReactResult, ReadEvent, RecallEvent, RecallResult,
-                                     SendResult, TypingEvent, as_content, room_entry_from_frame)
+from pystacker.client.models import (
+    ChatMessage,
+    Delivered,
+    EditEvent,
+    EditResult,
+    Gateway,
+    HistoryPage,
+    PresenceEvent,
+    ReactionEvent,
+    ReactResult,
+    ReadEvent,
+    RecallEvent,
+    RecallResult,
+    SendResult,
+    TypingEvent,
+    as_content,
+    room_entry_from_frame,
+)
 
 if TYPE_CHECKING:
     from pystacker.client.api import PyStackerClient

@@ -21,8 +21,17 @@ from typing import Any, TextIO
 
 from pystacker.client.api import PyStackerClient
 from pystacker.client.errors import PyStackerError, SessionClosed
-from pystacker.client.models import (ChatMessage, Delivered, EditEvent, PresenceEvent, ReactionEvent, RecallEvent,
-                                     RoomEntry, TypingEvent)
+from pystacker.client.models import (
+    ChatMessage,
+    Delivered,
+    EditEvent,
+    PresenceEvent,
+    ReactionEvent,
+    ReadEvent,
+    RecallEvent,
+    RoomEntry,
+    TypingEvent,
+)
 from pystacker.client.session import Session
 
 HELP = """commands:
@@ -188,7 +197,7 @@ class ChatTerminal:
                     await self._show_typing(item)
                 elif isinstance(item, PresenceEvent):
                     await self._show_presence(item)
-                else:
+                elif not isinstance(item, ReadEvent):  # (read events are not asked for)
                     await self._show_entry(item)
         except SessionClosed:
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -17,7 +18,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 warnings.filterwarnings("ignore", message=r"Name '.*' ignored for PRIMARY key")
 
 
-def _alembic_config(connection=None) -> AlembicConfig:  # type: ignore[no-untyped-def]
+def _alembic_config(connection: Any = None) -> AlembicConfig:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     if connection is not None:

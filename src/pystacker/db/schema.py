@@ -1,4 +1,4 @@
-"""The tables. Column names follow GoStacker's schema (spec section 9) where it has one.
+"""The tables. Column names follow GoStacker's schema where it has one.
 
 Differences on purpose: one `room_members` table instead of a table per room; members get real roles
 (owner 0, admin 1, member 2); messages carry a dense per-room `seq` and the sender's `client_msg_id`;
@@ -7,7 +7,6 @@ Differences on purpose: one `room_members` table instead of a table per room; me
 
 from __future__ import annotations
 
-from sqlalchemy.dialects import mysql
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -25,6 +24,7 @@ from sqlalchemy import (
     false,
     func,
 )
+from sqlalchemy.dialects import mysql
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; elsewhere ids are 64-bit.
 Id = BigInteger().with_variant(Integer(), "sqlite")

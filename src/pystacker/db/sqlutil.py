@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import Table
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -27,13 +27,13 @@ def insert_ignoring_duplicates(table: Table, dialect: str) -> Insert:
 
 def utcnow() -> datetime:
     """Naive UTC, the form stored in every DATETIME column (the three databases agree on it)."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def rfc3339(value: datetime | None) -> str | None:
     if value is None:
         return None
-    return value.replace(tzinfo=timezone.utc).isoformat().replace("+00:00", "Z")
+    return value.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
 
 
 def escape_like(text: str, escape: str = "\\") -> str:

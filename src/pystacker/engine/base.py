@@ -225,7 +225,7 @@ class RosterConflict(Exception):
 
 
 class Rosters(Protocol):
-    """Room memberships between meta and SQL (spec 7.3, fixed). A roster is cached whole or not at all:
+    """Room memberships between meta and SQL. A roster is cached whole or not at all:
     a change applies only to a cached roster at the version the caller read (load before mutate, and
     no lost update between read and write), marks the room dirty and keeps the roster from expiring
     until the flusher has written that version. A clean roster expires `ttl` seconds after its last

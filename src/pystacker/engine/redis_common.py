@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 Client: TypeAlias = Redis | RedisCluster
 
 # A stream entry id as XACK accepts it. Anything else is filtered out before the call: one malformed id
-# would make Redis refuse the whole XACK (GoStacker's "-1" did exactly that, spec 4.5).
+# would make Redis refuse the whole XACK (GoStacker's "-1" did exactly that).
 _ENTRY_ID = re.compile(r"^\d{1,20}(-\d{1,20})?$")
 _U64_MAX = 2**64 - 1
 
@@ -83,14 +83,14 @@ class ReconnectingConnection(Connection):
 
     async def check_health(self) -> None:
         try:
-            await super().check_health()
+            await super().check_health()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         except (RedisConnectionError, RedisTimeoutError, OSError):
             if self._reconnecting:  # connect() checks health too: one new connection, not a loop
                 raise
             self._reconnecting = True
             try:
                 await self.disconnect()
-                await self.connect()
+                await self.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
             finally:
                 self._reconnecting = False
 
@@ -99,12 +99,12 @@ class ReconnectingConnection(Connection):
 MGET_CHUNK = 1000
 
 
-async def get_many(client: Client, keys: Sequence[str]) -> list[bytes | None]:
+async def get_many(client: Client, keys: Sequence[str]) -> list[Any]:
     """The values of `keys`, in order (None where a key is missing), with MGET: one command per
     MGET_CHUNK keys instead of a GET each. A pipeline of GETs cost 6x the client CPU (redis-py packs
     and parses every command in Python): 0.8 ms per 100 keys, the largest part of a group send.
     On a cluster, redis-py's mget_nonatomic splits the keys by slot and sends each node its part."""
-    values: list[bytes | None] = []
+    values: list[Any] = []  # bytes or None: the clients are made with decode_responses=False
     for start in range(0, len(keys), MGET_CHUNK):
         chunk = list(keys[start:start + MGET_CHUNK])
         if isinstance(client, RedisCluster):

@@ -3,15 +3,15 @@
 Each part has its module: redis_inbox.py (streams), redis_messages.py (seq, window, flush queue),
 redis_cursors.py, redis_registry.py, redis_bus.py; redis_keys.py names every key.
 
-Clients by role (spec 11.1): GoStacker's send service may put its streams, queues and caches on
+Clients by role: GoStacker's send service may put its streams, queues and caches on
 separate Redis servers (`send_redis.stream/.queue/.cache`). Here the inbox uses the stream role, the
 message log the cache role, cursors the queue role; a role without its block uses the global `redis`
-client, as do the rosters (the membership cache is on the global client in spec 7.3 too), the registry
+client, as do the rosters (as GoStacker's membership cache is), the registry
 and the bus. Every process of a deployment must then agree on the blocks
 (a gateway's inbox must be where send writes it), so give all services the same `send_redis` section.
 
 Errors from Redis propagate: callers log and retry. Nothing answers "empty" on an error (GoStacker's
-route lookup did, spec 13.2 #25).
+route lookup did, compatibility.md #25).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class WaitingRedisCluster(RedisCluster):
     """
 
     def __init__(self, *args: Any, limit: int, **kwargs: Any) -> None:
-        super().__init__(*args, max_connections=limit + CLUSTER_HEADROOM, **kwargs)
+        super().__init__(*args, max_connections=limit + CLUSTER_HEADROOM, **kwargs)  # type: ignore[misc]  # kwargs hold no max_connections
         self._in_flight = asyncio.Semaphore(limit)
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
@@ -172,11 +172,14 @@ class RedisEngine:
         """Clients from the `redis` block and the optional `send_redis` role blocks. Nothing connects
         yet: call ping() to find out whether Redis is there. ValueError for a config Redis cannot serve."""
         client = make_client(config.redis)
-        roles = {role: make_client(block) for role, block in (
-            ("stream", config.send_redis.stream), ("queue", config.send_redis.queue),
-            ("cache", config.send_redis.cache)) if block is not None}
+        roles = config.send_redis
+
+        def role(block: RedisConfig | None) -> Client | None:
+            return None if block is None else make_client(block)
+
         return cls(settings, seq_seed, client=client, subscriber=make_subscriber(config.redis, client),
-                   prefix=prefix, owns_clients=True, **roles)
+                   prefix=prefix, owns_clients=True, stream=role(roles.stream), queue=role(roles.queue),
+                   cache=role(roles.cache))
 
     async def append_and_route(self, message: NewMessage,
                                user_ids: Sequence[int]) -> tuple[Appended, dict[int, UserRoute]]:

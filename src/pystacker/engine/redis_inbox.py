@@ -1,6 +1,6 @@
 """The inbox on Redis Streams: one stream per gateway with one consumer group (GoStacker's names).
 
-What GoStacker got wrong and this fixes (anchors.md 5): entries are acknowledged by entry id; pending
+What GoStacker got wrong and this fixes (compatibility.md #12, #21): entries are acknowledged by entry id; pending
 entries are re-read after a restart (read_pending) and reclaimed when idle (claim_idle); trimming never
 drops an entry that is unread or pending (plain MAXLEN does, redis #5570/#6199); consumers are never
 deleted (XGROUP DELCONSUMER drops their pending entries, redis #11567); a new group starts at the end

@@ -30,8 +30,16 @@ from typing import Any
 
 import orjson
 
-from pystacker.engine.base import (Appended, EngineSettings, FlushBatch, LogEnd, NewMessage, SeqSeed,
-                                   StoredMessage, TargetChange)
+from pystacker.engine.base import (
+    Appended,
+    EngineSettings,
+    FlushBatch,
+    LogEnd,
+    NewMessage,
+    SeqSeed,
+    StoredMessage,
+    TargetChange,
+)
 from pystacker.engine.redis_common import LUA_ID_LESS, Client, id_order, pipeline, register, run, text
 from pystacker.engine.redis_keys import RedisKeys
 
@@ -278,7 +286,8 @@ def encode_stored(message: StoredMessage) -> bytes:
     return orjson.dumps(fields)
 
 
-def decode_stored(raw: bytes | str) -> StoredMessage:
+def decode_stored(raw: Any) -> StoredMessage:
+    """An entry as the window holds it (redis-py types a sorted set's members loosely: bytes here)."""
     fields = orjson.loads(raw)
     return StoredMessage(msg_id=int(fields["msg_id"]), room_id=int(fields["room_id"]), seq=int(fields["seq"]),
                          sender_id=int(fields["sender_id"]), type=str(fields["type"]), content=fields["content"],
@@ -525,7 +534,7 @@ class RedisMessageLog:
             ordered = sorted(ids, key=id_order)
             pipe.xpending_range(self._keys.flush(p), FLUSH_GROUP, ordered[0], ordered[-1], len(ids) + MAX_BATCH)
         answers = await pipe.execute(raise_on_error=False)
-        for (p, ids), answer in zip(by_partition.items(), answers, strict=True):
+        for ids, answer in zip(by_partition.values(), answers, strict=True):
             if isinstance(answer, Exception):
                 return False  # NOGROUP: the stream or its group is gone with the store
             pending = {text(entry["message_id"]) for entry in answer}

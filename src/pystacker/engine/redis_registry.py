@@ -1,4 +1,4 @@
-"""The registry on Redis, with GoStacker's keys (spec 6, Appendix A).
+"""The registry on Redis, with GoStacker's keys.
 
 `registry:gateway:<id>` and `registry:send:<id>` hold JSON records with the heartbeat TTL; the
 `...:instances` SETs index them. Only the records expire, so listing skips ids whose record is gone
@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from dataclasses import replace
+from datetime import datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -96,7 +96,7 @@ def _route(fields: dict[str, Any]) -> UserRoute:
     return composed
 
 
-def _parse(raw: bytes | None, build: Callable[[dict[str, Any]], T], key: str) -> T | None:
+def _parse(raw: bytes | str | None, build: Callable[[dict[str, Any]], T], key: str) -> T | None:
     """A record, or None if there is none; an unreadable one is logged and treated as absent."""
     if raw is None:
         return None

@@ -2,7 +2,7 @@
 
 GoStacker kept bare SETs of user ids and rewrote SQL from whatever the set held, so a set that had
 expired and was then changed wiped the room in MySQL, roles were lost at every flush, and a change made
-between the flusher's read and its clearing of the dirty mark vanished (spec 13.3 #27-29). Here a
+between the flusher's read and its clearing of the dirty mark vanished (compatibility.md #27-#29). Here a
 roster carries roles, nicknames and a version; every change is one script that refuses a roster that
 is not cached or not at the version the caller read, and the flusher's "written" clears the dirty mark
 only if the version is still the one it wrote. The roster hash and its partition's dirty set share the

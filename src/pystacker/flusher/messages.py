@@ -2,7 +2,7 @@
 (memberships) to SQL; and the forgetting of devices not seen for `limits.device_ttl`.
 
 A batch is taken from the engine, inserted in one statement, then confirmed; a flusher that dies
-between take and confirm leaves the batch to be handed out again (spec 13.2 #23: GoStacker's LPOP
+between take and confirm leaves the batch to be handed out again (compatibility.md #23: GoStacker's LPOP
 lost it), and rows SQL already has are skipped, so a retried or duplicate batch never blocks the
 queue. It loops at once while batches come full and waits `idle_interval` when there is nothing.
 Rosters are written every `roster_interval` seconds (GoStacker's group_cache.flush_interval_seconds):
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TypedDict
 
 from pystacker.config import Config
 from pystacker.engine.base import Engine, FlushBatch
@@ -32,8 +33,15 @@ CURSOR_DRAIN_ROUNDS = 20
 DEVICE_SWEEP_INTERVAL = 3600.0
 
 
-def flusher_settings(config: Config) -> dict[str, float]:
+class FlusherSettings(TypedDict):
     """The MessageFlusher arguments the config sets (GoStacker's group_cache block, limits.device_ttl)."""
+
+    roster_interval: float
+    roster_batch_size: int
+    device_ttl: float
+
+
+def flusher_settings(config: Config) -> FlusherSettings:
     return {"roster_interval": config.group_cache.flush_interval_seconds,
             "roster_batch_size": config.group_cache.batch_size, "device_ttl": config.limits.device_ttl}
 

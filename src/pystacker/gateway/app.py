@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
 from pystacker.gateway.client_frames import ClientFrames
+from pystacker.gateway.presence_watch import PresenceWatch
 from pystacker.gateway.routes import GatewayRoutes, WebSocketSettings
 from pystacker.gateway.service import GatewayService, GatewaySettings
-from pystacker.gateway.presence_watch import PresenceWatch
 from pystacker.messaging.typing_signals import TypingSignals
 from pystacker.registry.presence import GatewayPresence
 from pystacker.registry.service import RegistryService
 from pystacker.runtime import Runtime
 from pystacker.send.app import new_send_service
-from pystacker.web.middleware import internal_token_middleware
 from pystacker.web.health import install_health
 from pystacker.web.server import new_app
 from pystacker.webapp.pages import install_browser_pages
@@ -29,9 +30,7 @@ def build_gateway_app(runtime: Runtime, *, port: int) -> web.Application:
     config = runtime.config
     parts = runtime.parts
     gateway_id = gateway_id_of(runtime)
-    app = new_app("gateway", max_body_bytes=config.limits.max_body_bytes, middlewares=[
-        internal_token_middleware(config.internal.token.get_secret_value(),
-                                  lambda request: request.path.startswith("/center/"))])
+    app = new_app("gateway", max_body_bytes=config.limits.max_body_bytes, credentials=runtime.credentials)
     install_health(app, "gateway", runtime.readiness_checks())
     install_browser_pages(app, "gateway", config.web)
     presence = GatewayPresence(runtime.engine.registry, gateway_id, config.address, port,
@@ -54,10 +53,10 @@ def build_gateway_app(runtime: Runtime, *, port: int) -> web.Application:
     frames = ClientFrames(sender, parts.history, parts.members, TypingSignals(parts.handoff), watch,
                           runtime.send_limiter)
     ws_settings = WebSocketSettings(config.websocket.ping_interval, config.websocket.pong_deadline)
-    GatewayRoutes(service, runtime.tokens, frames, parts.history, parts.devices, ws_settings).install(app)
+    GatewayRoutes(service, frames, parts.history, parts.devices, ws_settings).install(app)
     app[GATEWAY_SERVICE] = service
 
-    async def lifecycle(_: web.Application):  # type: ignore[no-untyped-def]
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         await parts.members.listen(runtime.engine.bus)
         sender.fanout.start()
         await service.start()

@@ -1,4 +1,4 @@
-"""Frames a client may send (GoStacker defines none and discards everything; spec 3.3).
+"""Frames a client may send (GoStacker defines none and discards everything).
 
 - `{"type":"send","room_id","content","client_msg_id"?,"ref"?}`: same effect and answer as
   POST /api/chat/send_message; answered by `send_ok` (or `error`).
@@ -31,6 +31,7 @@ from pydantic import Field, StrictInt, ValidationError
 
 from pystacker.gateway.connection import Connection, RawFrame
 from pystacker.gateway.presence_watch import PresenceWatch
+from pystacker.messaging.errors import Refused
 from pystacker.messaging.fields import INT64_MIN, PositiveId, Seq
 from pystacker.messaging.frames import batch_frame, encode, entry_frame, error_frame, send_result_frame
 from pystacker.messaging.history import History
@@ -39,7 +40,6 @@ from pystacker.messaging.typing_signals import TypingSignals
 from pystacker.messaging.user_presence import MAX_WATCHED
 from pystacker.send.routes import EditRequest, ReactRequest, RecallRequest, SendRequest, change_answer, reaction_answer
 from pystacker.send.service import SendService
-from pystacker.messaging.errors import Refused
 from pystacker.web.envelope import ApiError, refusal_status
 from pystacker.web.ratelimit import RateLimited, TokenBucketLimiter
 from pystacker.web.requests import RequestModel, describe
@@ -135,14 +135,14 @@ class ClientFrames:
             if kind == "send":
                 await self._send(conn, SendFrame.model_validate(data))
             elif kind == "ack":
-                frame = AckFrame.model_validate(data)
-                conn.client_acked(frame.room_id, frame.seq)
+                ack = AckFrame.model_validate(data)
+                conn.client_acked(ack.room_id, ack.seq)
                 conn.metrics.client_acks.inc()
             elif kind == "sync":
                 await self._sync(conn, SyncFrame.model_validate(data))
             elif kind == "read":
-                frame = ReadFrame.model_validate(data)
-                await self.sender.mark_read(conn.user_id, frame.room_id, frame.seq)
+                read = ReadFrame.model_validate(data)
+                await self.sender.mark_read(conn.user_id, read.room_id, read.seq)
             elif kind == "typing":
                 await self._typing(conn, TypingFrame.model_validate(data))
             elif kind == "presence_subscribe":
@@ -173,9 +173,9 @@ class ClientFrames:
             self._reply(conn, error_frame(400, describe(exc), ref=ref))
         except RateLimited as exc:
             # The connection stays open; `retry_after` (seconds) is HTTP's Retry-After.
-            frame = error_frame(exc.status, exc.msg, ref=ref)
-            frame["payload"]["retry_after"] = exc.retry_after
-            self._reply(conn, frame)
+            limited = error_frame(exc.status, exc.msg, ref=ref)
+            limited["payload"]["retry_after"] = exc.retry_after
+            self._reply(conn, limited)
         except ApiError as exc:
             self._reply(conn, error_frame(exc.status, exc.msg, ref=ref))
         except Refused as exc:

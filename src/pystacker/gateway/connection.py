@@ -3,10 +3,11 @@
 Everything bound for the socket goes through the queue and is written by the single writer task, in
 order. Live room messages arrive as prebuilt WebSocket frames (built once per inbox entry for all its
 targets, gateway/wsframes.py); the writer gathers what its queue holds and writes it to the transport
-in one write, instead of one aiohttp send per frame (a large share of a loaded gateway's CPU). Room messages pass the RoomSequencer: duplicates are dropped and holes are filled from the
+in one write, instead of one aiohttp send per frame (a large share of a loaded gateway's CPU). Room
+messages pass the RoomSequencer: duplicates are dropped and holes are filled from the
 message log before the message itself is written, so each room reaches the client once, in seq
 order, with no gap. The writer also runs the catch-up (what the user missed while away) before any
-live message of the same room, which closes the race between catch-up and live push (gim #46).
+live message of the same room, which closes the race between catch-up and live push.
 
 The writer task runs only while there is something to write: an idle connection holds no task (at
 10,000 idle sockets per gateway, a parked task and its frames were a good part of the memory).
@@ -163,7 +164,7 @@ class Connection:
 
     def __init__(self, user_id: int, ws: web.WebSocketResponse, *, queue_size: int, history: History,
                  cursors: CursorSource, tracker: EntryTracker, device_id: str = DEFAULT_DEVICE,
-                 transport: asyncio.BaseTransport | None = None, metrics: GatewayMetrics | None = None) -> None:
+                 transport: asyncio.Transport | None = None, metrics: GatewayMetrics | None = None) -> None:
         self.user_id = user_id
         self.device_id = device_id
         self.metrics = metrics or GatewayMetrics("unknown")
@@ -212,9 +213,7 @@ class Connection:
                 self._settle(item)
                 return True  # dropped on purpose: nothing to hand on
         if len(self.queue) < self.queue_size:
-            if self.queue is _NO_ITEMS:
-                self.queue = deque()
-            self.queue.append(item)  # type: ignore[union-attr]
+            self._queue().append(item)
             self._wake_writer()
             return True
         if self._catching_up and isinstance(item, RoomPush):
@@ -232,9 +231,13 @@ class Connection:
         """Put the welcome in front of whatever was queued before start() (live pushes that came
         while the gateway was registering the socket): a client reads it first."""
         assert not self._started, "the welcome must be given before start()"
-        if self.queue is _NO_ITEMS:
+        self._queue().appendleft(welcome)
+
+    def _queue(self) -> deque[Item]:
+        """The queue, made when the first item comes (an idle connection shares _NO_ITEMS)."""
+        if not isinstance(self.queue, deque):
             self.queue = deque()
-        self.queue.appendleft(welcome)  # type: ignore[union-attr]
+        return self.queue
 
     def start(self) -> None:
         self._started = True
@@ -246,7 +249,7 @@ class Connection:
                 or item.trace is not None or not self.sequencer.is_next(item.room_id, item.seq)):
             return False
         transport = self.transport
-        if transport is None or transport.is_closing() or transport.get_write_buffer_size():  # type: ignore[attr-defined]
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size():
             return False  # a closing socket, or a client behind in reading: the writer waits for it
         if self._gather(item):
             self._flush_burst()
@@ -303,10 +306,10 @@ class Connection:
         """Write until the queue is empty, then end (offer starts a new writer for the next item)."""
         try:
             while self.queue:
-                item = self.queue.popleft()  # type: ignore[union-attr]
+                item = self.queue.popleft()
                 # Settled however the write ends: a write that failed or was cancelled (the socket
                 # died, the connection was replaced) left the cursor before the item, so catch-up
-                # serves it; before, such an item kept its inbox entry pending for ever.
+                # serves it; an item left unsettled would keep its inbox entry pending for ever.
                 try:
                     if isinstance(item, RoomPush):
                         await self._write_room_push(item)
@@ -394,9 +397,9 @@ class Connection:
         transport = self._put_burst()
         # Flow control as aiohttp's own writes do it: past the transport's high-water mark, wait for
         # the peer to read. Meanwhile the queue fills, and a peer that never reads is a slow consumer.
-        if transport.get_write_buffer_size() > 0:  # type: ignore[attr-defined]
+        if transport.get_write_buffer_size() > 0:
             protocol = transport.get_protocol()
-            await StreamWriter(protocol, asyncio.get_running_loop()).drain()  # type: ignore[arg-type]
+            await StreamWriter(protocol, asyncio.get_running_loop()).drain()
 
     def _take_burst(self) -> bytes:
         data = b"".join(self._burst) if len(self._burst) > 1 else self._burst[0]
@@ -414,7 +417,7 @@ class Connection:
         if transport is None or transport.is_closing():
             _PUSH_MONITOR.record(time.perf_counter() - started, False)
             raise ConnectionResetError("the socket is closing")
-        transport.write(data)  # type: ignore[attr-defined]
+        transport.write(data)
         _PUSH_MONITOR.record(time.perf_counter() - started, True)
         return transport
 
@@ -515,7 +518,7 @@ class Connection:
             return
         token = str(next(self._probe_ids)).encode()
         self._probe, self._written = (token, self._written), {}
-        transport.write(ping_frame(token))  # type: ignore[attr-defined]
+        transport.write(ping_frame(token))
 
     @property
     def confirmed(self) -> bool:

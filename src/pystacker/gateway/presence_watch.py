@@ -19,8 +19,14 @@ from collections.abc import Sequence
 from pystacker.engine.base import Bus
 from pystacker.gateway.connection import Connection, RawFrame
 from pystacker.messaging.frames import encode
-from pystacker.messaging.user_presence import (COALESCE_SECONDS, MAX_WATCHED, PRESENCE_CHANNEL, Presence,
-                                               PresenceState, decode_announcement)
+from pystacker.messaging.user_presence import (
+    COALESCE_SECONDS,
+    MAX_WATCHED,
+    PRESENCE_CHANNEL,
+    Presence,
+    PresenceState,
+    decode_announcement,
+)
 
 log = logging.getLogger("pystacker.gateway.presence")
 

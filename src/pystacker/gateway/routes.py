@@ -1,22 +1,23 @@
-"""Gateway HTTP routes (spec 2.4): the WebSocket endpoint and GoStacker's legacy /center/forward."""
+"""Gateway HTTP routes: the WebSocket endpoint and GoStacker's legacy /center/forward."""
 
 from __future__ import annotations
 
 import logging
+
 from aiohttp import WSMsgType, web
 
-from pystacker.messaging.fields import INT64_MAX
+from pystacker.engine.base import DEFAULT_DEVICE
 from pystacker.gateway.client_frames import ClientFrames
 from pystacker.gateway.connection import Connection, RawFrame
 from pystacker.gateway.service import GatewayService
-from pystacker.engine.base import DEFAULT_DEVICE
 from pystacker.messaging.devices import DEVICE_ID_PATTERN, Devices
+from pystacker.messaging.fields import INT64_MAX
 from pystacker.messaging.frames import PushEntry, decode_entry, encode, error_frame, system_frame
 from pystacker.messaging.history import History
-from pystacker.web.auth import TokenService, bearer_token
+from pystacker.web.auth import Auth, identity
 from pystacker.web.envelope import ApiError, ok
+from pystacker.web.openapi import Param, Reply, Route, add_routes
 from pystacker.web.requests import request_device
-from pystacker.web.openapi import Auth, Param, Reply, Route, add_routes
 
 log = logging.getLogger("pystacker.gateway.ws")
 
@@ -41,10 +42,9 @@ class WebSocketSettings:
 
 
 class GatewayRoutes:
-    def __init__(self, service: GatewayService, tokens: TokenService, frames: ClientFrames, history: History,
-                 devices: Devices, ws_settings: WebSocketSettings) -> None:
+    def __init__(self, service: GatewayService, frames: ClientFrames, history: History, devices: Devices,
+                 ws_settings: WebSocketSettings) -> None:
         self.service = service
-        self.tokens = tokens
         self.frames = frames
         self.history = history
         self.devices = devices
@@ -73,14 +73,8 @@ class GatewayRoutes:
                   body=PUSH_ENTRY, tags=("internal",)),
         ])
 
-    def _authenticate(self, request: web.Request) -> int:
-        # Browsers cannot set headers on a WebSocket: `?token=` is accepted here (and only here).
-        if "Authorization" not in request.headers and request.query.get("token"):
-            return self.tokens.verify(request.query["token"]).user_id
-        return self.tokens.verify(bearer_token(request)).user_id
-
     async def websocket(self, request: web.Request) -> web.StreamResponse:
-        user_id = self._authenticate(request)
+        user_id = identity(request).user_id  # Auth.WEBSOCKET: the header's token, or `?token=`
         device_id = request_device(request)
         if not self.service.accepting or not self.service.has_capacity():
             return web.Response(status=503)  # GoStacker: 503 with an empty body

@@ -3,7 +3,7 @@
 Inbox entries are read (own pending entries first after a restart, then new ones), decoded once,
 encoded into one frame string, and offered to each local target's connection. An entry is
 acknowledged by its stream id once every local target has it written, found it a duplicate, or was
-handed on (spec 13.2 #12: GoStacker acknowledged the wrong id and nothing was ever acked). A target
+handed on (compatibility.md #12: GoStacker acknowledged the wrong id and nothing was ever acked). A target
 that is not here is handed to the gateway that holds him now, if any; otherwise his cursor and the
 message log serve him when he connects.
 """
@@ -17,19 +17,29 @@ from typing import Any
 
 from pystacker.engine.base import DEFAULT_DEVICE, Engine, InboxEntry, UserRoute
 from pystacker.gateway.connection import CatchUp, Connection, Item, RawFrame, RoomPush
+from pystacker.gateway.presence_watch import PresenceWatch
 from pystacker.gateway.wsframes import text_frame
 from pystacker.messaging.acks import EntryTracker
 from pystacker.messaging.cursors import CursorBook
 from pystacker.messaging.devices import DeviceCursors, Devices
-from pystacker.messaging.fanout import route_is_live
 from pystacker.messaging.events import is_event
-from pystacker.messaging.frames import (CloseCode, EntryType, PushEntry, ack_frame, chat_frame, decode_entry, encode,
-                                       event_frame, read_frame, typing_frame)
+from pystacker.messaging.fanout import route_is_live
+from pystacker.messaging.frames import (
+    CloseCode,
+    EntryType,
+    PushEntry,
+    ack_frame,
+    chat_frame,
+    decode_entry,
+    encode,
+    event_frame,
+    read_frame,
+    typing_frame,
+)
 from pystacker.messaging.handoff import Handoff
 from pystacker.messaging.readstate import ReadState
-from pystacker.observability import metrics, tracing
-from pystacker.gateway.presence_watch import PresenceWatch
 from pystacker.messaging.user_presence import Presence
+from pystacker.observability import metrics, tracing
 from pystacker.registry.device_routes import connected_devices
 from pystacker.registry.presence import GatewayPresence
 from pystacker.registry.service import ROUTE_RENEW_SECONDS, RegistryService
@@ -192,11 +202,11 @@ class GatewayService:
 
     async def detach(self, conn: Connection) -> None:
         """The socket ended. Only the registered connection is removed (a replaced one is already
-        gone: spec 13.2 #16); what it still had queued is handed on, never dropped."""
+        gone: compatibility.md #16); what it still had queued is handed on, never dropped."""
         devices = self.users.get(conn.user_id)
         current = devices is not None and devices.get(conn.device_id) is conn
-        if current:
-            del devices[conn.device_id]  # type: ignore[union-attr]
+        if devices is not None and current:
+            del devices[conn.device_id]
             self.connection_count -= 1
             if not devices:
                 del self.users[conn.user_id]
@@ -319,7 +329,7 @@ class GatewayService:
                     self.tracker.settle(entry_id)  # closing: its cursor stays behind, catch-up serves it
             if away and push.type in (EntryType.CHAT, EntryType.CATCH_UP):
                 try:
-                    reached = await self.handoff.to_users(away, push, not_to=self.gateway_id)  # type: ignore[arg-type]
+                    reached = await self.handoff.to_users(away, push, not_to=self.gateway_id)
                     metrics.HANDED_ON.labels("gateway").inc(len(reached))
                 except Exception:
                     log.exception("hand-on failed; those users get the message by catch-up")

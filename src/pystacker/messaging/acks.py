@@ -1,4 +1,4 @@
-"""Inbox acknowledgement tracking, keyed by stream entry id (GoStacker keyed it by msgID: spec 13.2 #12).
+"""Inbox acknowledgement tracking, keyed by stream entry id (GoStacker keyed it by msgID: compatibility.md #12).
 
 Pure logic, no I/O. An entry names several local users; it may be acknowledged once each of them was
 written to its socket, found a duplicate, or handed on (the user is not here, or disconnected: the

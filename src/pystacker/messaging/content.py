@@ -1,4 +1,4 @@
-"""Message content rules (spec 2.3): the four content types and their fields, with limits.
+"""Message content rules: the four content types and their fields, with limits.
 
 GoStacker lets missing sub-fields default to ""/0 and accepts any size; we keep the defaults (its
 clients rely on them) but refuse wrong types and oversized content with a clear 400/413.

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, bindparam, delete, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pystacker.db.schema import device_cursors, devices
 from pystacker.db.sqlutil import insert_ignoring_duplicates, utcnow
@@ -70,7 +70,7 @@ class DeviceStore:
             return known[0], bool(inserted.rowcount)
 
     @staticmethod
-    async def _key(conn, user_id: int, device_id: str) -> tuple[int, datetime] | None:  # type: ignore[no-untyped-def]
+    async def _key(conn: AsyncConnection, user_id: int, device_id: str) -> tuple[int, datetime] | None:
         row = (await conn.execute(select(devices.c.device_key, devices.c.last_seen_at).where(and_(
             devices.c.user_id == user_id, devices.c.device_id == device_id)))).first()
         return None if row is None else (int(row[0]), row[1])
@@ -221,5 +221,5 @@ class Devices:
     async def cursors_for(self, user_id: int, device_id: str) -> CursorBook | DeviceCursors:
         if device_id == DEFAULT_DEVICE:
             return self.book
-        return DeviceCursors(self.book, await self.key_of(user_id, device_id), engine=self.engine, store=self.store, reading=self.reading,
-                             backlog=self.backlog)
+        return DeviceCursors(self.book, await self.key_of(user_id, device_id), engine=self.engine, store=self.store,
+                             reading=self.reading, backlog=self.backlog)

@@ -2,7 +2,7 @@
 
 One inbox entry per gateway per message, not per user. A device is online only if its route is
 `connected` and names a live gateway in the same epoch: a route left by a gateway that died or
-restarted is stale (GoStacker used such routes and lost the messages: spec 13.2 #15). A user is
+restarted is stale (GoStacker used such routes and lost the messages: compatibility.md #15). A user is
 online on every gateway that holds one of his online devices. Offline users need nothing here: the
 message log and their cursors bring it to them on connect.
 """
@@ -44,8 +44,8 @@ def plan_fanout(targets: Iterable[int], routes: Mapping[int, UserRoute], live: M
                 by_gateway.setdefault(gateway_id, []).append(user_id)
             if not gateways:
                 plan.offline.append(user_id)
-        elif route_is_live(route, live):
-            by_gateway.setdefault(route.gateway_id, []).append(user_id)  # type: ignore[union-attr]
+        elif route is not None and route_is_live(route, live):
+            by_gateway.setdefault(route.gateway_id, []).append(user_id)
         else:
             plan.offline.append(user_id)
     return plan

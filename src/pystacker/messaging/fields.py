@@ -8,9 +8,10 @@ arrives as a string.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, StrictInt, StringConstraints
+from pydantic import BeforeValidator, Field, StrictInt, StringConstraints, WithJsonSchema
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -22,16 +23,21 @@ QuerySeq = Annotated[int, Field(ge=0, le=INT64_MAX)]
 ClientMsgId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")]
 
 
-def _within_64_bits(value: int) -> int:
-    if value > INT64_MAX:
-        raise ValueError("must be at most 2^63-1")
+_DECIMAL_ID = re.compile(r"[1-9][0-9]{0,18}")
+
+
+def _id_from_string(value: object) -> object:
+    """A decimal string is read as the number it spells; anything else is left to the int checks."""
+    if isinstance(value, str) and _DECIMAL_ID.fullmatch(value):
+        return int(value)
     return value
 
 
 # A message id as a number or as its decimal string (`id_str`): JavaScript cannot hold 64-bit numbers.
-MessageId = Annotated[PositiveId | Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]{0,18}$")],
-                      AfterValidator(int), AfterValidator(_within_64_bits),
-                      Field(description="a message id, as a number or a decimal string")]
+MessageId = Annotated[PositiveId, BeforeValidator(_id_from_string), WithJsonSchema({
+    "oneOf": [{"type": "integer", "minimum": 1, "maximum": INT64_MAX},
+              {"type": "string", "pattern": "^[1-9][0-9]{0,18}$"}],
+    "description": "a message id, as a number or a decimal string (at most 2^63-1)"})]
 
 
 def in_int64(value: int) -> bool:

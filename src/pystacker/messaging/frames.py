@@ -1,12 +1,12 @@
 """Frames to clients and inbox entries between send and gateways.
 
-Client frames keep GoStacker's five keys `{"id","type","room_id","sender_id","payload"}` (spec 3.2) so its
+Client frames keep GoStacker's five keys `{"id","type","room_id","sender_id","payload"}` so its
 clients work unchanged; PyStacker adds keys they ignore: `seq`, `client_msg_id`, `ts` (ms), `id_str`
 (the id as a string: snowflakes exceed JavaScript's 2^53) and `content_type`.
 
 Inbox entries are GoStacker's PushMessage with CamelCase keys (so a Go gateway can read ours) plus
 `Seq`, `ClientMsgID`, `TS`, `ContentType`, and `TraceParent` (the W3C trace context of the message's
-trace) only while tracing is on; the decoder accepts snake_case too (spec 4.1).
+trace) only while tracing is on; the decoder accepts snake_case too.
 """
 
 from __future__ import annotations
@@ -268,8 +268,8 @@ def decode_entry(raw: bytes | str) -> PushEntry:
         )
     except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int() of an infinite float
         raise ValueError(f"inbox entry has a bad field: {exc}") from None
-    # Go's int64 (and SQL's BIGINT): a wider number cannot be a real entry, and it failed later, when the
-    # entry was encoded again for a socket (a 500 on /center/forward; orjson reads such numbers as floats).
+    # Go's int64 (and SQL's BIGINT): a wider number cannot be a real entry, and it would fail later, when
+    # the entry is encoded again for a socket (orjson reads such numbers as floats, and refuses them).
     if not all(in_int64(value) for value in
                (entry.msg_id, entry.room_id, entry.sender_id, entry.seq, entry.ts, *entry.target_ids)):
         raise ValueError("inbox entry has an integer outside 64 bits")

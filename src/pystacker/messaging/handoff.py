@@ -64,7 +64,8 @@ class Handoff:
         if not user_ids:
             return []
         plan = await self.plan(user_ids)
-        plan.by_gateway.pop(not_to, None)  # type: ignore[arg-type]
+        if not_to is not None:
+            plan.by_gateway.pop(not_to, None)
         if not plan.by_gateway:
             return []
         await self.engine.inbox.add(inbox_entries(plan, entry))
@@ -89,8 +90,8 @@ class Handoff:
 
 
 def _int(value: Any) -> int:
-    # Outside 64 bits counts as absent, like a non-number: such a value could not be encoded for the
-    # gateway's inbox (orjson refuses it), which was a 500 when the user was online.
+    # Outside 64 bits counts as absent, like a non-number: such a value cannot be encoded for the
+    # gateway's inbox (orjson refuses it).
     if isinstance(value, int) and not isinstance(value, bool) and in_int64(value):
         return value
     return 0

@@ -1,13 +1,14 @@
 """Snowflake message ids, bit-compatible with GoStacker's (bwmarrin/snowflake defaults).
 
 id = (ms since 2010-11-04T01:42:54.657Z) << 22 | node << 12 | sequence. GoStacker hard-codes node 1,
-so two send instances can mint the same id (spec 13.2 #24); here the node is the config's machine_id,
+so two send instances can mint the same id (compatibility.md #24); here the node is the config's machine_id,
 which must differ between send instances.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 EPOCH_MS = 1288834974657
 NODE_BITS = 10
@@ -17,7 +18,7 @@ MAX_SEQUENCE = (1 << SEQUENCE_BITS) - 1
 
 
 class Snowflake:
-    def __init__(self, node: int, clock_ms=lambda: time.time_ns() // 1_000_000) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, node: int, clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
         if not 0 <= node <= MAX_NODE:
             raise ValueError(f"snowflake node must be in 0..{MAX_NODE}, got {node}")
         self._node_bits = node << SEQUENCE_BITS
@@ -37,7 +38,7 @@ class Snowflake:
         else:
             self._sequence = 0
         self._last_ms = now
-        return ((now - EPOCH_MS) << (NODE_BITS + SEQUENCE_BITS)) | self._node_bits | self._sequence
+        return int(((now - EPOCH_MS) << (NODE_BITS + SEQUENCE_BITS)) | self._node_bits | self._sequence)
 
 
 def timestamp_ms(snowflake_id: int) -> int:

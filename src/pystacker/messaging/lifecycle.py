@@ -19,13 +19,23 @@ from typing import Any
 from pystacker.db.schema import ROLE_ADMIN, ROLE_OWNER
 from pystacker.engine.base import Appended, Engine, NewMessage, StoredMessage, TargetChange
 from pystacker.messaging.content import parse_content
-from pystacker.messaging.events import (EDIT, REACTION, RECALL, blank_edit, edit_content, event_target, is_event,
-                                        reaction_content, recall_content, tombstone)
+from pystacker.messaging.errors import Conflict, Invalid, NotAllowed, NotFound, Refused
+from pystacker.messaging.events import (
+    EDIT,
+    REACTION,
+    RECALL,
+    blank_edit,
+    edit_content,
+    event_target,
+    is_event,
+    reaction_content,
+    recall_content,
+    tombstone,
+)
 from pystacker.messaging.history import History
 from pystacker.messaging.ids import Snowflake
 from pystacker.messaging.rosters import RosterBook
 from pystacker.messaging.store import MessageStore, TooManyReactions
-from pystacker.messaging.errors import Conflict, Invalid, NotAllowed, NotFound, Refused
 
 MAX_EMOJI_BYTES = 32
 MAX_EMOJI_PER_MESSAGE = 20
@@ -150,9 +160,13 @@ class MessageChanges:
                                                                max_emoji=MAX_EMOJI_PER_MESSAGE)
             except TooManyReactions:
                 raise Conflict(f"a message has at most {MAX_EMOJI_PER_MESSAGE} different reactions") from None
-            if not changed and client_msg_id is None:
-                return Change(None, target, count)  # already so: nobody needs telling
             event = self._event(caller, target, REACTION, reaction_content(target, emoji, on, count), client_msg_id)
+            if not changed:
+                # Already so: nobody needs telling, unless this is the retry of a request that made
+                # the change (then its first answer).
+                first = None if client_msg_id is None else await self.engine.messages.append_event(
+                    event, TargetChange(target.msg_id, NEVER, NEVER))
+                return Change(first, target, count)
             # The record stays as it was: reactions do not conflict with each other, only with a
             # recall or an edit that came between the read and the append.
             appended = await self.engine.messages.append_event(event, TargetChange(
@@ -198,10 +212,11 @@ class MessageChanges:
         """The target's edit events that the window still holds (a recall blanks them there)."""
         if record is None and target.edited_at_ms is None:
             return []
+        held: list[StoredMessage | None]
         if record is not None:
             held = [await self.history.at(target.room_id, seq) for seq in revision.edits]
         else:  # edited longer ago than the record lives: look through what the window holds
-            held = await self.engine.messages.read(target.room_id, target.seq, 1_000_000)
+            held = [*await self.engine.messages.read(target.room_id, target.seq, 1_000_000)]
         return [e for e in held if e is not None and e.type == EDIT and event_target(e) == target.msg_id]
 
 

@@ -6,7 +6,7 @@ gateway). The gateway asks this sequencer about every message before writing it:
 - seq <= last delivered: a duplicate, drop it;
 - seq == last + 1: deliver;
 - seq > last + 1: first fetch (last, seq) from the message log, then deliver (the fill);
-so correctness never depends on the push (DESIGN section 4).
+so correctness never depends on the push.
 """
 
 from __future__ import annotations

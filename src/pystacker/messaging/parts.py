@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pystacker.engine.base import Engine
 from pystacker.messaging.cursors import CursorBook
 from pystacker.messaging.devices import Devices, DeviceStore
-from pystacker.messaging.user_presence import Presence
 from pystacker.messaging.handoff import Handoff, LiveGateways
 from pystacker.messaging.history import History
 from pystacker.messaging.membership import MembershipCache
 from pystacker.messaging.readstate import ReadMarks, ReadNotifier, ReadState, RoomKinds
 from pystacker.messaging.rosters import RosterBook, RosterSQL
 from pystacker.messaging.store import MessageStore
+from pystacker.messaging.user_presence import Presence
 
 
 @dataclass

@@ -19,15 +19,16 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from pystacker.engine.base import Engine, LogEnd, MessageLog
-from pystacker.messaging.frames import EntryType, PushEntry
-from pystacker.messaging.handoff import Handoff
 from pystacker.messaging.content import preview
 from pystacker.messaging.events import is_event
+from pystacker.messaging.frames import EntryType, PushEntry
+from pystacker.messaging.handoff import Handoff
 from pystacker.messaging.history import History
 from pystacker.messaging.store import MessageStore
 from pystacker.observability import metrics
@@ -201,8 +202,8 @@ class ReadNotifier:
         finally:
             self._in_flight -= 1
 
-    def _spawn(self, work: object) -> None:
-        task = asyncio.ensure_future(work)  # type: ignore[arg-type]
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)  # held until done: the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
 

@@ -5,7 +5,7 @@ changes it and every reader reads it, and the flusher writes dirty rosters to `r
 only read to load a roster that is not cached, and only written by the flusher (and by room creation,
 which writes the room and its first members in one transaction before anyone can see the room).
 
-Fixed against GoStacker's cache (spec 13.3 #27-29): a change applies to the whole roster as loaded from
+Fixed against GoStacker's cache (compatibility.md #27-#29): a change applies to the whole roster as loaded from
 SQL, never to a partial set; the flusher writes the difference between the roster and SQL, so roles,
 nicknames and join times survive; versions make a concurrent change retry instead of being lost, and a
 slower flusher can never write an older roster over a newer one (room.members_version).
@@ -18,11 +18,11 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 from sqlalchemy import and_, bindparam, delete, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pystacker.db.schema import chat_rooms, room_members
 from pystacker.engine.base import Engine, Roster, RosterConflict, RosterEntry
@@ -46,11 +46,11 @@ class MembershipBusy(Exception):
 
 
 def to_unix(value: datetime) -> float:
-    return value.replace(tzinfo=timezone.utc).timestamp()
+    return value.replace(tzinfo=UTC).timestamp()
 
 
 def from_unix(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, timezone.utc).replace(tzinfo=None)
+    return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
 
 
 @dataclass(slots=True)
@@ -91,7 +91,7 @@ class RosterSQL:
         raise MembershipBusy(room_id)
 
     @staticmethod
-    async def _version(conn, room_id: int) -> int | None:  # type: ignore[no-untyped-def]
+    async def _version(conn: AsyncConnection, room_id: int) -> int | None:
         row = (await conn.execute(select(chat_rooms.c.members_version).where(chat_rooms.c.id == room_id))).first()
         return int(row[0]) if row else None
 

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
-from datetime import datetime, timezone
 
 import orjson
 from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pystacker.db.schema import (chat_messages, chat_rooms, hidden_messages, message_reactions, room_cursors,
-                                 room_members)
+from pystacker.db.schema import (
+    chat_messages,
+    chat_rooms,
+    hidden_messages,
+    message_reactions,
+    room_cursors,
+    room_members,
+)
 from pystacker.db.sqlutil import insert_ignoring_duplicates, utcnow
 from pystacker.engine.base import LogEnd, StoredMessage
 from pystacker.messaging.events import EDIT, EVENT_TYPES, RECALL, blank_edit, event_target
@@ -30,11 +36,11 @@ class TooManyReactions(Exception):
 
 
 def _to_datetime(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).replace(tzinfo=None)
+    return datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None)
 
 
 def _to_ms(value: datetime) -> int:
-    return int(value.replace(tzinfo=timezone.utc).timestamp() * 1000)
+    return int(value.replace(tzinfo=UTC).timestamp() * 1000)
 
 
 _COLUMNS = (chat_messages.c.id, chat_messages.c.room_id, chat_messages.c.seq, chat_messages.c.sender_id,
@@ -51,7 +57,7 @@ def _optional_ms(value: datetime | None) -> int | None:
     return None if value is None else _to_ms(value)
 
 
-def _row_to_message(row) -> StoredMessage:  # type: ignore[no-untyped-def]
+def _row_to_message(row: Any) -> StoredMessage:
     try:
         content = orjson.loads(row[5])
     except orjson.JSONDecodeError:

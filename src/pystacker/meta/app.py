@@ -11,7 +11,6 @@ from pystacker.meta.routes import MetaRoutes
 from pystacker.meta.service import MetaService
 from pystacker.meta.store import MetaStore
 from pystacker.runtime import Runtime
-from pystacker.web.middleware import auth_middleware
 from pystacker.web.health import install_health
 from pystacker.web.server import new_app
 from pystacker.webapp.chat import install_chat_app
@@ -22,7 +21,7 @@ META_SERVICE = web.AppKey("meta_service", MetaService)
 
 def build_meta_app(runtime: Runtime) -> web.Application:
     limits = runtime.config.limits
-    app = new_app("meta", max_body_bytes=limits.max_body_bytes, middlewares=[auth_middleware(runtime.tokens)])
+    app = new_app("meta", max_body_bytes=limits.max_body_bytes, credentials=runtime.credentials)
     install_health(app, "meta", runtime.readiness_checks())
     install_browser_pages(app, "meta", runtime.config.web, root=not runtime.config.web.enabled)
     if runtime.config.web.enabled:  # the chat app takes `/`

@@ -1,4 +1,4 @@
-"""Meta HTTP routes (spec 2.2): GoStacker's paths, request fields, messages and response shapes.
+"""Meta HTTP routes: GoStacker's paths, request fields, messages and response shapes.
 
 PyStacker additions: `data.user_id` in the register answer, GET /api/user/profile,
 GET /api/chat/group/members, POST /api/chat/group/leave, GET /api/chat/group/info.
@@ -11,17 +11,31 @@ from typing import Annotated
 from aiohttp import web
 from pydantic import AfterValidator, StrictBool, StrictInt, StringConstraints, WithJsonSchema
 
-from pystacker.messaging.fields import INT64_MAX, PositiveId, QueryId
 from pystacker.db.schema import ROLE_ADMIN, ROLE_MEMBER, ROLE_OWNER
 from pystacker.db.sqlutil import rfc3339
+from pystacker.messaging.fields import INT64_MAX, PositiveId, QueryId
 from pystacker.messaging.history import History
 from pystacker.messaging.readstate import ReadState, room_summaries
 from pystacker.meta.service import MetaService
 from pystacker.meta.store import Room
-from pystacker.web.auth import identity
+from pystacker.web.auth import Auth, identity
 from pystacker.web.envelope import ApiError, ok
-from pystacker.web.openapi import (BOOLEAN, ID, INTEGER, STRING, TIMESTAMP, Auth, Param, Reply, Route, add_routes, array,
-                                   component, envelope, nullable, obj)
+from pystacker.web.openapi import (
+    BOOLEAN,
+    ID,
+    INTEGER,
+    STRING,
+    TIMESTAMP,
+    Param,
+    Reply,
+    Route,
+    add_routes,
+    array,
+    component,
+    envelope,
+    nullable,
+    obj,
+)
 from pystacker.web.ratelimit import TokenBucketLimiter
 from pystacker.web.requests import RequestModel, parse_json, parse_query
 
@@ -396,5 +410,6 @@ class MetaRoutes:
     async def joined_rooms(self, request: web.Request) -> web.Response:
         user_id = identity(request).user_id
         room_ids = await self.service.joined_rooms(user_id)
-        rooms = await room_summaries(self.reading, self.history, user_id, room_ids) if self.reading else []
+        rooms = (await room_summaries(self.reading, self.history, user_id, room_ids)
+                 if self.reading is not None and self.history is not None else [])
         return ok("ok", {"room_ids": room_ids, "rooms": rooms})

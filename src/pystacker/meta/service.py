@@ -1,6 +1,6 @@
 """The rules of the meta service: who may do what to users, rooms and memberships.
 
-GoStacker bugs fixed here on purpose (spec 13.3, 13.4): the creator is owner (0) and everyone else a
+GoStacker bugs fixed here on purpose (compatibility.md, 'Bugs fixed on purpose'): the creator is owner (0) and everyone else a
 member (2); remove_member needs owner/admin rights over the target and never removes the owner; role
 and nickname changes persist; member ids must exist; a private room has exactly two members; a second
 pending join request is refused; permission errors are 403 (GoStacker: 500), unknown things 404.

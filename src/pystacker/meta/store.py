@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -12,6 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pystacker.db.schema import chat_rooms, join_requests, room_members, users
 from pystacker.db.sqlutil import escape_like, insert_ignoring_duplicates, utcnow
+
+
+def _new_id(result: Any) -> int:
+    """The id the database gave the row an INSERT made."""
+    key = result.inserted_primary_key
+    assert key is not None  # an INSERT of one row always has one
+    return int(key[0])
 
 
 class DuplicateError(Exception):
@@ -68,7 +76,7 @@ class MetaStore:
                 result = await conn.execute(users.insert().values(
                     username=username, password_hash=password_hash, nickname=nickname,
                     created_at=now, updated_at=now))
-                return int(result.inserted_primary_key[0])
+                return _new_id(result)
         except IntegrityError:
             raise DuplicateError(username) from None
 
@@ -81,7 +89,7 @@ class MetaStore:
     async def user_by_id(self, user_id: int) -> User | None:
         return await self._one_user(users.c.id == user_id)
 
-    async def _one_user(self, condition) -> User | None:  # type: ignore[no-untyped-def]
+    async def _one_user(self, condition: Any) -> User | None:
         query = select(users.c.id, users.c.username, users.c.nickname, users.c.password_hash,
                        users.c.created_at).where(condition)
         async with self.engine.connect() as conn:
@@ -108,7 +116,7 @@ class MetaStore:
         async with self.engine.begin() as conn:
             result = await conn.execute(chat_rooms.insert().values(
                 name=name, is_group=is_group, creator_id=creator_id, created_at=now))
-            room_id = int(result.inserted_primary_key[0])
+            room_id = _new_id(result)
             await conn.execute(room_members.insert(), [
                 {"room_id": room_id, "user_id": uid, "role": role, "joined_at": now}
                 for uid, role in roles.items()])
@@ -150,7 +158,7 @@ class MetaStore:
             async with self.engine.begin() as conn:
                 result = await conn.execute(join_requests.insert().values(
                     room_id=room_id, user_id=user_id, message=message, created_at=utcnow()))
-                return int(result.inserted_primary_key[0])
+                return _new_id(result)
         except IntegrityError:
             raise DuplicateError(f"{room_id}/{user_id}") from None
 
@@ -179,6 +187,6 @@ class MetaStore:
                 created_at=request.created_at))
 
 
-def _join_request(row) -> JoinRequest:  # type: ignore[no-untyped-def]
+def _join_request(row: Any) -> JoinRequest:
     m = row._mapping
     return JoinRequest(int(m["id"]), int(m["room_id"]), int(m["user_id"]), m["message"], m["created_at"])

@@ -1,10 +1,11 @@
-"""Reclaim idle inbox entries (spec 8.3, fixed).
+"""Reclaim idle inbox entries.
 
 Every `interval` seconds, for every gateway that has an inbox, live or gone (GoStacker only looked at
 live ones, so a dead gateway's entries were never reclaimed), entries pending longer than
-`claim_idle_seconds` are claimed (and a departed gateway's unread entries read), their targets handed to the gateways that hold them now, and the
-entries acknowledged. Entries are decoded in both key styles (GoStacker's decoder read CamelCase
-entries as empty and acknowledged them without delivering anything). A target who is offline needs
+`claim_idle_seconds` are claimed (and a departed gateway's unread entries read), their targets handed
+to the gateways that hold them now, and the entries acknowledged. Entries are decoded in both key
+styles (GoStacker's decoder read CamelCase entries as empty and acknowledged them without delivering
+anything). A target who is offline needs
 nothing: his cursor and the message log serve him on connect. A departed gateway's inbox is removed
 once drained.
 """
@@ -16,8 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from pystacker.engine.base import Engine, InboxEntry
-from pystacker.messaging.frames import decode_entry
-from pystacker.messaging.frames import EntryType
+from pystacker.messaging.frames import EntryType, decode_entry
 from pystacker.messaging.handoff import Handoff
 from pystacker.observability import metrics
 

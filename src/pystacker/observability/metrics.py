@@ -21,7 +21,7 @@ log = logging.getLogger("pystacker.metrics")
 
 # Without this every counter and histogram also exports a `*_created` timestamp series: twice the
 # series for nothing a dashboard uses (rate() does not need it).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client declares no types for it
 
 # Latency buckets in seconds, from a fast in-memory hop to a slow SQL-backed request.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -1,4 +1,4 @@
-"""The seed's sliding-window monitor (spec 10.1), without its defect.
+"""The seed's sliding-window monitor, without its defect.
 
 A monitor keeps the last `capacity` completed operations (end time, duration, success) of one kind
 (sql, send, push_ws) in a ring buffer and answers the average duration, success ratio and count over

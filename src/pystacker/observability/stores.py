@@ -22,8 +22,7 @@ import time
 import typing
 from typing import Any
 
-from pystacker.observability.metrics import (REDIS_CALL_SECONDS, REDIS_ERRORS, SQL_ERRORS, SQL_KINDS,
-                                             SQL_QUERY_SECONDS)
+from pystacker.observability.metrics import REDIS_CALL_SECONDS, REDIS_ERRORS, SQL_ERRORS, SQL_KINDS, SQL_QUERY_SECONDS
 from pystacker.observability.monitor import MONITORS
 
 # -- SQL --------------------------------------------------------------------------------------------
@@ -58,11 +57,11 @@ def watch_sql(sync_engine: Any) -> None:
         series.observe(seconds)
 
     @event.listens_for(sync_engine, "before_cursor_execute")
-    def _started(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+    def _started(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
         conn.info.setdefault(_SQL_STARTED, []).append(time.perf_counter())
 
     @event.listens_for(sync_engine, "after_cursor_execute")
-    def _finished(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+    def _finished(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
         started = conn.info.get(_SQL_STARTED)
         if started:
             seconds = time.perf_counter() - started.pop()
@@ -70,7 +69,7 @@ def watch_sql(sync_engine: Any) -> None:
             observe(statement_kind(statement), seconds)
 
     @event.listens_for(sync_engine, "handle_error")
-    def _failed(context) -> None:  # type: ignore[no-untyped-def]
+    def _failed(context: Any) -> None:
         conn = context.connection
         if conn is None:
             return  # a failed connect, which _connect below has counted
@@ -89,7 +88,7 @@ def watch_sql(sync_engine: Any) -> None:
     # the connection the way SQLAlchemy would (dialect.connect), so it must stay the engine's only
     # do_connect listener that returns one.
     @event.listens_for(sync_engine, "do_connect")
-    def _connect(dialect, connection_record, cargs, cparams):  # type: ignore[no-untyped-def]
+    def _connect(dialect: Any, connection_record: Any, cargs: Any, cparams: Any) -> Any:
         try:
             return dialect.connect(*cargs, **cparams)
         except Exception:

@@ -50,6 +50,11 @@ class TracingUnavailable(Exception):
     """Tracing is enabled but cannot run (OpenTelemetry not installed); one line for the operator."""
 
 
+def _settle(exported: asyncio.Future[None]) -> None:
+    if not exported.done():
+        exported.set_result(None)
+
+
 def traces_url(endpoint: str) -> str:
     """The OTLP/HTTP traces URL of a collector's base URL (`http://host:4318`), or the URL itself
     when it already names the traces path."""
@@ -80,7 +85,7 @@ class Tracing:
                 self.provider.shutdown()
             finally:
                 try:
-                    loop.call_soon_threadsafe(lambda: exported.done() or exported.set_result(None))
+                    loop.call_soon_threadsafe(_settle, exported)
                 except RuntimeError:  # the loop is closed: nobody waits any more
                     pass
 

@@ -5,7 +5,7 @@
 2. Otherwise one of the least loaded live gateways (connections / capacity), at random among those
    within LOAD_SLACK of the lowest load: loads are only as fresh as the last heartbeat, so always
    taking the single lowest would send every user of a reconnect storm to the same gateway.
-Only live gateways are candidates: a dead one never blocks the choice (GoStacker: spec 13.1 #8).
+Only live gateways are candidates: a dead one never blocks the choice (GoStacker: compatibility.md #8).
 Gateways the client says it could not reach (`avoid`) are chosen only when no other one has room,
 and then the lease too may name one: a client is never refused because it avoided the only gateway.
 """

@@ -123,7 +123,7 @@ class GatewayLiveness:
         try:
             async with self._session.get(f"http://{gateway.address}:{gateway.port}/health") as response:
                 return response.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
             return False
 
     async def close(self) -> None:

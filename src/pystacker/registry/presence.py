@@ -2,16 +2,16 @@
 
 Each heartbeat writes the whole entry with its TTL, so an entry that expired while the registry's
 store was unreachable comes back on the next beat (GoStacker registered once and then got 404
-forever: spec 13.1 #7). Stopping removes the entry at once instead of waiting for the TTL.
+forever: compatibility.md #7). Stopping removes the entry at once instead of waiting for the TTL.
 """
 
 from __future__ import annotations
 
 import asyncio
-from abc import ABC, abstractmethod
 import logging
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 
 from pystacker.engine.base import GatewayInfo, Registry, SendInfo

@@ -1,4 +1,4 @@
-"""Registry HTTP routes (spec 2.5) with GoStacker's paths, fields and answers, fixed:
+"""Registry HTTP routes with GoStacker's paths, fields and answers, fixed:
 `user_id` is optional on /registry/gateway/available (the shipped clients omit it; a Bearer token, if
 sent, names the user for the lease); dead gateways never answer, and one that stopped beating or that
 the client names in `exclude` is asked for its /health first (liveness.py); batch route queries return
@@ -8,22 +8,36 @@ only live, connected routes; a heartbeat that carries address and port re-regist
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
 from aiohttp import web
 from pydantic import Field, StrictFloat, StrictInt, StringConstraints
 
-from pystacker.messaging.fields import INT64_MAX, INT64_MIN, PositiveId, Seq
 from pystacker.engine.base import DEFAULT_DEVICE, Engine, GatewayInfo, SendInfo
 from pystacker.messaging.devices import DEVICE_ID_PATTERN
 from pystacker.messaging.fanout import route_is_live
+from pystacker.messaging.fields import INT64_MAX, INT64_MIN, PositiveId, Seq
 from pystacker.registry.service import RegistryService
-from pystacker.web.auth import TokenService
+from pystacker.web.auth import Auth, optional_identity
 from pystacker.web.envelope import ApiError, ok
-from pystacker.web.openapi import (ID, INTEGER, NUMBER, STRING, TIMESTAMP, Auth, Param, Reply, Route, add_routes,
-                                   array, component, envelope, nullable, obj)
+from pystacker.web.openapi import (
+    ID,
+    INTEGER,
+    NUMBER,
+    STRING,
+    TIMESTAMP,
+    Param,
+    Reply,
+    Route,
+    add_routes,
+    array,
+    component,
+    envelope,
+    nullable,
+    obj,
+)
 from pystacker.web.requests import RequestModel, parse_json, request_device
 
 InstanceId = Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -113,7 +127,7 @@ def _excluded(request: web.Request) -> list[str]:
 
 
 def _stamp(unix: float) -> str:
-    return datetime.fromtimestamp(unix, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(unix, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _gateway_json(info: GatewayInfo) -> dict[str, Any]:
@@ -121,18 +135,16 @@ def _gateway_json(info: GatewayInfo) -> dict[str, Any]:
 
 
 class RegistryRoutes:
-    def __init__(self, engine: Engine, service: RegistryService, tokens: TokenService, *,
-                 gateway_ttl: int, send_ttl: int) -> None:
+    def __init__(self, engine: Engine, service: RegistryService, *, gateway_ttl: int, send_ttl: int) -> None:
         self.engine = engine
         self.registry = engine.registry
         self.service = service
-        self.tokens = tokens
         self.gateway_ttl = gateway_ttl
         self.send_ttl = send_ttl
 
     def install(self, app: web.Application) -> None:
         # The route table: handlers and their OpenAPI description (GET /openapi.json) in one place.
-        # Writes need the internal token (is_registry_write below decides; a test checks they agree).
+        # Writes need the internal token (`auth=internal`: add_routes installs the check).
         internal, gateways, sends, users = Auth.INTERNAL, ("gateways",), ("send instances",), ("user routes",)
         add_routes(app, [
             Route("GET", "/health", self.health, "GoStacker's registry health (a raw object, not the envelope)",
@@ -243,13 +255,10 @@ class RegistryRoutes:
             if user_id <= 0 or user_id > INT64_MAX:
                 raise ApiError(400, "Invalid user_id format")
             return user_id
-        header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer "):
-            try:
-                return self.tokens.verify(header[7:].strip()).user_id
-            except ApiError:
-                return None  # the lease is an optimisation; a bad token still gets a gateway
-        return None
+        # Auth.OPTIONAL_BEARER: a valid token names the caller; a bad one still gets a gateway (the
+        # lease is an optimisation).
+        caller = optional_identity(request)
+        return caller.user_id if caller is not None else None
 
     # -- send instances --------------------------------------------------------------------------
 
@@ -311,13 +320,3 @@ class RegistryRoutes:
                  for uid, record in routes.items()}
         return ok("success", {str(uid): {"gateway_id": r.gateway_id, "address": r.address}
                               for uid, r in found.items() if r is not None})
-
-
-_INTERNAL_PREFIXES = ("/registry/gateway/register", "/registry/gateway/heartbeat", "/registry/send/register",
-                      "/registry/send/heartbeat", "/registry/user/")
-
-
-def is_registry_write(request: web.Request) -> bool:
-    """Registry writes need the internal token (when configured); reads are for clients."""
-    return request.path.startswith(_INTERNAL_PREFIXES) or (
-        request.method == "DELETE" and request.path.startswith("/registry/"))

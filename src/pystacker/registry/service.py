@@ -12,7 +12,6 @@ from pystacker.engine.base import DEFAULT_DEVICE, GatewayInfo, Registry, SendInf
 from pystacker.registry.choice import choose_gateway
 from pystacker.registry.liveness import GatewayLiveness
 
-
 CONNECTED_ROUTE_TTL = 24 * 3600
 ROUTE_RENEW_SECONDS = 3600
 
@@ -45,7 +44,7 @@ class RegistryService:
         """The user's device is on `gateway` now; returns the user's record (every device). `since`:
         when this connection's route was first written (a renewal keeps it: it names the connection).
         Whether the route is live is judged by its gateway (alive, same epoch), not by its TTL, so a
-        connected user never looks offline (spec 13.2 #11); the long TTL only clears routes that a
+        connected user never looks offline (compatibility.md #11); the long TTL only clears routes that a
         dead gateway left behind, and the gateway renews it while connected."""
         route = UserRoute(user_id, gateway.gateway_id, f"{gateway.address}:{gateway.port}",
                           time.time() if since is None else since, "connected", gateway.epoch, device_id)

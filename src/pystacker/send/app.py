@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
 from pystacker.messaging.offline_notify import OfflineNotifier
@@ -10,7 +12,6 @@ from pystacker.runtime import Runtime
 from pystacker.send.fanout import Fanout
 from pystacker.send.routes import SendRoutes
 from pystacker.send.service import SendService
-from pystacker.web.middleware import auth_middleware, internal_token_middleware
 from pystacker.web.health import install_health
 from pystacker.web.server import new_app
 from pystacker.webapp.pages import install_browser_pages
@@ -40,10 +41,7 @@ def new_send_service(runtime: Runtime) -> SendService:
 
 def build_send_app(runtime: Runtime, *, port: int) -> web.Application:
     config = runtime.config
-    app = new_app("send", max_body_bytes=config.limits.max_body_bytes, middlewares=[
-        internal_token_middleware(config.internal.token.get_secret_value(),
-                                  lambda request: request.path.startswith("/internal/")),
-        auth_middleware(runtime.tokens)])
+    app = new_app("send", max_body_bytes=config.limits.max_body_bytes, credentials=runtime.credentials)
     install_health(app, "send", runtime.readiness_checks())
     install_browser_pages(app, "send", config.web)
     service = new_send_service(runtime)
@@ -52,7 +50,7 @@ def build_send_app(runtime: Runtime, *, port: int) -> web.Application:
                             ttl=config.registry.send_heartbeat_timeout)
     app[SEND_SERVICE] = service
 
-    async def lifecycle(_: web.Application):  # type: ignore[no-untyped-def]
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         await runtime.parts.members.listen(runtime.engine.bus)
         service.fanout.start()
         await presence.start()

@@ -18,8 +18,8 @@ from typing import Any
 from pystacker.engine.base import DEFAULT_DEVICE, Engine, StoredMessage, UserRoute
 from pystacker.messaging.events import is_event
 from pystacker.messaging.fanout import inbox_entries
-from pystacker.messaging.handoff import Handoff
 from pystacker.messaging.frames import PushEntry
+from pystacker.messaging.handoff import Handoff
 from pystacker.messaging.offline_notify import OfflineNotifier
 from pystacker.messaging.readstate import ReadMarks
 from pystacker.observability import metrics, tracing
@@ -115,7 +115,7 @@ class Fanout:
             if (ack_sender and sender_route is not None and sender_route.device_id == ack_device
                     and message.sender_id not in plan.offline):
                 # The ack comes after every copy is in an inbox: "ack" means handed on, as in
-                # GoStacker (section 5). The other gateways' entries are written first; the sender's
+                # GoStacker. The other gateways' entries are written first; the sender's
                 # gateway's entry and the ack go last, in one call: one stream keeps their order, and
                 # a send saves a round trip (pairs: one call instead of two).
                 ack_gateway = sender_route.gateway_id

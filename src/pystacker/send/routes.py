@@ -1,4 +1,4 @@
-"""Send HTTP routes (spec 2.3): send_message, resend_message, internal pushback and notify, plus history
+"""Send HTTP routes: send_message, resend_message, internal pushback and notify, plus history
 and read state."""
 
 from __future__ import annotations
@@ -11,17 +11,28 @@ from pydantic import Field, StrictBool, StringConstraints, WithJsonSchema
 from pystacker.engine.base import StoredMessage
 from pystacker.messaging.content import content_json_schema
 from pystacker.messaging.fields import INT64_MAX, ClientMsgId, MessageId, PositiveId, QueryId, QuerySeq, Seq
+from pystacker.messaging.handoff import Handoff
 from pystacker.messaging.lifecycle import Change
-from pystacker.send.service import SendService
 from pystacker.messaging.user_presence import MAX_WATCHED, Presence
-from pystacker.web.auth import identity
+from pystacker.send.service import SendService
+from pystacker.web.auth import Auth, identity
 from pystacker.web.envelope import ApiError, ok
-from pystacker.web.openapi import (BOOLEAN, ID, INTEGER, STRING, Auth, Reply, Route, add_routes, array, component,
-                                   envelope, nullable, obj)
+from pystacker.web.openapi import (
+    BOOLEAN,
+    ID,
+    INTEGER,
+    STRING,
+    Reply,
+    Route,
+    add_routes,
+    array,
+    component,
+    envelope,
+    nullable,
+    obj,
+)
 from pystacker.web.ratelimit import TokenBucketLimiter
 from pystacker.web.requests import RequestModel, parse_json, parse_query, request_device
-
-
 
 # Validated by parse_content (400/413 with GoStacker-style texts); the schema only documents it.
 Content = Annotated[Any, WithJsonSchema(content_json_schema())]
@@ -142,7 +153,7 @@ def reaction_answer(change: Change, emoji: str, on: bool) -> dict[str, Any]:
 
 
 class SendRoutes:
-    def __init__(self, service: SendService, handoff, presence: Presence,  # type: ignore[no-untyped-def]
+    def __init__(self, service: SendService, handoff: Handoff, presence: Presence,
                  send_limiter: TokenBucketLimiter | None = None) -> None:
         self.service = service
         self.handoff = handoff

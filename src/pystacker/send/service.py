@@ -1,4 +1,4 @@
-"""Sending: check the sender, store the message with its seq, then push it (spec 4.2, fixed).
+"""Sending: check the sender, store the message with its seq, then push it.
 
 GoStacker answered 200 before the message was stored anywhere durable and let any user post to any
 room. Here the sender must be a member (403), the message is in the log with its seq before the
@@ -17,11 +17,11 @@ from pystacker.messaging.content import parse_content
 from pystacker.messaging.events import is_event
 from pystacker.messaging.frames import chat_frame, entry_frame
 from pystacker.messaging.history import History, quote
-from pystacker.messaging.lifecycle import MessageChanges
-from pystacker.messaging.rosters import RosterBook
 from pystacker.messaging.ids import Snowflake
+from pystacker.messaging.lifecycle import MessageChanges
 from pystacker.messaging.membership import MembershipCache
 from pystacker.messaging.readstate import ReadState
+from pystacker.messaging.rosters import RosterBook
 from pystacker.messaging.store import MessageStore
 from pystacker.observability import metrics, tracing
 from pystacker.observability.monitor import monitored

@@ -1,17 +1,18 @@
-"""Middlewares every HTTP service installs: errors as envelopes, one log line per request, auth."""
+"""Middlewares every HTTP service installs: errors as envelopes, one log line per request.
+
+Who may call a route is not a middleware's business: each route's handler is installed behind the
+check its route table entry names (`Route.auth`, web/auth.py `guarded`)."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from pystacker.observability.metrics import observe_request
-from pystacker.web.auth import IDENTITY_KEY, TokenService, bearer_token
 from pystacker.messaging.errors import Refused
+from pystacker.observability.metrics import observe_request
 from pystacker.web.envelope import ApiError, error_response, refusal_status
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -67,34 +68,3 @@ def request_log_middleware(service: str) -> Callable[..., Awaitable[web.StreamRe
                             "duration_ms": round(elapsed_ms, 2), "remote": request.remote})
 
     return log_request
-
-
-def auth_middleware(tokens: TokenService, protected_prefix: str = "/api/") -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Every route under `/api/` needs `Authorization: Bearer <jwt>`, as in GoStacker."""
-
-    @web.middleware
-    async def require_user(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(protected_prefix):
-            request[IDENTITY_KEY] = tokens.verify(bearer_token(request))
-        return await handler(request)
-
-    return require_user
-
-
-INTERNAL_TOKEN_HEADER = "X-Internal-Token"
-
-
-def internal_token_middleware(token: str, is_internal: Callable[[web.Request], bool]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Internal routes (pushback, notify, registry writes) need the shared `internal.token`
-    (GoStacker left them open: spec 13.4 #31). With an empty token they are closed to everyone."""
-    expected = token.encode()
-
-    @web.middleware
-    async def require_internal(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if is_internal(request):
-            given = request.headers.get(INTERNAL_TOKEN_HEADER, "").encode()
-            if not expected or not hmac.compare_digest(given, expected):
-                raise ApiError(401, f"internal route: missing or wrong {INTERNAL_TOKEN_HEADER} header")
-        return await handler(request)
-
-    return require_internal

@@ -1,9 +1,12 @@
 """OpenAPI 3.1 documents of the HTTP services, built from the route tables they install.
 
 Every service registers its routes with `add_routes(app, [Route(...), ...])`: the same table installs the
-handlers and describes them, so a route cannot exist without being in the document. Request bodies and
-query strings are described by the pydantic models the handlers validate them with
-(`model_json_schema()`), so the document cannot drift from the validation either. Response shapes are
+handlers, decides who may call them and describes them, so a route cannot exist without being in the
+document, and the security the document gives a route (`Route.auth`) is the check it runs: `add_routes`
+installs each handler behind the check of its `Auth` (`guarded` in web/auth.py), made against the
+application's credentials (`new_app(credentials=...)`). Request bodies and query strings are described
+by the pydantic models the handlers validate them with (`model_json_schema()`), so the document cannot
+drift from the validation either. Response shapes are
 written once, as named components (`component()`), next to the code that produces them.
 
 `GET /openapi.json` serves the document of the service it is asked on. It is public (it describes only
@@ -21,7 +24,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import orjson
@@ -29,7 +31,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from pystacker.messaging.fields import INT64_MAX
-from pystacker.web.middleware import INTERNAL_TOKEN_HEADER
+from pystacker.web.auth import CREDENTIALS_KEY, INTERNAL_TOKEN_HEADER, Auth, Credentials, guarded
 
 OPENAPI_PATH = "/openapi.json"
 OPENAPI_VERSION = "3.1.0"
@@ -37,16 +39,6 @@ MAX_ID = INT64_MAX  # ids are signed 64-bit in SQL
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JsonSchema = dict[str, Any]
-
-
-class Auth(Enum):
-    """Who may call a route."""
-
-    NONE = "none"
-    BEARER = "bearer"  # Authorization: Bearer <jwt>
-    OPTIONAL_BEARER = "optional-bearer"  # a token is used when sent (registry's lease), never required
-    INTERNAL = "internal"  # the X-Internal-Token header (internal routes and registry writes)
-    WEBSOCKET = "websocket"  # a bearer token in the header, or `?token=` (browsers cannot set headers)
 
 
 # -- shared schema components ------------------------------------------------------------------------
@@ -182,18 +174,22 @@ class Route:
         return statuses
 
 
-ROUTES_KEY = web.AppKey("openapi_routes", list)
+ROUTES_KEY = web.AppKey("openapi_routes", list[Route])
 
 
 def add_routes(app: web.Application, routes: Iterable[Route]) -> None:
-    """Install the handlers and remember the routes for the application's OpenAPI document."""
+    """Install the handlers, each behind the check its `auth` names, and remember the routes for the
+    application's OpenAPI document. A route that needs credentials the application was not given
+    (`new_app(credentials=...)`) is a ValueError here, at start."""
     if ROUTES_KEY not in app:
         app[ROUTES_KEY] = []
+    credentials = app.get(CREDENTIALS_KEY, Credentials())
     for route in routes:
+        handler = guarded(route.auth, route.handler, credentials, route=f"{route.method} {route.path}")
         if route.method == "GET":
-            app.router.add_get(route.path, route.handler)  # also answers HEAD, as aiohttp's add_get does
+            app.router.add_get(route.path, handler)  # also answers HEAD, as aiohttp's add_get does
         else:
-            app.router.add_route(route.method, route.path, route.handler)
+            app.router.add_route(route.method, route.path, handler)
         app[ROUTES_KEY].append(route)
 
 
@@ -203,7 +199,8 @@ def install_openapi(app: web.Application, title: str) -> None:
 
     async def openapi(_: web.Request) -> web.Response:
         if not built:
-            built.append(orjson.dumps(build_document(title, app[ROUTES_KEY])))
+            routes: list[Route] = app[ROUTES_KEY]
+            built.append(orjson.dumps(build_document(title, routes)))
         return web.Response(body=built[0], content_type="application/json")
 
     add_routes(app, [Route("GET", OPENAPI_PATH, openapi, "This document (OpenAPI 3.1)",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from pystacker.observability.routes import install_observability
+from pystacker.web.auth import CREDENTIALS_KEY, Credentials
 from pystacker.web.envelope import ok
 from pystacker.web.middleware import error_middleware, request_log_middleware
 from pystacker.web.openapi import Route, add_routes, install_openapi
@@ -18,12 +19,16 @@ from pystacker.web.openapi import Route, add_routes, install_openapi
 log = logging.getLogger("pystacker.server")
 
 
-def new_app(service: str, *, max_body_bytes: int, middlewares: list | None = None) -> web.Application:
-    """An application with the middlewares every service shares and GoStacker's `/ping`."""
+def new_app(service: str, *, max_body_bytes: int, credentials: Credentials | None = None) -> web.Application:
+    """An application with the middlewares every service shares and GoStacker's `/ping`.
+
+    `credentials` are what its routes' `Auth` is checked against (add_routes); an application without
+    them can only have public routes."""
     app = web.Application(
         client_max_size=max_body_bytes,
-        middlewares=[request_log_middleware(service), error_middleware(service), *(middlewares or [])],
+        middlewares=[request_log_middleware(service), error_middleware(service)],
     )
+    app[CREDENTIALS_KEY] = credentials or Credentials()
 
     async def ping(_: web.Request) -> web.Response:
         return ok("pong")

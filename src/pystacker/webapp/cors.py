@@ -9,8 +9,8 @@ cookies, so an allowed origin gains nothing that a page does not already hold; c
 headers a page may send.
 
 A preflight (OPTIONS with Access-Control-Request-Method) is answered by a middleware in front of the
-others (authentication would refuse it: a preflight carries no token), so no OPTIONS route is added
-to the route tables. Every other answer gets its headers when it is prepared, errors included.
+others, before routing reaches a handler and the check of its route (a preflight carries no token),
+so no OPTIONS route is added to the route tables. Every other answer gets its headers when it is prepared, errors included.
 """
 
 from __future__ import annotations
@@ -68,6 +68,6 @@ def allow_browsers(app: web.Application, origins: Iterable[str]) -> None:
             response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
             response.headers.add("Vary", "Origin")
 
-    # First: a preflight must not reach the authentication middleware (it carries no token).
+    # First: a preflight never reaches a route's handler and its check (it carries no token).
     app.middlewares.insert(0, preflight)
     app.on_response_prepare.append(add_headers)

@@ -1,16 +1,20 @@
 // PyStacker chat: the web app served by meta at `/`, built on the SDK at /sdk/pystacker.js.
 // Plain modules and the DOM, no framework and no build step (docs/web.md says why). The SDK owns the
 // connection (reconnect, catch-up by seq, send retries); this file keeps what the screen shows: the
-// rooms with their unread counts and last message, and the open room's messages with their states.
+// rooms with their unread counts and last message, and the open room's messages with their states,
+// replies, edits, recalls and reactions (the SDK's edit, recall and reaction events, applied in seq
+// order with the messages).
 
-import { newClientMsgId, PyStackerClient, PyStackerError, State } from '/sdk/pystacker.js';
-import { dayKey, dayLabel, ownState, parseUserIds, previewOf, STATE_LABELS, timeLabel } from './format.js';
+import { applyEvent, newClientMsgId, PyStackerClient, PyStackerError, State } from '/sdk/pystacker.js';
+import { dayKey, dayLabel, ownState, parseUserIds, previewOf, quoteText, REACTION_EMOJI, RECALLED_TEXT, STATE_LABELS,
+  timeLabel } from './format.js';
 
 const SESSION_KEY = 'pystacker.session';
 const PAGE_SIZE = 50;
 const TYPING_EVERY_MS = 2000; // a typing signal at most this often while the user types
 const TYPING_SHOWN_MS = 5000; // "… is typing" stays this long after the last signal
-const ROLE_ADMIN = 1; // owner 0 and admin 1 may add members and answer join requests
+const ROLE_ADMIN = 1; // owner 0 and admin 1 may add members, answer join requests and recall any message
+const EVENTS_KEPT = 500; // a room's latest events, applied again to a history page read before them
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -41,11 +45,13 @@ function errorText(err) {
   return err?.message || String(err);
 }
 
-/** A room as the screen knows it. `messages`: seq -> message, filled once the room is opened. */
+/** A room as the screen knows it. `messages`: seq -> message, filled once the room is opened;
+ *  `events`: its latest edit, recall and reaction events (a history page is read as of its `lastSeq`:
+ *  the later ones are applied to it again). */
 function newRoom(roomId) {
   return { roomId, name: `Room ${roomId}`, isGroup: true, unread: 0, last: null, lastSeq: 0, myRole: 2,
     members: new Map(), loaded: false, messages: new Map(), pending: new Map(), hasMore: false,
-    oldestSeq: null, loadingOlder: false, readMarks: new Map() };
+    oldestSeq: null, loadingOlder: false, readMarks: new Map(), events: [] };
 }
 
 class ChatApp {
@@ -54,6 +60,7 @@ class ChatApp {
     this.rooms = new Map();
     this.current = null;
     this.online = new Map(); // userId -> online, from `presence` events of the watched members
+    this.composing = null; // {mode: 'reply' | 'edit', roomId, message}: what the composer's next Enter does
     this.wire();
   }
 
@@ -169,6 +176,7 @@ class ChatApp {
 
   async open(roomId) {
     const room = this.rooms.get(roomId) || (await this.addRoom(roomId));
+    if (this.current !== room) this.cancelCompose();
     this.current = room;
     document.body.dataset.view = 'room';
     $('#conversation').hidden = false;
@@ -180,7 +188,7 @@ class ChatApp {
       const [page, marks] = await Promise.all([this.client.history(roomId, { limit: PAGE_SIZE }),
         this.client.readState(roomId).catch(() => null)]);
       if (this.current !== room) return;
-      for (const message of page.messages) if (!room.messages.has(message.seq)) room.messages.set(message.seq, { ...message, state: 'accepted' });
+      this.absorbPage(room, page);
       room.hasMore = page.hasMore;
       room.oldestSeq = page.messages[0]?.seq ?? null;
       room.lastSeq = Math.max(room.lastSeq, page.lastSeq);
@@ -254,12 +262,57 @@ class ChatApp {
     const mine = message.senderId === this.client.userId;
     const state = mine ? ownState(message, this.othersRead(room)) : null;
     const ts = message.ts || Date.now();
-    return element('li', { class: mine ? 'msg mine' : 'msg', dataset: { seq: message.seq || '',
+    const recalled = Boolean(message.recalled);
+    let text = previewOf(message);
+    if (recalled && message.recalledBy && message.recalledBy !== message.senderId) {
+      text = `${RECALLED_TEXT} by ${message.recalledBy === this.client.userId ? 'you' : this.senderName(room, message.recalledBy)}`;
+    }
+    const classes = ['msg', mine ? 'mine' : null, recalled ? 'recalled' : null].filter(Boolean).join(' ');
+    return element('li', { class: classes, dataset: { seq: message.seq || '', id: message.id || '',
       clientMsgId: message.clientMsgId || '', state: state || 'received' } },
     element('span', { class: 'sender' }, mine ? 'You' : this.senderName(room, message.senderId)),
-    element('span', { class: 'text' }, previewOf(message)),
-    element('span', { class: 'meta' }, element('time', { datetime: new Date(ts).toISOString() }, timeLabel(ts)),
+    message.replyTo && !recalled ? this.quoteNode(room, message.replyTo) : null,
+    element('span', { class: 'text' }, text),
+    recalled ? null : this.reactionsNode(message),
+    element('div', { class: 'meta' },
+      message.seq && message.id ? this.actionsNode(room, message) : null,
+      message.editedAt && !recalled ? element('span', { class: 'edited' }, 'edited') : null,
+      element('time', { datetime: new Date(ts).toISOString() }, timeLabel(ts)),
       state ? element('span', { class: 'state' }, STATE_LABELS[state]) : null));
+  }
+
+  /** The quote of the message a reply answers; a click shows the original when it is loaded. */
+  quoteNode(room, quote) {
+    const who = quote.senderId === this.client.userId ? 'You' : this.senderName(room, quote.senderId);
+    return element('blockquote', { class: quote.recalled ? 'quote recalled' : 'quote', dataset: { replyTo: quote.messageId },
+      title: 'Show the message it answers' },
+    element('span', { class: 'quote-sender' }, who), element('span', { class: 'quote-preview' }, quoteText(quote)));
+  }
+
+  /** The message's reactions: one toggle button per emoji, pressed for the user's own. */
+  reactionsNode(message) {
+    if (!message.reactions?.length) return null;
+    return element('ul', { class: 'reactions', 'aria-label': 'Reactions' }, ...message.reactions.map((r) =>
+      element('li', {}, element('button', { type: 'button', class: r.me ? 'reaction me' : 'reaction',
+        'aria-pressed': r.me ? 'true' : 'false', dataset: { action: 'react', emoji: r.emoji },
+        'aria-label': `${r.emoji} ${r.count}${r.me ? ', yours: take it back' : ''}` },
+      element('span', { class: 'emoji' }, r.emoji), element('span', { class: 'count' }, String(r.count))))));
+  }
+
+  /** Reply, react, edit (your text messages), recall (yours; any as the room's owner or admin), hide. */
+  actionsNode(room, message) {
+    const mine = message.senderId === this.client.userId;
+    const button = (action, label, extra = {}) => element('button', { type: 'button', class: 'secondary', dataset: { action }, ...extra }, label);
+    if (message.recalled) return element('div', { class: 'actions', role: 'group', 'aria-label': 'Message actions' }, button('hide', 'Hide'));
+    const picker = element('div', { class: 'picker', role: 'group', 'aria-label': 'Pick a reaction', hidden: true },
+      ...REACTION_EMOJI.map((emoji) => button('react', emoji, { 'aria-label': `React with ${emoji}`, dataset: { action: 'react', emoji } })));
+    return element('div', { class: 'actions', role: 'group', 'aria-label': 'Message actions' },
+      button('reply', 'Reply'),
+      button('pick', 'React', { 'aria-expanded': 'false' }),
+      mine && message.text !== null ? button('edit', 'Edit') : null,
+      mine || room.myRole <= ROLE_ADMIN ? button('recall', 'Recall') : null,
+      button('hide', 'Hide'),
+      picker);
   }
 
   /** Add one message at the bottom of the open room (live messages come in seq order). */
@@ -276,6 +329,15 @@ class ChatApp {
     if (firstPending) list.insertBefore(node, firstPending);
     else list.append(node);
     if (atBottom || message.senderId === this.client.userId) list.scrollTop = list.scrollHeight;
+  }
+
+  /** Scroll to a loaded message and highlight it for a moment (a reply's quote was clicked). */
+  showMessage(messageId) {
+    const node = $('#messages').querySelector(`.msg[data-id="${CSS.escape(messageId)}"]`);
+    if (!node) return;
+    node.scrollIntoView({ block: 'center' });
+    node.classList.add('highlight');
+    setTimeout(() => node.classList.remove('highlight'), 1500);
   }
 
   updateNode(room, message) {
@@ -302,12 +364,24 @@ class ChatApp {
     room.loadingOlder = true;
     try {
       const page = await this.client.history(room.roomId, { beforeSeq: room.oldestSeq, limit: PAGE_SIZE });
-      for (const message of page.messages) if (!room.messages.has(message.seq)) room.messages.set(message.seq, { ...message, state: 'accepted' });
+      this.absorbPage(room, page);
       room.hasMore = page.hasMore;
       room.oldestSeq = page.messages[0]?.seq ?? room.oldestSeq;
       if (this.current === room) this.renderMessages();
     } finally {
       room.loadingOlder = false;
+    }
+  }
+
+  /** A history page's messages, in their state as of the page's `lastSeq`, with the events that came
+   *  after it applied (the page and the live events can overlap either way). A page's message replaces
+   *  a live copy of it: it is the newer state. */
+  absorbPage(room, page) {
+    const later = room.events.filter((event) => event.seq > page.lastSeq);
+    for (const message of page.messages) {
+      let current = message;
+      for (const event of later) current = applyEvent(current, event, this.client.userId);
+      room.messages.set(message.seq, { ...current, state: room.messages.get(message.seq)?.state ?? 'accepted' });
     }
   }
 
@@ -381,6 +455,37 @@ class ChatApp {
     this.renderRooms();
   }
 
+  /** An edit, recall or reaction (in seq order with the messages): applied to the messages shown and
+   *  kept for the pages read before it; the room list's last message follows it too. */
+  async onEvent(event) {
+    const room = this.rooms.get(event.roomId);
+    if (!room) return; // a room the screen does not know yet: its history has the current state
+    room.events.push(event);
+    if (room.events.length > EVENTS_KEPT) room.events.splice(0, room.events.length - EVENTS_KEPT);
+    room.lastSeq = Math.max(room.lastSeq, event.seq);
+    const me = this.client.userId;
+    for (const [seq, message] of room.messages) {
+      const changed = applyEvent(message, event, me);
+      if (changed === message) continue;
+      room.messages.set(seq, changed);
+      if (room === this.current) this.updateNode(room, changed);
+    }
+    for (const [clientMsgId, message] of room.pending) {
+      const changed = applyEvent({ reactions: [], ...message }, event, me);
+      if (changed.replyTo !== message.replyTo) {
+        room.pending.set(clientMsgId, changed);
+        if (room === this.current) this.updateNode(room, changed);
+      }
+    }
+    if (room.last && room.last.id === event.messageId && event.kind !== 'reaction') {
+      room.last = event.kind === 'recall' ? { ...room.last, recalled: true, text: null }
+        : { ...room.last, text: event.text, preview: event.text ?? room.last.preview };
+      this.renderRooms();
+    }
+    if (event.kind === 'recall' && this.composing?.message.id === event.messageId) this.cancelCompose();
+    if (room === this.current) this.markRead(room);
+  }
+
   onRead({ roomId, userId, seq }) {
     const room = this.rooms.get(roomId);
     if (!room) return;
@@ -427,18 +532,100 @@ class ChatApp {
     banner.hidden = false;
   }
 
+  // -- replying, editing, recalling, reacting, hiding ---------------------------------------------
+
+  /** A button of a message was pressed (`data-action`): reply, pick (the emoji menu), react, edit,
+   *  recall or hide. Edits, recalls and reactions show when their event comes back, like anyone else's. */
+  act(action, message, button) {
+    const room = this.current;
+    $('#action-error').textContent = '';
+    const failed = (err) => {
+      $('#action-error').textContent = errorText(err);
+    };
+    switch (action) {
+      case 'reply':
+      case 'edit':
+        this.compose(action, message);
+        break;
+      case 'pick': {
+        const picker = button.parentElement.querySelector('.picker');
+        picker.hidden = !picker.hidden;
+        button.setAttribute('aria-expanded', String(!picker.hidden));
+        if (!picker.hidden) picker.querySelector('button')?.focus();
+        break;
+      }
+      case 'react': {
+        const emoji = button.dataset.emoji;
+        const mine = message.reactions?.find((r) => r.emoji === emoji)?.me ?? false;
+        const picker = button.closest('.picker');
+        if (picker) picker.hidden = true;
+        this.client.react(message.id, emoji, !mine).catch(failed);
+        break;
+      }
+      case 'recall':
+        this.client.recall(message.id).catch(failed);
+        break;
+      case 'hide':
+        this.client.hide(message.id).then(() => {
+          room.messages.delete(message.seq);
+          if (this.composing?.message.id === message.id) this.cancelCompose();
+          if (room === this.current) $('#messages').querySelector(`.msg[data-seq="${message.seq}"]`)?.remove();
+        }, failed);
+        break;
+      default:
+    }
+  }
+
+  /** The composer's next Enter replies to `message` or replaces its text; a bar above it says which. */
+  compose(mode, message) {
+    const room = this.current;
+    this.composing = { mode, roomId: room.roomId, message };
+    const who = message.senderId === this.client.userId ? 'yourself' : this.senderName(room, message.senderId);
+    const cancel = element('button', { type: 'button', class: 'secondary', 'aria-label': mode === 'edit' ? 'Cancel the edit' : 'Cancel the reply' }, 'Cancel');
+    cancel.addEventListener('click', () => this.cancelCompose());
+    $('#composer-context').replaceChildren(
+      element('span', { class: 'context-label' }, mode === 'edit' ? 'Editing your message' : `Replying to ${who}:`),
+      mode === 'reply' ? element('span', { class: 'context-preview' }, previewOf(message)) : null, cancel);
+    $('#composer-context').hidden = false;
+    $('#composer-context').dataset.mode = mode;
+    const box = $('#composer-text');
+    if (mode === 'edit') box.value = message.text ?? '';
+    box.focus();
+  }
+
+  cancelCompose() {
+    if (!this.composing) return;
+    const wasEdit = this.composing.mode === 'edit';
+    this.composing = null;
+    $('#composer-context').hidden = true;
+    $('#composer-context').replaceChildren();
+    delete $('#composer-context').dataset.mode;
+    if (wasEdit) $('#composer-text').value = '';
+  }
+
   // -- sending ------------------------------------------------------------------------------------
 
   send(text) {
     const room = this.current;
     if (!room || !text.trim()) return;
+    const composing = this.composing?.roomId === room.roomId ? this.composing : null;
+    this.cancelCompose();
+    if (composing?.mode === 'edit') {
+      $('#action-error').textContent = '';
+      if (text !== composing.message.text) {
+        this.client.edit(composing.message.id, text).catch((err) => { $('#action-error').textContent = errorText(err); });
+      }
+      return;
+    }
+    const quoted = composing?.mode === 'reply' ? composing.message : null;
     const clientMsgId = newClientMsgId();
     const message = { id: '', roomId: room.roomId, seq: 0, senderId: this.client.userId, type: 'text', text,
-      clientMsgId, ts: Date.now(), state: 'sending' };
+      clientMsgId, ts: Date.now(), state: 'sending', reactions: [],
+      replyTo: quoted ? { messageId: quoted.id, senderId: quoted.senderId, preview: previewOf(quoted), recalled: false } : null };
     room.pending.set(clientMsgId, message);
     this.appendNode(room, message);
     // Until the server answers, the SDK sends the frame again after each reconnect, with the same id.
-    this.client.send(room.roomId, text, { clientMsgId }).then((result) => {
+    this.client.send(room.roomId, text, { clientMsgId, replyTo: quoted?.id ?? null }).then((result) => {
       if (room.pending.has(clientMsgId)) this.onSendState(clientMsgId, room.roomId, { state: 'accepted', seq: result.seq });
     }, () => this.onSendState(clientMsgId, room.roomId, { state: 'failed' }));
   }
@@ -452,6 +639,12 @@ class ChatApp {
     client.on('message', (message) => {
       handled = handled.then(() => this.onMessage(message)).catch((err) => console.error(err));
     });
+    // Edits, recalls and reactions in the same queue: an event follows the message it changes.
+    for (const name of ['edit', 'recall', 'reaction']) {
+      client.on(name, (event) => {
+        handled = handled.then(() => this.onEvent(event)).catch((err) => console.error(err));
+      });
+    }
     client.on('read', (event) => this.onRead(event));
     client.on('typing', (event) => this.onTyping(event));
     client.on('presence', ({ userId, online }) => {
@@ -545,7 +738,24 @@ class ChatApp {
       if (event.key === 'Enter' && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
         $('#composer').requestSubmit();
+      } else if (event.key === 'Escape' && this.composing) {
+        event.preventDefault();
+        this.cancelCompose();
       }
+    });
+    // One listener for the buttons of every message (they are rebuilt with the message).
+    $('#messages').addEventListener('click', (event) => {
+      const node = event.target.closest('.msg');
+      const room = this.current;
+      if (!node || !room) return;
+      const button = event.target.closest('button[data-action]');
+      if (button) {
+        const message = room.messages.get(Number(node.dataset.seq));
+        if (message) this.act(button.dataset.action, message, button);
+        return;
+      }
+      const quote = event.target.closest('.quote');
+      if (quote) this.showMessage(quote.dataset.replyTo);
     });
     $('#messages').addEventListener('scroll', (event) => {
       if (event.target.scrollTop < 60) this.loadOlder().catch((err) => console.warn('history:', err));

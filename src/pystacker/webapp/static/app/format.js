@@ -27,9 +27,16 @@ export function parseUserIds(text) {
   return [...new Set(ids)];
 }
 
+/** What a recalled message shows instead of its content. */
+export const RECALLED_TEXT = 'Message recalled';
+
+/** The emoji a message can be given from its React menu (any emoji others sent shows too). */
+export const REACTION_EMOJI = Object.freeze(['👍', '❤️', '😂', '🎉', '😮']);
+
 /** The one line a room list shows of a message. */
 export function previewOf(message) {
   if (!message) return 'No messages yet';
+  if (message.recalled) return RECALLED_TEXT;
   if (message.text !== null && message.text !== undefined) return message.text;
   if (message.preview) return message.preview;
   return `[${message.type || 'message'}]`;
@@ -49,4 +56,11 @@ export function ownState(message, othersRead) {
   if (message.state === 'sending' || message.state === 'failed') return message.state;
   if (message.seq > 0 && othersRead >= message.seq) return 'read';
   return message.state || 'accepted';
+}
+
+/** The line of a reply's quote: the start of the quoted text, or what became of it. */
+export function quoteText(quote) {
+  if (!quote) return '';
+  if (quote.recalled) return RECALLED_TEXT;
+  return quote.preview || 'Message';
 }
