@@ -37,6 +37,12 @@ def _id(frame: dict[str, Any], key: str) -> int:
     return _int(frame.get(twin) or frame.get(key))
 
 
+def _text(content_type: str, payload: dict[str, Any]) -> str | None:
+    """A text content's words (None for other content types)."""
+    value = payload.get("text") if content_type == "text" else None
+    return value if isinstance(value, str) else None
+
+
 @dataclass(frozen=True, slots=True)
 class Quote:
     """What a reply quotes (a `chat` frame's `reply_to`): the original's id and sender and a short
@@ -93,8 +99,7 @@ class ChatMessage:
 
     @property
     def text(self) -> str | None:
-        value = self.payload.get("text") if self.content_type == "text" else None
-        return value if isinstance(value, str) else None
+        return _text(self.content_type, self.payload)
 
     @property
     def content(self) -> dict[str, Any]:
@@ -136,8 +141,7 @@ class EditEvent:
 
     @property
     def text(self) -> str | None:
-        value = self.payload.get("text") if self.content_type == "text" else None
-        return value if isinstance(value, str) else None
+        return _text(self.content_type, self.payload)
 
     @property
     def content(self) -> dict[str, Any]:
