@@ -148,25 +148,31 @@ class MessageChanges:
     async def react(self, caller: int, message_id: int, emoji: str, on: bool, client_msg_id: str | None,
                     device_id: str) -> Change:
         check_emoji(emoji)
-        for _ in range(CHANGE_ATTEMPTS):
-            target, members = await self.message(caller, message_id)
-            record = await self.engine.messages.revision(target.room_id, target.msg_id)
-            revision = Revision.decode(record, target)
-            if revision.recalled:
-                probe = self._event(caller, target, REACTION, reaction_content(target, emoji, on, 0), client_msg_id)
-                return await self._refuse(probe, Conflict("the message was recalled"))
-            try:
-                changed, count = await self.store.set_reaction(target.msg_id, target.room_id, caller, emoji, on,
-                                                               max_emoji=MAX_EMOJI_PER_MESSAGE)
-            except TooManyReactions:
-                raise Conflict(f"a message has at most {MAX_EMOJI_PER_MESSAGE} different reactions") from None
-            event = self._event(caller, target, REACTION, reaction_content(target, emoji, on, count), client_msg_id)
-            if not changed:
-                # Already so: nobody needs telling, unless this is the retry of a request that made
-                # the change (then its first answer).
-                first = None if client_msg_id is None else await self.engine.messages.append_event(
-                    event, TargetChange(target.msg_id, NEVER, NEVER))
-                return Change(first, target, count)
+        target, members = await self.message(caller, message_id)
+        record = await self.engine.messages.revision(target.room_id, target.msg_id)
+        if Revision.decode(record, target).recalled:
+            probe = self._event(caller, target, REACTION, reaction_content(target, emoji, on, 0), client_msg_id)
+            return await self._refuse(probe, Conflict("the message was recalled"))
+        # The row is written once; only the event's append is tried again below.
+        try:
+            changed, count = await self.store.set_reaction(target.msg_id, target.room_id, caller, emoji, on,
+                                                           max_emoji=MAX_EMOJI_PER_MESSAGE)
+        except TooManyReactions:
+            raise Conflict(f"a message has at most {MAX_EMOJI_PER_MESSAGE} different reactions") from None
+        event = self._event(caller, target, REACTION, reaction_content(target, emoji, on, count), client_msg_id)
+        if not changed:
+            # Already so: nobody needs telling, unless this is the retry of a request that made
+            # the change (then its first answer).
+            first = None if client_msg_id is None else await self.engine.messages.append_event(
+                event, TargetChange(target.msg_id, NEVER, NEVER))
+            return Change(first, target, count)
+        for attempt in range(CHANGE_ATTEMPTS):
+            if attempt:
+                record = await self.engine.messages.revision(target.room_id, target.msg_id)
+                if Revision.decode(record, target).recalled:
+                    # Recalled meanwhile: its reactions go with it, this one too.
+                    await self.store.clear_reactions(target.msg_id)
+                    raise Conflict("the message was recalled")
             # The record stays as it was: reactions do not conflict with each other, only with a
             # recall or an edit that came between the read and the append.
             appended = await self.engine.messages.append_event(event, TargetChange(

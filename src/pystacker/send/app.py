@@ -35,7 +35,7 @@ def new_send_service(runtime: Runtime) -> SendService:
                     queue_size=config.send_dispatcher.gateway_queue_size, read_marks=parts.reading.marks,
                     notifier=notifier)
     return SendService(runtime.engine, parts.store, parts.members, fanout, runtime.ids, reading=parts.reading,
-                       rosters=parts.rosters, edit_window_s=config.limits.edit_window_s,
+                       rosters=parts.rosters, history=parts.history, edit_window_s=config.limits.edit_window_s,
                        recall_window_s=config.limits.recall_window_s)
 
 

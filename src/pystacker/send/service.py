@@ -35,7 +35,7 @@ MAX_HISTORY_PAGE = 200
 
 class SendService:
     def __init__(self, engine: Engine, store: MessageStore, members: MembershipCache, fanout: Fanout,
-                 ids: Snowflake, *, reading: ReadState, rosters: RosterBook, edit_window_s: int = 172_800,
+                 ids: Snowflake, *, reading: ReadState, rosters: RosterBook, history: History, edit_window_s: int = 172_800,
                  recall_window_s: int = 120) -> None:
         self.engine = engine
         self.store = store
@@ -43,7 +43,7 @@ class SendService:
         self.fanout = fanout
         self.ids = ids
         self.reading = reading
-        self.history = History(engine.messages, store)
+        self.history = history  # the process's one reader of the log (identical reads share a query)
         self.changes = MessageChanges(engine, self.history, store, rosters, ids, require_member=self.require_member,
                                       push=self._push_event, edit_window_s=edit_window_s,
                                       recall_window_s=recall_window_s)
