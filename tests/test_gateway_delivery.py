@@ -1,15 +1,21 @@
 """The gateway's two ways to a socket, the writer task (catch-up, gap fill, a busy socket) and the
 fast path (the next message of a room, written from `offer`), hand over without reordering or
-repeating: whatever order the inbox entries come in, the client reads each message once, in seq order."""
+repeating: whatever order the inbox entries come in, the client reads each message once, in seq order.
+And the connection's own heartbeat keeps GoStacker's ping and pong deadline."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import aiohttp
 import pytest
 
 from pystacker.messaging.frames import PushEntry
-from tests.ws import Api, make_room, open_api, send_http
+from tests.conftest import embedded_system
+from tests.ws import Api, make_room, open_api, poll, send_http
 
 
 @pytest.fixture
@@ -39,3 +45,36 @@ async def test_entries_out_of_order_and_repeated_reach_the_socket_once_in_seq_or
     assert seqs == [1, 2, 3, 4, 5, 6]
     assert frame["id"] == marker["msgID"]
     await bob_ws.close()
+
+
+async def test_the_heartbeat_keeps_a_client_that_answers_and_drops_one_that_does_not(tmp_path: Path) -> None:
+    """GoStacker's contract, kept by the connection itself: a ping after `ping_interval` of silence,
+    and a client not heard from for `pong_deadline` dropped without a close frame (1006)."""
+    async with embedded_system(tmp_path, websocket={"ping_interval": 0.2, "pong_deadline": 0.6}) as system, \
+            open_api(system) as api:
+        hearing, deaf = await api.users(2, "beat")
+        answering = await api.connect(hearing, autoping=False)
+        # It answers every ping, for seven ping intervals; anything else (a close) fails the test.
+        listening = asyncio.create_task(answer_pings(answering.ws, time.monotonic() + 1.4))
+        silent = await api.connect(deaf, autoping=False)  # reads, and never answers
+        ping = await silent.ws.receive(timeout=5)
+        assert ping.type is aiohttp.WSMsgType.PING and ping.data == b""
+        assert await silent.wait_closed(timeout=5) == 1006
+        await poll(lambda: deaf.id not in api.gateway_service.users)
+        assert await listening >= 2
+        assert hearing.id in api.gateway_service.users and not answering.ws.closed
+        await answering.close()
+
+
+async def answer_pings(ws: aiohttp.ClientWebSocketResponse, deadline: float) -> int:
+    """Answer the server's pings until `deadline`; returns how many came. Anything else is an error."""
+    pings = 0
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            message = await ws.receive(timeout=left)
+        except TimeoutError:
+            break
+        assert message.type is aiohttp.WSMsgType.PING, message
+        await ws.pong(message.data)
+        pings += 1
+    return pings

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pystacker.gateway.delivery import State
 from pystacker.messaging.frames import CloseCode
 from tests.conftest import embedded_system
 from tests.ws import Api, Client, Closed, dedup, make_room, open_api, poll, send_http
@@ -181,7 +182,7 @@ async def test_same_gateway_reconnect_keeps_the_new_socket(api: Api) -> None:
     await new.collect(STREAM - len(old.unique(room_id)) + 1, room_id=room_id, timeout=10)
 
     # GoStacker tore the new connection down when the old one's read loop ended: ours stays
-    await poll(lambda: old_conn.ws.closed and old_conn._writer is None)  # the old one is fully gone
+    await poll(lambda: old_conn.transport.is_closing() and old_conn.state is State.CLOSED)  # the old one is fully gone
     assert gateway.connection(bob.id) is new_conn and not new.ws.closed
     routes = await api.system.runtime.engine.registry.get_routes([bob.id])
     assert routes[bob.id].status == "connected"

@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pystacker.engine.base import DEFAULT_DEVICE
-from pystacker.gateway.connection import RawFrame, RoomPush
+from pystacker.gateway.delivery import DeliveryCore, Offer, RawFrame, RoomPush
 from pystacker.messaging.acks import EntryTracker
 from pystacker.messaging.typing_signals import TYPING_INTERVAL, TypingPacer
 from pystacker.observability.metrics import GatewayMetrics
@@ -77,18 +76,15 @@ def test_the_pacer_lets_one_signal_per_user_and_room_per_interval() -> None:
 
 
 def test_a_connection_more_than_half_full_sheds_typing_first() -> None:
-    """The queue rule itself, on a connection whose writer has not started (so nothing leaves the
-    queue): typing goes in while the queue is at most half full, is dropped past that, and messages
-    still go in up to the bound."""
-    from pystacker.gateway.connection import Connection
-
-    conn = Connection(7, None, queue_size=10, history=None, cursors=None, tracker=EntryTracker(),  # type: ignore[arg-type]
-                      device_id=DEFAULT_DEVICE, metrics=GatewayMetrics("test-typing"))
+    """The queue rule itself, in the delivery core of a connection that has not started writing (so
+    nothing leaves the queue): typing goes in while the queue is at most half full, is dropped past
+    that, and messages still go in up to the bound."""
+    core = DeliveryCore(7, queue_size=10, tracker=EntryTracker(), metrics=GatewayMetrics("test-typing"))
     typing = RawFrame('{"type":"typing"}', sheddable=True)
-    assert conn.offer(typing) and len(conn.queue) == 1
+    assert core.offer(typing) is Offer.QUEUED and len(core.queue) == 1
     for seq in range(1, 5):
-        assert conn.offer(RoomPush(1, seq, "{}"))
-    assert conn.offer(typing) and len(conn.queue) == 6  # 5 of 10: not more than half
-    assert conn.offer(RoomPush(1, 5, "{}"))
-    assert conn.offer(typing) and len(conn.queue) == 7  # 6 of 10: shed
-    assert conn.offer(RawFrame('{"type":"ack"}')) and len(conn.queue) == 8  # the others still go in
+        assert core.offer(RoomPush(1, seq, "{}")) is Offer.QUEUED
+    assert core.offer(typing) is Offer.QUEUED and len(core.queue) == 6  # 5 of 10: not more than half
+    assert core.offer(RoomPush(1, 5, "{}")) is Offer.QUEUED
+    assert core.offer(typing) is Offer.DROPPED and len(core.queue) == 7  # 6 of 10: shed
+    assert core.offer(RawFrame('{"type":"ack"}')) is Offer.QUEUED and len(core.queue) == 8  # the others still go in

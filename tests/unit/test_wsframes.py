@@ -1,6 +1,6 @@
 """The gateway's prebuilt frames, written straight to a server socket, read back through a real
 WebSocket client as the same text messages, in every header length form; its prebuilt ping is
-answered by the client with a pong echoing the token."""
+answered by the client with a pong echoing the token, and its prebuilt pong answers a client's ping."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
-from pystacker.gateway.wsframes import ping_frame, text_frame
+from pystacker.gateway.wsframes import ping_frame, pong_frame, text_frame
 from pystacker.web.server import Listener, Servers, bind_socket
 
 SIZES = [0, 1, 125, 126, 65535, 65536, 200_000]
@@ -74,6 +74,23 @@ async def test_a_prebuilt_ping_is_answered_with_its_token() -> None:
         reader = asyncio.ensure_future(ws.receive())
         assert await asyncio.wait_for(pongs.get(), 10) == b"probe-17"
         reader.cancel()
+
+
+async def test_a_prebuilt_pong_answers_a_clients_ping() -> None:
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(compress=False, autoping=False)
+        await ws.prepare(request)
+        assert request.transport is not None
+        async for message in ws:
+            if message.type is WSMsgType.PING:
+                request.transport.write(pong_frame(message.data))
+        return ws
+
+    async with _serving(handler) as url, aiohttp.ClientSession() as session, \
+            session.ws_connect(url, autoping=False) as ws:
+        await ws.ping(b"are you there")
+        message = await ws.receive(timeout=10)
+        assert (message.type, message.data) == (WSMsgType.PONG, b"are you there")
 
 
 def test_a_ping_token_longer_than_a_control_frame_allows_is_refused() -> None:

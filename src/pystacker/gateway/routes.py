@@ -10,6 +10,7 @@ from pystacker.engine.base import DEFAULT_DEVICE
 from pystacker.gateway.client_frames import ClientFrames
 from pystacker.gateway.connection import Connection, RawFrame
 from pystacker.gateway.service import GatewayService
+from pystacker.gateway.transport import AiohttpTransport
 from pystacker.messaging.devices import DEVICE_ID_PATTERN, Devices
 from pystacker.messaging.fields import INT64_MAX
 from pystacker.messaging.frames import PushEntry, decode_entry, encode, error_frame, system_frame
@@ -34,11 +35,13 @@ PUSH_ENTRY = {
 
 
 class WebSocketSettings:
+    """GoStacker's heartbeat contract: a ping after `ping_interval` s of silence, and the socket
+    dropped `pong_deadline` s after the client was last heard from. The connection's delivery core
+    keeps it (gateway/delivery.py, DeliveryCore.heartbeat), the same for every transport."""
+
     def __init__(self, ping_interval: float, pong_deadline: float) -> None:
         self.ping_interval = ping_interval
-        # aiohttp pings every `heartbeat` seconds and waits this long for the pong; GoStacker's
-        # contract is a ping every 54 s and a 60 s deadline from the previous pong.
-        self.pong_wait = max(pong_deadline - ping_interval, 1.0)
+        self.pong_deadline = max(pong_deadline, ping_interval + 1.0)
 
 
 class GatewayRoutes:
@@ -79,21 +82,28 @@ class GatewayRoutes:
         if not self.service.accepting or not self.service.has_capacity():
             return web.Response(status=503)  # GoStacker: 503 with an empty body
         cursors = await self.devices.cursors_for(user_id, device_id)
-        ws = web.WebSocketResponse(heartbeat=self.ws_settings.ping_interval, max_msg_size=MAX_FRAME_BYTES,
-                                   compress=False, autoping=False)  # pongs confirm delivery: see Connection
+        # No aiohttp heartbeat and no autoping: the connection pings and answers pings itself, and
+        # the pongs of its probes confirm delivery (see Connection).
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, compress=False, autoping=False)
         if not ws.can_prepare(request).ok:
             raise ApiError(400, "expected a WebSocket upgrade request")
         await ws.prepare(request)
-        ws._pong_heartbeat = self.ws_settings.pong_wait  # noqa: SLF001 - see WebSocketSettings
-        conn = Connection(user_id, ws, queue_size=self.service.settings.queue_size, history=self.history,
+        try:
+            transport = AiohttpTransport(request, ws)
+        except ConnectionResetError:
+            return ws  # the client left during the upgrade
+        conn = Connection(user_id, transport, queue_size=self.service.settings.queue_size, history=self.history,
                           cursors=cursors, tracker=self.service.tracker, device_id=device_id,
-                          transport=request.transport, metrics=self.service.metrics)
-        # `?acks=1`: the client acknowledges what it read, so its acks alone move its cursor, from the
-        # first frame on (a message written into a socket that dies unread is then sent again).
-        conn.client_acks = request.query.get("acks") == "1"
-        # `?events=1`: the client knows PyStacker's frames (read, typing, room events); without it,
-        # only GoStacker's types are sent (messaging/frames.py, gostacker_event_frame).
-        conn.events = request.query.get("events") == "1"
+                          metrics=self.service.metrics,
+                          # `?acks=1`: the client acknowledges what it read, so its acks alone move its
+                          # cursor, from the first frame on (a message written into a socket that dies
+                          # unread is then sent again).
+                          client_acks=request.query.get("acks") == "1",
+                          # `?events=1`: the client knows PyStacker's frames (read, typing, room
+                          # events); without it, only GoStacker's types are sent (messaging/frames.py,
+                          # gostacker_event_frame).
+                          events=request.query.get("events") == "1",
+                          ping_interval=self.ws_settings.ping_interval, pong_deadline=self.ws_settings.pong_deadline)
         self.service.metrics.connects.inc()
         self.service.metrics.connections.inc()
         try:
@@ -102,12 +112,13 @@ class GatewayRoutes:
                 welcome["device_id"] = device_id
             await self.service.attach(conn, catch_up=request.query.get("catchup") != "0", welcome=welcome)
             async for message in ws:
+                conn.heard()
                 if message.type is WSMsgType.TEXT:
                     await self.frames.handle(conn, message.data)
                 elif message.type is WSMsgType.PONG:
                     conn.pong_received(message.data)
                 elif message.type is WSMsgType.PING:
-                    await ws.pong(message.data)
+                    conn.ping_received(message.data)
                 elif message.type is WSMsgType.BINARY:
                     conn.metrics.frame_in("binary")
                     conn.offer(RawFrame(encode(error_frame(400, "binary frames are not supported; send JSON text"))))

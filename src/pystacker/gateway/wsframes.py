@@ -13,6 +13,7 @@ import struct
 
 OPCODE_TEXT = 0x1
 OPCODE_PING = 0x9
+OPCODE_PONG = 0xA
 _FIN = 0x80
 
 
@@ -26,6 +27,13 @@ def ping_frame(token: bytes) -> bytes:
     if len(token) > 125:
         raise ValueError("a ping carries at most 125 bytes")
     return _frame(OPCODE_PING, token)
+
+
+def pong_frame(data: bytes) -> bytes:
+    """The answer to a client's ping: a pong echoing its data (a control frame: at most 125 bytes)."""
+    if len(data) > 125:
+        raise ValueError("a pong carries at most 125 bytes")
+    return _frame(OPCODE_PONG, data)
 
 
 def _frame(opcode: int, data: bytes) -> bytes:
