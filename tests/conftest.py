@@ -103,22 +103,6 @@ async def system(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
 
 
 @pytest.fixture(scope="session")
-async def picows_system(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """The embedded system with its WebSocket endpoint on picows (a listener of its own)."""
-    async with embedded_system(tmp_path_factory.mktemp("embedded-picows"), websocket={"transport": "picows"}) as embedded:
-        yield embedded
-
-
-WS_TRANSPORTS = ["aiohttp", "picows"]
-
-
-@pytest.fixture(params=WS_TRANSPORTS)
-def delivery_system(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    """The embedded system once per WebSocket transport: the delivery suite runs against each."""
-    return request.getfixturevalue("system" if request.param == "aiohttp" else "picows_system")
-
-
-@pytest.fixture(scope="session")
 async def distributed_mariadb(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """A fresh MariaDB database for the tests of deployments as processes, dropped at the end."""
     url = await databases.create_database("mariadb", tmp_path_factory.mktemp("dist-db"))

@@ -52,8 +52,8 @@ FLOOD_FRAMES = max(2000, FUZZ_EXAMPLES * 100)
 
 
 @pytest.fixture
-async def api(delivery_system) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
-    async with open_api(delivery_system) as api:  # once per WebSocket transport
+async def api(system) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
+    async with open_api(system) as api:
         yield api
 
 
@@ -375,14 +375,13 @@ class RawSocket:
 CLOSED_AS_PROTOCOL_ERROR = ("close", CLOSE_PROTOCOL_ERROR)
 # aiohttp does not insist on the client's mask (RFC 6455 says a server must close): the frame is read
 # as it is. Masking protects proxies from cache poisoning, not the server; the frame is answered.
-# picows closes with 1002, as the RFC says.
 ANSWERED_WITH_PONG = ("text", "pong")
 UNMASKED = "an unmasked client frame"
 
 
 def protocol_violations(rng: random.Random) -> list[tuple[str, Callable[[RawSocket], None]]]:
     """Frames RFC 6455 forbids a client to send: each ends in a close 1002 (protocol error), except
-    UNMASKED on aiohttp (see ANSWERED_WITH_PONG)."""
+    UNMASKED (see ANSWERED_WITH_PONG)."""
     text = b'{"type":"ping"}'
     return [
         (f"reserved opcode {op:#x}", lambda s, op=op: s.send(op, rng.randbytes(rng.randrange(20))))
@@ -403,7 +402,7 @@ def protocol_violations(rng: random.Random) -> list[tuple[str, Callable[[RawSock
 async def test_a_fragmented_message_with_a_ping_between_its_fragments_is_one_message(fuzzing: Fuzzing) -> None:
     """RFC 6455 5.4: a message may come in fragments, with control frames between them. The server
     answers the ping at once and the message once it is whole."""
-    raw = await RawSocket.open(fuzzing.api.ws_base, fuzzing.fuzzer.token)
+    raw = await RawSocket.open(fuzzing.api.gateway_url, fuzzing.fuzzer.token)
     try:
         opcode, welcome = await asyncio.wait_for(raw.read_frame(), REPLY_DEADLINE)
         assert opcode == 0x1 and orjson.loads(welcome)["type"] == "system", welcome
@@ -423,7 +422,7 @@ async def test_a_fragmented_message_with_a_ping_between_its_fragments_is_one_mes
 async def test_protocol_violations_close_with_1002(fuzzing: Fuzzing, server_errors: Callable[[], list[str]]) -> None:
     rng = random.Random(FUZZ_SEED + 3)
     for name, violate in protocol_violations(rng):
-        raw = await RawSocket.open(fuzzing.api.ws_base, fuzzing.fuzzer.token)
+        raw = await RawSocket.open(fuzzing.api.gateway_url, fuzzing.fuzzer.token)
         try:
             opcode, welcome = await asyncio.wait_for(raw.read_frame(), REPLY_DEADLINE)
             assert opcode == 0x1 and orjson.loads(welcome)["type"] == "system", welcome
@@ -433,7 +432,7 @@ async def test_protocol_violations_close_with_1002(fuzzing: Fuzzing, server_erro
                 kind, value = await raw.outcome()
             except TimeoutError:
                 raise AssertionError(f"{name}: neither an answer nor a close within {REPLY_DEADLINE}s") from None
-            if name == UNMASKED and fuzzing.api.system.config.websocket.transport == "aiohttp":
+            if name == UNMASKED:
                 assert (kind, value.get("type") if kind == "text" else value) == ANSWERED_WITH_PONG, (name, kind, value)
             else:
                 assert (kind, value) == CLOSED_AS_PROTOCOL_ERROR, (name, kind, value)

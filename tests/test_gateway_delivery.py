@@ -14,13 +14,13 @@ import aiohttp
 import pytest
 
 from pystacker.messaging.frames import PushEntry
-from tests.conftest import WS_TRANSPORTS, embedded_system
+from tests.conftest import embedded_system
 from tests.ws import Api, make_room, open_api, poll, send_http
 
 
 @pytest.fixture
-async def api(delivery_system) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
-    async with open_api(delivery_system) as api:  # once per WebSocket transport
+async def api(system) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
+    async with open_api(system) as api:
         yield api
 
 
@@ -47,13 +47,11 @@ async def test_entries_out_of_order_and_repeated_reach_the_socket_once_in_seq_or
     await bob_ws.close()
 
 
-@pytest.mark.parametrize("transport", WS_TRANSPORTS)
-async def test_the_heartbeat_keeps_a_client_that_answers_and_drops_one_that_does_not(tmp_path: Path,
-                                                                                    transport: str) -> None:
+async def test_the_heartbeat_keeps_a_client_that_answers_and_drops_one_that_does_not(tmp_path: Path) -> None:
     """GoStacker's contract, kept by the connection itself: a ping after `ping_interval` of silence,
     and a client not heard from for `pong_deadline` dropped without a close frame (1006)."""
-    settings = {"ping_interval": 0.2, "pong_deadline": 0.6, "transport": transport}
-    async with embedded_system(tmp_path, websocket=settings) as system, open_api(system) as api:
+    async with embedded_system(tmp_path, websocket={"ping_interval": 0.2, "pong_deadline": 0.6}) as system, \
+            open_api(system) as api:
         hearing, deaf = await api.users(2, "beat")
         answering = await api.connect(hearing, autoping=False)
         # It answers every ping, for seven ping intervals; anything else (a close) fails the test.

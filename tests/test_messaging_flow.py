@@ -12,15 +12,15 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from tests.client import Http, new_user
+from tests.client import new_user
 from tests.ws import Api, connect, make_room, open_api, poll, send_http, text, ws_url
 
 GOSTACKER_KEYS = {"id", "type", "room_id", "sender_id", "payload"}
 
 
 @pytest.fixture
-async def api(delivery_system) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
-    async with open_api(delivery_system) as api:  # once per WebSocket transport
+async def api(system) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
+    async with open_api(system) as api:
         yield api
 
 
@@ -45,7 +45,7 @@ async def test_gostacker_client_flow(api: Api) -> None:
         assert answer.msg == "available"
         assert isinstance(answer.data["address"], str) and isinstance(answer.data["port"], int)
     gateway = f"http://{with_id.data['address']}:{with_id.data['port']}"
-    assert gateway == api.ws_base  # the gateway's port, or picows' listener
+    assert gateway == api.gateway_url
 
     # WebSocket with the Bearer header; connect() checks the welcome, here its exact GoStacker shape
     a = await connect(api.session, gateway, alice, welcome=False)
@@ -108,18 +108,18 @@ UPGRADE_HEADERS = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSock
     {"params": {"token": "not-a-jwt"}}])
 async def test_websocket_auth_refused_before_upgrade(api: Api, auth: dict) -> None:
     headers = {**UPGRADE_HEADERS, **auth.get("headers", {})}
-    async with api.session.get(ws_url(api.ws_base), headers=headers, params=auth.get("params")) as response:
+    async with api.session.get(ws_url(api.gateway_url), headers=headers, params=auth.get("params")) as response:
         assert response.status == 401
         body = await response.json(content_type=None)
     assert body["code"] == 401 and isinstance(body["msg"], str) and body["msg"]
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-        await api.session.ws_connect(ws_url(api.ws_base), headers=auth.get("headers"), params=auth.get("params"))
+        await api.session.ws_connect(ws_url(api.gateway_url), headers=auth.get("headers"), params=auth.get("params"))
     assert refused.value.status == 401
 
 
 async def test_plain_get_with_valid_token_is_400(api: Api) -> None:
     (user,) = await api.users(1, "plain")
-    answer = await Http(api.ws_base, api.session).get("/api/ws", token=user.token)
+    answer = await api.gateway.get("/api/ws", token=user.token)
     assert answer.status == 400
     assert user.id not in api.gateway_service.users
 

@@ -16,8 +16,8 @@ from tests.ws import Api, chats_of, make_room, open_api, poll, send_http
 
 
 @pytest.fixture
-async def api(delivery_system) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
-    async with open_api(delivery_system) as api:  # once per WebSocket transport
+async def api(system) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
+    async with open_api(system) as api:
         yield api
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from pystacker.gateway.delivery import State
 from pystacker.messaging.frames import CloseCode
-from tests.conftest import WS_TRANSPORTS, embedded_system
+from tests.conftest import embedded_system
 from tests.ws import Api, Client, Closed, dedup, make_room, open_api, poll, send_http
 
 STREAM = 200
@@ -20,8 +20,8 @@ AWAY = 8  # messages sent while it is away, before it reconnects
 
 
 @pytest.fixture
-async def api(delivery_system) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
-    async with open_api(delivery_system) as api:  # once per WebSocket transport
+async def api(system) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
+    async with open_api(system) as api:
         yield api
 
 
@@ -283,12 +283,11 @@ async def _saved(cursors, user_id: int, room_id: int, seq: int) -> bool:  # type
     return (await cursors.get(user_id, [room_id])).get(room_id) == seq
 
 
-@pytest.mark.parametrize("transport", WS_TRANSPORTS)
-async def test_a_socket_upgraded_while_the_gateway_drains_is_closed_with_1001(tmp_path: Path, transport: str) -> None:
+async def test_a_socket_upgraded_while_the_gateway_drains_is_closed_with_1001(tmp_path: Path) -> None:
     """The drain (close_connections) sweeps the registered sockets; one whose upgrade was still
     under way is registered after the sweep and must be closed too, at once: left open, it held the
     server's shutdown until aiohttp's timeout, and its client saw 1006 instead of 1001."""
-    async with embedded_system(tmp_path, websocket={"transport": transport}) as system, open_api(system) as api:
+    async with embedded_system(tmp_path) as system, open_api(system) as api:
         (alice,) = await api.users(1, "dr")
         gateway = api.gateway_service
         entered, release = asyncio.Event(), asyncio.Event()

@@ -273,15 +273,8 @@ class Api:
             return User(user_id, username, "password-1", self.system.runtime.tokens.issue(user_id, username))
         return list(await asyncio.gather(*(one() for _ in range(count))))
 
-    @property
-    def ws_base(self) -> str:
-        """Where clients reach the gateway's WebSocket: what it advertises in the registry (its HTTP
-        port with aiohttp; picows' own listener with `websocket.transport: picows`)."""
-        info = self.gateway_service.presence.info
-        return f"http://{info.address}:{info.port}"
-
     async def connect(self, user: User, **kwargs: Any) -> Client:
-        return await connect(self.session, self.ws_base, user, **kwargs)
+        return await connect(self.session, self.gateway_url, user, **kwargs)
 
     async def settle(self, client: Client, timeout: float = DEFAULT_TIMEOUT) -> None:
         """Read until the gateway has confirmed every frame it wrote to this client. A client that

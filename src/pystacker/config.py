@@ -204,11 +204,6 @@ class WebSocketConfig(Section):
 
     ping_interval: float = Field(54.0, gt=0)
     pong_deadline: float = Field(60.0, gt=0)
-    # The stack that serves the gateway's /api/ws: aiohttp on the gateway's port, or picows (compiled)
-    # on a listener of its own at `port` (0: a free one), which the registry then advertises; the
-    # gateway's HTTP routes stay on aiohttp (gateway/picows_endpoint.py).
-    transport: Literal["aiohttp", "picows"] = "aiohttp"
-    port: int = Field(0, ge=0, le=65535)
 
 
 class LimitsConfig(Section):

@@ -1,5 +1,4 @@
-"""Assemble a gateway: WebSocket endpoint (aiohttp's, or picows' on a listener of its own), inbox
-consumer, registry entry."""
+"""Assemble a gateway: WebSocket endpoint, inbox consumer, registry entry."""
 
 from __future__ import annotations
 
@@ -8,9 +7,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from pystacker.gateway.client_frames import ClientFrames
-from pystacker.gateway.picows_endpoint import PicowsEndpoint
 from pystacker.gateway.presence_watch import PresenceWatch
-from pystacker.gateway.routes import MAX_FRAME_BYTES, GatewayRoutes, WebSocketSettings
+from pystacker.gateway.routes import GatewayRoutes, WebSocketSettings
 from pystacker.gateway.service import GatewayService, GatewaySettings
 from pystacker.messaging.typing_signals import TypingSignals
 from pystacker.registry.presence import GatewayPresence
@@ -18,7 +16,7 @@ from pystacker.registry.service import RegistryService
 from pystacker.runtime import Runtime
 from pystacker.send.app import new_send_service
 from pystacker.web.health import install_health
-from pystacker.web.server import bind_socket, bound_port, new_app
+from pystacker.web.server import new_app
 from pystacker.webapp.pages import install_browser_pages
 
 GATEWAY_SERVICE = web.AppKey("gateway_service", GatewayService)
@@ -35,11 +33,7 @@ def build_gateway_app(runtime: Runtime, *, port: int) -> web.Application:
     app = new_app("gateway", max_body_bytes=config.limits.max_body_bytes, credentials=runtime.credentials)
     install_health(app, "gateway", runtime.readiness_checks())
     install_browser_pages(app, "gateway", config.web)
-    # With picows, /api/ws has a listener of its own, bound now so that the registry advertises its
-    # real port (0 picks a free one); clients that ask the registry for a gateway connect there.
-    ws_sock = bind_socket(config.host, config.websocket.port) if config.websocket.transport == "picows" else None
-    presence = GatewayPresence(runtime.engine.registry, gateway_id, config.address,
-                               port if ws_sock is None else bound_port(ws_sock),
+    presence = GatewayPresence(runtime.engine.registry, gateway_id, config.address, port,
                                config.dispatcher.max_connections, lambda: service.connection_count,
                                ttl=config.registry.gateway_heartbeat_timeout,
                                interval=config.registry.gateway_heartbeat_interval)
@@ -61,16 +55,11 @@ def build_gateway_app(runtime: Runtime, *, port: int) -> web.Application:
     ws_settings = WebSocketSettings(config.websocket.ping_interval, config.websocket.pong_deadline)
     GatewayRoutes(service, frames, parts.history, parts.devices, ws_settings).install(app)
     app[GATEWAY_SERVICE] = service
-    endpoint = None if ws_sock is None else PicowsEndpoint(
-        service, frames, parts.history, parts.devices, runtime.tokens, ping_interval=ws_settings.ping_interval,
-        pong_deadline=ws_settings.pong_deadline, max_frame_bytes=MAX_FRAME_BYTES)
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         await parts.members.listen(runtime.engine.bus)
         sender.fanout.start()
         await service.start()
-        if endpoint is not None and ws_sock is not None:
-            await endpoint.start(ws_sock)
         yield
         await service.stop()
         await sender.fanout.drain(timeout=5.0)
@@ -81,8 +70,6 @@ def build_gateway_app(runtime: Runtime, *, port: int) -> web.Application:
         # them, and runs the cleanup above only after that: without this, clients got 1006 after the
         # timeout instead of 1001 at once.
         await service.close_connections()
-        if endpoint is not None:
-            await endpoint.stop()  # the picows sessions end with their sockets
 
     app.on_shutdown.append(close_sockets)
     app.cleanup_ctx.append(lifecycle)

@@ -84,11 +84,7 @@ class TokenService:
 
 
 def bearer_token(request: web.Request) -> str:
-    return bearer_of(request.headers.get("Authorization"))
-
-
-def bearer_of(header: str | None) -> str:
-    """The token of an `Authorization: Bearer <token>` header; ApiError(401) with GoStacker's texts."""
+    header = request.headers.get("Authorization")
     if not header:
         raise ApiError(401, "Authorization header is required")
     scheme, _, token = header.partition(" ")
