@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pystacker.messaging.frames import PushEntry
+from pystacker.messaging.model import PushEntry
 from tests.ws import Api, make_room, open_api, send_http
 
 

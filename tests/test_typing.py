@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pystacker.engine.base import DEFAULT_DEVICE
 from pystacker.gateway.connection import RawFrame, RoomPush
 from pystacker.messaging.acks import EntryTracker
+from pystacker.messaging.model import DEFAULT_DEVICE
 from pystacker.messaging.typing_signals import TYPING_INTERVAL, TypingPacer
 from pystacker.observability.metrics import GatewayMetrics
 from tests.ws import Api, make_room, open_api

@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pystacker.messaging.model import DEFAULT_DEVICE, NewMessage, StoredMessage
+
 # -- inbox ------------------------------------------------------------------------------------------
 
 
@@ -73,41 +75,6 @@ class Inbox(Protocol):
 
 
 # -- messages ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class NewMessage:
-    msg_id: int  # snowflake, made by the send instance
-    room_id: int
-    sender_id: int
-    type: str  # content type: text, image, voice, file
-    content: dict[str, Any]  # the payload without its "type" key, as GoStacker stores and sends it
-    created_at_ms: int
-    client_msg_id: str | None = None
-    reply_to: int | None = None  # the message of the same room this one answers
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """One entry of a room's log: a message, or a room event about one (its `type` is then an event
-    type and `content` says what it did: messaging/lifecycle.py). A message's last four fields are its
-    state after the room's events: set by the edits and the recall that changed it."""
-
-    msg_id: int
-    room_id: int
-    seq: int
-    sender_id: int
-    type: str
-    content: dict[str, Any]
-    created_at_ms: int
-    client_msg_id: str | None = None
-    reply_to: int | None = None
-    edited_at_ms: int | None = None
-    recalled_by: int | None = None  # a tombstone: its content is gone
-    recalled_at_ms: int | None = None
-    # How many messages the room's log holds up to this entry (a room event adds none): unread
-    # counts are differences of it, so that edits and reactions never count as unread.
-    msg_no: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,9 +275,6 @@ class SendInfo:
     def to_json(self) -> dict[str, Any]:
         return {"instance_id": self.instance_id, "address": self.address, "port": self.port,
                 "last_heartbeat": self.last_heartbeat}
-
-
-DEFAULT_DEVICE = "default"  # the device of a connection that names none (every GoStacker client)
 
 
 @dataclass(slots=True)

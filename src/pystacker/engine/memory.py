@@ -34,7 +34,6 @@ from pystacker.engine.base import (
     InboxStats,
     LogEnd,
     MessageLog,
-    NewMessage,
     Registry,
     Roster,
     RosterConflict,
@@ -42,11 +41,11 @@ from pystacker.engine.base import (
     Rosters,
     SendInfo,
     SeqSeed,
-    StoredMessage,
     TargetChange,
     UserRoute,
 )
 from pystacker.engine.bus_handlers import HandlerTasks
+from pystacker.messaging.model import NewMessage, StoredMessage
 from pystacker.registry.device_routes import compose, expiry, record_ttl, with_device
 
 # -- inbox ------------------------------------------------------------------------------------------

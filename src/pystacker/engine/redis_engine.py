@@ -25,19 +25,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from pystacker.config import Config, RedisConfig
-from pystacker.engine.base import (
-    Appended,
-    Bus,
-    Cursors,
-    EngineSettings,
-    Inbox,
-    MessageLog,
-    NewMessage,
-    Registry,
-    Rosters,
-    SeqSeed,
-    UserRoute,
-)
+from pystacker.engine.base import Appended, Bus, Cursors, EngineSettings, Inbox, MessageLog, Registry, Rosters, SeqSeed, UserRoute
 from pystacker.engine.redis_bus import RedisBus
 from pystacker.engine.redis_common import IDLE_CHECK_SECONDS, Client, ReconnectingConnection, check_client, pipeline
 from pystacker.engine.redis_cursors import RedisCursors
@@ -46,6 +34,7 @@ from pystacker.engine.redis_keys import DEFAULT_PARTITIONS, RedisKeys
 from pystacker.engine.redis_messages import RedisMessageLog
 from pystacker.engine.redis_registry import RedisRegistry
 from pystacker.engine.redis_rosters import RedisRosters
+from pystacker.messaging.model import NewMessage
 from pystacker.observability.stores import time_engine_calls
 
 # A command answers within this or fails (a dead server must not hang a caller). Must stay above the

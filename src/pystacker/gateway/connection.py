@@ -40,11 +40,12 @@ from typing import Any, Protocol
 from aiohttp import web
 from aiohttp.http_writer import StreamWriter
 
-from pystacker.engine.base import DEFAULT_DEVICE, Cursors, StoredMessage
+from pystacker.engine.base import Cursors
 from pystacker.gateway.wsframes import ping_frame, text_frame
 from pystacker.messaging.acks import EntryTracker
-from pystacker.messaging.frames import CloseCode, PushEntry, batch_frame, encode, entry_frame, gostacker_event_frame
+from pystacker.messaging.frames import CloseCode, batch_frame, encode, entry_frame, gostacker_event_frame
 from pystacker.messaging.history import History
+from pystacker.messaging.model import DEFAULT_DEVICE, PushEntry, StoredMessage
 from pystacker.messaging.ordering import RoomSequencer, Verdict
 from pystacker.observability import tracing
 from pystacker.observability.metrics import GatewayMetrics, frame_type

@@ -15,11 +15,11 @@ import logging
 from collections.abc import Collection
 from typing import Any
 
-from pystacker.engine.base import DEFAULT_DEVICE, Engine, StoredMessage, UserRoute
+from pystacker.engine.base import Engine, UserRoute
 from pystacker.messaging.events import is_event
 from pystacker.messaging.fanout import inbox_entries
-from pystacker.messaging.frames import PushEntry
 from pystacker.messaging.handoff import Handoff
+from pystacker.messaging.model import DEFAULT_DEVICE, PushEntry, StoredMessage
 from pystacker.messaging.offline_notify import OfflineNotifier
 from pystacker.messaging.readstate import ReadMarks
 from pystacker.observability import metrics, tracing
