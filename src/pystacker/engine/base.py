@@ -283,7 +283,7 @@ class UserRoute:
     his most recent device's, with his other devices in `others` (registry/device_routes.py).
     Treated as immutable: changed with dataclasses.replace, never in place, so the memory engine
     hands out its stored records without copying them. (Not frozen: a frozen dataclass's __init__
-    costs about twice as much, and the Redis engine builds one per member per message.)"""
+    costs about twice as much, and the engines build one per route record they read.)"""
 
     user_id: int
     gateway_id: str
