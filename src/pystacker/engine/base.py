@@ -394,4 +394,11 @@ class Engine(Protocol):
         last seqs after writing his route) includes the message. One round trip where the store can
         run both in order on one connection."""
 
+    async def hand_on(self, entries: Sequence[tuple[str, bytes]], *, then: Sequence[tuple[str, bytes]] = (),
+                      read_marks: Sequence[tuple[int, int, int]] = ()) -> None:
+        """A message's push: inbox.add(entries), then inbox.add(then), whose entries are written only
+        after all of `entries` (the sender's ack goes there: it means "handed on"), then
+        read_marks.advance(read_marks). One round trip where the store can run them in order on one
+        connection."""
+
     async def close(self) -> None: ...

@@ -726,6 +726,15 @@ class MemoryEngine:
         appended = await self.messages.append(message)
         return appended, await self.registry.get_routes(user_ids)
 
+    async def hand_on(self, entries: Sequence[tuple[str, bytes]], *, then: Sequence[tuple[str, bytes]] = (),
+                      read_marks: Sequence[tuple[int, int, int]] = ()) -> None:
+        if entries:
+            await self.inbox.add(entries)
+        if then:
+            await self.inbox.add(then)
+        if read_marks:
+            await self.read_marks.advance(read_marks)
+
     async def ping(self) -> None:
         if self._closed:
             raise ConnectionError("the memory engine is closed")
