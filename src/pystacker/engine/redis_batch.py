@@ -3,11 +3,11 @@
 Each send of a loaded send instance makes two pipelines (the append with the routes, then the push),
 and a pipeline's cost is mostly its own, not its commands': a connection taken from the pool and given
 back, one write and one read on the socket, and redis-py's machinery around them. Sends that arrive
-together (a loaded instance reads several requests per turn) therefore share one: each caller queues
-its commands, and the batch goes out in the loop's next turn, or at once when it holds `max_callers`.
-Redis runs a connection's commands in order, so each caller's commands run in its own order, one
-after the other, as in a pipeline of its own; only callers that could already run at the same moment
-are batched, so nothing about their relative order is promised that was promised before.
+together (a loaded instance reads several requests per turn) therefore share one: each caller queues its
+commands, and the batch goes out once the loop has run everything that was ready, or at once when it
+holds `max_callers`. Redis runs a connection's commands in order, so each caller's commands run in its
+own order, one after the other, as in a pipeline of its own; only callers that could already run at the
+same moment are batched, so nothing about their relative order is promised that was promised before.
 
 A failure of the whole pipeline (the connection broke) fails every caller in it, as it would have failed
 each one's own pipeline; an error reply reaches only the caller whose command it answers.
@@ -31,37 +31,31 @@ class SharedPipeline:
         self._client = client
         self._max = max(max_callers, 1)
         self._waiting: list[tuple[Callable[[Any], None], asyncio.Future[list[Any]]]] = []
-        self._collecting = False  # a batch task is scheduled and takes what waits when it starts
-        self._batches: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references to tasks
+        self._scheduled = False
+        self._flushes: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references to tasks
 
     async def execute(self, queue: Callable[[Any], None]) -> list[Any]:
         """Run the commands that `queue(pipe)` adds to the pipeline; returns their replies in order, an
         error reply as its exception (as `execute(raise_on_error=False)` gives them)."""
-        reply: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[list[Any]] = loop.create_future()
         self._waiting.append((queue, reply))
         if len(self._waiting) >= self._max:
-            self._start(self._take())
-        elif not self._collecting:
-            # The task's first step runs in the loop's next turn, after everything ready in this one:
-            # the callers that join meanwhile go with this one, and none waits more than that turn.
-            self._collecting = True
-            self._start(None)
+            self._flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
         return await reply
 
-    def _take(self) -> list[tuple[Callable[[Any], None], asyncio.Future[list[Any]]]]:
+    def _flush(self) -> None:
+        self._scheduled = False
         callers, self._waiting = self._waiting, []
-        return callers
+        if callers:
+            task = asyncio.get_running_loop().create_task(self._run(callers))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
 
-    def _start(self, callers: list[tuple[Callable[[Any], None], asyncio.Future[list[Any]]]] | None) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(callers))
-        self._batches.add(task)
-        task.add_done_callback(self._batches.discard)
-
-    async def _run(self, callers: list[tuple[Callable[[Any], None], asyncio.Future[list[Any]]]] | None) -> None:
-        """Send `callers`' commands, or (None) those of every caller waiting now."""
-        if callers is None:
-            self._collecting = False
-            callers = self._take()
+    async def _run(self, callers: list[tuple[Callable[[Any], None], asyncio.Future[list[Any]]]]) -> None:
         pipe = pipeline(self._client)
         spans: list[tuple[int, int, asyncio.Future[list[Any]]]] = []
         for queue, reply in callers:
