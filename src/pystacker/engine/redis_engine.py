@@ -26,11 +26,10 @@ from redis.exceptions import NoScriptError
 
 from pystacker.config import Config, RedisConfig
 from pystacker.engine.base import Appended, Bus, Cursors, EngineSettings, Inbox, MessageLog, Registry, Rosters, SeqSeed, UserRoute
-from pystacker.engine.redis_batch import SharedPipeline
 from pystacker.engine.redis_bus import RedisBus
-from pystacker.engine.redis_common import IDLE_CHECK_SECONDS, Client, ReconnectingConnection, check_client
+from pystacker.engine.redis_common import IDLE_CHECK_SECONDS, Client, ReconnectingConnection, check_client, pipeline
 from pystacker.engine.redis_cursors import RedisCursors
-from pystacker.engine.redis_inbox import AddCalls, RedisInbox
+from pystacker.engine.redis_inbox import RedisInbox
 from pystacker.engine.redis_keys import DEFAULT_PARTITIONS, RedisKeys
 from pystacker.engine.redis_messages import RedisMessageLog
 from pystacker.engine.redis_registry import RedisRegistry
@@ -153,9 +152,7 @@ class RedisEngine:
         self._pipelined_send = _same_server(cache or client, client)
         # The same for a push's inbox writes and the read marks it moves.
         self._pipelined_hand_on = _same_server(stream or client, queue or client)
-        # Concurrent sends share these pipelines (redis_batch.py).
-        self._send_pipeline = SharedPipeline(client)
-        self._hand_on_pipeline = self._send_pipeline if (stream or client) is client else SharedPipeline(stream or client)
+        self._hand_on_client = stream or client
         self._bus = RedisBus(client, self._subscriber, self.keys)  # kept as itself: close() is not in Bus
         self.bus = self._bus
         # pystacker_redis_call_seconds / _errors_total{operation}: every contract method, timed here once.
@@ -178,9 +175,8 @@ class RedisEngine:
 
     async def append_and_route(self, message: NewMessage,
                                user_ids: Sequence[int]) -> tuple[Appended, dict[int, UserRoute]]:
-        """One pipeline, EVALSHA append then MGET routes (shared with concurrent sends), where the log
-        and the registry share one plain server (Redis runs a connection's commands in order); else the
-        two calls one after the other.
+        """One pipeline, EVALSHA append then MGET routes, where the log and the registry share one plain
+        server (Redis runs a connection's commands in order); else the two calls one after the other.
         The pipeline saves a round trip per send, ~10% of a send instance's CPU on private rooms."""
         appended, routes = await self._pipelined(message, user_ids) if self._pipelined_send else (None, None)
         if appended is None:  # the plain way: append() loads the script or seeds the room's counter
@@ -193,14 +189,10 @@ class RedisEngine:
                          ) -> tuple[Appended | None, dict[int, UserRoute] | None]:
         """(None, None) when nothing was appended (script not loaded on this server, or the room has
         no counter); (appended, None) when only the route reads failed."""
-        route_reads: list[tuple[list[int], list[str]]] = []
-
-        def queue(pipe: Any) -> None:
-            self._log.queue_append(pipe, message)
-            route_reads.append(self._registry.queue_routes(pipe, user_ids))
-
-        first, *reads = await self._send_pipeline.execute(queue)
-        users, keys = route_reads[0]
+        pipe = pipeline(self.client)
+        self._log.queue_append(pipe, message)
+        users, keys = self._registry.queue_routes(pipe, user_ids)
+        first, *reads = await pipe.execute(raise_on_error=False)
         if isinstance(first, NoScriptError):
             return None, None
         if isinstance(first, Exception):
@@ -212,10 +204,10 @@ class RedisEngine:
 
     async def hand_on(self, entries: Sequence[tuple[str, bytes]], *, then: Sequence[tuple[str, bytes]] = (),
                       read_marks: Sequence[tuple[int, int, int]] = ()) -> None:
-        """One pipeline of EVALSHAs (shared with concurrent sends) where the inbox and the read marks
-        share one plain server: Redis runs one connection's commands in order, so `then` is written
-        after `entries` as two calls would write it, with two round trips fewer per send (a group send
-        with its ack and its sender's read mark took three). A call refused for a script not loaded yet (after a Redis
+        """One pipeline of EVALSHAs where the inbox and the read marks share one plain server: Redis
+        runs one connection's commands in order, so `then` is written after `entries` as two calls
+        would write it, with two round trips fewer per send (a group send with its ack and its
+        sender's read mark took three). A call refused for a script not loaded yet (after a Redis
         restart) is run again after the pipeline; then alone can an ack reach its stream before
         another stream's copy, a moment earlier, as with two calls of which the first failed.
         Elsewhere (a cluster: no order across nodes), the calls one after the other."""
@@ -227,16 +219,13 @@ class RedisEngine:
             if read_marks:
                 await self.read_marks.advance(read_marks)
             return
-        calls: list[tuple[AddCalls, AddCalls, list[tuple[list[str], list[Any]]]]] = []
-
-        def queue(pipe: Any) -> None:
-            calls.append((self._inbox.queue_add(pipe, entries), self._inbox.queue_add(pipe, then),
-                          self._read_marks.queue_advance(pipe, read_marks)))
-
-        if not (entries or then or read_marks):
+        pipe = pipeline(self._hand_on_client)
+        first = self._inbox.queue_add(pipe, entries)
+        second = self._inbox.queue_add(pipe, then)
+        marks = self._read_marks.queue_advance(pipe, read_marks)
+        if not (first.by_gateway or second.by_gateway or marks):
             return
-        replies = await self._hand_on_pipeline.execute(queue)
-        first, second, marks = calls[0]
+        replies = await pipe.execute(raise_on_error=False)
         split = len(first.by_gateway), len(first.by_gateway) + len(second.by_gateway)
         await self._inbox.added_from(first, replies[:split[0]])
         await self._inbox.added_from(second, replies[split[0]:split[1]])
