@@ -22,7 +22,6 @@ from typing import Any
 
 import aiohttp
 
-from pystacker import event_loop
 from pystacker.bench import procfs, rawlimit
 from pystacker.bench.api import PublicApi, Targets
 from pystacker.bench.checker import StepCounts
@@ -33,6 +32,7 @@ from pystacker.bench.safety import BenchError, raise_fd_limit
 from pystacker.bench.server import EmbeddedServer
 from pystacker.bench.setup import Population, create_population
 from pystacker.bench.worker import SenderPlan, WorkerPlan
+from pystacker.testing import run_event_loop
 
 DRAIN_POLL = 0.05  # seconds between looks at the counters while deliveries drain
 START_DELAY = 0.3  # seconds between the send command and the common start, so all processes start together
@@ -363,4 +363,4 @@ def run_bench(workload_name: str, workload: Workload, options: BenchOptions, par
 
 
 def _run_loop(coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
-    return event_loop.run(coro)
+    return run_event_loop(coro)

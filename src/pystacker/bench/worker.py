@@ -22,13 +22,13 @@ from typing import Any
 import aiohttp
 import orjson
 
-from pystacker import event_loop
 from pystacker.bench.api import PublicApi, Targets
 from pystacker.bench.checker import IntegrityChecker
 from pystacker.bench.clients import HttpSender, Receiver, SendResult, WsSender
 from pystacker.bench.histogram import Histogram
 from pystacker.bench.safety import raise_fd_limit
 from pystacker.bench.tags import Tag, make_text
+from pystacker.testing import run_event_loop
 
 # Live counters, one row per worker in a shared array of int64 (only the worker writes its row).
 COUNTERS = ("connected", "sends_started", "sends_ok", "sends_failed", "delivered", "expected", "completed")
@@ -426,4 +426,4 @@ def main(conn: Connection, counters: Any, index: int, plan: WorkerPlan) -> None:
     """The process entry point (multiprocessing, spawn)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     raise_fd_limit(len(plan.users) + 1024)
-    event_loop.run(Worker(conn, counters, index, plan).serve())
+    run_event_loop(Worker(conn, counters, index, plan).serve())

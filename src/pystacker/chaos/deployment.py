@@ -45,7 +45,7 @@ from pystacker.chaos.launcher import (
     scratch_database_url,
 )
 from pystacker.chaos.proxy import FaultProxy
-from pystacker.web.auth import TokenService
+from pystacker.testing import issue_token, stored_messages
 
 READY_DEADLINE = 90.0  # a busy 2-core machine starting eight Python processes at once
 STOP_DEADLINE = 15.0
@@ -58,6 +58,7 @@ GATEWAY_NAME = "gostacker-gateway"  # `name` in config.gateway.yaml: gateway ids
 PASSWORD = "chaos-password-0"
 REGISTER_CONCURRENCY = 8
 REGISTER_ATTEMPTS = 5
+TOKEN_LIFETIME = 4 * 3600  # seconds: longer than any run
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,6 @@ class ChaosDeployment:
         self.prefix = new_key_prefix("chaos")
         self.jwt_secret = secrets.token_urlsafe(48)
         self.internal_token = secrets.token_urlsafe(32)
-        self.tokens = TokenService(self.jwt_secret, 4 * 3600)
         self.redis = LocalRedis()
         target = make_url(self.database_url)
         self.proxy = FaultProxy(target.host or "127.0.0.1", int(target.port or _default_port(self.backend)),
@@ -271,7 +271,7 @@ class ChaosDeployment:
                         await asyncio.sleep(0.5)  # back off before trying again
             if user_id is None:
                 raise RuntimeError(f"registering {name}: no user id in the answer")
-            return PoolUser(index, user_id, self.tokens.issue(user_id, name))
+            return PoolUser(index, user_id, issue_token(self.jwt_secret, user_id, name, TOKEN_LIFETIME))
 
         return list(await asyncio.gather(*(one(i) for i in range(count))))
 
@@ -304,12 +304,11 @@ async def sql_ids(sql: AsyncEngine, room_ids: list[int]) -> dict[int, tuple[int,
     """msgID -> (room, seq, sender id, client_msg_id) of every stored message of these rooms."""
     from sqlalchemy import select
 
-    from pystacker.db.schema import chat_messages
-
     if not room_ids:
         return {}
-    query = select(chat_messages.c.id, chat_messages.c.room_id, chat_messages.c.seq, chat_messages.c.sender_id,
-                   chat_messages.c.client_msg_id).where(chat_messages.c.room_id.in_(room_ids))
+    messages = stored_messages()
+    query = select(messages.c.id, messages.c.room_id, messages.c.seq, messages.c.sender_id,
+                   messages.c.client_msg_id).where(messages.c.room_id.in_(room_ids))
     async with sql.connect() as conn:
         rows = await conn.execute(query)
         return {int(r[0]): (int(r[1]), int(r[2]), int(r[3]), r[4]) for r in rows}

@@ -34,7 +34,7 @@ from pystacker.bench.histogram import Histogram
 from pystacker.chaos.deployment import ChaosDeployment, PoolUser, sql_ids
 from pystacker.chaos.launcher import poll
 from pystacker.chaos.load import ChaosReceiver, Ledger, Outcome, Sender, SendInstances, paced
-from pystacker.db.schema import chat_messages
+from pystacker.testing import stored_messages
 
 CONNECT_TIMEOUT = 30.0
 CONNECT_CONCURRENCY = 100
@@ -215,10 +215,11 @@ class FlushWatch:
         acked = [o.msg_id for o in self.traffic.outcomes()
                  if o.msg_id is not None and o.acked_ns is not None and o.acked_ns < cutoff_ns]
         unknown = [m for m in acked if m not in self.stored]
+        messages = stored_messages()
         for start in range(0, len(unknown), SQL_ID_CHUNK):
             chunk = unknown[start:start + SQL_ID_CHUNK]
             async with self.sql.connect() as conn:
-                rows = await conn.execute(select(chat_messages.c.id).where(chat_messages.c.id.in_(chunk)))
+                rows = await conn.execute(select(messages.c.id).where(messages.c.id.in_(chunk)))
                 self.stored.update(int(r[0]) for r in rows)
         return [m for m in unknown if m not in self.stored]
 
