@@ -122,10 +122,10 @@ def common_options(duration: float) -> Callable[[Callable[..., Any]], Callable[.
 
 def _execute(workload: str, params: dict[str, Any], kw: dict[str, Any], via: str = "http") -> None:
     from pystacker.bench import report as results
-    from pystacker.bench.api import Targets
     from pystacker.bench.rawlimit import RawLimitOptions
     from pystacker.bench.runner import BenchOptions, run_bench
     from pystacker.bench.safety import BenchError
+    from pystacker.bench.targets import Targets
     from pystacker.bench.workloads import WORKLOADS
 
     options = BenchOptions(

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import aiohttp
 
-from pystacker.bench.api import Targets
 from pystacker.bench.safety import BenchError
+from pystacker.bench.targets import Targets
 from pystacker.chaos.launcher import LOAD_GENERATOR_LIMITS
 
 START_TIMEOUT = 60.0

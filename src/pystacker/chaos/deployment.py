@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from pystacker import cluster
 from pystacker.bench import procfs
-from pystacker.bench.api import ApiError, PublicApi, Targets
+from pystacker.bench.targets import Targets
 from pystacker.chaos.launcher import (
     LOAD_GENERATOR_LIMITS,
     LocalRedis,
@@ -45,6 +45,7 @@ from pystacker.chaos.launcher import (
     scratch_database_url,
 )
 from pystacker.chaos.proxy import FaultProxy
+from pystacker.client import PyStackerClient, PyStackerError
 from pystacker.testing import issue_token, stored_messages
 
 READY_DEADLINE = 90.0  # a busy 2-core machine starting eight Python processes at once
@@ -247,14 +248,17 @@ class ChaosDeployment:
 
     # -- users ----------------------------------------------------------------------------------------------
 
-    def api(self) -> PublicApi:
+    def client(self, user: PoolUser | None = None) -> PyStackerClient:
+        """An SDK client of the deployment as `user` (anonymous: None), on the harness's HTTP session."""
         assert self.session is not None
-        return PublicApi(self.session, self.targets, allow_remote=False)
+        if user is None:
+            return self.targets.client(self.session)
+        return self.targets.client(self.session, token=user.token, user_id=user.user_id)
 
     async def register_users(self, count: int, tag: str) -> list[PoolUser]:
         """Register through meta (one bcrypt each); tokens are minted with the deployment's secret,
         which spares the login's second bcrypt."""
-        api = self.api()
+        anonymous = self.client()
         limit = asyncio.Semaphore(REGISTER_CONCURRENCY)
         run = uuid.uuid4().hex[:6]
 
@@ -263,13 +267,13 @@ class ChaosDeployment:
             async with limit:
                 for attempt in range(REGISTER_ATTEMPTS):
                     try:
-                        user_id = await api.register(name, PASSWORD)
+                        user_id = await anonymous.register(name, PASSWORD)
                         break
-                    except (TimeoutError, aiohttp.ClientError) as exc:
-                        if attempt == REGISTER_ATTEMPTS - 1:
-                            raise RuntimeError(f"registering {name}: {exc!r}") from None
+                    except PyStackerError as exc:
+                        if exc.status or attempt == REGISTER_ATTEMPTS - 1:  # only no answer is tried again
+                            raise RuntimeError(f"registering {name}: {exc}") from None
                         await asyncio.sleep(0.5)  # back off before trying again
-            if user_id is None:
+            if not user_id:
                 raise RuntimeError(f"registering {name}: no user id in the answer")
             return PoolUser(index, user_id, issue_token(self.jwt_secret, user_id, name, TOKEN_LIFETIME))
 
@@ -278,16 +282,13 @@ class ChaosDeployment:
     async def create_room(self, owner: PoolUser, members: list[PoolUser], name: str) -> int:
         """Through meta as the owner; a 5xx or a dropped connection (a store just restarted) is tried
         again a few times, a 4xx is not."""
+        client = self.client(owner)
         for attempt in range(REGISTER_ATTEMPTS):
             try:
-                return await self.api().create_room(owner.token, name, True,
-                                                    [m.user_id for m in members if m is not owner])
-            except ApiError as exc:
-                if exc.status < 500 or attempt == REGISTER_ATTEMPTS - 1:
+                return await client.create_room(name, [m.user_id for m in members if m is not owner], is_group=True)
+            except PyStackerError as exc:  # status 0: no answer
+                if 0 < exc.status < 500 or attempt == REGISTER_ATTEMPTS - 1:
                     raise RuntimeError(f"creating room {name}: {exc}") from None
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                if attempt == REGISTER_ATTEMPTS - 1:
-                    raise RuntimeError(f"creating room {name}: {exc!r}") from None
             await asyncio.sleep(0.5)  # back off before trying again
         raise AssertionError("unreachable")
 

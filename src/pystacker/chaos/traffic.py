@@ -77,7 +77,7 @@ class Traffic:
         self.reconnect_deadline = reconnect_deadline
         self._stop = asyncio.Event()
         self._load: asyncio.Task[None] | None = None
-        self.instances = SendInstances(deployment.session, deployment.targets, deployment.send_urls)  # type: ignore[arg-type]  # a started deployment has its session
+        self.instances = SendInstances(deployment.session, deployment.send_urls)  # type: ignore[arg-type]  # a started deployment has its session
 
     # -- setup ----------------------------------------------------------------------------------------------
 
@@ -89,13 +89,12 @@ class Traffic:
                 return await self.deployment.create_room(members[0], members, f"chaos-{self.run}-{self.name}-{number}")
 
         self.room_ids = list(await asyncio.gather(*(room(m, i) for i, m in enumerate(self.layout))))
-        api = self.deployment.api()
         for room_id, members in zip(self.room_ids, self.layout, strict=True):
             self.members_of[room_id] = [u.index for u in members]
             self.ledger.members[room_id] = len(members)
             for user in members:
                 self.receivers.append(ChaosReceiver(
-                    user.index, user.user_id, user.token, api, self.deployment.session, self.ledger, None,
+                    user.index, self.deployment.client(user), self.deployment.session, self.ledger, None,
                     connect_timeout=CONNECT_TIMEOUT, reconnect_deadline=self.reconnect_deadline))
             for sender in members[:self.shape.senders_per_room]:
                 self.senders.append(Sender(sender.index, sender.token, room_id, self.instances, run=self.run,
