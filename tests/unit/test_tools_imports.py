@@ -1,6 +1,7 @@
 """The tools (`pystacker bench`, `pystacker chaos`) use the product only through the surface meant for
 them: the SDK, the launcher of `pystacker cluster`, and `pystacker.testing`, which names everything
-else they need and why. Read from the tools' source files, every import statement, nested ones too."""
+else they need and why; and the product never imports the tools. Read from the source files, every
+import statement, nested ones too."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 from pystacker import testing
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOLS = [ROOT / "src" / "pystacker" / "bench", ROOT / "src" / "pystacker" / "chaos"]
+TOOLS = ROOT / "tools" / "src" / "pystacker_tools"
+PRODUCT = ROOT / "src" / "pystacker"
 SURFACE = {"pystacker.client", "pystacker.cluster", "pystacker.testing"}
-OWN = ("pystacker.bench", "pystacker.chaos")  # the tools' own modules
 
 
 def imports(path: Path) -> Iterator[tuple[int, str, list[str]]]:
@@ -30,17 +31,20 @@ def imports(path: Path) -> Iterator[tuple[int, str, list[str]]]:
                 yield node.lineno, node.module, [alias.name for alias in node.names]
 
 
-def tool_files() -> list[Path]:
-    files = sorted(path for folder in TOOLS for path in folder.rglob("*.py"))
-    assert files, TOOLS
+def python_files(folder: Path) -> list[Path]:
+    files = sorted(folder.rglob("*.py"))
+    assert files, folder
     return files
+
+
+def tool_files() -> list[Path]:
+    return python_files(TOOLS)
 
 
 def test_the_tools_import_only_the_surface_meant_for_them() -> None:
     wrong = [f"{path.relative_to(ROOT)}:{line}: {module}" for path in tool_files()
              for line, module, _ in imports(path)
-             if (module == "pystacker" or module.startswith("pystacker.")) and module not in SURFACE
-             and not module.startswith(OWN)]
+             if (module == "pystacker" or module.startswith("pystacker.")) and module not in SURFACE]
     assert wrong == []
 
 
@@ -48,3 +52,9 @@ def test_the_testing_surface_holds_only_what_a_tool_uses() -> None:
     used = {name for path in tool_files() for _, module, names in imports(path) if module == "pystacker.testing"
             for name in names}
     assert used == set(testing.__all__)
+
+
+def test_the_product_imports_none_of_the_tools() -> None:
+    wrong = [f"{path.relative_to(ROOT)}:{line}: {module}" for path in python_files(PRODUCT)
+             for line, module, _ in imports(path) if module.partition(".")[0] == "pystacker_tools"]
+    assert wrong == []

@@ -22,17 +22,17 @@ from typing import Any
 
 import aiohttp
 
-from pystacker.bench import procfs, rawlimit
-from pystacker.bench.checker import StepCounts
-from pystacker.bench.fleet import Fleet, Progress
-from pystacker.bench.histogram import Histogram
-from pystacker.bench.rawlimit import RawLimitOptions
-from pystacker.bench.safety import BenchError, raise_fd_limit
-from pystacker.bench.server import EmbeddedServer
-from pystacker.bench.setup import Population, create_population
-from pystacker.bench.targets import Targets
-from pystacker.bench.worker import SenderPlan, WorkerPlan
 from pystacker.testing import run_event_loop
+from pystacker_tools.bench import procfs, rawlimit
+from pystacker_tools.bench.checker import StepCounts
+from pystacker_tools.bench.fleet import Fleet, Progress
+from pystacker_tools.bench.histogram import Histogram
+from pystacker_tools.bench.rawlimit import RawLimitOptions
+from pystacker_tools.bench.safety import BenchError, raise_fd_limit
+from pystacker_tools.bench.server import EmbeddedServer
+from pystacker_tools.bench.setup import Population, create_population
+from pystacker_tools.bench.targets import Targets
+from pystacker_tools.bench.worker import SenderPlan, WorkerPlan
 
 DRAIN_POLL = 0.05  # seconds between looks at the counters while deliveries drain
 START_DELAY = 0.3  # seconds between the send command and the common start, so all processes start together

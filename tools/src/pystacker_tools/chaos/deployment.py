@@ -30,9 +30,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from pystacker import cluster
-from pystacker.bench import procfs
-from pystacker.bench.targets import Targets
-from pystacker.chaos.launcher import (
+from pystacker.client import PyStackerClient, PyStackerError
+from pystacker.testing import issue_token, stored_messages
+from pystacker_tools.bench import procfs
+from pystacker_tools.bench.targets import Targets
+from pystacker_tools.chaos.launcher import (
     LOAD_GENERATOR_LIMITS,
     LocalRedis,
     deployment_env,
@@ -44,9 +46,7 @@ from pystacker.chaos.launcher import (
     redis_env,
     scratch_database_url,
 )
-from pystacker.chaos.proxy import FaultProxy
-from pystacker.client import PyStackerClient, PyStackerError
-from pystacker.testing import issue_token, stored_messages
+from pystacker_tools.chaos.proxy import FaultProxy
 
 READY_DEADLINE = 90.0  # a busy 2-core machine starting eight Python processes at once
 STOP_DEADLINE = 15.0

@@ -27,11 +27,11 @@ import aiohttp
 import orjson
 from aiohttp import WSMsgType
 
-from pystacker.bench.checker import IntegrityChecker
-from pystacker.bench.safety import check_target
-from pystacker.bench.tags import Tag, parse_text
-from pystacker.bench.targets import Targets
 from pystacker.client import PyStackerClient, PyStackerError
+from pystacker_tools.bench.checker import IntegrityChecker
+from pystacker_tools.bench.safety import check_target
+from pystacker_tools.bench.tags import Tag, parse_text
+from pystacker_tools.bench.targets import Targets
 
 MAX_FRAME_BYTES = 8 * 1024 * 1024  # a catch-up batch is 50 messages; be generous with other servers
 RECONNECT_DELAYS = (0.1, 0.3, 1.0, 2.0, 4.0)  # one attempt per entry: bounded

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from pystacker.bench.safety import check_target
 from pystacker.client import PyStackerClient
+from pystacker_tools.bench.safety import check_target
 
 SETUP_TIMEOUT = 30.0  # seconds per setup request: registering costs a bcrypt check on a busy server
 

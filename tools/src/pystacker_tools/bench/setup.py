@@ -22,9 +22,9 @@ from typing import TypeVar
 import aiohttp
 import orjson
 
-from pystacker.bench.safety import BenchError
-from pystacker.bench.targets import Targets
 from pystacker.client import PyStackerClient, PyStackerError
+from pystacker_tools.bench.safety import BenchError
+from pystacker_tools.bench.targets import Targets
 
 PASSWORD = "bench-password-0"
 RETRIES = 4  # per call, for connection errors and 5xx only

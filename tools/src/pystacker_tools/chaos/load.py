@@ -1,6 +1,6 @@
 """The steady group-chat load of a fault run: receivers that dedup, senders that retry, and the ledger.
 
-Built on the bench's clients (pystacker.bench.clients): a receiver finds its gateway through the
+Built on the bench's clients (pystacker_tools.bench.clients): a receiver finds its gateway through the
 registry (the SDK asks it), reads `chat` and catch-up `batch` frames and reconnects when the server closes it. Here it
 also keeps trying for a while when its gateway is gone (a killed gateway stays listed in the
 registry until its heartbeat TTL runs out), and it can stop reading (a slow consumer).
@@ -28,10 +28,10 @@ import aiohttp
 import orjson
 from aiohttp import WSMsgType
 
-from pystacker.bench.checker import IntegrityChecker
-from pystacker.bench.clients import Receiver, SendRefused, post_send
-from pystacker.bench.tags import Tag, make_text
 from pystacker.client import PyStackerError
+from pystacker_tools.bench.checker import IntegrityChecker
+from pystacker_tools.bench.clients import Receiver, SendRefused, post_send
+from pystacker_tools.bench.tags import Tag, make_text
 
 RECONNECT_FIRST_DELAY = 0.1
 RECONNECT_MAX_DELAY = 1.0

@@ -30,11 +30,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pystacker.bench.histogram import Histogram
-from pystacker.chaos.deployment import ChaosDeployment, PoolUser, sql_ids
-from pystacker.chaos.launcher import poll
-from pystacker.chaos.load import ChaosReceiver, Ledger, Outcome, Sender, SendInstances, paced
 from pystacker.testing import stored_messages
+from pystacker_tools.bench.histogram import Histogram
+from pystacker_tools.chaos.deployment import ChaosDeployment, PoolUser, sql_ids
+from pystacker_tools.chaos.launcher import poll
+from pystacker_tools.chaos.load import ChaosReceiver, Ledger, Outcome, Sender, SendInstances, paced
 
 CONNECT_TIMEOUT = 30.0
 CONNECT_CONCURRENCY = 100

@@ -32,12 +32,12 @@ import aiohttp
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from pystacker.chaos import SCENARIO_NAMES
-from pystacker.chaos.deployment import GATEWAY_TTL, ChaosDeployment, PoolUser, describe_exit
-from pystacker.chaos.launcher import poll
-from pystacker.chaos.load import ChaosReceiver
-from pystacker.chaos.traffic import FlushWatch, LoadShape, Traffic, Verdict, judge
 from pystacker.testing import FLUSH_CLAIM_TIMEOUT, WINDOW_SIZE, catchup_batch_size, flush_queue
+from pystacker_tools.chaos import SCENARIO_NAMES
+from pystacker_tools.chaos.deployment import GATEWAY_TTL, ChaosDeployment, PoolUser, describe_exit
+from pystacker_tools.chaos.launcher import poll
+from pystacker_tools.chaos.load import ChaosReceiver
+from pystacker_tools.chaos.traffic import FlushWatch, LoadShape, Traffic, Verdict, judge
 
 BATCH_SIZE = catchup_batch_size()  # messages per catch-up `batch` frame
 SLOW_RECEIVE_BUFFER = 4096  # bytes: a slow consumer's socket buffer, so that it backs up within seconds

@@ -17,16 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from pystacker.bench import procfs
-from pystacker.bench.clients import SendRefused, post_send
-from pystacker.bench.histogram import Histogram
-from pystacker.bench.safety import BenchError
-from pystacker.bench.tags import Tag, make_text
-from pystacker.bench.targets import SETUP_TIMEOUT
-from pystacker.bench.worker import SenderPlan
+from pystacker_tools.bench import procfs
+from pystacker_tools.bench.clients import SendRefused, post_send
+from pystacker_tools.bench.histogram import Histogram
+from pystacker_tools.bench.safety import BenchError
+from pystacker_tools.bench.tags import Tag, make_text
+from pystacker_tools.bench.targets import SETUP_TIMEOUT
+from pystacker_tools.bench.worker import SenderPlan
 
 if TYPE_CHECKING:
-    from pystacker.bench.runner import Run
+    from pystacker_tools.bench.runner import Run
 
 SETTLE = 1.0  # seconds after connecting before reading the server's memory (buffers, GC)
 

@@ -22,14 +22,14 @@ from typing import Any
 import aiohttp
 import orjson
 
-from pystacker.bench.checker import IntegrityChecker
-from pystacker.bench.clients import HttpSender, Receiver, SendResult, WsSender
-from pystacker.bench.histogram import Histogram
-from pystacker.bench.safety import raise_fd_limit
-from pystacker.bench.tags import Tag, make_text
-from pystacker.bench.targets import Targets
 from pystacker.client import PyStackerError
 from pystacker.testing import run_event_loop
+from pystacker_tools.bench.checker import IntegrityChecker
+from pystacker_tools.bench.clients import HttpSender, Receiver, SendResult, WsSender
+from pystacker_tools.bench.histogram import Histogram
+from pystacker_tools.bench.safety import raise_fd_limit
+from pystacker_tools.bench.tags import Tag, make_text
+from pystacker_tools.bench.targets import Targets
 
 # Live counters, one row per worker in a shared array of int64 (only the worker writes its row).
 COUNTERS = ("connected", "sends_started", "sends_ok", "sends_failed", "delivered", "expected", "completed")
