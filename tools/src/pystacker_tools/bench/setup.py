@@ -141,9 +141,8 @@ async def create_room(owner: PyStackerClient, name: str, is_group: bool, member_
 
 
 async def create_population(targets: Targets, http: aiohttp.ClientSession, *, run: str, prefix: str, users: int,
-                            groups: list[list[int]],
-                            pairs: list[tuple[int, int]], concurrency: int, timeout: float,
-                            progress: bool = True, started: float | None = None,
+                            groups: list[list[int]], pairs: list[tuple[int, int]], concurrency: int,
+                            timeout: float, progress: bool = True, started: float | None = None,
                             users_file: Path | None = None) -> Population:
     """Get `users` users (from --users-file first, then new ones), then create the groups and the
     private rooms (members given by user index)."""
@@ -155,8 +154,7 @@ async def create_population(targets: Targets, http: aiohttp.ClientSession, *, ru
     accounts = load_accounts(users_file)
     try:
         if accounts and users:
-            await _check_accounts_belong_here(targets.client(http, token=accounts[0].token), accounts[0].token,
-                                              users_file)
+            await _check_accounts_belong_here(targets.client(http, token=accounts[0].token), users_file)
 
         async def login(name: str, password: str) -> Account:
             client = targets.client(http)
@@ -212,12 +210,13 @@ async def create_population(targets: Targets, http: aiohttp.ClientSession, *, ru
         ticker.cancel()
 
 
-async def _check_accounts_belong_here(client: PyStackerClient, token: str, users_file: Path | None) -> None:
-    """A users file made against another server (or a wiped one) must not be used silently."""
+async def _check_accounts_belong_here(client: PyStackerClient, users_file: Path | None) -> None:
+    """A users file made against another server (or a wiped one) must not be used silently: `client`
+    has the file's first token."""
     try:
         await client.joined_rooms()
     except PyStackerError as exc:
-        if exc.status == 401 and _token_expires(token) > time.time():
+        if exc.status == 401 and _token_expires(client.token or "") > time.time():
             raise BenchError(f"--users-file {users_file}: its tokens are refused by this server (401); "
                              "it was made for another server or a wiped one: delete it") from None
         if exc.status != 401:
