@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from pystacker.bench.checker import IntegrityChecker
-from pystacker.bench.histogram import Histogram
-from pystacker.bench.rawlimit import RawLimitOptions, add_ratios, chat_payload
-from pystacker.bench.rawlimit import _result as raw_result
-from pystacker.bench.safety import BenchError, check_target
-from pystacker.bench.server import EmbeddedServer
-from pystacker.bench.tags import Tag, make_text, parse_text
 from pystacker.cli import main
+from pystacker_tools.bench.checker import IntegrityChecker
+from pystacker_tools.bench.histogram import Histogram
+from pystacker_tools.bench.rawlimit import RawLimitOptions, add_ratios, chat_payload
+from pystacker_tools.bench.rawlimit import _result as raw_result
+from pystacker_tools.bench.safety import BenchError, check_target
+from pystacker_tools.bench.server import EmbeddedServer
+from pystacker_tools.bench.tags import Tag, make_text, parse_text
 
 RUN = "abc123"
 

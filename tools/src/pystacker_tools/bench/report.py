@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from pystacker.bench.histogram import Histogram
+from pystacker_tools.bench.histogram import Histogram
 
 MATPLOTLIB_MISSING = ("matplotlib is not installed: no plot, JSON only "
                       "(pip install 'pystacker[bench]' to get the plots)")

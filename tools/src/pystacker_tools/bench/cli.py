@@ -121,12 +121,12 @@ def common_options(duration: float) -> Callable[[Callable[..., Any]], Callable[.
 
 
 def _execute(workload: str, params: dict[str, Any], kw: dict[str, Any], via: str = "http") -> None:
-    from pystacker.bench import report as results
-    from pystacker.bench.api import Targets
-    from pystacker.bench.rawlimit import RawLimitOptions
-    from pystacker.bench.runner import BenchOptions, run_bench
-    from pystacker.bench.safety import BenchError
-    from pystacker.bench.workloads import WORKLOADS
+    from pystacker_tools.bench import report as results
+    from pystacker_tools.bench.rawlimit import RawLimitOptions
+    from pystacker_tools.bench.runner import BenchOptions, run_bench
+    from pystacker_tools.bench.safety import BenchError
+    from pystacker_tools.bench.targets import Targets
+    from pystacker_tools.bench.workloads import WORKLOADS
 
     options = BenchOptions(
         targets=Targets(meta=kw["meta_url"].rstrip("/"), send=kw["send_url"].rstrip("/"),
@@ -246,9 +246,9 @@ def rawlimit(connections: int, duration: float, max_frames: int, frame_bytes: in
              connect_timeout: float, grace: float, results_dir: str, output: str | None, quiet: bool) -> None:
     """This box's ceiling: one process writes a prebuilt ~200-byte text frame to local WebSocket
     connections (picows on both ends, 127.0.0.1) as fast as it can; frames/s on one core."""
-    from pystacker.bench import report as results
-    from pystacker.bench.rawlimit import RawLimitOptions, run_report
-    from pystacker.bench.safety import BenchError
+    from pystacker_tools.bench import report as results
+    from pystacker_tools.bench.rawlimit import RawLimitOptions, run_report
+    from pystacker_tools.bench.safety import BenchError
 
     options = RawLimitOptions(connections=connections, duration=duration, max_frames=max_frames,
                               frame_bytes=frame_bytes, receiver_procs=receiver_procs,
