@@ -12,7 +12,7 @@ fi
 packages=(-e "$ROOT$2")
 projects=("$ROOT/pyproject.toml")
 if [ "${3:-}" = tools ]; then
-  packages+=(-e "$ROOT/tools")
+  packages+=(-e "$ROOT/tools[plot]")  # plot: matplotlib, for the bench's PNGs (tests/test_bench.py draws one)
   projects+=("$ROOT/tools/pyproject.toml")
 fi
 # Reinstall only when a pyproject.toml it installs changed since the last install.

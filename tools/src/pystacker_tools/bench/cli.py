@@ -1,4 +1,5 @@
-"""`pystacker bench fanout|pairs|idle|catchup|rawlimit`: options, then run, write, plot, print.
+"""`pystacker bench fanout|pairs|idle|catchup|rawlimit`: options, then run, write, plot, print; `plot`:
+several runs' figures against what varied between them.
 
 Exit code 0: the run completed and its integrity checks passed; 1: it completed but found lost,
 duplicated or reordered messages (or failed sends/connections); 2: it could not run.
@@ -7,12 +8,15 @@ duplicated or reordered messages (or failed sends/connections); 2: it could not 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+
+from pystacker_tools.bench import scaling
 
 DEFAULT_META = "http://127.0.0.1:8082"  # GoStacker's ports
 DEFAULT_SEND = "http://127.0.0.1:8081"
@@ -266,3 +270,33 @@ def rawlimit(connections: int, duration: float, max_frames: int, frame_bytes: in
     click.echo(results.table(outcome))
     click.echo(f"results: {json_path}")
     sys.exit(0 if outcome["integrity_ok"] and not outcome["problems"] else 1)
+
+
+@bench.command("plot")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--x", "axis", type=click.Choice(scaling.X_AXES), required=True,
+              help="What varied between the runs: the plot's x axis.")
+@click.option("--output", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
+@click.option("--title", default=None, help="The plot's title (default: the workload and the axis).")
+def plot_runs(runs: tuple[str, ...], axis: str, output: str, title: str | None) -> None:
+    """How cost grows: one point per run's JSON, against what varied between the runs (PNG and a table)."""
+    reports = []
+    for run in runs:
+        try:
+            reports.append((run, json.loads(Path(run).read_text())))
+        except (OSError, ValueError) as exc:
+            raise click.BadParameter(f"{run}: not a bench result ({exc})", param_hint="RUNS") from None
+    try:
+        found, metrics = scaling.points(reports, axis)
+    except scaling.PlotError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        import matplotlib  # noqa: F401  # the plot needs it; say so before doing anything
+    except ImportError:
+        from pystacker_tools.bench.report import MATPLOTLIB_MISSING
+        click.echo(f"pystacker bench: {MATPLOTLIB_MISSING}", err=True)
+        sys.exit(2)
+    workload = str(reports[0][1].get("workload", "bench"))
+    scaling.plot(found, metrics, axis, Path(output), title or f"pystacker bench {workload}: cost against {axis}")
+    click.echo(scaling.table(found, metrics, axis))
+    click.echo(f"plot: {output}")
