@@ -364,6 +364,17 @@ class Bus(Protocol):
 # -- the engine -------------------------------------------------------------------------------------
 
 
+async def hand_on_in_turn(inbox: Inbox, read_marks: Cursors, entries: Sequence[tuple[str, bytes]],
+                          then: Sequence[tuple[str, bytes]], marks: Sequence[tuple[int, int, int]]) -> None:
+    """Engine.hand_on as its calls one after the other: for a store that cannot run them in one go."""
+    if entries:
+        await inbox.add(entries)
+    if then:
+        await inbox.add(then)
+    if marks:
+        await read_marks.advance(marks)
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     inbox_max_len: int = 100_000  # approximate stream length cap (MAXLEN ~)

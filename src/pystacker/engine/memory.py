@@ -43,6 +43,7 @@ from pystacker.engine.base import (
     SeqSeed,
     TargetChange,
     UserRoute,
+    hand_on_in_turn,
 )
 from pystacker.engine.bus_handlers import HandlerTasks
 from pystacker.messaging.model import NewMessage, StoredMessage
@@ -728,12 +729,7 @@ class MemoryEngine:
 
     async def hand_on(self, entries: Sequence[tuple[str, bytes]], *, then: Sequence[tuple[str, bytes]] = (),
                       read_marks: Sequence[tuple[int, int, int]] = ()) -> None:
-        if entries:
-            await self.inbox.add(entries)
-        if then:
-            await self.inbox.add(then)
-        if read_marks:
-            await self.read_marks.advance(read_marks)
+        await hand_on_in_turn(self.inbox, self.read_marks, entries, then, read_marks)
 
     async def ping(self) -> None:
         if self._closed:

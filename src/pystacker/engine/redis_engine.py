@@ -25,7 +25,19 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from pystacker.config import Config, RedisConfig
-from pystacker.engine.base import Appended, Bus, Cursors, EngineSettings, Inbox, MessageLog, Registry, Rosters, SeqSeed, UserRoute
+from pystacker.engine.base import (
+    Appended,
+    Bus,
+    Cursors,
+    EngineSettings,
+    Inbox,
+    MessageLog,
+    Registry,
+    Rosters,
+    SeqSeed,
+    UserRoute,
+    hand_on_in_turn,
+)
 from pystacker.engine.redis_bus import RedisBus
 from pystacker.engine.redis_common import IDLE_CHECK_SECONDS, Client, ReconnectingConnection, check_client, pipeline
 from pystacker.engine.redis_cursors import RedisCursors
@@ -212,12 +224,7 @@ class RedisEngine:
         another stream's copy, a moment earlier, as with two calls of which the first failed.
         Elsewhere (a cluster: no order across nodes), the calls one after the other."""
         if not self._pipelined_hand_on:
-            if entries:
-                await self.inbox.add(entries)
-            if then:
-                await self.inbox.add(then)
-            if read_marks:
-                await self.read_marks.advance(read_marks)
+            await hand_on_in_turn(self.inbox, self.read_marks, entries, then, read_marks)
             return
         pipe = pipeline(self._hand_on_client)
         first = self._inbox.queue_add(pipe, entries)
