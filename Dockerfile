@@ -1,6 +1,7 @@
 # One PyStacker image for every service: the command picks it (`meta`, `registry`, `send`, `gateway`,
 # `flusher`, `msgflusher`, `db upgrade`). Settings come from PYSTACKER_* variables and secrets from
-# files named by PYSTACKER_*_FILE variables (docs/deployment.md).
+# files named by PYSTACKER_*_FILE variables (docs/deployment.md). The product only: the bench and the fault
+# harness (tools/, a distribution of their own) are neither copied nor in the build context.
 #
 # The base is an argument so that a machine without a registry can build from a local image, e.g. a
 # Debian root filesystem made with debootstrap (docs/deployment.md, "What is tested"). Any

@@ -3,7 +3,7 @@
 `start_deployment` runs `pystacker db upgrade` on the given database, then starts registry, meta, the
 flusher, msgflusher, N send instances and M gateways with the launcher of `pystacker cluster`
 (`pystacker.cluster.plan` and `Deployment`, on free ports and with the shared environment of
-`pystacker.chaos.launcher`, which `pystacker chaos` uses too), with the example configs of `config/` and
+`pystacker_tools.chaos.launcher`, which `pystacker chaos` uses too), with the example configs of `config/` and
 environment overrides: the database URL, a Redis key prefix of its own (so it never meets another test
 on the shared Redis), a fresh JWT secret and internal token, distinct machine_ids, and short timings
 (heartbeat TTLs of a few seconds, msgflusher claiming after 1 s). It waits for `/ready` of every HTTP
@@ -31,7 +31,8 @@ from redis.asyncio.cluster import RedisCluster
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from pystacker import cluster
-from pystacker.chaos.launcher import (
+from pystacker.web.auth import TokenService
+from pystacker_tools.chaos.launcher import (
     LOAD_GENERATOR_LIMITS,
     deployment_env,
     free_ports,
@@ -39,7 +40,6 @@ from pystacker.chaos.launcher import (
     plan_on_free_ports,
     redis_env,
 )
-from pystacker.web.auth import TokenService
 from tests.client import Http, User
 from tests.ws import Client, connect, poll
 

@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from pystacker.bench.checker import IntegrityChecker
-from pystacker.bench.histogram import Histogram
-from pystacker.bench.rawlimit import RawLimitOptions, add_ratios, chat_payload
-from pystacker.bench.rawlimit import _result as raw_result
-from pystacker.bench.safety import BenchError, check_target
-from pystacker.bench.server import EmbeddedServer
-from pystacker.bench.tags import Tag, make_text, parse_text
 from pystacker.cli import main
+from pystacker_tools.bench.checker import IntegrityChecker
+from pystacker_tools.bench.histogram import Histogram
+from pystacker_tools.bench.rawlimit import RawLimitOptions, add_ratios, chat_payload
+from pystacker_tools.bench.rawlimit import _result as raw_result
+from pystacker_tools.bench.safety import BenchError, check_target
+from pystacker_tools.bench.server import EmbeddedServer
+from pystacker_tools.bench.tags import Tag, make_text, parse_text
 
 RUN = "abc123"
 
@@ -255,6 +255,35 @@ def test_smoke_idle_with_its_own_embedded_server_reusing_users(tmp_path: Path) -
     kept = json.loads(users_file.read_text())["users"]
     assert [u["user_id"] for u in kept[:30]] == [u["user_id"] for u in made]  # the same users, not new ones
     assert len(kept) == 35
+
+
+def test_plot_draws_real_runs_against_what_varied_and_refuses_mixed_kinds(server: EmbeddedServer, tmp_path: Path) -> None:
+    """`bench plot`: one point per run's JSON (here two fanout runs with rooms of 5 and 10 members)."""
+    runs = []
+    for members in (10, 5):  # out of order on purpose: the points go in x order
+        report = _bench(server, tmp_path / f"m{members}", "fanout", "--users", "20", "--groups", "2", "--members",
+                        str(members), "--senders", "2", "--duration", "1", "--rate", "20")
+        runs.append((members, report))
+    png = tmp_path / "scale.png"
+    result = CliRunner().invoke(main, ["bench", "plot", *(r["json_path"] for _, r in runs), "--x", "members",
+                                       "--output", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    rows = [line.split() for line in result.output.splitlines()[1:3]]
+    assert [row[0] for row in rows] == ["5", "10"]
+    by_members = dict(runs)
+    for row in rows:
+        assert float(row[1].replace(",", "")) == pytest.approx(by_members[int(row[0])]["steps"][0]["deliveries_per_s"], abs=0.01)
+    # An embedded server is one gateway.
+    gateways = CliRunner().invoke(main, ["bench", "plot", runs[0][1]["json_path"], "--x", "gateways",
+                                         "--output", str(tmp_path / "gw.png")])
+    assert gateways.exit_code == 0 and gateways.output.splitlines()[1].split()[0] == "1", gateways.output
+    # Idle runs and delivery runs measure different things: no shared plot.
+    idle = _bench(server, tmp_path / "idle", "idle", "--connections", "5", "--duration", "0.5")
+    mixed = CliRunner().invoke(main, ["bench", "plot", runs[0][1]["json_path"], idle["json_path"], "--x", "connections",
+                                      "--output", str(tmp_path / "mixed.png")])
+    assert mixed.exit_code == 2 and "do not share a plot" in mixed.output
+    assert not (tmp_path / "mixed.png").exists()
 
 
 # -- the raw limit ---------------------------------------------------------------------------------

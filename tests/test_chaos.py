@@ -4,7 +4,7 @@ One distributed deployment (every service its own process, a redis-server of its
 persistence, a scratch MariaDB database behind the harness's SQL fault proxy) serves every scenario
 of this module, in order; each test runs one scenario with its steady group-chat load and asserts
 what the clients showed after dedup: nothing lost, nothing shown twice, every room in seq order,
-plus the figure its fault is about. The deployment and the checker are pystacker.chaos's, exactly
+plus the figure its fault is about. The deployment and the checker are pystacker_tools.chaos's, exactly
 as the command runs them; these are the short versions (about 3-4 minutes together on 2 cores).
 PYSTACKER_CHAOS_LONG=1 runs the long ones (1,000 clients in the storm, a 30 s SQL outage, ...).
 
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from pystacker.chaos.report import print_report
-from pystacker.chaos.runner import ChaosOptions, ChaosRun
-from pystacker.chaos.traffic import Verdict
+from pystacker_tools.chaos.report import print_report
+from pystacker_tools.chaos.runner import ChaosOptions, ChaosRun
+from pystacker_tools.chaos.traffic import Verdict
 from tests import databases
 
 pytestmark = pytest.mark.chaos

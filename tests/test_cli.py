@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from importlib.metadata import distribution, entry_points
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,53 @@ def test_unknown_command_is_a_usage_error(tmp_path: Path, env: dict[str, str]) -
     result = run(["frobnicate"], tmp_path, env)
     assert result.returncode == 2
     assert "No such command" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- the tools' commands, from pystacker-tools (tools/) through entry points ----------------------
+
+
+def test_bench_and_chaos_are_the_tools_entry_points(tmp_path: Path, env: dict[str, str]) -> None:
+    points = {point.name: point for point in entry_points(group="pystacker.commands")}
+    assert {name: point.dist.name if point.dist else None for name, point in points.items()
+            if name in ("bench", "chaos")} == {"bench": "pystacker-tools", "chaos": "pystacker-tools"}
+    for args, expected in ((["bench", "--help"], ["fanout", "pairs", "idle", "catchup", "rawlimit"]),
+                           (["bench", "rawlimit", "--help"], ["--connections", "--receiver-procs"]),
+                           (["chaos", "--help"], ["--scenario", "--long", "gateway-kill"]),
+                           (["--help"], ["bench", "chaos", "meta", "up"])):
+        result = run(args, tmp_path, env)
+        assert result.returncode == 0, result
+        assert result.stdout.startswith(f"Usage: pystacker {' '.join(args[:-1])}".rstrip()), result.stdout
+        for word in expected:
+            assert word in result.stdout, (args, word)
+
+
+@pytest.mark.parametrize("command", ["meta", "up"])
+def test_a_running_service_has_imported_none_of_the_tools(tmp_path: Path, env: dict[str, str], command: str,
+                                                          started: list[subprocess.Popen[str]]) -> None:
+    """Under `python -X importtime` the interpreter writes a line for every module it imports: a service
+    that is up and answering has imported its own modules and none of pystacker_tools."""
+    assert distribution("pystacker-tools").entry_points  # installed, so that its absence below means something
+    if command == "meta":
+        port = free_port()
+        config = sqlite_config(tmp_path, tmp_path / "meta.db", port=port)
+        assert run(["db", "upgrade", "--config", str(config)], tmp_path, env).returncode == 0
+        args, own = ["meta", "--config", str(config)], "pystacker.meta.routes"
+    else:
+        ports = {name: free_port() for name in ("send", "meta", "registry", "gateway")}
+        env.update({f"PYSTACKER_PORTS__{name.upper()}": str(p) for name, p in ports.items()})
+        port = ports["meta"]
+        args, own = ["up", "--data-dir", str(tmp_path / "data")], "pystacker.embedded"
+    log = tmp_path / "importtime.log"
+    with open(log, "w") as stderr:  # a file, not a pipe: a full pipe would stop the service mid-start
+        process = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "pystacker", *args], cwd=tmp_path,
+                                   env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    started.append(process)
+    wait_until_answering(f"http://127.0.0.1:{port}/ping", process, time.monotonic() + STARTUP_DEADLINE)
+    interrupt_and_wait(process, signal.SIGTERM)
+    imported = {line.rpartition("|")[2].strip() for line in log.read_text().splitlines()
+                if line.startswith("import time:")}
+    assert own in imported and "pystacker.cli" in imported
+    assert sorted(name for name in imported if name.partition(".")[0] == "pystacker_tools") == []
 
 
 # -- one-line config errors ----------------------------------------------------------------------

@@ -138,6 +138,12 @@ async def test_register_login_and_rooms(make_client: Any, system: Any) -> None:
     dave = await make_client("dave")
     await alice.add_members(room, [dave.user_id])
     assert dave.user_id in {m.user_id for m in await alice.members(room)}
+    erin = await make_client("erin")
+    await alice.add_member(room, erin.user_id)
+    assert room in await erin.joined_rooms()
+    with pytest.raises(PyStackerError) as not_allowed:  # only the owner and admins add members
+        await erin.add_member(room, (await make_client("frank")).user_id)
+    assert not_allowed.value.status == 403
 
 
 async def test_errors_carry_status_and_server_text(make_client: Any, system: Any) -> None:

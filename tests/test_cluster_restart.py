@@ -27,10 +27,10 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from pystacker.chaos.launcher import LOAD_GENERATOR_LIMITS, deployment_env, new_key_prefix, redis_env
 from pystacker.cluster import WORKER_METRICS_PORTS, Deployment, Member, default_port
 from pystacker.supervisor import RestartPolicy, Supervisor
 from pystacker.web.auth import TokenService
+from pystacker_tools.chaos.launcher import LOAD_GENERATOR_LIMITS, deployment_env, new_key_prefix, redis_env
 from tests.client import Http, User
 from tests.ws import connect, make_room, poll, send_http
 

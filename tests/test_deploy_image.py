@@ -52,3 +52,12 @@ def test_every_file_a_package_link_points_at_is_in_the_image() -> None:
             assert any(name == s or name.startswith(s.rstrip("/") + "/") for s in sources), \
                 f"{link.relative_to(ROOT)} -> {name}: no COPY line of the Dockerfile takes it"
             assert kept_by_dockerignore(name), f"{name}: .dockerignore leaves it out of the build context"
+
+
+def test_the_image_is_the_product_without_the_tools() -> None:
+    """tools/ (pystacker-tools: bench, chaos) is neither copied nor in the build context: the image
+    installs the root pyproject.toml, whose package never imports the tools (tests/unit/test_tools_imports.py)."""
+    tool_files = [p.relative_to(ROOT).as_posix() for p in (ROOT / "tools").rglob("*") if p.is_file()]
+    assert "tools/pyproject.toml" in tool_files
+    assert not any(source.rstrip("/") == "tools" or source.startswith("tools/") for source in copied_sources())
+    assert [name for name in tool_files if kept_by_dockerignore(name)] == []

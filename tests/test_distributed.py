@@ -24,7 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pystacker.db.schema import chat_messages, device_cursors, devices, room_cursors, room_members
 from pystacker.engine.redis_keys import RedisKeys
-from pystacker.messaging.frames import CloseCode, decode_entry
+from pystacker.messaging.frames import CloseCode
+from pystacker.messaging.model import decode_entry
 from pystacker.web.auth import INTERNAL_TOKEN_HEADER
 from tests import databases
 from tests.client import User

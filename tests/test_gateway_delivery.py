@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from pystacker.messaging.frames import PushEntry
+from pystacker.messaging.model import PushEntry
 from tests.conftest import embedded_system
 from tests.ws import Api, make_room, open_api, poll, send_http
 

@@ -12,9 +12,10 @@ from sqlalchemy import event, func, select
 from pystacker.db.engine import create_engine
 from pystacker.db.migrate import upgrade
 from pystacker.db.schema import chat_messages
-from pystacker.engine.base import EngineSettings, FlushBatch, StoredMessage
+from pystacker.engine.base import EngineSettings, FlushBatch
 from pystacker.engine.memory import MemoryRosters
 from pystacker.flusher.messages import MessageFlusher
+from pystacker.messaging.model import StoredMessage
 from pystacker.messaging.store import MessageStore
 
 TOTAL = 30_000
@@ -52,7 +53,8 @@ async def test_cancel_during_an_insert_leaves_sqlite_usable(tmp_path) -> None:  
     sql = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'flush.db'}")
     await upgrade(sql)
     now = int(time.time() * 1000)
-    messages = [StoredMessage(i, 1, i, 7, "text", {"text": f"m{i}"}, now) for i in range(1, TOTAL + 1)]
+    messages = [StoredMessage(msg_id=i, room_id=1, seq=i, sender_id=7, type="text", content={"text": f"m{i}"},
+                              created_at_ms=now) for i in range(1, TOTAL + 1)]
     log = QueueLog(messages)
     flusher = MessageFlusher(SimpleNamespace(messages=log, cursors=NoCursors(), read_marks=NoCursors(),
                                              device_cursors=NoCursors(),

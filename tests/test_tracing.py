@@ -19,7 +19,7 @@ import pytest
 
 from pystacker.config import ConfigError, load_config
 from pystacker.embedded import EmbeddedSystem
-from pystacker.messaging.frames import PushEntry, decode_entry
+from pystacker.messaging.model import PushEntry, decode_entry
 from pystacker.observability import tracing
 from pystacker.observability.tracing import traces_url
 from tests.conftest import TEST_JWT_SECRET, TEST_LIMITS
@@ -165,7 +165,7 @@ def test_tracing_config_keys() -> None:
 
 
 def test_entries_without_trace_context_keep_their_bytes_and_a_bad_one_is_ignored() -> None:
-    plain = PushEntry("chat", 1, 2, 3, [3, 4], {"text": "x"}, 5, None, 6, "text")
+    plain = PushEntry(type="chat", msg_id=1, room_id=2, sender_id=3, target_ids=[3, 4], payload={"text": "x"}, seq=5, ts=6)
     assert set(orjson.loads(plain.encode())) == ENTRY_KEYS
     assert decode_entry(plain.encode()).trace_parent is None
     odd = orjson.loads(plain.encode()) | {"TraceParent": 12}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from pystacker.bench.server import EmbeddedServer
+from pystacker_tools.bench.server import EmbeddedServer
 from tests.client import Http, new_user
 from tests.internal_routes import assert_internal_routes_need
 

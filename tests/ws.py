@@ -19,8 +19,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from pystacker.chaos.launcher import poll  # noqa: F401 - the tests import it from here
 from pystacker.web.auth import INTERNAL_TOKEN_HEADER
+from pystacker_tools.chaos.launcher import poll  # noqa: F401 - the tests import it from here
 from tests.client import Http, User, new_user
 
 DEFAULT_TIMEOUT = 5.0

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Coroutine
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import click
@@ -53,7 +54,35 @@ config_option = click.option(
     help="YAML config file (GoStacker's key names). Environment: PYSTACKER_<SECTION>__<KEY>.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+COMMANDS_GROUP = "pystacker.commands"  # entry points of other distributions' commands (pystacker-tools)
+
+
+class Commands(click.Group):
+    """The product's own commands, and those other distributions register under the entry-point group
+    `pystacker.commands` (pystacker-tools: `bench`, `chaos`). One of those is imported only to run it
+    or to list every command (`pystacker --help`), so a service's process never imports the tools;
+    a command of the product's own wins over an entry point of the same name."""
+
+    def _entry_points(self) -> dict[str, EntryPoint]:
+        return {point.name: point for point in entry_points(group=COMMANDS_GROUP)}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._entry_points()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        point = self._entry_points().get(cmd_name)
+        if point is None:
+            return None
+        loaded = point.load()
+        if not isinstance(loaded, click.Command):
+            raise click.ClickException(f"entry point {point.value} ({COMMANDS_GROUP}) is not a click command")
+        return loaded
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """PyStacker: a distributed IM server, wire-compatible with GoStacker."""
 
@@ -206,21 +235,3 @@ def chat(meta_url: str, send_url: str, registry_url: str, username: str, passwor
 
     _run(main_task)
     sys.exit(exit_code)
-
-
-def _add_bench_commands() -> None:
-    from pystacker.bench.cli import bench
-
-    main.add_command(bench)
-
-
-_add_bench_commands()
-
-
-def _add_chaos_command() -> None:
-    from pystacker.chaos.cli import chaos
-
-    main.add_command(chaos)
-
-
-_add_chaos_command()

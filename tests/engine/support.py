@@ -8,7 +8,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
-from pystacker.engine.base import Engine, EngineSettings, LogEnd, MessageLog, NewMessage, SeqSeed
+from pystacker.engine.base import Engine, EngineSettings, LogEnd, MessageLog, SeqSeed
+from pystacker.messaging.model import NewMessage
 
 T = TypeVar("T")
 

@@ -42,3 +42,24 @@ async def test_append_and_route_seeds_a_room_without_a_counter_and_keeps_idempot
     assert appended.message.seq == 42 and not appended.duplicate
     assert again.duplicate and again.message == appended.message
     assert await engine.messages.last_seqs([room_id]) == {room_id: 42}
+
+
+# -- the send path's push: inbox entries, the sender's ack after them, his read mark ----------------
+
+
+async def test_hand_on_writes_the_entries_then_the_rest_and_moves_the_read_marks(engine: Engine) -> None:
+    gw_a, gw_b = f"gw-a-{unique_int()}", f"gw-b-{unique_int()}"
+    for gateway in (gw_a, gw_b):
+        await engine.inbox.ensure_group(gateway)
+    room_id, sender, reader = unique_int(), unique_int(), unique_int()
+    await engine.hand_on([(gw_a, b"copy-a"), (gw_b, b"copy-b1"), (gw_b, b"copy-b2")],
+                         then=[(gw_b, b"copy-b3"), (gw_b, b"ack")],
+                         read_marks=[(sender, room_id, 7), (reader, room_id, 3)])
+    assert [e.data for e in await engine.inbox.read_new(gw_a, "c", 10, 0)] == [b"copy-a"]
+    assert [e.data for e in await engine.inbox.read_new(gw_b, "c", 10, 0)] == [b"copy-b1", b"copy-b2", b"copy-b3", b"ack"]
+    assert await engine.read_marks.get(sender, [room_id]) == {room_id: 7}
+    assert await engine.read_marks.of_users([sender, reader], room_id) == {sender: 7, reader: 3}
+    # A mark only moves forward, through hand_on as through read_marks.advance.
+    await engine.hand_on([], read_marks=[(sender, room_id, 5)])
+    assert await engine.read_marks.get(sender, [room_id]) == {room_id: 7}
+    await engine.hand_on([])  # nothing to write: nothing happens

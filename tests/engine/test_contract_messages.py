@@ -5,16 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from pystacker.engine.base import (
-    Engine,
-    EngineSettings,
-    FlushBatch,
-    LogEnd,
-    MessageLog,
-    NewMessage,
-    StoredMessage,
-    TargetChange,
-)
+from pystacker.engine.base import Engine, EngineSettings, FlushBatch, LogEnd, MessageLog, TargetChange
+from pystacker.messaging.model import NewMessage, StoredMessage
 from tests.engine.support import OpenEngine, drain_flush_queue, new_message, unique_int, until
 
 

@@ -312,3 +312,16 @@ async def test_append_and_route_appends_once_when_the_server_lost_its_scripts(op
     assert appended.message.seq == 2 and set(routes) == {user}
     assert [m.seq for m in await engine.messages.read(room_id, 0, 10)] == [1, 2]
     assert (await engine.append_and_route(new_message(room_id), [user]))[0].message.seq == 3
+
+
+async def test_hand_on_writes_everything_once_when_the_server_lost_its_scripts(open_redis_engine: OpenEngine) -> None:
+    """The push's pipeline sends bare EVALSHAs; after a script flush each call refused with NOSCRIPT
+    is run again the plain way (loading the script), so every entry is written once and in order."""
+    engine = await _redis_engine(open_redis_engine)
+    gateway, room_id, sender = f"gw-{unique_int()}", unique_int(), unique_int()
+    await engine.inbox.ensure_group(gateway)
+    await engine.hand_on([(gateway, b"m1")], then=[(gateway, b"ack1")], read_marks=[(sender, room_id, 1)])
+    await engine.client.script_flush()
+    await engine.hand_on([(gateway, b"m2")], then=[(gateway, b"ack2")], read_marks=[(sender, room_id, 2)])
+    assert [e.data for e in await engine.inbox.read_new(gateway, "c", 10, 0)] == [b"m1", b"ack1", b"m2", b"ack2"]
+    assert await engine.read_marks.get(sender, [room_id]) == {room_id: 2}

@@ -3,8 +3,8 @@ byte, on a new read as after a reclaim, and decode with GoStacker's fields as th
 
 from __future__ import annotations
 
-from pystacker.engine.base import Engine, StoredMessage
-from pystacker.messaging.frames import PushEntry, decode_entry
+from pystacker.engine.base import Engine
+from pystacker.messaging.model import PushEntry, StoredMessage, decode_entry
 from tests.engine.support import unique_name
 
 TRACE_PARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

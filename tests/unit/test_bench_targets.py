@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pystacker.bench.api import Targets
-from pystacker.bench.safety import BenchError
+from pystacker_tools.bench.safety import BenchError
+from pystacker_tools.bench.targets import Targets
 
 
 def test_several_send_urls_share_the_rooms() -> None:

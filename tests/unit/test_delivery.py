@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 import pytest
 
-from pystacker.engine.base import StoredMessage
 from pystacker.gateway.delivery import (
     BATCH_SIZE,
     BURST_BYTES,
@@ -32,6 +31,7 @@ from pystacker.gateway.delivery import (
 from pystacker.gateway.wsframes import OPCODE_PING, OPCODE_PONG, OPCODE_TEXT
 from pystacker.messaging.acks import EntryTracker
 from pystacker.messaging.frames import CloseCode, chat_frame, encode
+from pystacker.messaging.model import StoredMessage
 from pystacker.observability.metrics import GatewayMetrics
 
 ROOM = 11
@@ -58,7 +58,8 @@ def texts(data: bytes) -> list[dict[str, Any]]:
 
 
 def message(seq: int, room_id: int = ROOM, text: str = "") -> StoredMessage:
-    return StoredMessage(1000 + seq, room_id, seq, 5, "text", {"text": text or f"m{seq}"}, 1_700_000_000_000 + seq)
+    return StoredMessage(msg_id=1000 + seq, room_id=room_id, seq=seq, sender_id=5, type="text",
+                         content={"text": text or f"m{seq}"}, created_at_ms=1_700_000_000_000 + seq)
 
 
 def push(seq: int, room_id: int = ROOM, entry_id: str | None = None, text: str = "") -> RoomPush:
@@ -189,7 +190,8 @@ def test_a_gostacker_client_gets_no_pystacker_frames() -> None:
     core = live(core_for(events=False, tracker=tracker))
     assert core.offer(RawFrame('{"type":"typing"}', "r-0", events_only=True)) is Offer.DROPPED
     assert tracker.take_completed() == ["r-0"]
-    reaction = StoredMessage(2001, ROOM, 1, 5, "reaction", {"message_id": 1000, "emoji": "+1", "on": True}, 1)
+    reaction = StoredMessage(msg_id=2001, room_id=ROOM, seq=1, sender_id=5, type="reaction",
+                             content={"message_id": 1000, "emoji": "+1", "on": True}, created_at_ms=1)
     assert core.offer(RoomPush(ROOM, 1, "{}", event=reaction)) is Offer.QUEUED
     assert core.start_writer()
     assert written(run(core)) == []  # nothing it can show, yet passed in order

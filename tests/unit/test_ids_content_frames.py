@@ -2,8 +2,8 @@ import pytest
 
 from pystacker.messaging.content import MAX_TEXT_CHARS, parse_content
 from pystacker.messaging.errors import Refused
-from pystacker.messaging.frames import PushEntry, decode_entry
 from pystacker.messaging.ids import EPOCH_MS, Snowflake, timestamp_ms
+from pystacker.messaging.model import PushEntry, decode_entry
 from pystacker.web.envelope import refusal_status
 
 
@@ -42,7 +42,8 @@ def test_content_types_defaults_and_errors() -> None:
 
 
 def test_inbox_entries_round_trip_and_read_both_key_styles() -> None:
-    entry = PushEntry("chat", 9, 3, 4, [1, 2], {"text": "hi"}, 7, "c1", 123, "text")
+    entry = PushEntry(type="chat", msg_id=9, room_id=3, sender_id=4, target_ids=[1, 2], payload={"text": "hi"}, seq=7,
+                      client_msg_id="c1", ts=123)
     assert decode_entry(entry.encode()) == entry
     snake = decode_entry(b'{"id": 9, "type": "chat", "room_id": 3, "sender_id": 4, "target_ids": [1], "payload": null}')
     assert (snake.msg_id, snake.room_id, snake.target_ids, snake.seq) == (9, 3, [1], 0)

@@ -166,6 +166,11 @@ class PyStackerClient:
         await self._call("POST", f"{self.meta_url}/api/chat/group/add_members",
                          json={"room_id": room_id, "member_ids": list(member_ids)})
 
+    async def add_member(self, room_id: int, member_id: int) -> None:
+        """One member: GoStacker's route, the only one it has (`add_members` answers 404 there)."""
+        await self._call("POST", f"{self.meta_url}/api/chat/group/add_member",
+                         json={"room_id": room_id, "member_id": member_id})
+
     async def join(self, room_id: int) -> None:
         await self._call("POST", f"{self.meta_url}/api/chat/group/join", json={"room_id": room_id})
 

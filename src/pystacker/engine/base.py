@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pystacker.messaging.model import DEFAULT_DEVICE, NewMessage, StoredMessage
+
 # -- inbox ------------------------------------------------------------------------------------------
 
 
@@ -73,41 +75,6 @@ class Inbox(Protocol):
 
 
 # -- messages ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class NewMessage:
-    msg_id: int  # snowflake, made by the send instance
-    room_id: int
-    sender_id: int
-    type: str  # content type: text, image, voice, file
-    content: dict[str, Any]  # the payload without its "type" key, as GoStacker stores and sends it
-    created_at_ms: int
-    client_msg_id: str | None = None
-    reply_to: int | None = None  # the message of the same room this one answers
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """One entry of a room's log: a message, or a room event about one (its `type` is then an event
-    type and `content` says what it did: messaging/lifecycle.py). A message's last four fields are its
-    state after the room's events: set by the edits and the recall that changed it."""
-
-    msg_id: int
-    room_id: int
-    seq: int
-    sender_id: int
-    type: str
-    content: dict[str, Any]
-    created_at_ms: int
-    client_msg_id: str | None = None
-    reply_to: int | None = None
-    edited_at_ms: int | None = None
-    recalled_by: int | None = None  # a tombstone: its content is gone
-    recalled_at_ms: int | None = None
-    # How many messages the room's log holds up to this entry (a room event adds none): unread
-    # counts are differences of it, so that edits and reactions never count as unread.
-    msg_no: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,16 +277,13 @@ class SendInfo:
                 "last_heartbeat": self.last_heartbeat}
 
 
-DEFAULT_DEVICE = "default"  # the device of a connection that names none (every GoStacker client)
-
-
 @dataclass(slots=True)
 class UserRoute:
     """Where one device of a user is connected (or leased, after a disconnect). A user's route is
     his most recent device's, with his other devices in `others` (registry/device_routes.py).
     Treated as immutable: changed with dataclasses.replace, never in place, so the memory engine
     hands out its stored records without copying them. (Not frozen: a frozen dataclass's __init__
-    costs about twice as much, and the Redis engine builds one per member per message.)"""
+    costs about twice as much, and the engines build one per route record they read.)"""
 
     user_id: int
     gateway_id: str
@@ -400,6 +364,17 @@ class Bus(Protocol):
 # -- the engine -------------------------------------------------------------------------------------
 
 
+async def hand_on_in_turn(inbox: Inbox, read_marks: Cursors, entries: Sequence[tuple[str, bytes]],
+                          then: Sequence[tuple[str, bytes]], marks: Sequence[tuple[int, int, int]]) -> None:
+    """Engine.hand_on as its calls one after the other: for a store that cannot run them in one go."""
+    if entries:
+        await inbox.add(entries)
+    if then:
+        await inbox.add(then)
+    if marks:
+        await read_marks.advance(marks)
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     inbox_max_len: int = 100_000  # approximate stream length cap (MAXLEN ~)
@@ -429,5 +404,12 @@ class Engine(Protocol):
         user whose route is not among them connected later, so his catch-up (which reads the rooms'
         last seqs after writing his route) includes the message. One round trip where the store can
         run both in order on one connection."""
+
+    async def hand_on(self, entries: Sequence[tuple[str, bytes]], *, then: Sequence[tuple[str, bytes]] = (),
+                      read_marks: Sequence[tuple[int, int, int]] = ()) -> None:
+        """A message's push: inbox.add(entries), then inbox.add(then), whose entries are written only
+        after all of `entries` (the sender's ack goes there: it means "handed on"), then
+        read_marks.advance(read_marks). One round trip where the store can run them in order on one
+        connection."""
 
     async def close(self) -> None: ...

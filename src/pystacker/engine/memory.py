@@ -34,7 +34,6 @@ from pystacker.engine.base import (
     InboxStats,
     LogEnd,
     MessageLog,
-    NewMessage,
     Registry,
     Roster,
     RosterConflict,
@@ -42,11 +41,12 @@ from pystacker.engine.base import (
     Rosters,
     SendInfo,
     SeqSeed,
-    StoredMessage,
     TargetChange,
     UserRoute,
+    hand_on_in_turn,
 )
 from pystacker.engine.bus_handlers import HandlerTasks
+from pystacker.messaging.model import NewMessage, StoredMessage
 from pystacker.registry.device_routes import compose, expiry, record_ttl, with_device
 
 # -- inbox ------------------------------------------------------------------------------------------
@@ -726,6 +726,10 @@ class MemoryEngine:
                                user_ids: Sequence[int]) -> tuple[Appended, dict[int, UserRoute]]:
         appended = await self.messages.append(message)
         return appended, await self.registry.get_routes(user_ids)
+
+    async def hand_on(self, entries: Sequence[tuple[str, bytes]], *, then: Sequence[tuple[str, bytes]] = (),
+                      read_marks: Sequence[tuple[int, int, int]] = ()) -> None:
+        await hand_on_in_turn(self.inbox, self.read_marks, entries, then, read_marks)
 
     async def ping(self) -> None:
         if self._closed:

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis.exceptions import NoScriptError
 
 from pystacker.engine.redis_common import Client, pipeline, register, run, text
 from pystacker.engine.redis_keys import RedisKeys
@@ -87,24 +90,42 @@ class RedisCursors:
         return sorted(int(room) for room in await self._client.hkeys(self._hash_of(user_id)))
 
     async def advance(self, updates: Sequence[tuple[int, int, int]]) -> None:
+        # One script per partition, all at once (partitions live in different slots on a cluster).
+        await asyncio.gather(*(run(self._advance, keys, args) for keys, args in self._advance_calls(updates)))
+
+    def queue_advance(self, pipe: Any, updates: Sequence[tuple[int, int, int]]) -> list[tuple[list[str], list[Any]]]:
+        """Queue advance(updates) on a pipeline of this cursor store's (non-cluster) client as bare
+        EVALSHAs, one per partition. Finish with advanced_from and the pipeline's replies to them."""
+        calls = self._advance_calls(updates)
+        for keys, args in calls:
+            pipe.evalsha(self._advance.sha, len(keys), *keys, *args)
+        return calls
+
+    async def advanced_from(self, calls: list[tuple[list[str], list[Any]]], replies: Sequence[Any]) -> None:
+        """A NoScriptError reply (the script is not loaded on this server yet) moved nothing: that call
+        is run again, which loads it; any other error is raised."""
+        for (keys, args), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                await run(self._advance, keys, args)
+            elif isinstance(reply, Exception):
+                raise reply
+
+    def _advance_calls(self, updates: Sequence[tuple[int, int, int]]) -> list[tuple[list[str], list[Any]]]:
         by_partition: dict[int, list[tuple[int, int, int]]] = {}
         for user_id, room_id, seq in updates:
             by_partition.setdefault(self._keys.user_partition(user_id), []).append((user_id, room_id, seq))
-        if not by_partition:
-            return
-        calls = []
+        calls: list[tuple[list[str], list[Any]]] = []
         for partition, items in by_partition.items():
             keys = [self._dirty_of(partition)]
             index: dict[int, int] = {}
-            args: list[str | int] = []
+            args: list[Any] = []
             for user_id, room_id, seq in items:
                 if user_id not in index:
                     keys.append(self._hash_of(user_id))
                     index[user_id] = len(keys)  # Lua counts from 1
                 args += [index[user_id], user_id, room_id, int(seq)]
-            calls.append(run(self._advance, keys, args))
-        # One script per partition, all at once (partitions live in different slots on a cluster).
-        await asyncio.gather(*calls)
+            calls.append((keys, args))
+        return calls
 
     async def forget(self, owner_ids: Sequence[int]) -> None:
         # Their dirty members stay in the partition's set (finding them would mean a scan per owner):

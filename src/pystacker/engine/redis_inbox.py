@@ -13,13 +13,30 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from pystacker.engine.base import EngineSettings, InboxEntry, InboxStats
 from pystacker.engine.redis_common import LUA_ID_LESS, Client, error_code, is_entry_id, register, run, text
 from pystacker.engine.redis_keys import RedisKeys
+
+
+@dataclass(frozen=True, slots=True)
+class AddCalls:
+    """The add scripts queued on a pipeline (RedisInbox.queue_add): one per stream, in this order."""
+
+    entries: Sequence[tuple[str, bytes]]
+    by_gateway: dict[str, list[int]]  # gateway -> indexes of its entries
+
+
+def _by_gateway(entries: Sequence[tuple[str, bytes]]) -> dict[str, list[int]]:
+    by_gateway: dict[str, list[int]] = {}
+    for index, (gateway_id, _) in enumerate(entries):
+        by_gateway.setdefault(gateway_id, []).append(index)
+    return by_gateway
+
 
 # A blocking read waits in slices of at most this long: the client's socket timeout (redis-py's default
 # is 5 s) must not cut a long wait short.
@@ -185,14 +202,40 @@ class RedisInbox:
         await self._list(gateway_id)
 
     async def add(self, entries: Sequence[tuple[str, bytes]]) -> list[str]:
-        by_gateway: dict[str, list[int]] = {}
-        for index, (gateway_id, _) in enumerate(entries):
-            by_gateway.setdefault(gateway_id, []).append(index)
+        by_gateway = _by_gateway(entries)
         # One script per stream, all at once: streams live in different slots on a cluster.
-        replies = await asyncio.gather(*(
-            run(self._add, [self._keys.stream(gateway_id)],
-                [self._max_len, TRIM_STEP, *(entries[i][1] for i in indexes)])
-            for gateway_id, indexes in by_gateway.items()))
+        replies = await asyncio.gather(*(run(self._add, *self._add_call(gateway_id, entries, indexes))
+                                         for gateway_id, indexes in by_gateway.items()))
+        return await self._added(entries, by_gateway, replies)
+
+    def queue_add(self, pipe: Any, entries: Sequence[tuple[str, bytes]]) -> AddCalls:
+        """Queue add(entries) on a pipeline of this inbox's (non-cluster) client as bare EVALSHAs, one per
+        stream, in order. Finish with added_from and the pipeline's replies to them (a NoScriptError
+        among them: that stream's entries were not written; add() them)."""
+        by_gateway = _by_gateway(entries)
+        for gateway_id, indexes in by_gateway.items():
+            keys, args = self._add_call(gateway_id, entries, indexes)
+            pipe.evalsha(self._add.sha, len(keys), *keys, *args)
+        return AddCalls(entries, by_gateway)
+
+    async def added_from(self, calls: AddCalls, replies: Sequence[Any]) -> list[str]:
+        """The entry ids, as add() returns them. A NoScriptError reply (the script is not loaded on this
+        server yet) wrote nothing to its stream: that stream's call is run again, which loads it; any
+        other error is raised."""
+        finished = list(replies)
+        for position, ((gateway_id, indexes), reply) in enumerate(zip(calls.by_gateway.items(), replies, strict=True)):
+            if isinstance(reply, NoScriptError):
+                finished[position] = await run(self._add, *self._add_call(gateway_id, calls.entries, indexes))
+            elif isinstance(reply, Exception):
+                raise reply
+        return await self._added(calls.entries, calls.by_gateway, finished)
+
+    def _add_call(self, gateway_id: str, entries: Sequence[tuple[str, bytes]],
+                  indexes: list[int]) -> tuple[list[str], list[Any]]:
+        return [self._keys.stream(gateway_id)], [self._max_len, TRIM_STEP, *(entries[i][1] for i in indexes)]
+
+    async def _added(self, entries: Sequence[tuple[str, bytes]], by_gateway: dict[str, list[int]],
+                     replies: Sequence[Any]) -> list[str]:
         ids: list[str] = [""] * len(entries)
         created: list[str] = []
         for (gateway_id, indexes), reply in zip(by_gateway.items(), replies, strict=True):

@@ -30,18 +30,10 @@ from typing import Any
 
 import orjson
 
-from pystacker.engine.base import (
-    Appended,
-    EngineSettings,
-    FlushBatch,
-    LogEnd,
-    NewMessage,
-    SeqSeed,
-    StoredMessage,
-    TargetChange,
-)
+from pystacker.engine.base import Appended, EngineSettings, FlushBatch, LogEnd, SeqSeed, TargetChange
 from pystacker.engine.redis_common import LUA_ID_LESS, Client, id_order, pipeline, register, run, text
 from pystacker.engine.redis_keys import RedisKeys
+from pystacker.messaging.model import NewMessage, StoredMessage
 
 FLUSH_GROUP = "flushers"
 # Every flusher reads under one consumer name: ownership is tracked by batch (the token), and a

@@ -32,10 +32,10 @@ from pydantic import Field, StrictInt, ValidationError
 from pystacker.gateway.connection import Connection, RawFrame
 from pystacker.gateway.presence_watch import PresenceWatch
 from pystacker.messaging.errors import Refused
-from pystacker.messaging.fields import INT64_MIN, PositiveId, Seq
 from pystacker.messaging.frames import batch_frame, encode, entry_frame, error_frame, send_result_frame
 from pystacker.messaging.history import History
 from pystacker.messaging.membership import MembershipCache
+from pystacker.messaging.model import INT64_MIN, PositiveId, Seq
 from pystacker.messaging.typing_signals import TypingSignals
 from pystacker.messaging.user_presence import MAX_WATCHED
 from pystacker.send.routes import EditRequest, ReactRequest, RecallRequest, SendRequest, change_answer, reaction_answer

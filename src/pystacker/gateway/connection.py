@@ -22,7 +22,7 @@ import logging
 import time
 from typing import Any, Protocol
 
-from pystacker.engine.base import DEFAULT_DEVICE, Cursors
+from pystacker.engine.base import Cursors
 from pystacker.gateway.delivery import (
     BATCH_SIZE,
     HEARTBEAT_PING,
@@ -44,6 +44,7 @@ from pystacker.gateway.transport import Transport
 from pystacker.messaging.acks import EntryTracker
 from pystacker.messaging.frames import CloseCode
 from pystacker.messaging.history import History
+from pystacker.messaging.model import DEFAULT_DEVICE
 from pystacker.messaging.ordering import RoomSequencer
 from pystacker.observability import tracing
 from pystacker.observability.metrics import GatewayMetrics

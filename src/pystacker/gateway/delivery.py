@@ -43,10 +43,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from pystacker.engine.base import StoredMessage
 from pystacker.gateway.wsframes import ping_frame, pong_frame, text_frame
 from pystacker.messaging.acks import EntryTracker
-from pystacker.messaging.frames import CloseCode, PushEntry, batch_frame, encode, entry_frame, gostacker_event_frame
+from pystacker.messaging.frames import CloseCode, batch_frame, encode, entry_frame, gostacker_event_frame
+from pystacker.messaging.model import PushEntry, StoredMessage
 from pystacker.messaging.ordering import RoomSequencer, Verdict
 from pystacker.observability.metrics import GatewayMetrics, frame_type
 

@@ -6,15 +6,14 @@ import logging
 
 from aiohttp import WSMsgType, web
 
-from pystacker.engine.base import DEFAULT_DEVICE
 from pystacker.gateway.client_frames import ClientFrames
 from pystacker.gateway.connection import Connection, RawFrame
 from pystacker.gateway.service import GatewayService
 from pystacker.gateway.transport import AiohttpTransport
 from pystacker.messaging.devices import DEVICE_ID_PATTERN, Devices
-from pystacker.messaging.fields import INT64_MAX
-from pystacker.messaging.frames import PushEntry, decode_entry, encode, error_frame, system_frame
+from pystacker.messaging.frames import encode, error_frame, system_frame
 from pystacker.messaging.history import History
+from pystacker.messaging.model import DEFAULT_DEVICE, INT64_MAX, PushEntry, decode_entry
 from pystacker.web.auth import Auth, identity
 from pystacker.web.envelope import ApiError, ok
 from pystacker.web.openapi import Param, Reply, Route, add_routes

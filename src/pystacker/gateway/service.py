@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pystacker.engine.base import DEFAULT_DEVICE, Engine, InboxEntry, UserRoute
+from pystacker.engine.base import Engine, InboxEntry, UserRoute
 from pystacker.gateway.connection import CatchUp, Connection, Item, RawFrame, RoomPush
 from pystacker.gateway.presence_watch import PresenceWatch
 from pystacker.gateway.wsframes import text_frame
@@ -24,19 +24,9 @@ from pystacker.messaging.cursors import CursorBook
 from pystacker.messaging.devices import DeviceCursors, Devices
 from pystacker.messaging.events import is_event
 from pystacker.messaging.fanout import route_is_live
-from pystacker.messaging.frames import (
-    CloseCode,
-    EntryType,
-    PushEntry,
-    ack_frame,
-    chat_frame,
-    decode_entry,
-    encode,
-    event_frame,
-    read_frame,
-    typing_frame,
-)
+from pystacker.messaging.frames import CloseCode, ack_frame, chat_frame, encode, event_frame, read_frame, typing_frame
 from pystacker.messaging.handoff import Handoff
+from pystacker.messaging.model import DEFAULT_DEVICE, EntryType, PushEntry, decode_entry
 from pystacker.messaging.readstate import ReadState
 from pystacker.messaging.user_presence import Presence
 from pystacker.observability import metrics, tracing
@@ -192,7 +182,7 @@ class GatewayService:
             if route.gateway_id == self.gateway_id:
                 self.close_device(conn.user_id, route.device_id)
             else:
-                entry = PushEntry(EntryType.CLOSE_DEVICE, 0, 0, 0, [conn.user_id], None, device_id=route.device_id)
+                entry = PushEntry(type=EntryType.CLOSE_DEVICE, target_ids=[conn.user_id], device_id=route.device_id)
                 await self.engine.inbox.add([(route.gateway_id, entry.encode())])
 
     def close_device(self, user_id: int, device_id: str) -> None:

@@ -10,9 +10,8 @@ from typing import Any
 
 import orjson
 
-from pystacker.engine.base import StoredMessage
 from pystacker.messaging.errors import Invalid, TooLarge
-from pystacker.messaging.fields import INT64_MAX
+from pystacker.messaging.model import INT64_MAX, StoredMessage
 
 MAX_CONTENT_BYTES = 16 * 1024  # the encoded payload; larger content is a file to upload, not a message
 MAX_TEXT_CHARS = 8000

@@ -25,8 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pystacker.db.schema import device_cursors, devices
 from pystacker.db.sqlutil import insert_ignoring_duplicates, utcnow
-from pystacker.engine.base import DEFAULT_DEVICE, Cursors, Engine
+from pystacker.engine.base import Cursors, Engine
 from pystacker.messaging.cursors import CursorBook
+from pystacker.messaging.model import DEFAULT_DEVICE
 from pystacker.messaging.readstate import ReadState
 
 # Printable ASCII; spaces inside only (HTTP drops them at the ends of a header).

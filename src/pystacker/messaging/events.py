@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from pystacker.engine.base import StoredMessage
+from pystacker.messaging.model import StoredMessage
 
 EDIT, RECALL, REACTION = "edit", "recall", "reaction"
 EVENT_TYPES = frozenset({EDIT, RECALL, REACTION})

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from pystacker.engine.base import GatewayInfo, UserRoute
-from pystacker.messaging.frames import PushEntry
+from pystacker.messaging.model import PushEntry
 
 
 @dataclass

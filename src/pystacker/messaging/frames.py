@@ -1,25 +1,20 @@
-"""Frames to clients and inbox entries between send and gateways.
+"""Frames to clients, and the close codes of their sockets.
 
 Client frames keep GoStacker's five keys `{"id","type","room_id","sender_id","payload"}` so its
 clients work unchanged; PyStacker adds keys they ignore: `seq`, `client_msg_id`, `ts` (ms), `id_str`
-(the id as a string: snowflakes exceed JavaScript's 2^53) and `content_type`.
-
-Inbox entries are GoStacker's PushMessage with CamelCase keys (so a Go gateway can read ours) plus
-`Seq`, `ClientMsgID`, `TS`, `ContentType`, and `TraceParent` (the W3C trace context of the message's
-trace) only while tracing is on; the decoder accepts snake_case too.
+(the id as a string: snowflakes exceed JavaScript's 2^53) and `content_type`. Inbox entries, the
+frames between send and gateways, are in messaging/model.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import IntEnum
 from typing import Any
 
 import orjson
 
-from pystacker.engine.base import DEFAULT_DEVICE, StoredMessage
 from pystacker.messaging.events import EDIT, EVENT_TYPES, RECALL
-from pystacker.messaging.fields import in_int64
+from pystacker.messaging.model import StoredMessage
 
 WELCOME_TEXT = "Connected to WebSocket server"
 
@@ -153,124 +148,3 @@ def send_result_frame(message: StoredMessage, *, duplicate: bool, ref: Any = Non
     return {"id": message.msg_id, "type": "send_ok", "room_id": message.room_id, "sender_id": message.sender_id,
             "payload": {"msgID": message.msg_id, "id_str": str(message.msg_id), "seq": message.seq,
                         "client_msg_id": message.client_msg_id, "duplicate": duplicate, "ref": ref}}
-
-
-# -- inbox entries ---------------------------------------------------------------------------------
-
-
-class EntryType(StrEnum):
-    """What an inbox entry asks of the gateway. GoStacker's are `chat` and `ack`; a gateway delivers an
-    entry of a type it does not know as a frame of that type (GoStacker components' frames)."""
-
-    CHAT = "chat"  # an entry of a room's log (a message or a room event) for every device of the targets
-    ACK = "ack"  # the sender's ack, for the device that sent
-    CATCH_UP = "catchup"  # run the targets' catch-up now
-    READ = "read"  # a read mark moved (messaging/readstate.py): a `read` frame
-    TYPING = "typing"  # someone types (messaging/typing_signals.py): a `typing` frame, shed first
-    CLOSE_DEVICE = "close_device"  # close this device of the target (the device limit)
-
-
-@dataclass(frozen=True, slots=True)
-class PushEntry:
-    """One inbox entry: a message (or an ack) for some users of one gateway."""
-
-    type: str  # an EntryType, or a type from GoStacker's components
-    msg_id: int
-    room_id: int
-    sender_id: int
-    target_ids: list[int]
-    payload: Any
-    seq: int = 0
-    client_msg_id: str | None = None
-    ts: int = 0
-    content_type: str = "text"
-    # W3C `traceparent` of the fan-out span (observability/tracing.py); None, and no key in the entry,
-    # while tracing is off, so that entries stay byte for byte what they were.
-    trace_parent: str | None = None
-    # For one device of each target only (an `ack` to the device that sent, a device to close);
-    # None, and no key: every device of the targets.
-    device_id: str | None = None
-    # A reply's quote of the message it answers (History.quotes); None, and no key, for the others.
-    quote: dict[str, Any] | None = None
-
-    def encode(self) -> bytes:
-        fields = {
-            "ID": self.msg_id, "Type": self.type, "RoomID": self.room_id, "SenderID": self.sender_id,
-            "TargetIDs": self.target_ids, "Payload": self.payload, "Seq": self.seq,
-            "ClientMsgID": self.client_msg_id, "TS": self.ts, "ContentType": self.content_type,
-        }
-        if self.trace_parent is not None:
-            fields["TraceParent"] = self.trace_parent
-        if self.device_id is not None:
-            fields["DeviceID"] = self.device_id
-        if self.quote is not None:
-            fields["Quote"] = self.quote
-        return orjson.dumps(fields)
-
-    @classmethod
-    def for_message(cls, message: StoredMessage, target_ids: list[int], trace_parent: str | None = None,
-                    quote: dict[str, Any] | None = None) -> PushEntry:
-        """A log entry (a message, or a room event) for those targets; `quote`: what a reply answers."""
-        return cls(EntryType.CHAT, message.msg_id, message.room_id, message.sender_id, target_ids, message.content,
-                   message.seq, message.client_msg_id, message.created_at_ms, message.type, trace_parent,
-                   quote=quote)
-
-    @classmethod
-    def for_ack(cls, message: StoredMessage, trace_parent: str | None = None, device_id: str = DEFAULT_DEVICE) -> PushEntry:
-        """The sender's ack, for the device that sent (no key for `default`: GoStacker's entry)."""
-        return cls(EntryType.ACK, message.msg_id, message.room_id, message.sender_id, [message.sender_id], None,
-                   message.seq, message.client_msg_id, message.created_at_ms, message.type, trace_parent,
-                   None if device_id == DEFAULT_DEVICE else device_id)
-
-    def stored_message(self) -> StoredMessage:
-        payload = self.payload if isinstance(self.payload, dict) else {}
-        reply_to = self.quote.get("message_id") if self.quote is not None else None
-        return StoredMessage(self.msg_id, self.room_id, self.seq, self.sender_id, self.content_type, payload,
-                             self.ts, self.client_msg_id, reply_to=reply_to if isinstance(reply_to, int) else None)
-
-
-def _pick(data: dict[str, Any], camel: str, snake: str, default: Any) -> Any:
-    if camel in data:
-        return data[camel]
-    return data.get(snake, default)
-
-
-def decode_entry(raw: bytes | str) -> PushEntry:
-    """Decode an inbox entry written by PyStacker or by GoStacker's send (CamelCase or snake_case).
-
-    Raises ValueError on anything that is not a usable entry.
-    """
-    data = orjson.loads(raw)
-    if not isinstance(data, dict):
-        raise ValueError("inbox entry is not an object")
-    targets = _pick(data, "TargetIDs", "target_ids", [])
-    if not isinstance(targets, list) or not all(isinstance(t, int) for t in targets):
-        raise ValueError("inbox entry has bad target ids")
-    trace_parent = _pick(data, "TraceParent", "trace_parent", None)
-    device_id = _pick(data, "DeviceID", "device_id", None)
-    quote = _pick(data, "Quote", "quote", None)
-    try:
-        entry = PushEntry(
-            type=str(_pick(data, "Type", "type", "chat")),
-            msg_id=int(_pick(data, "ID", "id", 0)),
-            room_id=int(_pick(data, "RoomID", "room_id", 0)),
-            sender_id=int(_pick(data, "SenderID", "sender_id", 0)),
-            target_ids=targets,
-            payload=_pick(data, "Payload", "payload", None),
-            seq=int(_pick(data, "Seq", "seq", 0) or 0),
-            client_msg_id=_pick(data, "ClientMsgID", "client_msg_id", None),
-            ts=int(_pick(data, "TS", "ts", 0) or 0),
-            content_type=str(_pick(data, "ContentType", "content_type", "text") or "text"),
-            # Not a string: ignored (the entry is still delivered, outside any trace).
-            trace_parent=trace_parent if isinstance(trace_parent, str) else None,
-            device_id=device_id if isinstance(device_id, str) else None,
-            quote=quote if isinstance(quote, dict) else None,
-        )
-    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int() of an infinite float
-        raise ValueError(f"inbox entry has a bad field: {exc}") from None
-    # Go's int64 (and SQL's BIGINT): a wider number cannot be a real entry, and it would fail later, when
-    # the entry is encoded again for a socket (orjson reads such numbers as floats, and refuses them).
-    if not all(in_int64(value) for value in
-               (entry.msg_id, entry.room_id, entry.sender_id, entry.seq, entry.ts, *entry.target_ids)):
-        raise ValueError("inbox entry has an integer outside 64 bits")
-    return entry

@@ -14,8 +14,7 @@ from typing import Any
 
 from pystacker.engine.base import Engine, GatewayInfo, UserRoute
 from pystacker.messaging.fanout import FanoutPlan, inbox_entries, plan_fanout
-from pystacker.messaging.fields import in_int64
-from pystacker.messaging.frames import EntryType, PushEntry
+from pystacker.messaging.model import EntryType, PushEntry, in_int64
 
 
 class LiveGateways:
@@ -86,7 +85,7 @@ class Handoff:
         return bool(await self.to_users([user_id], entry))
 
     async def catch_up(self, user_id: int) -> bool:
-        return bool(await self.to_users([user_id], PushEntry(EntryType.CATCH_UP, 0, 0, 0, [user_id], None)))
+        return bool(await self.to_users([user_id], PushEntry(type=EntryType.CATCH_UP, target_ids=[user_id])))
 
 
 def _int(value: Any) -> int:

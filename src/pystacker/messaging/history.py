@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from pystacker.engine.base import MessageLog, StoredMessage
+from pystacker.engine.base import MessageLog
 from pystacker.messaging.content import preview
+from pystacker.messaging.model import StoredMessage
 from pystacker.messaging.store import MessageStore
 
 

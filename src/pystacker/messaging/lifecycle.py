@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pystacker.db.schema import ROLE_ADMIN, ROLE_OWNER
-from pystacker.engine.base import Appended, Engine, NewMessage, StoredMessage, TargetChange
+from pystacker.engine.base import Appended, Engine, TargetChange
 from pystacker.messaging.content import parse_content
 from pystacker.messaging.errors import Conflict, Invalid, NotAllowed, NotFound, Refused
 from pystacker.messaging.events import (
@@ -34,6 +34,7 @@ from pystacker.messaging.events import (
 )
 from pystacker.messaging.history import History
 from pystacker.messaging.ids import Snowflake
+from pystacker.messaging.model import NewMessage, StoredMessage
 from pystacker.messaging.rosters import RosterBook
 from pystacker.messaging.store import MessageStore, TooManyReactions
 

@@ -34,8 +34,8 @@ import aiohttp
 import orjson
 
 from pystacker.client.backoff import Backoff
-from pystacker.engine.base import StoredMessage
 from pystacker.messaging.content import preview
+from pystacker.messaging.model import StoredMessage
 from pystacker.messaging.readstate import ReadState
 from pystacker.observability import metrics
 

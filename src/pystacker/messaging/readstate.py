@@ -27,9 +27,9 @@ from typing import Any
 from pystacker.engine.base import Engine, LogEnd, MessageLog
 from pystacker.messaging.content import preview
 from pystacker.messaging.events import is_event
-from pystacker.messaging.frames import EntryType, PushEntry
 from pystacker.messaging.handoff import Handoff
 from pystacker.messaging.history import History
+from pystacker.messaging.model import EntryType, PushEntry
 from pystacker.messaging.store import MessageStore
 from pystacker.observability import metrics
 
@@ -196,7 +196,7 @@ class ReadNotifier:
     async def _deliver(self, targets: list[int], reader: int, room_id: int, seq: int) -> None:
         self._in_flight += 1
         try:
-            await self.handoff.to_users(targets, PushEntry(EntryType.READ, 0, room_id, reader, [], None, seq=seq))
+            await self.handoff.to_users(targets, PushEntry(type=EntryType.READ, room_id=room_id, sender_id=reader, seq=seq))
         except Exception:
             log.exception("read frames not delivered", extra={"room_id": room_id, "user_id": reader})
         finally:

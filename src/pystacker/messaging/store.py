@@ -19,8 +19,9 @@ from pystacker.db.schema import (
     room_members,
 )
 from pystacker.db.sqlutil import insert_ignoring_duplicates, utcnow
-from pystacker.engine.base import LogEnd, StoredMessage
+from pystacker.engine.base import LogEnd
 from pystacker.messaging.events import EDIT, EVENT_TYPES, RECALL, blank_edit, event_target
+from pystacker.messaging.model import StoredMessage
 
 # Answers whether a message is still on its way to SQL (the engine's unflushed index).
 PendingCheck = Callable[[int], Awaitable[bool]]
@@ -62,8 +63,9 @@ def _row_to_message(row: Any) -> StoredMessage:
         content = orjson.loads(row[5])
     except orjson.JSONDecodeError:
         content = {"text": row[5]}  # a row written by something else than PyStacker
-    return StoredMessage(int(row[0]), int(row[1]), int(row[2]), int(row[3]), row[4], content,
-                         _to_ms(row[6]), row[7], reply_to=_optional_int(row[8]), edited_at_ms=_optional_ms(row[9]),
+    return StoredMessage(msg_id=int(row[0]), room_id=int(row[1]), seq=int(row[2]), sender_id=int(row[3]), type=row[4],
+                         content=content, created_at_ms=_to_ms(row[6]), client_msg_id=row[7],
+                         reply_to=_optional_int(row[8]), edited_at_ms=_optional_ms(row[9]),
                          recalled_by=_optional_int(row[10]), recalled_at_ms=_optional_ms(row[11]),
                          msg_no=int(row[12]))
 

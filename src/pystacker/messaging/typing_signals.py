@@ -17,8 +17,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 
-from pystacker.messaging.frames import EntryType, PushEntry
 from pystacker.messaging.handoff import Handoff
+from pystacker.messaging.model import EntryType, PushEntry
 from pystacker.observability import metrics
 
 log = logging.getLogger("pystacker.typing")
@@ -62,7 +62,7 @@ class TypingSignals:
             metrics.TYPING_SIGNALS.labels("dropped").inc()
             return False
         try:
-            await self.handoff.to_users(others, PushEntry(EntryType.TYPING, 0, room_id, user_id, [], None))
+            await self.handoff.to_users(others, PushEntry(type=EntryType.TYPING, room_id=room_id, sender_id=user_id))
         except Exception:  # a lost typing signal costs nothing: the next one replaces it
             log.warning("typing signal not forwarded", exc_info=True, extra={"room_id": room_id, "user_id": user_id})
             return False

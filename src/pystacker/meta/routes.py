@@ -13,8 +13,8 @@ from pydantic import AfterValidator, StrictBool, StrictInt, StringConstraints, W
 
 from pystacker.db.schema import ROLE_ADMIN, ROLE_MEMBER, ROLE_OWNER
 from pystacker.db.sqlutil import rfc3339
-from pystacker.messaging.fields import INT64_MAX, PositiveId, QueryId
 from pystacker.messaging.history import History
+from pystacker.messaging.model import INT64_MAX, PositiveId, QueryId
 from pystacker.messaging.readstate import ReadState, room_summaries
 from pystacker.meta.service import MetaService
 from pystacker.meta.store import Room

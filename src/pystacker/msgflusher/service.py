@@ -17,8 +17,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from pystacker.engine.base import Engine, InboxEntry
-from pystacker.messaging.frames import EntryType, decode_entry
 from pystacker.messaging.handoff import Handoff
+from pystacker.messaging.model import EntryType, decode_entry
 from pystacker.observability import metrics
 
 log = logging.getLogger("pystacker.msgflusher")

@@ -160,3 +160,4 @@ def time_engine_calls(engine: Any) -> None:
             setattr(part, method, _TimedCall(getattr(part, method), f"{part_name}.{method}"))
     engine.ping = _TimedCall(engine.ping, "ping")
     engine.append_and_route = _TimedCall(engine.append_and_route, "append_and_route")
+    engine.hand_on = _TimedCall(engine.hand_on, "hand_on")

@@ -4,7 +4,7 @@ One trace per message (docs/observability.md shows it in Jaeger):
 
     send                 the send service (or a gateway, for a WebSocket `send` frame) accepts it
     └─ fanout            a fan-out worker writes its inbox entries; each entry carries this span's
-       │                 W3C trace context as `TraceParent` (messaging/frames.py), so the trace
+       │                 W3C trace context as `TraceParent` (messaging/model.py), so the trace
        │                 crosses the engine (memory or Redis) to the gateways' processes
        └─ gateway.dispatch   a gateway reads one entry and offers it to its local targets
           └─ socket.write    one member's socket write (one span per member)

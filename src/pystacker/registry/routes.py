@@ -15,10 +15,10 @@ import orjson
 from aiohttp import web
 from pydantic import Field, StrictFloat, StrictInt, StringConstraints
 
-from pystacker.engine.base import DEFAULT_DEVICE, Engine, GatewayInfo, SendInfo
+from pystacker.engine.base import Engine, GatewayInfo, SendInfo
 from pystacker.messaging.devices import DEVICE_ID_PATTERN
 from pystacker.messaging.fanout import route_is_live
-from pystacker.messaging.fields import INT64_MAX, INT64_MIN, PositiveId, Seq
+from pystacker.messaging.model import DEFAULT_DEVICE, INT64_MAX, INT64_MIN, PositiveId, Seq
 from pystacker.registry.service import RegistryService
 from pystacker.web.auth import Auth, optional_identity
 from pystacker.web.envelope import ApiError, ok

@@ -8,7 +8,8 @@ import time
 from collections.abc import Collection
 from dataclasses import replace
 
-from pystacker.engine.base import DEFAULT_DEVICE, GatewayInfo, Registry, SendInfo, UserRoute
+from pystacker.engine.base import GatewayInfo, Registry, SendInfo, UserRoute
+from pystacker.messaging.model import DEFAULT_DEVICE
 from pystacker.registry.choice import choose_gateway
 from pystacker.registry.liveness import GatewayLiveness
 

@@ -32,8 +32,7 @@ def new_send_service(runtime: Runtime) -> SendService:
         notify.webhook_url, notify.secret.get_secret_value().encode(), parts.reading, batch_ms=notify.batch_ms,
         queue_size=notify.queue_size, timeout_s=notify.timeout_s, retry_for_s=notify.retry_for_s)
     fanout = Fanout(runtime.engine, parts.handoff, workers=config.send_dispatcher.gateway_worker_count,
-                    queue_size=config.send_dispatcher.gateway_queue_size, read_marks=parts.reading.marks,
-                    notifier=notifier)
+                    queue_size=config.send_dispatcher.gateway_queue_size, notifier=notifier)
     return SendService(runtime.engine, parts.store, parts.members, fanout, runtime.ids, reading=parts.reading,
                        rosters=parts.rosters, history=parts.history, edit_window_s=config.limits.edit_window_s,
                        recall_window_s=config.limits.recall_window_s)

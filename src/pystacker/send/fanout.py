@@ -1,7 +1,8 @@
 """Fan-out: hand a stored message to the inbox of every gateway that holds an online member.
 
 One inbox entry per gateway (with that gateway's members as targets), then an `ack` entry for the
-sender once every entry is written. A room's messages go through one worker (room id modulo the
+sender once every entry is written, and the sender's read mark moved to his message: one call to the
+engine (`hand_on`), one round trip on one Redis. A room's messages go through one worker (room id modulo the
 worker count), so a send instance writes each room's entries in seq order. Queues are bounded: when
 they are full the HTTP request waits (back-pressure) instead of dropping the push as GoStacker did.
 Nothing is lost if a push fails: the message is already in the log, and the gateway's gap fill or
@@ -15,13 +16,12 @@ import logging
 from collections.abc import Collection
 from typing import Any
 
-from pystacker.engine.base import DEFAULT_DEVICE, Engine, StoredMessage, UserRoute
+from pystacker.engine.base import Engine, UserRoute
 from pystacker.messaging.events import is_event
 from pystacker.messaging.fanout import inbox_entries
-from pystacker.messaging.frames import PushEntry
 from pystacker.messaging.handoff import Handoff
+from pystacker.messaging.model import DEFAULT_DEVICE, PushEntry, StoredMessage
 from pystacker.messaging.offline_notify import OfflineNotifier
-from pystacker.messaging.readstate import ReadMarks
 from pystacker.observability import metrics, tracing
 
 log = logging.getLogger("pystacker.send.fanout")
@@ -44,10 +44,9 @@ class FanoutJob:
 
 class Fanout:
     def __init__(self, engine: Engine, handoff: Handoff, *, workers: int, queue_size: int,
-                 read_marks: ReadMarks | None = None, notifier: OfflineNotifier | None = None) -> None:
+                 notifier: OfflineNotifier | None = None) -> None:
         self.engine = engine
         self.handoff = handoff  # routes -> plan -> inbox entries, the one path of every push
-        self.read_marks = read_marks  # the sender's mark moves to his message once it is handed on
         self.notifier = notifier  # told of new messages' members with no device online (None: off)
         self._queues = [asyncio.Queue[FanoutJob](maxsize=max(queue_size, 1)) for _ in range(max(workers, 1))]
         self._tasks: list[asyncio.Task[None]] = []
@@ -112,25 +111,26 @@ class Fanout:
             sender_route = None
             if sender_record is not None:
                 sender_route = sender_record if not sender_record.others else sender_record.device(ack_device)
+            # The sender's own message is never unread (a mark only moves forward: a resent old message
+            # changes nothing). A room event is never unread: it moves nobody's mark, its author's included.
+            read_marks = [] if is_event(message) else [(message.sender_id, message.room_id, message.seq)]
             if (ack_sender and sender_route is not None and sender_route.device_id == ack_device
                     and message.sender_id not in plan.offline):
                 # The ack comes after every copy is in an inbox: "ack" means handed on, as in
-                # GoStacker. The other gateways' entries are written first; the sender's
-                # gateway's entry and the ack go last, in one call: one stream keeps their order, and
-                # a send saves a round trip (pairs: one call instead of two).
+                # GoStacker. The other gateways' entries are written first; the sender's gateway's
+                # entry and the ack go after them, in one stream, which keeps their order.
                 ack_gateway = sender_route.gateway_id
-                await self._add([e for e in entries if e[0] != ack_gateway])
-                await self._add([e for e in entries if e[0] == ack_gateway], ack=(
-                    ack_gateway, PushEntry.for_ack(message, trace_parent, ack_device).encode()))
+                ack = PushEntry.for_ack(message, trace_parent, ack_device).encode()
+                await self.engine.hand_on([e for e in entries if e[0] != ack_gateway],
+                                          then=[*(e for e in entries if e[0] == ack_gateway), (ack_gateway, ack)],
+                                          read_marks=read_marks)
+                metrics.INBOX_ENTRIES_WRITTEN.labels("ack").inc()
             else:
-                await self._add(entries)
+                await self.engine.hand_on(entries, read_marks=read_marks)
+            if entries:
+                metrics.INBOX_ENTRIES_WRITTEN.labels("message").inc(len(entries))
             if new and self.notifier is not None and plan.offline:
                 self.notifier.offer(message, plan.offline)
-            if self.read_marks is not None and not is_event(message):
-                # After the copies, so the delivery waits for nothing; the sender's own message is
-                # then never unread (a mark only moves forward: a resent old message changes nothing).
-                # A room event is never unread: it moves nobody's mark, its author's included.
-                await self.read_marks.advance_many([(message.sender_id, message.room_id, message.seq)])
         except BaseException as exc:
             if span is not None:
                 tracing.end_span(span, exc)
@@ -142,15 +142,3 @@ class Fanout:
             log.debug("fan-out", extra={"msg_id": message.msg_id, "room_id": message.room_id, "seq": message.seq,
                                         "gateways": len(entries), "offline": len(plan.offline)})
 
-    async def _add(self, entries: list[tuple[str, bytes]], ack: tuple[str, bytes] | None = None) -> None:
-        """Write message entries (and the sender's ack after them) to the gateways' inboxes."""
-        if ack is not None:
-            entries = [*entries, ack]
-        if not entries:
-            return
-        await self.engine.inbox.add(entries)
-        messages = len(entries) - (ack is not None)
-        if messages:
-            metrics.INBOX_ENTRIES_WRITTEN.labels("message").inc(messages)
-        if ack is not None:
-            metrics.INBOX_ENTRIES_WRITTEN.labels("ack").inc()

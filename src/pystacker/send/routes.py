@@ -8,11 +8,10 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import Field, StrictBool, StringConstraints, WithJsonSchema
 
-from pystacker.engine.base import StoredMessage
 from pystacker.messaging.content import content_json_schema
-from pystacker.messaging.fields import INT64_MAX, ClientMsgId, MessageId, PositiveId, QueryId, QuerySeq, Seq
 from pystacker.messaging.handoff import Handoff
 from pystacker.messaging.lifecycle import Change
+from pystacker.messaging.model import INT64_MAX, ClientMsgId, MessageId, PositiveId, QueryId, QuerySeq, Seq, StoredMessage
 from pystacker.messaging.user_presence import MAX_WATCHED, Presence
 from pystacker.send.service import SendService
 from pystacker.web.auth import Auth, identity

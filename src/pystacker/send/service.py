@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pystacker.engine.base import DEFAULT_DEVICE, Appended, Engine, NewMessage, StoredMessage
+from pystacker.engine.base import Appended, Engine
 from pystacker.messaging.content import parse_content
 from pystacker.messaging.events import is_event
 from pystacker.messaging.frames import chat_frame, entry_frame
@@ -20,6 +20,7 @@ from pystacker.messaging.history import History, quote
 from pystacker.messaging.ids import Snowflake
 from pystacker.messaging.lifecycle import MessageChanges
 from pystacker.messaging.membership import MembershipCache
+from pystacker.messaging.model import DEFAULT_DEVICE, NewMessage, StoredMessage
 from pystacker.messaging.readstate import ReadState
 from pystacker.messaging.rosters import RosterBook
 from pystacker.messaging.store import MessageStore

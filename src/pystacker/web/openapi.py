@@ -30,7 +30,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
-from pystacker.messaging.fields import INT64_MAX
+from pystacker.messaging.model import INT64_MAX
 from pystacker.web.auth import CREDENTIALS_KEY, INTERNAL_TOKEN_HEADER, Auth, Credentials, guarded
 
 OPENAPI_PATH = "/openapi.json"

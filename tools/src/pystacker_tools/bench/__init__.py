@@ -8,8 +8,8 @@ Modules, one job each:
   tags.py       the text every bench message carries (run, step, sender, number, send time)
   histogram.py  bounded, mergeable latency histogram
   checker.py    integrity: lost, duplicates, per-room and per-sender order, latency
-  api.py        the public HTTP calls (register, login, rooms, send, gateway lookup)
-  setup.py      users and rooms, with bounded concurrency
+  targets.py    the servers of a run (several send instances), and the SDK client of a setup call
+  setup.py      users and rooms through the SDK (pystacker.client), with bounded concurrency
   clients.py    WebSocket receivers (arrival times) and senders (HTTP or WebSocket `send` frame)
   worker.py     one client process: receivers and senders for its share of the users
   fleet.py      the client processes seen from the parent: commands, shared counters, progress

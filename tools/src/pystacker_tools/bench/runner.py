@@ -22,17 +22,17 @@ from typing import Any
 
 import aiohttp
 
-from pystacker import event_loop
-from pystacker.bench import procfs, rawlimit
-from pystacker.bench.api import PublicApi, Targets
-from pystacker.bench.checker import StepCounts
-from pystacker.bench.fleet import Fleet, Progress
-from pystacker.bench.histogram import Histogram
-from pystacker.bench.rawlimit import RawLimitOptions
-from pystacker.bench.safety import BenchError, raise_fd_limit
-from pystacker.bench.server import EmbeddedServer
-from pystacker.bench.setup import Population, create_population
-from pystacker.bench.worker import SenderPlan, WorkerPlan
+from pystacker.testing import run_event_loop
+from pystacker_tools.bench import procfs, rawlimit
+from pystacker_tools.bench.checker import StepCounts
+from pystacker_tools.bench.fleet import Fleet, Progress
+from pystacker_tools.bench.histogram import Histogram
+from pystacker_tools.bench.rawlimit import RawLimitOptions
+from pystacker_tools.bench.safety import BenchError, raise_fd_limit
+from pystacker_tools.bench.server import EmbeddedServer
+from pystacker_tools.bench.setup import Population, create_population
+from pystacker_tools.bench.targets import Targets
+from pystacker_tools.bench.worker import SenderPlan, WorkerPlan
 
 DRAIN_POLL = 0.05  # seconds between looks at the counters while deliveries drain
 START_DELAY = 0.3  # seconds between the send command and the common start, so all processes start together
@@ -77,11 +77,11 @@ class BenchOptions:
 
 
 class Run:
-    """What a workload uses: options, the parent's API client, server sampling, setup, fleet, steps."""
+    """What a workload uses: options, the parent's HTTP session, server sampling, setup, fleet, steps."""
 
-    def __init__(self, options: BenchOptions, api: PublicApi, run_id: str) -> None:
+    def __init__(self, options: BenchOptions, http: aiohttp.ClientSession, run_id: str) -> None:
         self.options = options
-        self.api = api
+        self.http = http
         self.run_id = run_id
         self.notes: list[str] = []
         self.fleet: Fleet | None = None
@@ -98,7 +98,7 @@ class Run:
 
     async def populate(self, users: int, groups: list[list[int]], pairs: list[tuple[int, int]]) -> Population:
         o = self.options
-        return await create_population(self.api, run=self.run_id, prefix=o.user_prefix, users=users, groups=groups,
+        return await create_population(o.targets, self.http, run=self.run_id, prefix=o.user_prefix, users=users, groups=groups,
                                        pairs=pairs, concurrency=o.setup_concurrency, timeout=o.setup_timeout,
                                        progress=o.progress, started=self.started, users_file=o.users_file)
 
@@ -274,7 +274,7 @@ async def _run_async(workload_name: str, workload: Workload, options: BenchOptio
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     connector = aiohttp.TCPConnector(limit=max(options.setup_concurrency, 8))
     async with aiohttp.ClientSession(connector=connector) as session:
-        run = Run(options, PublicApi(session, options.targets, allow_remote=options.allow_remote), run_id)
+        run = Run(options, session, run_id)
         completed = False
         try:
             result = await workload(run, params)
@@ -363,4 +363,4 @@ def run_bench(workload_name: str, workload: Workload, options: BenchOptions, par
 
 
 def _run_loop(coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
-    return event_loop.run(coro)
+    return run_event_loop(coro)

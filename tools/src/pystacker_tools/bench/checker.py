@@ -25,8 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pystacker.bench.histogram import Histogram
-from pystacker.bench.tags import Tag
+from pystacker_tools.bench.histogram import Histogram
+from pystacker_tools.bench.tags import Tag
 
 
 @dataclass

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pystacker.bench import worker
-from pystacker.bench.safety import BenchError
-from pystacker.bench.worker import COUNTERS, WorkerPlan, recv_message
+from pystacker_tools.bench import worker
+from pystacker_tools.bench.safety import BenchError
+from pystacker_tools.bench.worker import COUNTERS, WorkerPlan, recv_message
 
 START_TIMEOUT = 60.0  # a spawned interpreter imports aiohttp, orjson, ...: seconds on a busy machine
 STOP_TIMEOUT = 30.0

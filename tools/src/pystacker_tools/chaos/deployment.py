@@ -30,9 +30,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from pystacker import cluster
-from pystacker.bench import procfs
-from pystacker.bench.api import ApiError, PublicApi, Targets
-from pystacker.chaos.launcher import (
+from pystacker.client import PyStackerClient, PyStackerError
+from pystacker.testing import issue_token, stored_messages
+from pystacker_tools.bench import procfs
+from pystacker_tools.bench.targets import Targets
+from pystacker_tools.chaos.launcher import (
     LOAD_GENERATOR_LIMITS,
     LocalRedis,
     deployment_env,
@@ -44,8 +46,7 @@ from pystacker.chaos.launcher import (
     redis_env,
     scratch_database_url,
 )
-from pystacker.chaos.proxy import FaultProxy
-from pystacker.web.auth import TokenService
+from pystacker_tools.chaos.proxy import FaultProxy
 
 READY_DEADLINE = 90.0  # a busy 2-core machine starting eight Python processes at once
 STOP_DEADLINE = 15.0
@@ -58,6 +59,7 @@ GATEWAY_NAME = "gostacker-gateway"  # `name` in config.gateway.yaml: gateway ids
 PASSWORD = "chaos-password-0"
 REGISTER_CONCURRENCY = 8
 REGISTER_ATTEMPTS = 5
+TOKEN_LIFETIME = 4 * 3600  # seconds: longer than any run
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,6 @@ class ChaosDeployment:
         self.prefix = new_key_prefix("chaos")
         self.jwt_secret = secrets.token_urlsafe(48)
         self.internal_token = secrets.token_urlsafe(32)
-        self.tokens = TokenService(self.jwt_secret, 4 * 3600)
         self.redis = LocalRedis()
         target = make_url(self.database_url)
         self.proxy = FaultProxy(target.host or "127.0.0.1", int(target.port or _default_port(self.backend)),
@@ -247,14 +248,17 @@ class ChaosDeployment:
 
     # -- users ----------------------------------------------------------------------------------------------
 
-    def api(self) -> PublicApi:
+    def client(self, user: PoolUser | None = None) -> PyStackerClient:
+        """An SDK client of the deployment as `user` (anonymous: None), on the harness's HTTP session."""
         assert self.session is not None
-        return PublicApi(self.session, self.targets, allow_remote=False)
+        if user is None:
+            return self.targets.client(self.session)
+        return self.targets.client(self.session, token=user.token, user_id=user.user_id)
 
     async def register_users(self, count: int, tag: str) -> list[PoolUser]:
         """Register through meta (one bcrypt each); tokens are minted with the deployment's secret,
         which spares the login's second bcrypt."""
-        api = self.api()
+        anonymous = self.client()
         limit = asyncio.Semaphore(REGISTER_CONCURRENCY)
         run = uuid.uuid4().hex[:6]
 
@@ -263,31 +267,28 @@ class ChaosDeployment:
             async with limit:
                 for attempt in range(REGISTER_ATTEMPTS):
                     try:
-                        user_id = await api.register(name, PASSWORD)
+                        user_id = await anonymous.register(name, PASSWORD)
                         break
-                    except (TimeoutError, aiohttp.ClientError) as exc:
-                        if attempt == REGISTER_ATTEMPTS - 1:
-                            raise RuntimeError(f"registering {name}: {exc!r}") from None
+                    except PyStackerError as exc:
+                        if exc.status or attempt == REGISTER_ATTEMPTS - 1:  # only no answer is tried again
+                            raise RuntimeError(f"registering {name}: {exc}") from None
                         await asyncio.sleep(0.5)  # back off before trying again
-            if user_id is None:
+            if not user_id:
                 raise RuntimeError(f"registering {name}: no user id in the answer")
-            return PoolUser(index, user_id, self.tokens.issue(user_id, name))
+            return PoolUser(index, user_id, issue_token(self.jwt_secret, user_id, name, TOKEN_LIFETIME))
 
         return list(await asyncio.gather(*(one(i) for i in range(count))))
 
     async def create_room(self, owner: PoolUser, members: list[PoolUser], name: str) -> int:
         """Through meta as the owner; a 5xx or a dropped connection (a store just restarted) is tried
         again a few times, a 4xx is not."""
+        client = self.client(owner)
         for attempt in range(REGISTER_ATTEMPTS):
             try:
-                return await self.api().create_room(owner.token, name, True,
-                                                    [m.user_id for m in members if m is not owner])
-            except ApiError as exc:
-                if exc.status < 500 or attempt == REGISTER_ATTEMPTS - 1:
+                return await client.create_room(name, [m.user_id for m in members if m is not owner], is_group=True)
+            except PyStackerError as exc:  # status 0: no answer
+                if 0 < exc.status < 500 or attempt == REGISTER_ATTEMPTS - 1:
                     raise RuntimeError(f"creating room {name}: {exc}") from None
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                if attempt == REGISTER_ATTEMPTS - 1:
-                    raise RuntimeError(f"creating room {name}: {exc!r}") from None
             await asyncio.sleep(0.5)  # back off before trying again
         raise AssertionError("unreachable")
 
@@ -304,12 +305,11 @@ async def sql_ids(sql: AsyncEngine, room_ids: list[int]) -> dict[int, tuple[int,
     """msgID -> (room, seq, sender id, client_msg_id) of every stored message of these rooms."""
     from sqlalchemy import select
 
-    from pystacker.db.schema import chat_messages
-
     if not room_ids:
         return {}
-    query = select(chat_messages.c.id, chat_messages.c.room_id, chat_messages.c.seq, chat_messages.c.sender_id,
-                   chat_messages.c.client_msg_id).where(chat_messages.c.room_id.in_(room_ids))
+    messages = stored_messages()
+    query = select(messages.c.id, messages.c.room_id, messages.c.seq, messages.c.sender_id,
+                   messages.c.client_msg_id).where(messages.c.room_id.in_(room_ids))
     async with sql.connect() as conn:
         rows = await conn.execute(query)
         return {int(r[0]): (int(r[1]), int(r[2]), int(r[3]), r[4]) for r in rows}

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, TextIO
 
-from pystacker.chaos.traffic import Verdict
+from pystacker_tools.chaos.traffic import Verdict
 
 COLUMNS = ("scenario", "sent", "acked", "delivered", "lost", "dup shown", "order", "acked, gone", "recovery s",
            "in SQL s", "result")

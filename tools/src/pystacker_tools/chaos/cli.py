@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from pystacker.chaos import SCENARIO_NAMES
+from pystacker_tools.chaos import SCENARIO_NAMES
 
 DEFAULT_DATABASE = "mysql+asyncmy://root:@127.0.0.1:3306/mysql"  # the server; the harness makes its own database
 
@@ -36,8 +36,8 @@ def chaos(scenarios: tuple[str, ...], long_run: bool, json_path: str | None, dat
           log_dir: str | None, quiet: bool) -> None:
     """Run a steady group-chat load against a local distributed deployment of its own and inject
     faults one at a time; every message must reach every member exactly once, in seq order."""
-    # Imported here: every `pystacker <service>` process loads this module to find its command.
-    from pystacker.chaos.runner import ChaosOptions, run_chaos
+    # Imported here: `pystacker --help` loads this module to list the command, not the harness.
+    from pystacker_tools.chaos.runner import ChaosOptions, run_chaos
 
     chosen = list(SCENARIO_NAMES) if "all" in scenarios else list(dict.fromkeys(scenarios))
     options = ChaosOptions(chosen, long=long_run, json_path=Path(json_path) if json_path else None,

@@ -1,4 +1,4 @@
-"""Users and rooms for a run, created through meta with bounded concurrency.
+"""Users and rooms for a run, created through meta (with the SDK) with bounded concurrency.
 
 New users are named `<prefix>_<run>_<index>`, so runs never see each other's rooms. Registering and
 logging in cost one bcrypt check each on the server (about 50-120 ms of CPU on this machine), which
@@ -22,12 +22,14 @@ from typing import TypeVar
 import aiohttp
 import orjson
 
-from pystacker.bench.api import ApiError, PublicApi
-from pystacker.bench.safety import BenchError
+from pystacker.client import PyStackerClient, PyStackerError
+from pystacker_tools.bench.safety import BenchError
+from pystacker_tools.bench.targets import Targets
 
 PASSWORD = "bench-password-0"
 RETRIES = 4  # per call, for connection errors and 5xx only
 TOKEN_MARGIN = 3600.0  # seconds: a stored token expiring sooner is renewed (a run must not outlive it)
+MEMBERS_PER_REQUEST = 500  # PyStacker's limit; GoStacker has none
 T = TypeVar("T")
 
 
@@ -89,21 +91,18 @@ def _token_expires(token: str) -> float:
 
 
 async def _retrying(call: Callable[[], Awaitable[T]], what: str, deadline: float) -> T:
-    """Retry transient failures (connection errors, 5xx) with backoff, within the setup deadline.
+    """Retry transient failures (no answer, 5xx) with backoff, within the setup deadline.
 
-    A 4xx is the server's answer, not a hiccup: it is raised as it is (ApiError)."""
+    A 4xx is the server's answer, not a hiccup: it is raised as it is (PyStackerError)."""
     delay = 0.2
     for attempt in range(RETRIES + 1):
         try:
             return await call()
-        except ApiError as exc:
-            if exc.status < 500:
+        except PyStackerError as exc:
+            if 0 < exc.status < 500:
                 raise
             if attempt == RETRIES or time.monotonic() + delay > deadline:
                 raise BenchError(f"setup: {what}: {exc}") from None
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            if attempt == RETRIES or time.monotonic() + delay > deadline:
-                raise BenchError(f"setup: {what}: {type(exc).__name__}: {exc}") from None
         await asyncio.sleep(delay)  # back off before the retry
         delay *= 2
     raise AssertionError("unreachable")
@@ -125,9 +124,25 @@ class _Progress:
                   f"rooms {self.rooms}/{self.rooms_total}", file=sys.stderr, flush=True)
 
 
-async def create_population(api: PublicApi, *, run: str, prefix: str, users: int, groups: list[list[int]],
-                            pairs: list[tuple[int, int]], concurrency: int, timeout: float,
-                            progress: bool = True, started: float | None = None,
+async def create_room(owner: PyStackerClient, name: str, is_group: bool, member_ids: list[int]) -> int:
+    """A room with any number of members: the first MEMBERS_PER_REQUEST with it, the rest added."""
+    first, rest = member_ids[:MEMBERS_PER_REQUEST], member_ids[MEMBERS_PER_REQUEST:]
+    room_id = await owner.create_room(name, first, is_group=is_group)
+    for start in range(0, len(rest), MEMBERS_PER_REQUEST):
+        chunk = rest[start:start + MEMBERS_PER_REQUEST]
+        try:
+            await owner.add_members(room_id, chunk)
+        except PyStackerError as exc:
+            if exc.status != 404:
+                raise
+            for member_id in chunk:  # GoStacker has only the one-by-one route
+                await owner.add_member(room_id, member_id)
+    return room_id
+
+
+async def create_population(targets: Targets, http: aiohttp.ClientSession, *, run: str, prefix: str, users: int,
+                            groups: list[list[int]], pairs: list[tuple[int, int]], concurrency: int,
+                            timeout: float, progress: bool = True, started: float | None = None,
                             users_file: Path | None = None) -> Population:
     """Get `users` users (from --users-file first, then new ones), then create the groups and the
     private rooms (members given by user index)."""
@@ -139,14 +154,17 @@ async def create_population(api: PublicApi, *, run: str, prefix: str, users: int
     accounts = load_accounts(users_file)
     try:
         if accounts and users:
-            await _check_accounts_belong_here(api, accounts[0], users_file)
+            await _check_accounts_belong_here(targets.client(http, token=accounts[0].token), users_file)
 
         async def login(name: str, password: str) -> Account:
+            client = targets.client(http)
             try:
-                user_id, token = await _retrying(lambda: api.login(name, password), f"login {name}", deadline)
-            except ApiError as exc:
+                token = await _retrying(lambda: client.login(name, password), f"login {name}", deadline)
+            except PyStackerError as exc:
                 raise BenchError(f"setup: login {name}: {exc}") from None
-            return Account(name, password, user_id, token)
+            if client.user_id is None:
+                raise BenchError("login answer has no user id and the token has no user_id claim")
+            return Account(name, password, client.user_id, token)
 
         async def one_user(index: int) -> Account:
             async with limit:
@@ -156,9 +174,10 @@ async def create_population(api: PublicApi, *, run: str, prefix: str, users: int
                         account = await login(account.username, account.password)
                 else:
                     name = f"{prefix}_{run}_{index}"
+                    anonymous = targets.client(http)
                     try:
-                        await _retrying(lambda: api.register(name, PASSWORD), f"register {name}", deadline)
-                    except ApiError as exc:
+                        await _retrying(lambda: anonymous.register(name, PASSWORD), f"register {name}", deadline)
+                    except PyStackerError as exc:
                         if exc.status != 409:  # 409: already there (the same run id again): log in
                             raise BenchError(f"setup: register {name}: {exc}") from None
                     account = await login(name, PASSWORD)
@@ -171,13 +190,13 @@ async def create_population(api: PublicApi, *, run: str, prefix: str, users: int
         people = [User(i, account.user_id, account.token) for i, account in enumerate(got)]
 
         async def one_room(name: str, members: list[int], is_group: bool) -> Room:
-            owner = people[members[0]]
+            owner = targets.client(http, token=people[members[0]].token, user_id=people[members[0]].user_id)
             ids = [people[i].user_id for i in members[1:]]
             async with limit:
                 try:
-                    room_id = await _retrying(lambda: api.create_room(owner.token, name, is_group, ids),
+                    room_id = await _retrying(lambda: create_room(owner, name, is_group, ids),
                                               f"create room {name}", deadline)
-                except ApiError as exc:
+                except PyStackerError as exc:
                     raise BenchError(f"setup: create room {name}: {exc}") from None
             report.rooms += 1
             return Room(room_id, tuple(members))
@@ -191,12 +210,13 @@ async def create_population(api: PublicApi, *, run: str, prefix: str, users: int
         ticker.cancel()
 
 
-async def _check_accounts_belong_here(api: PublicApi, account: Account, users_file: Path | None) -> None:
-    """A users file made against another server (or a wiped one) must not be used silently."""
+async def _check_accounts_belong_here(client: PyStackerClient, users_file: Path | None) -> None:
+    """A users file made against another server (or a wiped one) must not be used silently: `client`
+    has the file's first token."""
     try:
-        await api.joined_rooms(account.token)
-    except ApiError as exc:
-        if exc.status == 401 and _token_expires(account.token) > time.time():
+        await client.joined_rooms()
+    except PyStackerError as exc:
+        if exc.status == 401 and _token_expires(client.token or "") > time.time():
             raise BenchError(f"--users-file {users_file}: its tokens are refused by this server (401); "
                              "it was made for another server or a wiped one: delete it") from None
         if exc.status != 401:

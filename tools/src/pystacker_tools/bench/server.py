@@ -22,9 +22,9 @@ from pathlib import Path
 
 import aiohttp
 
-from pystacker.bench.api import Targets
-from pystacker.bench.safety import BenchError
-from pystacker.chaos.launcher import LOAD_GENERATOR_LIMITS
+from pystacker_tools.bench.safety import BenchError
+from pystacker_tools.bench.targets import Targets
+from pystacker_tools.chaos.launcher import LOAD_GENERATOR_LIMITS
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0

@@ -24,7 +24,7 @@ import logging
 import re
 from collections import Counter
 
-log = logging.getLogger("pystacker.chaos.proxy")
+log = logging.getLogger("pystacker_tools.chaos.proxy")
 
 COM_QUERY = 0x03
 _TABLE = re.compile(r"\b(?:from|into|update|join)\s+[`\"]?(\w+)", re.IGNORECASE)

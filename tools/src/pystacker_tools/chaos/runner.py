@@ -18,13 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pystacker.bench import procfs
-from pystacker.bench.safety import raise_fd_limit
-from pystacker.chaos.cli import DEFAULT_DATABASE
-from pystacker.chaos.deployment import ChaosDeployment
-from pystacker.chaos.report import print_report, write_json
-from pystacker.chaos.scenarios import LONG, SCENARIOS, SHORT, Harness, Profile
-from pystacker.chaos.traffic import Verdict
+from pystacker_tools.bench import procfs
+from pystacker_tools.bench.safety import raise_fd_limit
+from pystacker_tools.chaos.cli import DEFAULT_DATABASE
+from pystacker_tools.chaos.deployment import ChaosDeployment
+from pystacker_tools.chaos.report import print_report, write_json
+from pystacker_tools.chaos.scenarios import LONG, SCENARIOS, SHORT, Harness, Profile
+from pystacker_tools.chaos.traffic import Verdict
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The steady group-chat load of a fault run: receivers that dedup, senders that retry, and the ledger.
 
-Built on the bench's clients (pystacker.bench.clients): a receiver finds its gateway through the
-registry, reads `chat` and catch-up `batch` frames and reconnects when the server closes it. Here it
+Built on the bench's clients (pystacker_tools.bench.clients): a receiver finds its gateway through the
+registry (the SDK asks it), reads `chat` and catch-up `batch` frames and reconnects when the server closes it. Here it
 also keeps trying for a while when its gateway is gone (a killed gateway stays listed in the
 registry until its heartbeat TTL runs out), and it can stop reading (a slow consumer).
 
@@ -28,10 +28,10 @@ import aiohttp
 import orjson
 from aiohttp import WSMsgType
 
-from pystacker.bench.api import ApiError, PublicApi, Targets
-from pystacker.bench.checker import IntegrityChecker
-from pystacker.bench.clients import Receiver
-from pystacker.bench.tags import Tag, make_text
+from pystacker.client import PyStackerError
+from pystacker_tools.bench.checker import IntegrityChecker
+from pystacker_tools.bench.clients import Receiver, SendRefused, post_send
+from pystacker_tools.bench.tags import Tag, make_text
 
 RECONNECT_FIRST_DELAY = 0.1
 RECONNECT_MAX_DELAY = 1.0
@@ -154,7 +154,7 @@ class ChaosReceiver(Receiver):
                 return
             try:
                 await asyncio.wait_for(self.connect(), self.connect_timeout)
-            except (TimeoutError, aiohttp.ClientError, ApiError, ConnectionError, OSError, KeyError):
+            except (TimeoutError, aiohttp.ClientError, PyStackerError, ConnectionError, OSError, KeyError):
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
                 continue
             self.reconnects += 1
@@ -210,22 +210,18 @@ class SendInstances:
     (it skips one it just killed only because its clients would learn the same from a refused
     connection; retries work either way)."""
 
-    def __init__(self, session: aiohttp.ClientSession, targets: Targets, urls: Iterable[str]) -> None:
+    def __init__(self, session: aiohttp.ClientSession, urls: Iterable[str]) -> None:
         self.session = session
-        self.targets = targets
-        self.apis = {url: PublicApi(session, Targets(targets.meta, url, targets.registry), allow_remote=False)
-                     for url in urls}
+        self.urls = sorted(urls)
         self.in_flight: Counter[str] = Counter()
         self._refused_at: dict[str, float] = {}  # url -> when a connection to it last failed
 
-    def pick(self, attempt: int, offset: int) -> tuple[str, PublicApi]:
+    def pick(self, attempt: int, offset: int) -> str:
         """Spread senders over the instances; skip one that refused a connection in the last few
         seconds while another is there (a client remembers a dead server for a while)."""
-        urls = sorted(self.apis)
         now = time.monotonic()
-        healthy = [u for u in urls if now - self._refused_at.get(u, -1e9) > AVOID_REFUSING_FOR] or urls
-        url = healthy[(offset + attempt) % len(healthy)]
-        return url, self.apis[url]
+        healthy = [u for u in self.urls if now - self._refused_at.get(u, -1e9) > AVOID_REFUSING_FOR] or self.urls
+        return healthy[(offset + attempt) % len(healthy)]
 
     def refused(self, url: str) -> None:
         self._refused_at[url] = time.monotonic()
@@ -261,19 +257,19 @@ class Sender:
         delay = RETRY_FIRST_DELAY
         while True:
             if via is not None and outcome.attempts == 0:
-                url, api = via, self.instances.apis[via]
+                url = via
             else:
-                url, api = self.instances.pick(outcome.attempts, self.user_index)
+                url = self.instances.pick(outcome.attempts, self.user_index)
             outcome.attempts += 1
             self.instances.in_flight[url] += 1
             try:
-                data = await api.send_message(self.token, self.room_id, content, outcome.client_msg_id,
-                                              timeout=self.attempt_timeout)
+                data = await post_send(self.instances.session, url, self.token, self.room_id, content,
+                                       outcome.client_msg_id, self.attempt_timeout)
                 outcome.msg_id, outcome.seq = int(data["msgID"]), int(data["seq"])
                 outcome.acked_ns = time.monotonic_ns()
                 self.on_ack(outcome)
                 return outcome
-            except ApiError as exc:
+            except SendRefused as exc:
                 outcome.errors[f"status {exc.status}"] += 1
                 if 400 <= exc.status < 500 and exc.status not in (408, 429):
                     outcome.refused = f"status {exc.status}: {exc.msg}"

@@ -30,11 +30,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pystacker.bench.histogram import Histogram
-from pystacker.chaos.deployment import ChaosDeployment, PoolUser, sql_ids
-from pystacker.chaos.launcher import poll
-from pystacker.chaos.load import ChaosReceiver, Ledger, Outcome, Sender, SendInstances, paced
-from pystacker.db.schema import chat_messages
+from pystacker.testing import stored_messages
+from pystacker_tools.bench.histogram import Histogram
+from pystacker_tools.chaos.deployment import ChaosDeployment, PoolUser, sql_ids
+from pystacker_tools.chaos.launcher import poll
+from pystacker_tools.chaos.load import ChaosReceiver, Ledger, Outcome, Sender, SendInstances, paced
 
 CONNECT_TIMEOUT = 30.0
 CONNECT_CONCURRENCY = 100
@@ -77,7 +77,7 @@ class Traffic:
         self.reconnect_deadline = reconnect_deadline
         self._stop = asyncio.Event()
         self._load: asyncio.Task[None] | None = None
-        self.instances = SendInstances(deployment.session, deployment.targets, deployment.send_urls)  # type: ignore[arg-type]  # a started deployment has its session
+        self.instances = SendInstances(deployment.session, deployment.send_urls)  # type: ignore[arg-type]  # a started deployment has its session
 
     # -- setup ----------------------------------------------------------------------------------------------
 
@@ -89,13 +89,12 @@ class Traffic:
                 return await self.deployment.create_room(members[0], members, f"chaos-{self.run}-{self.name}-{number}")
 
         self.room_ids = list(await asyncio.gather(*(room(m, i) for i, m in enumerate(self.layout))))
-        api = self.deployment.api()
         for room_id, members in zip(self.room_ids, self.layout, strict=True):
             self.members_of[room_id] = [u.index for u in members]
             self.ledger.members[room_id] = len(members)
             for user in members:
                 self.receivers.append(ChaosReceiver(
-                    user.index, user.user_id, user.token, api, self.deployment.session, self.ledger, None,
+                    user.index, self.deployment.client(user), self.deployment.session, self.ledger, None,
                     connect_timeout=CONNECT_TIMEOUT, reconnect_deadline=self.reconnect_deadline))
             for sender in members[:self.shape.senders_per_room]:
                 self.senders.append(Sender(sender.index, sender.token, room_id, self.instances, run=self.run,
@@ -215,10 +214,11 @@ class FlushWatch:
         acked = [o.msg_id for o in self.traffic.outcomes()
                  if o.msg_id is not None and o.acked_ns is not None and o.acked_ns < cutoff_ns]
         unknown = [m for m in acked if m not in self.stored]
+        messages = stored_messages()
         for start in range(0, len(unknown), SQL_ID_CHUNK):
             chunk = unknown[start:start + SQL_ID_CHUNK]
             async with self.sql.connect() as conn:
-                rows = await conn.execute(select(chat_messages.c.id).where(chat_messages.c.id.in_(chunk)))
+                rows = await conn.execute(select(messages.c.id).where(messages.c.id.in_(chunk)))
                 self.stored.update(int(r[0]) for r in rows)
         return [m for m in unknown if m not in self.stored]
 

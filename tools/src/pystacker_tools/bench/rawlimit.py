@@ -36,10 +36,9 @@ from typing import Any
 
 import orjson
 
-from pystacker import event_loop
-from pystacker.bench import procfs
-from pystacker.bench.safety import BenchError, raise_fd_limit
-from pystacker.gateway.wsframes import text_frame
+from pystacker.testing import run_event_loop, text_frame
+from pystacker_tools.bench import procfs
+from pystacker_tools.bench.safety import BenchError, raise_fd_limit
 
 HOST = "127.0.0.1"  # loopback only: this measures the box, never a network
 START_TIMEOUT = 60.0  # a spawned interpreter imports picows, uvloop, ...: seconds on a busy machine
@@ -201,7 +200,7 @@ def _answer(pipe: Connection, timeout: float, what: str) -> dict[str, Any]:
 def _child(conn: Connection, coro: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
-        event_loop.run(coro)
+        run_event_loop(coro)
     except BaseException as exc:  # the parent ends the run with this line
         try:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -219,7 +218,7 @@ def _receiver_main(conn: Connection, port: int, count: int, payload: bytes, opti
 
 
 async def _until_quit(conn: Connection, timeout: float) -> None:
-    from pystacker.bench.worker import recv_message
+    from pystacker_tools.bench.worker import recv_message
 
     try:
         await recv_message(conn, timeout)

@@ -32,18 +32,14 @@ import aiohttp
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from pystacker.chaos import SCENARIO_NAMES
-from pystacker.chaos.deployment import GATEWAY_TTL, ChaosDeployment, PoolUser, describe_exit
-from pystacker.chaos.launcher import poll
-from pystacker.chaos.load import ChaosReceiver
-from pystacker.chaos.traffic import FlushWatch, LoadShape, Traffic, Verdict, judge
-from pystacker.engine.base import EngineSettings
-from pystacker.engine.redis_keys import RedisKeys
-from pystacker.engine.redis_messages import FLUSH_GROUP
-from pystacker.gateway.connection import BATCH_SIZE
+from pystacker.testing import FLUSH_CLAIM_TIMEOUT, WINDOW_SIZE, catchup_batch_size, flush_queue
+from pystacker_tools.chaos import SCENARIO_NAMES
+from pystacker_tools.chaos.deployment import GATEWAY_TTL, ChaosDeployment, PoolUser, describe_exit
+from pystacker_tools.chaos.launcher import poll
+from pystacker_tools.chaos.load import ChaosReceiver
+from pystacker_tools.chaos.traffic import FlushWatch, LoadShape, Traffic, Verdict, judge
 
-FLUSH_CLAIM_TIMEOUT = EngineSettings().flush_claim_timeout  # a dead flusher's batch is handed out again after it
-WINDOW_SIZE = EngineSettings().window_size  # newest messages per room the engine keeps beyond SQL
+BATCH_SIZE = catchup_batch_size()  # messages per catch-up `batch` frame
 SLOW_RECEIVE_BUFFER = 4096  # bytes: a slow consumer's socket buffer, so that it backs up within seconds
 RSS_GROWTH_LIMIT_MIB = 64  # a gateway's memory may grow this much while consumers are stuck, not more
 BURST_PER_SENDER = 10  # send-kill: concurrent messages per sender through the instance about to die
@@ -276,11 +272,11 @@ async def flusher_kill(h: Harness) -> Verdict:
 
 async def _flush_pending(h: Harness, redis: Redis) -> int:
     """Entries of the flush queue taken by a flusher and not yet confirmed, all partitions."""
-    keys = RedisKeys(h.deployment.prefix)
+    streams, group = flush_queue(h.deployment.prefix)
     total = 0
-    for partition in range(keys.partitions):
+    for stream in streams:
         try:
-            total += int((await redis.xpending(keys.flush(partition), FLUSH_GROUP))["pending"])
+            total += int((await redis.xpending(stream, group))["pending"])
         except ResponseError:  # no such stream or group yet: nothing was ever queued there
             pass
     return total

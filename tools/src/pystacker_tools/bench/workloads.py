@@ -17,15 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from pystacker.bench import procfs
-from pystacker.bench.api import ApiError
-from pystacker.bench.histogram import Histogram
-from pystacker.bench.safety import BenchError
-from pystacker.bench.tags import Tag, make_text
-from pystacker.bench.worker import SenderPlan
+from pystacker_tools.bench import procfs
+from pystacker_tools.bench.clients import SendRefused, post_send
+from pystacker_tools.bench.histogram import Histogram
+from pystacker_tools.bench.safety import BenchError
+from pystacker_tools.bench.tags import Tag, make_text
+from pystacker_tools.bench.targets import SETUP_TIMEOUT
+from pystacker_tools.bench.worker import SenderPlan
 
 if TYPE_CHECKING:
-    from pystacker.bench.runner import Run
+    from pystacker_tools.bench.runner import Run
 
 SETTLE = 1.0  # seconds after connecting before reading the server's memory (buffers, GC)
 
@@ -208,6 +209,7 @@ async def _send_while_away(run: Run, population: Any, layout: list[list[int]], m
     """K messages into every group, from its first member, over HTTP; groups in parallel (bounded)."""
     o = run.options
     limit = asyncio.Semaphore(o.setup_concurrency)
+    timeout = aiohttp.ClientTimeout(total=SETUP_TIMEOUT)  # these prepare the measured reconnect: setup's patience
     accepted: dict[int, tuple[int, int]] = {}
     by_room: dict[int, list[int]] = {}
     errors: dict[str, int] = {}
@@ -221,11 +223,11 @@ async def _send_while_away(run: Run, population: Any, layout: list[list[int]], m
             for n in range(1, messages + 1):
                 tag = Tag(run.run_id, 0, sender.index, n, time.monotonic_ns())
                 try:
-                    data = await run.api.send_message(sender.token, room.room_id,
-                                                      {"type": "text", "text": make_text(tag, o.text_bytes)},
-                                                      f"b{run.run_id}-{sender.index}-{n}")
-                except (TimeoutError, ApiError, aiohttp.ClientError, OSError) as exc:
-                    key = f"status {exc.status}" if isinstance(exc, ApiError) else type(exc).__name__
+                    data = await post_send(run.http, o.targets.send_for(room.room_id), sender.token, room.room_id,
+                                           {"type": "text", "text": make_text(tag, o.text_bytes)},
+                                           f"b{run.run_id}-{sender.index}-{n}", timeout)
+                except (TimeoutError, SendRefused, aiohttp.ClientError, OSError) as exc:
+                    key = f"status {exc.status}" if isinstance(exc, SendRefused) else type(exc).__name__
                     errors[key] = errors.get(key, 0) + 1
                     continue
                 accepted[int(data["msgID"])] = (room.room_id, 0)

@@ -8,10 +8,10 @@ from typing import Any
 
 import orjson
 
-from pystacker.bench.histogram import Histogram
+from pystacker_tools.bench.histogram import Histogram
 
 MATPLOTLIB_MISSING = ("matplotlib is not installed: no plot, JSON only "
-                      "(pip install 'pystacker[bench]' to get the plots)")
+                      "(pip install 'pystacker-tools[plot]', or -e 'tools[plot]' in a checkout, to get the plots)")
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:

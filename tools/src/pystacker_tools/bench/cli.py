@@ -1,4 +1,5 @@
-"""`pystacker bench fanout|pairs|idle|catchup|rawlimit`: options, then run, write, plot, print.
+"""`pystacker bench fanout|pairs|idle|catchup|rawlimit`: options, then run, write, plot, print; `plot`:
+several runs' figures against what varied between them.
 
 Exit code 0: the run completed and its integrity checks passed; 1: it completed but found lost,
 duplicated or reordered messages (or failed sends/connections); 2: it could not run.
@@ -7,12 +8,15 @@ duplicated or reordered messages (or failed sends/connections); 2: it could not 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+
+from pystacker_tools.bench import scaling
 
 DEFAULT_META = "http://127.0.0.1:8082"  # GoStacker's ports
 DEFAULT_SEND = "http://127.0.0.1:8081"
@@ -121,12 +125,12 @@ def common_options(duration: float) -> Callable[[Callable[..., Any]], Callable[.
 
 
 def _execute(workload: str, params: dict[str, Any], kw: dict[str, Any], via: str = "http") -> None:
-    from pystacker.bench import report as results
-    from pystacker.bench.api import Targets
-    from pystacker.bench.rawlimit import RawLimitOptions
-    from pystacker.bench.runner import BenchOptions, run_bench
-    from pystacker.bench.safety import BenchError
-    from pystacker.bench.workloads import WORKLOADS
+    from pystacker_tools.bench import report as results
+    from pystacker_tools.bench.rawlimit import RawLimitOptions
+    from pystacker_tools.bench.runner import BenchOptions, run_bench
+    from pystacker_tools.bench.safety import BenchError
+    from pystacker_tools.bench.targets import Targets
+    from pystacker_tools.bench.workloads import WORKLOADS
 
     options = BenchOptions(
         targets=Targets(meta=kw["meta_url"].rstrip("/"), send=kw["send_url"].rstrip("/"),
@@ -246,9 +250,9 @@ def rawlimit(connections: int, duration: float, max_frames: int, frame_bytes: in
              connect_timeout: float, grace: float, results_dir: str, output: str | None, quiet: bool) -> None:
     """This box's ceiling: one process writes a prebuilt ~200-byte text frame to local WebSocket
     connections (picows on both ends, 127.0.0.1) as fast as it can; frames/s on one core."""
-    from pystacker.bench import report as results
-    from pystacker.bench.rawlimit import RawLimitOptions, run_report
-    from pystacker.bench.safety import BenchError
+    from pystacker_tools.bench import report as results
+    from pystacker_tools.bench.rawlimit import RawLimitOptions, run_report
+    from pystacker_tools.bench.safety import BenchError
 
     options = RawLimitOptions(connections=connections, duration=duration, max_frames=max_frames,
                               frame_bytes=frame_bytes, receiver_procs=receiver_procs,
@@ -266,3 +270,33 @@ def rawlimit(connections: int, duration: float, max_frames: int, frame_bytes: in
     click.echo(results.table(outcome))
     click.echo(f"results: {json_path}")
     sys.exit(0 if outcome["integrity_ok"] and not outcome["problems"] else 1)
+
+
+@bench.command("plot")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--x", "axis", type=click.Choice(scaling.X_AXES), required=True,
+              help="What varied between the runs: the plot's x axis.")
+@click.option("--output", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
+@click.option("--title", default=None, help="The plot's title (default: the workload and the axis).")
+def plot_runs(runs: tuple[str, ...], axis: str, output: str, title: str | None) -> None:
+    """How cost grows: one point per run's JSON, against what varied between the runs (PNG and a table)."""
+    reports = []
+    for run in runs:
+        try:
+            reports.append((run, json.loads(Path(run).read_text())))
+        except (OSError, ValueError) as exc:
+            raise click.BadParameter(f"{run}: not a bench result ({exc})", param_hint="RUNS") from None
+    try:
+        found, metrics = scaling.points(reports, axis)
+    except scaling.PlotError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        import matplotlib  # noqa: F401  # the plot needs it; say so before doing anything
+    except ImportError:
+        from pystacker_tools.bench.report import MATPLOTLIB_MISSING
+        click.echo(f"pystacker bench: {MATPLOTLIB_MISSING}", err=True)
+        sys.exit(2)
+    workload = str(reports[0][1].get("workload", "bench"))
+    scaling.plot(found, metrics, axis, Path(output), title or f"pystacker bench {workload}: cost against {axis}")
+    click.echo(scaling.table(found, metrics, axis))
+    click.echo(f"plot: {output}")

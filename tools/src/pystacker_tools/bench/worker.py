@@ -22,13 +22,14 @@ from typing import Any
 import aiohttp
 import orjson
 
-from pystacker import event_loop
-from pystacker.bench.api import PublicApi, Targets
-from pystacker.bench.checker import IntegrityChecker
-from pystacker.bench.clients import HttpSender, Receiver, SendResult, WsSender
-from pystacker.bench.histogram import Histogram
-from pystacker.bench.safety import raise_fd_limit
-from pystacker.bench.tags import Tag, make_text
+from pystacker.client import PyStackerError
+from pystacker.testing import run_event_loop
+from pystacker_tools.bench.checker import IntegrityChecker
+from pystacker_tools.bench.clients import HttpSender, Receiver, SendResult, WsSender
+from pystacker_tools.bench.histogram import Histogram
+from pystacker_tools.bench.safety import raise_fd_limit
+from pystacker_tools.bench.tags import Tag, make_text
+from pystacker_tools.bench.targets import Targets
 
 # Live counters, one row per worker in a shared array of int64 (only the worker writes its row).
 COUNTERS = ("connected", "sends_started", "sends_ok", "sends_failed", "delivered", "expected", "completed")
@@ -88,8 +89,10 @@ def _settle(ready: asyncio.Future[None]) -> None:
         ready.set_result(None)
 
 def _describe(exc: BaseException) -> str:
-    status = getattr(exc, "status", None)
-    return f"status {status}" if isinstance(status, int) else type(exc).__name__
+    """A connect failure, as a key of the report's error counts."""
+    if isinstance(exc, PyStackerError):  # the registry lookup
+        return f"registry: status {exc.status}" if exc.status else "registry: no answer"
+    return type(exc).__name__
 
 
 class Worker:
@@ -127,7 +130,7 @@ class Worker:
         ws_connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as http, \
                 aiohttp.ClientSession(connector=ws_connector) as ws_session:
-            self.api = PublicApi(http, self.plan.targets, allow_remote=self.plan.allow_remote)
+            self.http = http
             self.ws_session = ws_session
             flusher = asyncio.create_task(self._flush_forever())
             self.conn.send(("ok", {"pid": os.getpid()}))
@@ -181,9 +184,11 @@ class Worker:
             async with limit:
                 # One user, several devices: receiver keys index*devices + d (the user's index itself
                 # when he has one device, as every workload but idle has).
-                receiver = Receiver(index, user_id, token, self.api, self.ws_session, self.checker, self.on_new,
-                                    connect_timeout=self.plan.connect_timeout,
-                                    device_id=None if devices == 1 else f"bench-{index % devices}")
+                client = self.plan.targets.client(self.http, token=token, user_id=user_id,
+                                                  device_id=None if devices == 1 else f"bench-{index % devices}",
+                                                  timeout=self.plan.connect_timeout)
+                receiver = Receiver(index, client, self.ws_session, self.checker, self.on_new,
+                                    connect_timeout=self.plan.connect_timeout, allow_remote=self.plan.allow_remote)
                 try:
                     times.add(await asyncio.wait_for(receiver.connect(), self.plan.connect_timeout))
                 except Exception as exc:
@@ -254,7 +259,7 @@ class Worker:
             senders = {s.user: WsSender(self.receivers[s.user], spec["send_timeout"]) for s in self.plan.senders
                        if s.user in self.receivers}
         else:
-            senders = {s.user: HttpSender(self.api, self.users[s.user][1], spec["send_timeout"])
+            senders = {s.user: HttpSender(self.http, self.plan.targets, self.users[s.user][1], spec["send_timeout"])
                        for s in self.plan.senders}
         in_flight = asyncio.Semaphore(self.plan.max_in_flight)
         await asyncio.sleep(max(spec["start_ns"] - time.monotonic_ns(), 0) / 1e9)  # start with the others
@@ -426,4 +431,4 @@ def main(conn: Connection, counters: Any, index: int, plan: WorkerPlan) -> None:
     """The process entry point (multiprocessing, spawn)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     raise_fd_limit(len(plan.users) + 1024)
-    event_loop.run(Worker(conn, counters, index, plan).serve())
+    run_event_loop(Worker(conn, counters, index, plan).serve())
